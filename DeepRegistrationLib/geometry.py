@@ -1,0 +1,207 @@
+"""Sampling grids in physical space: the one place where voxel, normalised and physical coordinates meet.
+
+Conventions (used everywhere in the library):
+
+* Physical space is **LPS millimetres** (ITK / SimpleITK / DICOM convention).
+* A grid of dimension ``d`` (2 or 3) has ``size`` in **ITK index order** ``(i, j[, k])`` and
+  ``shape`` in **array order** ``([k,] j, i)``, as ``SimpleITK.GetArrayFromImage`` and torch tensors
+  ``(N, C, [D,] H, W)`` hold it.
+* ``direction`` is a ``d x d`` matrix whose **columns** are the physical directions of the index
+  axes ``i, j, k`` (SimpleITK's row-major ``GetDirection`` tuple reshaped to ``(d, d)``).
+* ``physical = origin + direction @ diag(spacing) @ index``.
+* Normalised coordinates are those of ``torch.nn.functional.grid_sample`` with
+  ``align_corners=True``: component order ``(x, y[, z]) = (i, j[, k])``, ``-1`` at the centre of the
+  first voxel and ``+1`` at the centre of the last one.
+* A point is *inside* the grid when its continuous index lies in ``[-0.5, size - 0.5)`` along every
+  axis; this is ITK's rule for ``ResampleImageFilter`` and ``DisplacementFieldTransform``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = ["Grid"]
+
+
+def _as_tuple(values: Sequence[float], dim: int, name: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in np.asarray(values, dtype=np.float64).ravel())
+    if len(values) != dim:
+        raise InputError(f"{name} must have {dim} components, got {len(values)}")
+    return values
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular sampling grid in physical (LPS, mm) space.
+
+    Attributes:
+        size: number of voxels along the index axes ``(i, j[, k])`` (ITK order).
+        origin: physical position (LPS mm) of the centre of voxel ``(0, 0[, 0])``.
+        spacing: voxel size in mm along ``(i, j[, k])``.
+        direction: ``d x d`` tuple of rows; column ``a`` is the LPS direction of index axis ``a``.
+    """
+
+    size: tuple[int, ...]
+    origin: tuple[float, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[tuple[float, ...], ...]
+
+    def __init__(
+        self,
+        size: Sequence[int],
+        origin: Sequence[float] | None = None,
+        spacing: Sequence[float] | None = None,
+        direction: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        size_t = tuple(int(s) for s in size)
+        dim = len(size_t)
+        if dim not in (2, 3):
+            raise InputError(f"a grid must be 2D or 3D, got {dim} dimensions (size {size_t})")
+        if any(s < 1 for s in size_t):
+            raise InputError(f"grid size must be positive along every axis, got {size_t}")
+        origin_t = _as_tuple(origin if origin is not None else [0.0] * dim, dim, "origin")
+        spacing_t = _as_tuple(spacing if spacing is not None else [1.0] * dim, dim, "spacing")
+        if any(not np.isfinite(s) or s <= 0 for s in spacing_t):
+            raise InputError(f"spacing must be positive and finite, got {spacing_t}")
+        if any(not np.isfinite(o) for o in origin_t):
+            raise InputError(f"origin must be finite, got {origin_t}")
+        dmat = np.eye(dim) if direction is None else np.asarray(direction, dtype=np.float64).reshape(dim, dim)
+        if not np.allclose(dmat.T @ dmat, np.eye(dim), atol=1e-4):
+            raise InputError(f"direction matrix must be orthonormal, got {dmat.tolist()}")
+        object.__setattr__(self, "size", size_t)
+        object.__setattr__(self, "origin", origin_t)
+        object.__setattr__(self, "spacing", spacing_t)
+        object.__setattr__(self, "direction", tuple(tuple(float(v) for v in row) for row in dmat))
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def dim(self) -> int:
+        return len(self.size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array-order shape ``([k,] j, i)`` of tensors sampled on this grid."""
+        return tuple(reversed(self.size))
+
+    @property
+    def num_voxels(self) -> int:
+        return int(np.prod(self.size))
+
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64)
+
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """Homogeneous ``(d+1) x (d+1)`` matrix mapping ``(i, j[, k], 1)`` to LPS mm."""
+        m = np.eye(self.dim + 1)
+        m[: self.dim, : self.dim] = self.direction_matrix() @ np.diag(self.spacing)
+        m[: self.dim, self.dim] = self.origin
+        return m
+
+    def physical_to_index_matrix(self) -> np.ndarray:
+        return np.linalg.inv(self.index_to_physical_matrix())
+
+    def extent_mm(self) -> tuple[float, ...]:
+        """Physical length of the grid along each index axis, voxel centre to voxel centre."""
+        return tuple((n - 1) * s for n, s in zip(self.size, self.spacing))
+
+    def center(self) -> np.ndarray:
+        """Physical position (LPS mm) of the grid's geometric centre."""
+        idx = (np.asarray(self.size, dtype=np.float64) - 1.0) / 2.0
+        return self.index_to_physical(idx)
+
+    # ------------------------------------------------------------------ coordinate maps
+    def index_to_physical(self, index):
+        """Map continuous indices ``(..., d)`` in ``(i, j[, k])`` order to LPS mm ``(..., d)``."""
+        return _apply_homogeneous(self.index_to_physical_matrix(), index)
+
+    def physical_to_index(self, points):
+        """Map LPS mm points ``(..., d)`` to continuous indices ``(i, j[, k])``."""
+        return _apply_homogeneous(self.physical_to_index_matrix(), points)
+
+    def physical_to_normalised_matrix(self) -> np.ndarray:
+        """Homogeneous matrix mapping LPS mm to ``grid_sample`` coordinates (``align_corners=True``)."""
+        size = np.asarray(self.size, dtype=np.float64)
+        scale = np.where(size > 1, 2.0 / np.maximum(size - 1.0, 1.0), 0.0)
+        n = np.eye(self.dim + 1)
+        n[: self.dim, : self.dim] = np.diag(scale)
+        n[: self.dim, self.dim] = np.where(size > 1, -1.0, 0.0)
+        return n @ self.physical_to_index_matrix()
+
+    def physical_to_normalised(self, points):
+        """Map LPS mm points ``(..., d)`` to ``grid_sample`` coordinates ``(x, y[, z]) = (i, j[, k])``."""
+        return _apply_homogeneous(self.physical_to_normalised_matrix(), points)
+
+    def inside(self, index: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of continuous indices ``(..., d)`` inside ``[-0.5, size - 0.5)`` on every axis."""
+        size = torch.as_tensor(self.size, dtype=index.dtype, device=index.device)
+        return ((index >= -0.5) & (index < size - 0.5)).all(dim=-1)
+
+    def physical_points(
+        self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, slices: slice | None = None
+    ) -> torch.Tensor:
+        """LPS mm position of every voxel centre, shape ``(*shape, d)`` (array order, xyz components).
+
+        ``slices`` restricts the first array axis (``k`` in 3D, ``j`` in 2D) for chunked processing.
+        """
+        axes = [torch.arange(n, dtype=dtype, device=device) for n in self.shape]
+        if slices is not None:
+            axes[0] = axes[0][slices]
+        mesh = torch.meshgrid(*axes, indexing="ij")  # array order (k, j, i)
+        index = torch.stack(list(reversed(mesh)), dim=-1)  # components (i, j, k)
+        m = torch.as_tensor(self.index_to_physical_matrix(), dtype=dtype, device=device)
+        return index @ m[: self.dim, : self.dim].T + m[: self.dim, self.dim]
+
+    # ------------------------------------------------------------------ derived grids
+    def with_spacing(self, spacing: Sequence[float]) -> "Grid":
+        """Grid covering the same physical extent (same first voxel centre, same direction) at another spacing."""
+        spacing_t = _as_tuple(spacing, self.dim, "spacing")
+        size = [max(1, int(round(e / s)) + 1) for e, s in zip(self.extent_mm(), spacing_t)]
+        return Grid(size, self.origin, spacing_t, self.direction)
+
+    def same_as(self, other: "Grid", atol: float = 1e-4) -> bool:
+        """True when both grids sample the same voxel centres (within ``atol`` mm / relative)."""
+        return (
+            self.size == other.size
+            and np.allclose(self.origin, other.origin, atol=atol)
+            and np.allclose(self.spacing, other.spacing, rtol=atol, atol=atol)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+    # ------------------------------------------------------------------ SimpleITK interop
+    @classmethod
+    def from_sitk(cls, image) -> "Grid":
+        """Geometry of a ``SimpleITK.Image``."""
+        return cls(image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+    def apply_to_sitk(self, image) -> None:
+        """Set origin, spacing and direction of a ``SimpleITK.Image`` (sizes must already agree)."""
+        if tuple(image.GetSize()) != self.size:
+            raise InputError(f"image size {image.GetSize()} does not match grid size {self.size}")
+        image.SetOrigin(self.origin)
+        image.SetSpacing(self.spacing)
+        image.SetDirection(tuple(self.direction_matrix().ravel()))
+
+    def describe(self) -> dict:
+        return {
+            "dimension": self.dim,
+            "size": list(self.size),
+            "spacing_mm": list(self.spacing),
+            "origin_mm": list(self.origin),
+            "direction": [list(r) for r in self.direction],
+        }
+
+
+def _apply_homogeneous(matrix: np.ndarray, points):
+    """Apply a homogeneous matrix to points ``(..., d)``; keeps numpy/torch type, dtype and device."""
+    d = matrix.shape[0] - 1
+    if isinstance(points, torch.Tensor):
+        m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+        return points @ m[:d, :d].T + m[:d, d]
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ matrix[:d, :d].T + matrix[:d, d]

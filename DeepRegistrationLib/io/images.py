@@ -1,0 +1,250 @@
+"""Read and write images with their exact geometry.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``),
+FreeSurfer MGH/MGZ (``.mgh``, ``.mgz``, through nibabel), 2D PNG/JPEG/TIFF/BMP, and DICOM series
+folders (a path without a file suffix). Everything but MGH and DICOM writing goes through SimpleITK,
+so the geometry is ITK's (LPS). Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import Grid
+from ..image import Image
+from .atomic import atomic_output, atomic_output_dir, full_suffix
+
+__all__ = ["read_image", "write_image", "IMAGE_SUFFIXES"]
+
+_SITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+_MGH_SUFFIXES = {".mgh", ".mgz"}
+_2D_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_SUFFIXES = _SITK_SUFFIXES | _MGH_SUFFIXES
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_image(
+    path: str | os.PathLike,
+    dim: int | None = None,
+    grayscale: bool = False,
+    allow_nonfinite: bool = False,
+    series_id: str | None = None,
+) -> Image:
+    """Read an image file or a DICOM series folder.
+
+    Args:
+        path: the file, or a folder holding one DICOM series.
+        dim: required dimension (2 or 3). A 3D file with a single slice is accepted as 2D.
+        grayscale: convert multi-channel (e.g. RGB) images to one luminance channel.
+        allow_nonfinite: accept NaN/Inf voxels (refused by default).
+        series_id: which series to read when a DICOM folder holds several.
+
+    Raises:
+        InputError: missing, unreadable or corrupt file; wrong dimension; NaN/Inf voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        image = _read_dicom_series(path, series_id)
+    else:
+        suffix = full_suffix(path)
+        if suffix in _MGH_SUFFIXES:
+            image = _read_mgh(path)
+        else:
+            image = _read_sitk(path)
+    if dim is not None:
+        image = _to_dimension(image, dim)
+    if grayscale:
+        image = image.to_grayscale()
+    if not allow_nonfinite:
+        image.check_finite()
+    return image
+
+
+def write_image(image: Image, path: str | os.PathLike) -> None:
+    """Write ``image`` to ``path`` (format from the suffix; no suffix = DICOM series folder), atomically."""
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix == "":
+        _write_dicom_series(image, path)
+        return
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{path}: unsupported image format {suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
+    if suffix in _2D_ONLY_SUFFIXES:
+        image = _as_8_or_16_bit(image, path)
+    with atomic_output(path) as tmp:
+        if suffix in _MGH_SUFFIXES:
+            _write_mgh(image, tmp)
+        else:
+            import SimpleITK as sitk
+
+            sitk.WriteImage(image.to_sitk(), str(tmp), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+
+
+# ---------------------------------------------------------------------- SimpleITK formats
+def _read_sitk(path: Path) -> Image:
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        ndim = reader.GetDimension()
+        if ndim not in (2, 3):
+            raise InputError(f"{path}: is a {ndim}D image; a 2D or 3D image is needed")
+        image = reader.Execute()
+    except InputError:
+        raise
+    except RuntimeError as err:
+        raise InputError(f"{path}: cannot read image (corrupt or unsupported file): {_first_line(err)}") from None
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(f"{path}: complex-valued images are not supported")
+    return Image.from_sitk(image, name=str(path))
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # ITK puts the useful sentence last ("ITK ERROR: ...: Could not create IO object ...").
+    return lines[-1][:200] if lines else type(err).__name__
+
+
+def _to_dimension(image: Image, dim: int) -> Image:
+    if image.dim == dim:
+        return image
+    if dim == 2 and image.dim == 3 and image.grid.size[2] == 1:
+        d3 = image.grid.direction_matrix()
+        if np.allclose(np.abs(d3[2, 2]), 1.0) and np.allclose(d3[:2, 2], 0.0):
+            g = image.grid
+            grid = Grid(g.size[:2], g.origin[:2], g.spacing[:2], d3[:2, :2])
+            return Image(image.data[:, 0], grid, image.name)
+    raise InputError(f"{image.name}: a {dim}D image is needed, got a {image.dim}D image of size {image.grid.size}")
+
+
+def _as_8_or_16_bit(image: Image, path: Path) -> Image:
+    """PNG/JPEG/BMP hold 8- or 16-bit integers: convert losslessly or refuse."""
+    if image.dim != 2:
+        raise InputError(f"{path}: {full_suffix(path)} files hold 2D images, got a {image.dim}D image")
+    data = image.data
+    if data.is_floating_point():
+        rounded = data.round()
+        if not bool((rounded == data).all()):
+            raise InputError(f"{path}: a floating-point image cannot be stored in {full_suffix(path)} without loss;"
+                             " rescale it to 0..255 integers first or write .nii.gz/.nrrd/.mha")
+        data = rounded
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 65535:
+        raise InputError(f"{path}: values {lo}..{hi} do not fit an 8/16-bit {full_suffix(path)} file")
+    dtype = np.uint8 if hi <= 255 or full_suffix(path) in (".jpg", ".jpeg", ".bmp") else np.uint16
+    if dtype == np.uint8 and hi > 255:
+        raise InputError(f"{path}: values up to {hi} do not fit an 8-bit {full_suffix(path)} file")
+    arr = data.cpu().numpy().astype(dtype)
+    return Image(arr, image.grid, image.name) if image.num_channels == 1 else Image.from_numpy(arr, image.grid)
+
+
+# ---------------------------------------------------------------------- FreeSurfer MGH / MGZ
+def _read_mgh(path: Path) -> Image:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise InputError(f"{path}: cannot read MGH/MGZ image (corrupt file?): {_first_line(err)}") from None
+    data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 else data
+    if data.ndim != 3:
+        raise InputError(f"{path}: is a {data.ndim}D image; a 3D image is needed")
+    affine = _LPS_FROM_RAS @ img.affine  # voxel (i, j, k) -> LPS mm
+    linear = affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    grid = Grid(data.shape, affine[:3, 3], spacing, linear / spacing)
+    return Image(np.ascontiguousarray(np.transpose(data)), grid, str(path))
+
+
+def _write_mgh(image: Image, path: Path) -> None:
+    import nibabel as nib
+
+    if image.dim != 3 or image.num_channels != 1:
+        raise InputError(f"{path}: MGH/MGZ files hold single-channel 3D images")
+    arr = np.transpose(image.numpy())
+    allowed = {np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.float32)}
+    if arr.dtype not in allowed:
+        arr = arr.astype(np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int32)
+    affine = np.linalg.inv(_LPS_FROM_RAS) @ image.grid.index_to_physical_matrix()
+    nib.save(nib.MGHImage(arr, affine), str(path))
+
+
+# ---------------------------------------------------------------------- DICOM series
+def _read_dicom_series(folder: Path, series_id: str | None) -> Image:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if series_id is None:
+        if len(ids) > 1:
+            raise InputError(f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id")
+        series_id = ids[0]
+    elif series_id not in ids:
+        raise InputError(f"{folder}: no DICOM series {series_id!r} (found {', '.join(ids)})")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"{folder}: cannot read DICOM series: {_first_line(err)}") from None
+    result = Image.from_sitk(image, name=str(folder))
+    if result.data.dtype == __import__("torch").float64:
+        result = result.float()
+    return result
+
+
+def _write_dicom_series(image: Image, folder: Path) -> None:
+    """One DICOM file per slice (16-bit stored values, rescale slope/intercept for real-valued data)."""
+    import SimpleITK as sitk
+
+    if image.dim != 3 or image.num_channels != 1:
+        raise InputError(f"{folder}: a DICOM series is written from a single-channel 3D image")
+    arr = image.numpy()
+    grid = image.grid
+    uid_root = f"1.2.826.0.1.3680043.2.1125.{int(time.time() * 1e3)}.{os.getpid()}"
+    shared = {
+        "0020|000d": uid_root + ".1",  # study instance UID
+        "0020|000e": uid_root + ".2",  # series instance UID
+        "0008|0060": "OT",
+        "0008|103e": "DeepRegistration",
+        "0020|0037": "\\".join(f"{v:.10g}" for v in grid.direction_matrix()[:, :2].T.ravel()),
+        "0018|0050": f"{grid.spacing[2]:.10g}",
+    }
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(arr.min()), float(arr.max())
+        slope = max((hi - lo) / 60000.0, 1e-12)
+        shared.update({"0028|1052": f"{lo + 30000 * slope:.10g}", "0028|1053": f"{slope:.10g}", "0028|1054": "US",
+                       "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1"})
+        arr = arr.astype(np.float32)
+    elif arr.min() < -32768 or arr.max() > 32767:
+        raise InputError(f"{folder}: integer values {arr.min()}..{arr.max()} do not fit 16-bit DICOM")
+    else:
+        arr = arr.astype(np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    with atomic_output_dir(folder) as tmp:
+        for k in range(arr.shape[0]):
+            sl = sitk.GetImageFromArray(arr[k : k + 1])
+            sl.SetSpacing(grid.spacing)
+            sl.SetDirection(tuple(grid.direction_matrix().ravel()))
+            origin = grid.index_to_physical(np.array([0.0, 0.0, k]))
+            sl.SetOrigin(tuple(origin))
+            for tag, value in shared.items():
+                sl.SetMetaData(tag, value)
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0008|0018", f"{uid_root}.3.{k + 1}")
+            sl.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in origin))
+            writer.SetFileName(str(tmp / f"slice_{k:04d}.dcm"))
+            writer.Execute(sl)

@@ -1,0 +1,183 @@
+"""Read and write ITK transform files, and convert transforms to and from SimpleITK.
+
+* ``.h5``/``.hdf5``/``.tfm``/``.txt``/``.mat``: ITK transform files through ``SimpleITK.WriteTransform`` /
+  ``ReadTransform`` (linear kinds keep their ITK type and parameters; dense fields become
+  ``DisplacementFieldTransform_double``; composites become ``CompositeTransform``). Dense fields need
+  ``.h5`` (ITK's text format cannot hold them).
+* ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd``: a displacement field stored as a vector
+  image (LPS mm vectors, ITK/ANTs convention).
+
+Every transform read or written is a resampling transform fixed -> moving (ITK convention).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError, UnsupportedTransformError
+from ..geometry import Grid
+from ..transforms import (AffineTransform, CompositeTransform, DisplacementField, IdentityTransform, RigidTransform,
+                          SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
+from ..transforms.linear import LinearTransform
+from .atomic import atomic_output, full_suffix
+
+__all__ = ["read_transform", "write_transform", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
+           "FIELD_IMAGE_SUFFIXES"]
+
+TRANSFORM_SUFFIXES = {".h5", ".hdf5", ".tfm", ".txt", ".mat"}
+FIELD_IMAGE_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
+
+
+# ---------------------------------------------------------------------- library -> SimpleITK
+def transform_to_sitk(transform: Transform):
+    """A SimpleITK transform with exactly the same mapping (ITK composite order: last applied first)."""
+    import SimpleITK as sitk
+
+    if isinstance(transform, CompositeTransform):
+        return sitk.CompositeTransform([transform_to_sitk(p) for p in reversed(transform.parts)])
+    if isinstance(transform, StationaryVelocityField):
+        transform = transform.exponential()
+    if isinstance(transform, DisplacementField):
+        field = transform.field.detach().double().cpu().movedim(0, -1).numpy()
+        image = sitk.GetImageFromArray(field, isVector=True)
+        transform.grid.apply_to_sitk(image)
+        return sitk.DisplacementFieldTransform(image)
+    if not isinstance(transform, LinearTransform):
+        raise UnsupportedTransformError(f"cannot convert a {transform.kind} to an ITK transform")
+    d = transform.dim
+    if isinstance(transform, IdentityTransform):
+        return sitk.Transform(d, sitk.sitkIdentity)
+    if isinstance(transform, TranslationTransform):
+        return sitk.TranslationTransform(d, transform.translation.detach().tolist())
+    center = transform.center.detach().tolist()
+    trans = transform.translation.detach().tolist()
+    if isinstance(transform, SimilarityTransform):
+        t = sitk.Similarity2DTransform() if d == 2 else sitk.Similarity3DTransform()
+        t.SetCenter(center)
+        if d == 2:
+            t.SetScale(float(transform.scale.detach()))
+            t.SetAngle(float(transform.angles[0].detach()))
+        else:
+            t.SetMatrix(transform.matrix().detach().numpy().ravel().tolist())
+        t.SetTranslation(trans)
+        return t
+    if isinstance(transform, RigidTransform):
+        t = sitk.Euler2DTransform() if d == 2 else sitk.Euler3DTransform()
+        t.SetCenter(center)
+        if d == 2:
+            t.SetAngle(float(transform.angles[0].detach()))
+        else:
+            t.SetRotation(*[float(a) for a in transform.angles.detach()])
+        t.SetTranslation(trans)
+        return t
+    if isinstance(transform, AffineTransform):
+        return sitk.AffineTransform(transform.matrix().detach().numpy().ravel().tolist(), trans, center)
+    affine = transform.to_affine()
+    return sitk.AffineTransform(affine.matrix().numpy().ravel().tolist(), affine.offset().tolist(), [0.0] * d)
+
+
+# ---------------------------------------------------------------------- SimpleITK -> library
+def transform_from_sitk(tx, reference: Grid | None = None, source: str = "transform") -> Transform:
+    """The library transform equal to a SimpleITK transform.
+
+    Kinds without a native equivalent (e.g. B-spline) are sampled as a displacement field on
+    ``reference`` when one is given, and refused otherwise.
+    """
+    import SimpleITK as sitk
+
+    tx = tx.Downcast() if hasattr(tx, "Downcast") else tx
+    name = tx.GetName()
+    d = tx.GetDimension()
+    if d not in (2, 3):
+        raise UnsupportedTransformError(f"{source}: {d}D transforms are not supported")
+    if name == "CompositeTransform":
+        parts = [transform_from_sitk(tx.GetNthTransform(i), reference, source) for i in range(tx.GetNumberOfTransforms())]
+        if not parts:
+            return IdentityTransform(d)
+        return compose(*reversed(parts))
+    if name == "IdentityTransform":
+        return IdentityTransform(d)
+    if name == "TranslationTransform":
+        return TranslationTransform(tx.GetOffset())
+    if name == "DisplacementFieldTransform":
+        field_img = tx.GetDisplacementField()
+        grid = Grid.from_sitk(field_img)
+        arr = sitk.GetArrayFromImage(field_img)
+        return DisplacementField(torch.from_numpy(np.moveaxis(arr, -1, 0).astype(np.float32)), grid)
+    if hasattr(tx, "GetMatrix") and hasattr(tx, "GetCenter") and hasattr(tx, "GetTranslation"):
+        matrix = np.asarray(tx.GetMatrix(), dtype=np.float64).reshape(d, d)
+        center, translation = tx.GetCenter(), tx.GetTranslation()
+        if name in ("Euler2DTransform", "Euler3DTransform", "VersorRigid3DTransform", "VersorTransform",
+                    "Rigid2DTransform"):
+            if name == "Euler3DTransform" and tx.GetComputeZYX():
+                return AffineTransform(matrix, translation, center)
+            return RigidTransform.from_matrix(matrix, translation, center)
+        if name in ("Similarity2DTransform", "Similarity3DTransform"):
+            return SimilarityTransform.from_matrix(matrix, translation, center)
+        return AffineTransform(matrix, translation, center)
+    if reference is not None:
+        field = sitk.TransformToDisplacementField(tx, sitk.sitkVectorFloat64, reference.size, reference.origin,
+                                                  reference.spacing, tuple(reference.direction_matrix().ravel()))
+        return transform_from_sitk(sitk.DisplacementFieldTransform(field), None, source)
+    raise UnsupportedTransformError(
+        f"{source}: unsupported transform kind {name} (supported: translation, Euler/versor rigid, similarity, "
+        "affine and other matrix-offset kinds, displacement field, composites of these)")
+
+
+# ---------------------------------------------------------------------- files
+def read_transform(path: str | os.PathLike, reference: Grid | None = None) -> Transform:
+    """Read an ITK transform file or a displacement-field image (see module docstring)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    suffix = full_suffix(path)
+    if suffix in FIELD_IMAGE_SUFFIXES:
+        from .images import read_image
+
+        image = read_image(path)
+        if image.num_channels != image.dim or not image.data.is_floating_point():
+            raise UnsupportedTransformError(
+                f"{path}: not a displacement field (needs {image.dim} float components per voxel, "
+                f"has {image.num_channels} {image.data.dtype})")
+        return DisplacementField(image.data.float(), image.grid)
+    if suffix not in TRANSFORM_SUFFIXES:
+        raise InputError(f"{path}: unsupported transform file type {suffix!r} "
+                         f"(use {sorted(TRANSFORM_SUFFIXES | FIELD_IMAGE_SUFFIXES)})")
+    try:
+        tx = sitk.ReadTransform(str(path))
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise InputError(f"{path}: cannot read transform (corrupt or unsupported file): {lines[-1][:200] if lines else ''}") from None
+    return transform_from_sitk(tx, reference, str(path))
+
+
+def write_transform(transform: Transform, path: str | os.PathLike) -> None:
+    """Write ``transform`` atomically; ``SimpleITK.ReadTransform(path)`` then gives the same mapping."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix in FIELD_IMAGE_SUFFIXES:
+        field = transform.exponential() if isinstance(transform, StationaryVelocityField) else transform
+        if not isinstance(field, DisplacementField):
+            raise InputError(f"{path}: only a displacement field can be written as an image; sample the transform "
+                             "first with to_displacement_field(transform, grid), or write .h5")
+        from ..image import Image
+        from .images import write_image
+
+        write_image(Image(field.field.detach().float(), field.grid, "displacement field"), path)
+        return
+    if suffix not in TRANSFORM_SUFFIXES:
+        raise InputError(f"{path}: unsupported transform file type {suffix!r} "
+                         f"(use {sorted(TRANSFORM_SUFFIXES | FIELD_IMAGE_SUFFIXES)})")
+    if suffix in (".tfm", ".txt", ".mat") and not transform.is_linear:
+        raise InputError(f"{path}: ITK {suffix} files cannot hold a dense field; write .h5 instead")
+    tx = transform_to_sitk(transform)
+    with atomic_output(path) as tmp:
+        sitk.WriteTransform(tx, str(tmp))

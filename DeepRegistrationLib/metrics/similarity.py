@@ -1,0 +1,241 @@
+"""Image similarity terms as differentiable torch losses (lower is better).
+
+Every loss is an ``nn.Module`` called as ``loss(fixed, moving, mask=None)`` with tensors
+``(N, C, [D,] H, W)`` on the same grid (``moving`` is usually the warped moving image) and an
+optional ``mask`` ``(N, 1, ...)`` whose non-zero voxels restrict the measure. They work in 2D and 3D.
+
+* :class:`MSELoss` (SSD): mean squared difference; optimum 0.
+* :class:`NCCLoss`: ``-NCC`` over the (masked) image; optimum -1.
+* :class:`LNCCLoss`: ``-mean(local NCC^2)`` in a box window (VoxelMorph/MONAI definition); optimum -1.
+* :class:`MutualInformationLoss`: ``-MI`` or ``-NMI`` from a Parzen-window joint histogram (cubic
+  B-spline or Gaussian kernel). Each image is min-max normalised over the mask first, so the result
+  does not depend on the intensity range (unlike MONAI 1.6.1's ``GlobalMutualInformationLoss``,
+  which assumes [0, 1]) and a constant image gives MI = 0, not NaN.
+* :class:`MINDSSCLoss`: mean squared difference of MIND-SSC descriptors (Heinrich et al. 2013),
+  invariant to intensity inversion and robust across modalities; optimum 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+__all__ = ["MSELoss", "NCCLoss", "LNCCLoss", "MutualInformationLoss", "MINDSSCLoss", "mind_ssc", "box_filter",
+           "make_similarity", "SIMILARITIES"]
+
+
+def _check(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    if fixed.shape != moving.shape:
+        raise InputError(f"fixed and moving tensors differ in shape: {tuple(fixed.shape)} vs {tuple(moving.shape)}")
+    if fixed.dim() not in (4, 5):
+        raise InputError(f"similarity expects (N, C, [D,] H, W) tensors, got {fixed.dim()} dimensions")
+    if mask is None:
+        return None
+    if mask.shape[0] != fixed.shape[0] or mask.shape[2:] != fixed.shape[2:]:
+        raise InputError(f"mask of shape {tuple(mask.shape)} does not match images of shape {tuple(fixed.shape)}")
+    mask = (mask != 0).to(fixed.dtype)
+    if float(mask.sum()) == 0:
+        raise InputError("the similarity mask is empty (no non-zero voxel)")
+    return mask
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    m = mask.expand_as(values)
+    return (values * m).sum() / m.sum()
+
+
+def box_filter(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Local mean in a box of ``size`` voxels (odd, per spatial axis in array order); borders use only inside voxels."""
+    dim = x.dim() - 2
+    pool = F.avg_pool3d if dim == 3 else F.avg_pool2d
+    return pool(x, kernel_size=tuple(size), stride=1, padding=tuple(s // 2 for s in size), count_include_pad=False)
+
+
+class MSELoss(nn.Module):
+    """Mean squared intensity difference (SSD / number of voxels)."""
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        return _masked_mean((fixed - moving) ** 2, mask)
+
+
+class NCCLoss(nn.Module):
+    """Negative global normalised cross-correlation (Pearson), per sample and channel, averaged."""
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        dims = tuple(range(2, fixed.dim()))
+        w = torch.ones_like(fixed) if mask is None else mask.expand_as(fixed)
+        n = w.sum(dims, keepdim=True)
+        f = fixed - (fixed * w).sum(dims, keepdim=True) / n
+        m = moving - (moving * w).sum(dims, keepdim=True) / n
+        cov = (f * m * w).sum(dims)
+        var = ((f * f * w).sum(dims) * (m * m * w).sum(dims)).clamp(min=self.eps)
+        return -(cov / var.sqrt()).mean()
+
+
+class LNCCLoss(nn.Module):
+    """Negative local squared NCC in a box window of ``window`` voxels (odd; int or per array axis).
+
+    Same definition as VoxelMorph and MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular
+    kernel): ``cc = cov^2 / (var_f var_m + 1e-5)`` per voxel, averaged (over ``mask`` when given).
+    Windows at the image border use only the voxels inside the image.
+    """
+
+    def __init__(self, window: int | Sequence[int] = 9, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.window = window
+        self.eps = eps
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        dim = fixed.dim() - 2
+        size = [self.window] * dim if isinstance(self.window, int) else list(self.window)
+        if len(size) != dim or any(s < 1 or s % 2 == 0 for s in size):
+            raise InputError(f"LNCC window must be odd and positive per axis, got {self.window}")
+        mf, mm = box_filter(fixed, size), box_filter(moving, size)
+        cov = box_filter(fixed * moving, size) - mf * mm
+        var_f = (box_filter(fixed * fixed, size) - mf * mf).clamp(min=0)
+        var_m = (box_filter(moving * moving, size) - mm * mm).clamp(min=0)
+        cc = cov * cov / (var_f * var_m + self.eps)
+        return -_masked_mean(cc, mask)
+
+
+class MutualInformationLoss(nn.Module):
+    """Negative (normalised) mutual information from a Parzen-window joint histogram.
+
+    Args:
+        bins: histogram bins per image.
+        kernel: ``"bspline"`` (cubic B-spline Parzen window, as Mattes et al.) or ``"gaussian"``.
+        normalised: return ``-NMI = -(H(F) + H(M)) / H(F, M)`` (Studholme) instead of ``-MI``.
+        max_samples: use at most this many voxels (a fixed, seeded random subset) per sample.
+        seed: seed of that subset (determinism).
+    """
+
+    def __init__(self, bins: int = 32, kernel: str = "bspline", normalised: bool = False,
+                 max_samples: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if kernel not in ("bspline", "gaussian"):
+            raise InputError(f"MI kernel must be 'bspline' or 'gaussian', got {kernel!r}")
+        if bins < 8:
+            raise InputError(f"MI needs at least 8 bins, got {bins}")
+        self.bins, self.kernel, self.normalised = bins, kernel, normalised
+        self.max_samples, self.seed = max_samples, seed
+
+    def _weights(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Parzen weights ``(P, bins)`` of intensities ``x`` ``(P,)``, normalised to [0, 1] over weights ``w``."""
+        sel = x[w > 0]
+        lo, hi = sel.min().detach(), sel.max().detach()
+        a = ((x - lo) / (hi - lo).clamp(min=1e-12)).clamp(0.0, 1.0)
+        centres = torch.arange(self.bins, dtype=x.dtype, device=x.device)
+        if self.kernel == "bspline":
+            t = a * (self.bins - 5) + 2.0  # 2 bins of padding each side keep the partition of unity
+            d = (t.unsqueeze(1) - centres).abs()
+            return torch.where(d < 1, (4 - 6 * d**2 + 3 * d**3) / 6,
+                               torch.where(d < 2, (2 - d) ** 3 / 6, torch.zeros_like(d)))
+        t = a * (self.bins - 1)
+        g = torch.exp(-0.5 * ((t.unsqueeze(1) - centres) / 0.5) ** 2)
+        return g / g.sum(1, keepdim=True)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        losses = []
+        for n in range(fixed.shape[0]):
+            for c in range(fixed.shape[1]):
+                f = fixed[n, c].reshape(-1)
+                m = moving[n, c].reshape(-1)
+                w = torch.ones_like(f) if mask is None else mask[n, 0].reshape(-1)
+                if self.max_samples is not None and f.numel() > self.max_samples:
+                    gen = torch.Generator().manual_seed(self.seed)
+                    idx = torch.randperm(f.numel(), generator=gen)[: self.max_samples].to(f.device)
+                    f, m, w = f[idx], m[idx], w[idx]
+                if float(w.sum()) == 0:
+                    raise InputError("no masked voxel left for mutual information")
+                wf, wm = self._weights(f, w), self._weights(m, w)
+                joint = (wf * w.unsqueeze(1)).T @ wm / w.sum()
+                joint = joint / joint.sum()
+                pf, pm = joint.sum(1), joint.sum(0)
+                eps = 1e-10
+                h_f = -(pf * torch.log(pf + eps)).sum()
+                h_m = -(pm * torch.log(pm + eps)).sum()
+                h_fm = -(joint * torch.log(joint + eps)).sum()
+                if self.normalised:
+                    losses.append(-(h_f + h_m) / h_fm.clamp(min=eps))
+                else:
+                    losses.append(-(h_f + h_m - h_fm))
+        return torch.stack(losses).mean()
+
+
+def _shift(padded: torch.Tensor, offset: Sequence[int], pad: int, shape: Sequence[int]) -> torch.Tensor:
+    """View of ``image(x + offset)`` from an image padded by ``pad`` on every spatial side."""
+    slices = [slice(None), slice(None)] + [slice(pad + o, pad + o + n) for o, n in zip(offset, shape)]
+    return padded[tuple(slices)]
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC descriptors of ``image`` ``(N, 1, [D,] H, W)``: ``(N, 12, ...)`` in 3D, ``(N, 4, ...)`` in 2D.
+
+    For every pair of the 2*dim axis neighbours at ``dilation`` voxels that are not opposite each other
+    (the self-similarity context), the patch distance is the box mean (radius ``radius``) of the squared
+    difference; descriptors are ``exp(-(D - min D) / V)`` with ``V`` the mean over channels, clamped to
+    [1e-3, 1e3] times its global mean (Heinrich et al., MICCAI 2013; as in the Learn2Reg baselines).
+    """
+    if image.dim() not in (4, 5) or image.shape[1] != 1:
+        raise InputError(f"MIND-SSC expects (N, 1, [D,] H, W), got {tuple(image.shape)}")
+    dim = image.dim() - 2
+    shape = image.shape[2:]
+    neighbours = []
+    for axis in range(dim):
+        for sign in (-1, 1):
+            o = [0] * dim
+            o[axis] = sign * dilation
+            neighbours.append(o)
+    pairs = [(p, q) for i, p in enumerate(neighbours) for q in neighbours[i + 1:]
+             if sum((a - b) ** 2 for a, b in zip(p, q)) == 2 * dilation**2]
+    padded = F.pad(image, [dilation] * (2 * dim), mode="replicate")
+    size = [2 * radius + 1] * dim
+    dists = torch.cat([box_filter((_shift(padded, p, dilation, shape) - _shift(padded, q, dilation, shape)) ** 2, size)
+                       for p, q in pairs], dim=1)
+    dists = dists - dists.min(dim=1, keepdim=True).values
+    var = dists.mean(dim=1, keepdim=True)
+    mean_var = var.mean().detach()
+    var = var.clamp(min=float(mean_var) * 1e-3 + 1e-12, max=float(mean_var) * 1e3 + 1e-12)
+    return torch.exp(-dists / var)
+
+
+class MINDSSCLoss(nn.Module):
+    """Mean squared difference of MIND-SSC descriptors (multimodal); optimum 0."""
+
+    def __init__(self, radius: int = 1, dilation: int = 2) -> None:
+        super().__init__()
+        self.radius, self.dilation = radius, dilation
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        losses = [_masked_mean((mind_ssc(fixed[:, c:c + 1], self.radius, self.dilation)
+                                - mind_ssc(moving[:, c:c + 1], self.radius, self.dilation)) ** 2, mask)
+                  for c in range(fixed.shape[1])]
+        return torch.stack(losses).mean()
+
+
+SIMILARITIES = {"ssd": MSELoss, "mse": MSELoss, "ncc": NCCLoss, "lncc": LNCCLoss, "mi": MutualInformationLoss,
+                "nmi": lambda **kw: MutualInformationLoss(normalised=True, **kw), "mind": MINDSSCLoss}
+
+
+def make_similarity(name: str, **kwargs) -> nn.Module:
+    """Similarity loss by name: ``ssd``/``mse``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``mind``."""
+    key = name.lower()
+    if key not in SIMILARITIES:
+        raise InputError(f"unknown similarity {name!r} (choose from {sorted(SIMILARITIES)})")
+    return SIMILARITIES[key](**kwargs)
