@@ -34,6 +34,8 @@ class Image:
 
     def __init__(self, data: torch.Tensor | np.ndarray, grid: Grid, name: str = "image") -> None:
         if isinstance(data, np.ndarray):
+            if not data.dtype.isnative:
+                data = data.astype(data.dtype.newbyteorder("="))
             data = torch.from_numpy(np.ascontiguousarray(data.astype(_WIDEN.get(data.dtype, data.dtype), copy=False)))
         if data.dim() == grid.dim:
             data = data.unsqueeze(0)

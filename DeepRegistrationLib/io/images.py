@@ -23,6 +23,7 @@ __all__ = ["read_image", "write_image", "IMAGE_SUFFIXES"]
 
 _SITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _MGH_SUFFIXES = {".mgh", ".mgz"}
+_DETACHED_SUFFIXES = {".mhd", ".nhdr"}  # header + separate data file
 _2D_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 IMAGE_SUFFIXES = _SITK_SUFFIXES | _MGH_SUFFIXES
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -64,7 +65,21 @@ def read_image(
         image = image.to_grayscale()
     if not allow_nonfinite:
         image.check_finite()
+        if path.is_file() and full_suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_finite(path)
     return image
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN voxels into 0 (checked with SimpleITK 2.5.7); look at the raw data."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not np.issubdtype(img.get_data_dtype(), np.floating):
+        return
+    bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
+    if bad:
+        raise InputError(f"{path}: {bad} voxels are NaN or infinite")
 
 
 def write_image(image: Image, path: str | os.PathLike) -> None:
@@ -78,6 +93,9 @@ def write_image(image: Image, path: str | os.PathLike) -> None:
         raise InputError(f"{path}: unsupported image format {suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
     if suffix in _2D_ONLY_SUFFIXES:
         image = _as_8_or_16_bit(image, path)
+    if suffix in _DETACHED_SUFFIXES:
+        _write_detached(image, path)
+        return
     with atomic_output(path) as tmp:
         if suffix in _MGH_SUFFIXES:
             _write_mgh(image, tmp)
@@ -88,6 +106,17 @@ def write_image(image: Image, path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------- SimpleITK formats
+def _write_detached(image: Image, path: Path) -> None:
+    """Header + data file: write both under their final names in a temporary folder, then move (data first)."""
+    import SimpleITK as sitk
+
+    with atomic_output_dir(path.parent / f".{path.name}.parts") as tmp:
+        sitk.WriteImage(image.to_sitk(), str(tmp / path.name), useCompression=True)
+        parts = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # header last
+        for part in parts:
+            os.replace(part, path.parent / part.name)
+
+
 def _read_sitk(path: Path) -> Image:
     import SimpleITK as sitk
 
@@ -118,10 +147,14 @@ def _to_dimension(image: Image, dim: int) -> Image:
     if image.dim == dim:
         return image
     if dim == 2 and image.dim == 3 and image.grid.size[2] == 1:
+        # A single slice whose normal (the k axis) is a physical axis p: the 2D physical space is the
+        # other two physical axes, in LPS order (e.g. a coronal slice keeps x and z).
         d3 = image.grid.direction_matrix()
-        if np.allclose(np.abs(d3[2, 2]), 1.0) and np.allclose(d3[:2, 2], 0.0):
+        p = int(np.argmax(np.abs(d3[:, 2])))
+        if np.isclose(abs(d3[p, 2]), 1.0, atol=1e-6):
+            keep = [a for a in range(3) if a != p]
             g = image.grid
-            grid = Grid(g.size[:2], g.origin[:2], g.spacing[:2], d3[:2, :2])
+            grid = Grid(g.size[:2], np.asarray(g.origin)[keep], g.spacing[:2], d3[np.ix_(keep, [0, 1])])
             return Image(image.data[:, 0], grid, image.name)
     raise InputError(f"{image.name}: a {dim}D image is needed, got a {image.dim}D image of size {image.grid.size}")
 

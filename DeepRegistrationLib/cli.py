@@ -1,0 +1,315 @@
+"""``deepreg``: the command line of DeepRegistrationLib.
+
+Subcommands: ``apply`` (warp an image and/or points), ``evaluate`` (Dice, HD95, ASSD, TRE, Jacobian),
+``info`` (geometry of an image, kind and parameters of a transform), ``demo`` (the quick-start job).
+Exit status 0 on success; on a user error one line ``deepreg: error: ...`` and status 2; nothing
+is written unless the whole command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DeepRegError, InputError
+
+__all__ = ["main", "build_parser"]
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_label_map(image):
+    """Integer label map from a label image stored with a float type (values must be integral)."""
+    import torch
+
+    if image.is_label_map:
+        return image
+    if not bool((image.data == image.data.round()).all()):
+        raise InputError(f"{image.name}: not a label map (non-integer values)")
+    return image.with_data(image.data.round().to(torch.int32))
+
+
+def _read_transform_for(path: str, reference_grid, inverse: bool):
+    from .io import read_transform
+
+    transform = read_transform(path, reference=reference_grid)
+    if inverse:
+        transform = transform.inverse()
+        residual = getattr(transform, "inverse_residual_mm", None)
+        if residual:
+            print(f"numerical inverse: residual max {residual['max']:.4f} mm, p95 {residual['p95']:.4f} mm", file=sys.stderr)
+    return transform
+
+
+# ---------------------------------------------------------------------- apply
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from .io import read_image, read_points, write_image, write_points
+    from .warp import warp_image
+
+    image_args = [args.moving, args.reference, args.output]
+    if any(image_args) and not all(image_args):
+        raise InputError("warping an image needs --moving, --reference and --output together")
+    if bool(args.points_in) != bool(args.points_out):
+        raise InputError("mapping points needs --points-in and --points-out together")
+    if not any(image_args) and not args.points_in:
+        raise InputError("nothing to do: give --moving/--reference/--output and/or --points-in/--points-out")
+    for out in (args.output, args.points_out):
+        if out and any(Path(out).resolve() == Path(p).resolve() for p in (args.moving, args.reference, args.transform,
+                                                                             args.points_in) if p):
+            raise InputError(f"{out}: output would overwrite an input")
+
+    reference = read_image(args.reference) if args.reference else None
+    transform = _read_transform_for(args.transform, reference.grid if reference else None, args.inverse)
+    warped = points = None
+    if reference is not None:
+        moving = read_image(args.moving)
+        if args.interpolation != "linear":
+            moving = _as_label_map(moving) if args.interpolation == "label" else moving
+        for img in (moving, reference):
+            if img.dim != transform.dim:
+                raise InputError(f"{img.name} is {img.dim}D but {args.transform} is a {transform.dim}D transform")
+        warped = warp_image(moving, transform, reference, args.interpolation, args.default_value)
+    if args.points_in:
+        pts = read_points(args.points_in, dim=transform.dim)
+        points = transform.map_points(pts)
+    if warped is not None:
+        write_image(warped, args.output)
+        print(f"wrote {args.output}")
+    if points is not None:
+        write_points(points, args.points_out)
+        print(f"wrote {args.points_out} ({len(points)} points)")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate
+def evaluate_transform(transform, fixed_labels=None, moving_labels=None, fixed_points=None, moving_points=None,
+                       reference=None, interpolation: str = "label", surface: bool = True) -> dict:
+    """All evaluation figures of a resampling transform as one dict (what ``deepreg evaluate`` prints)."""
+    import numpy as np
+
+    from .metrics import (jacobian_determinant, jacobian_stats, overlap, surface_distances,
+                          target_registration_error)
+    from .warp import warp_image
+
+    report: dict = {"transform": transform.describe().get("kind")}
+    grid = fixed_labels.grid if fixed_labels is not None else (reference.grid if reference is not None else None)
+    if fixed_labels is not None:
+        warped = warp_image(moving_labels, transform, fixed_labels, interpolation)
+        before = warp_image(moving_labels, None, fixed_labels, interpolation)
+        ov = overlap(fixed_labels, warped)
+        ov_before = overlap(fixed_labels, before, labels=list(ov))
+        sd = surface_distances(fixed_labels, warped, labels=list(ov)) if surface else {}
+        per_label = {str(k): {**ov[k], **sd.get(k, {})} for k in ov}
+        report["labels"] = per_label
+        report["mean"] = {key: float(np.nanmean([v[key] for v in per_label.values()]))
+                          for key in ("dice", "jaccard", "hd95", "assd") if key in next(iter(per_label.values()))}
+        report["mean_dice_before"] = float(np.nanmean([v["dice"] for v in ov_before.values()]))
+    if fixed_points is not None:
+        report["tre_mm"] = target_registration_error(transform, fixed_points, moving_points)
+    if grid is not None:
+        det = jacobian_determinant(transform, grid)
+        report["jacobian"] = jacobian_stats(det)
+        if fixed_labels is not None:
+            report["jacobian_in_labels"] = jacobian_stats(det, fixed_labels.numpy() != 0)
+    return report
+
+
+def _print_report(report: dict) -> None:
+    if "labels" in report:
+        has_sd = "hd95" in next(iter(report["labels"].values()))
+        header = f"{'label':>7} {'Dice':>7} {'Jaccard':>8}" + (f" {'HD95 mm':>8} {'ASSD mm':>8}" if has_sd else "")
+        print(header)
+        for label, v in report["labels"].items():
+            line = f"{label:>7} {v['dice']:7.3f} {v['jaccard']:8.3f}"
+            if has_sd:
+                line += f" {v['hd95']:8.2f} {v['assd']:8.2f}"
+            print(line)
+        m = report["mean"]
+        line = f"{'mean':>7} {m['dice']:7.3f} {m['jaccard']:8.3f}"
+        if has_sd:
+            line += f" {m['hd95']:8.2f} {m['assd']:8.2f}"
+        print(line)
+        print(f"mean Dice before (identity): {report['mean_dice_before']:.3f}")
+    if "tre_mm" in report:
+        t = report["tre_mm"]
+        print(f"TRE ({t['count']} landmarks): mean {t['mean']:.2f} mm, median {t['median']:.2f}, "
+              f"p95 {t['p95']:.2f}, max {t['max']:.2f}")
+    if "jacobian" in report:
+        j = report["jacobian"]
+        print(f"Jacobian: folded voxels {j['folding_percent']:.3f} %, std log|J| {j['std_log_jacobian']:.4f}, "
+              f"det range {j['min']:.3f}..{j['max']:.3f}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import read_image, read_points
+    from .io.atomic import atomic_output
+
+    if bool(args.fixed_labels) != bool(args.moving_labels):
+        raise InputError("label evaluation needs --fixed-labels and --moving-labels together")
+    if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
+        raise InputError("landmark evaluation needs --fixed-landmarks and --moving-landmarks together")
+    if not args.fixed_labels and not args.fixed_landmarks:
+        raise InputError("nothing to evaluate: give label maps and/or landmarks")
+    fixed_labels = moving_labels = reference = None
+    if args.fixed_labels:
+        fixed_labels = _as_label_map(read_image(args.fixed_labels))
+        moving_labels = _as_label_map(read_image(args.moving_labels))
+        for img in (fixed_labels, moving_labels):
+            img.check_not_empty_labels()
+        if fixed_labels.dim != moving_labels.dim:
+            raise InputError(f"{args.fixed_labels} is {fixed_labels.dim}D but {args.moving_labels} is {moving_labels.dim}D")
+    if args.reference:
+        reference = read_image(args.reference)
+    grid = fixed_labels.grid if fixed_labels is not None else (reference.grid if reference is not None else None)
+    transform = _read_transform_for(args.transform, grid, False)
+    if fixed_labels is not None and fixed_labels.dim != transform.dim:
+        raise InputError(f"{args.fixed_labels} is {fixed_labels.dim}D but {args.transform} is {transform.dim}D")
+    fixed_points = moving_points = None
+    if args.fixed_landmarks:
+        fixed_points = read_points(args.fixed_landmarks, reference=grid)
+        moving_points = read_points(args.moving_landmarks,
+                                    reference=moving_labels.grid if moving_labels is not None else grid)
+    report = evaluate_transform(transform, fixed_labels, moving_labels, fixed_points, moving_points, reference,
+                                args.interpolation, surface=not args.no_surface)
+    _print_report(report)
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .io.atomic import full_suffix
+    from .io.transforms import TRANSFORM_SUFFIXES, read_transform
+
+    path = Path(args.file)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_file() and full_suffix(path) in TRANSFORM_SUFFIXES:
+        info = read_transform(path).describe()
+        info = {"file": str(path), **info}
+    else:
+        from .io import read_image
+
+        image = read_image(path, allow_nonfinite=True)
+        data = image.data
+        info = {"file": str(path), "kind": "image", **image.grid.describe(), "channels": image.num_channels,
+                "dtype": str(data.dtype).replace("torch.", ""),
+                "range": [float(data.min()), float(data.max())] if data.numel() else None}
+        if image.num_channels == image.dim and data.is_floating_point():
+            info["note"] = f"{image.dim} components per voxel: usable as a displacement field (LPS mm)"
+    print(json.dumps(info, indent=2) if args.json else _format_info(info))
+    return 0
+
+
+def _format_info(info: dict, indent: int = 0) -> str:
+    lines = []
+    pad = "  " * indent
+    for key, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key}:")
+            lines.append(_format_info(value, indent + 1))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{pad}{key}:")
+            for i, item in enumerate(value):
+                lines.append(f"{pad}  [{i}]")
+                lines.append(_format_info(item, indent + 2))
+        else:
+            if isinstance(value, float):
+                value = round(value, 6)
+            elif isinstance(value, list):
+                value = json.dumps(value if not value or not isinstance(value[0], list)
+                                   else [[round(x, 6) for x in row] for row in value])
+            lines.append(f"{pad}{key}: {value}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+             data_dir=Path(args.data_dir) if args.data_dir else None)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deepreg",
+        description="Medical image registration in physical space (LPS mm). Transforms are resampling transforms "
+                    "fixed -> moving (ITK convention; Slicer 'from parent').")
+    parser.add_argument("--version", action="version", version=f"deepreg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("apply", help="warp an image and/or map points through a transform",
+                       description="Warp the moving image onto the reference grid (moving(T(x))) and/or map "
+                                   "fixed-space points (CSV, LPS mm) to moving space.")
+    p.add_argument("--transform", required=True, help="ITK transform (.h5/.tfm/.txt/.mat) or displacement field image")
+    p.add_argument("--inverse", action="store_true", help="use the inverse transform (numerical for dense fields)")
+    p.add_argument("--moving", help="image to warp")
+    p.add_argument("--reference", help="image whose grid the output takes (the fixed image)")
+    p.add_argument("--output", help="warped image to write")
+    p.add_argument("--interpolation", choices=["linear", "nearest", "label"], default="linear",
+                   help="'label' = label-aware interpolation for label maps (default: linear)")
+    p.add_argument("--default-value", type=float, default=0.0, help="value outside the moving image")
+    p.add_argument("--points-in", help="CSV/elastix/markups points in fixed space (LPS mm)")
+    p.add_argument("--points-out", help="CSV of the mapped points (moving space, LPS mm)")
+    p.set_defaults(func=_cmd_apply)
+
+    p = sub.add_parser("evaluate", help="Dice/Jaccard, HD95, ASSD, TRE and Jacobian figures of a transform",
+                       description="Warp the moving labels through the transform onto the fixed labels' grid and "
+                                   "compare; map fixed landmarks and compare with the moving ones.")
+    p.add_argument("--transform", required=True)
+    p.add_argument("--fixed-labels", help="label map on the fixed grid")
+    p.add_argument("--moving-labels", help="label map on the moving grid")
+    p.add_argument("--fixed-landmarks", help="landmarks in fixed space (.csv LPS mm, elastix .txt, .fcsv, .mrk.json)")
+    p.add_argument("--moving-landmarks", help="corresponding landmarks in moving space")
+    p.add_argument("--reference", help="image giving the grid for the Jacobian when no label maps are given")
+    p.add_argument("--interpolation", choices=["label", "nearest"], default="label",
+                   help="how the moving labels are warped (default: label-aware)")
+    p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD (faster)")
+    p.add_argument("--json", help="also write the full report as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("info", help="geometry of an image, or kind and parameters of a transform file")
+    p.add_argument("file", help="image file, DICOM folder or transform file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="the quick-start job: known-transform recovery on the ICBM152 template",
+                       description="Fetches the ICBM152 2009a template (nilearn wheel) and a real nonlinear warp "
+                                   "(nitransforms wheel) from PyPI, builds a known transform, registers and reports.")
+    p.add_argument("--output", default="demo_output", help="folder for the results (default: demo_output)")
+    p.add_argument("--cache-dir", help="where the downloaded wheels are kept (default: ~/.cache/deepregistration)")
+    p.add_argument("--data-dir", help="use these files instead of downloading (a folder with the template and warp)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DeepRegError as err:
+        if args.debug:
+            raise
+        print(f"deepreg: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("deepreg: error: out of memory (try a smaller image or a machine with more RAM)", file=sys.stderr)
+        return 3
+    except Exception as err:  # noqa: BLE001 - last resort: one line, no traceback unless --debug
+        if args.debug:
+            raise
+        print(f"deepreg: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
