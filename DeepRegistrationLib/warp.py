@@ -52,6 +52,9 @@ def warp_image(
     if transform is not None and transform.dim != grid.dim:
         raise InputError(f"a {transform.dim}D transform cannot warp {grid.dim}D images")
 
+    if transform is None and moving.grid.same_as(grid, atol=1e-9):
+        return Image(moving.data.clone(), grid, name=moving.name)
+
     labels = None
     if interpolation == "label":
         if moving.num_channels != 1:

@@ -25,7 +25,7 @@ from ..transforms import (AffineTransform, CompositeTransform, DisplacementField
 from ..transforms.linear import LinearTransform
 from .atomic import atomic_output, full_suffix
 
-__all__ = ["read_transform", "write_transform", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
+__all__ = ["read_transform", "write_transform", "read_fsl_displacement_field", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
            "FIELD_IMAGE_SUFFIXES"]
 
 TRANSFORM_SUFFIXES = {".h5", ".hdf5", ".tfm", ".txt", ".mat"}
@@ -181,3 +181,32 @@ def write_transform(transform: Transform, path: str | os.PathLike) -> None:
     tx = transform_to_sitk(transform)
     with atomic_output(path) as tmp:
         sitk.WriteTransform(tx, str(tmp))
+
+
+def read_fsl_displacement_field(path: str | os.PathLike) -> DisplacementField:
+    """An FSL displacement field (4D NIfTI ``X x Y x Z x 3``, mm) as a :class:`DisplacementField`.
+
+    FSL stores the vectors with the x component negated relative to RAS (nitransforms'
+    ``FSLDisplacementsField``); in LPS the vector is therefore ``(x_fsl, -y_fsl, z_fsl)``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise InputError(f"{path}: cannot read FSL displacement field: {err}") from None
+    data = data.reshape(data.shape[:3] + data.shape[-1:]) if data.ndim == 5 else data
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise InputError(f"{path}: an FSL displacement field is X x Y x Z x 3, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: holds NaN or infinite vectors")
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine  # voxel (i, j, k) -> LPS mm
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    grid = Grid(data.shape[:3], affine[:3, 3], spacing, affine[:3, :3] / spacing)
+    lps = data * np.array([1.0, -1.0, 1.0], dtype=np.float32)
+    field = torch.from_numpy(np.ascontiguousarray(np.transpose(lps, (3, 2, 1, 0))))  # (3, k, j, i)
+    return DisplacementField(field, grid)

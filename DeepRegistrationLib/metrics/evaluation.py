@@ -128,7 +128,7 @@ def jacobian_determinant(transform: Transform, grid: Grid) -> torch.Tensor:
 
         lin = transform.collapse_linear() if isinstance(transform, CompositeTransform) else transform
         return torch.full(grid.shape, float(torch.linalg.det(lin.matrix().detach())), dtype=torch.float64)
-    u = to_displacement_field(transform, grid, dtype=torch.float64).field  # (dim, *shape)
+    u = to_displacement_field(transform, grid, dtype=torch.float64).field.double()  # (dim, *shape)
     dim = grid.dim
     # d u_c / d index_a (index axes i, j, k are array axes dim-1, ..., 0)
     grads = [torch.gradient(u[c], dim=tuple(range(dim))) for c in range(dim)]

@@ -59,10 +59,11 @@ def oasis_oblique(oasis_t1) -> dr.Image:
     return oasis_t1.resample_to(oblique_grid(oasis_t1.grid))
 
 
-def smooth_field(center: np.ndarray, amplitude: float = 4.0, spacing: float = 12.0) -> dr.DisplacementField:
-    """A smooth displacement field (LPS mm) on its own coarse, oblique grid around ``center``."""
+def smooth_field(center: np.ndarray, amplitude: float = 4.0, spacing: float = 12.0,
+                 size=(16, 18, 20)) -> dr.DisplacementField:
+    """A smooth displacement field (LPS mm) on its own oblique grid around ``center``."""
     rot = rotation_matrix(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64), 3).numpy()
-    size = np.array([16, 18, 20])
+    size = np.asarray(size)
     grid = dr.Grid(size, center - rot @ ((size - 1) / 2 * spacing), [spacing] * 3, rot)
     p = grid.physical_points().reshape(-1, 3)
     u = torch.stack([amplitude * torch.sin(p[:, 1] / 25), 0.75 * amplitude * torch.cos(p[:, 2] / 30),

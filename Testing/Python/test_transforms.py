@@ -1,0 +1,208 @@
+"""Transforms in physical space, checked in millimetres against SimpleITK on real images."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import DeepRegistrationLib as dr
+from conftest import data_file, known_transform, oblique_grid, smooth_field
+from DeepRegistrationLib.io.transforms import read_fsl_displacement_field
+
+
+def _sitk_resample(image: dr.Image, tx, reference: dr.Image | None = None) -> np.ndarray:
+    ref = (reference or image).to_sitk()
+    return sitk.GetArrayFromImage(sitk.Resample(image.to_sitk(), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
+def _points_in(grid: dr.Grid, n: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.uniform(0, 1, (n, grid.dim)) * (np.asarray(grid.size) - 1)
+    return grid.index_to_physical(idx)
+
+
+def _intensity_range(image: dr.Image) -> float:
+    return float(image.data.max() - image.data.min())
+
+
+# ---------------------------------------------------------------------- the library's files in SimpleITK
+@pytest.mark.parametrize("suffix", [".h5", ".tfm"])
+def test_library_transform_applied_by_simpleitk_matches_library_warp(tmp_path, oasis_oblique, suffix):
+    """Rigid + affine + smooth field on a real anisotropic oblique volume: same image, same points."""
+    transform = known_transform(oasis_oblique.grid.center())
+    if suffix == ".tfm":  # text files hold the linear part only
+        transform = dr.compose(*transform.parts[:2])
+    path = tmp_path / f"T{suffix}"
+    dr.write_transform(transform, path)
+    tx = sitk.ReadTransform(str(path))
+
+    ours = dr.warp_image(oasis_oblique, transform, oasis_oblique).numpy()
+    theirs = _sitk_resample(oasis_oblique, tx)
+    assert np.abs(ours - theirs).max() <= 1e-3 * _intensity_range(oasis_oblique)
+
+    pts = _points_in(oasis_oblique.grid)
+    mapped = transform.map_points(pts)
+    expected = np.array([tx.TransformPoint(p.tolist()) for p in pts])
+    assert np.abs(mapped - expected).max() < 0.01
+    assert np.linalg.norm(mapped - pts, axis=1).mean() > 5  # the transform really moves things
+
+
+def test_library_reads_back_what_it_writes(tmp_path, oasis_oblique):
+    transform = known_transform(oasis_oblique.grid.center())
+    dr.write_transform(transform, tmp_path / "T.h5")
+    back = dr.read_transform(tmp_path / "T.h5")
+    assert isinstance(back, dr.CompositeTransform) and [p.kind for p in back.parts] == \
+        ["RigidTransform", "AffineTransform", "DisplacementField"]
+    pts = _points_in(oasis_oblique.grid)
+    np.testing.assert_allclose(back.map_points(pts), transform.map_points(pts), atol=1e-4)
+    np.testing.assert_allclose(back.parts[0].angles.numpy(), transform.parts[0].angles.numpy(), atol=1e-12)
+
+
+# ---------------------------------------------------------------------- SimpleITK's files in the library
+def _sitk_transforms(center, field_image):
+    c = list(center)
+    affine = sitk.AffineTransform([1.04, 0.05, 0.0, -0.03, 0.96, 0.02, 0.01, 0.0, 1.01], [3.0, -2.0, 4.0], c)
+    euler = sitk.Euler3DTransform(c, 0.1, -0.05, 0.2, (2.0, 1.0, -3.0))
+    zyx = sitk.Euler3DTransform(c, 0.1, -0.05, 0.2, (2.0, 1.0, -3.0))
+    zyx.SetComputeZYX(True)
+    similarity = sitk.Similarity3DTransform(1.1, (0.2, 0.1, 0.3), 0.15, (1.0, 2.0, 3.0), c)
+    versor = sitk.VersorRigid3DTransform((0.0, 0.0, 1.0), 0.2, (4.0, 0.0, 0.0), c)
+    field = sitk.DisplacementFieldTransform(sitk.Image(field_image))
+    composite = sitk.CompositeTransform([affine, field])
+    return {"affine": affine, "euler": euler, "euler_zyx": zyx, "similarity": similarity, "versor": versor,
+            "field": field, "composite": composite}
+
+
+@pytest.mark.parametrize("kind", ["affine", "euler", "euler_zyx", "similarity", "versor", "field", "composite"])
+def test_simpleitk_written_transform_applied_by_library(tmp_path, oasis_oblique, kind):
+    center = oasis_oblique.grid.center()
+    field = smooth_field(center)
+    field_image = sitk.GetImageFromArray(field.field.double().movedim(0, -1).numpy(), isVector=True)
+    field.grid.apply_to_sitk(field_image)
+    tx = _sitk_transforms(center, field_image)[kind]
+    path = tmp_path / "sitk.h5"
+    sitk.WriteTransform(tx, str(path))
+    ours = dr.read_transform(path)
+    warped = dr.warp_image(oasis_oblique, ours, oasis_oblique).numpy()
+    assert np.abs(warped - _sitk_resample(oasis_oblique, tx)).max() <= 1e-3 * _intensity_range(oasis_oblique)
+    pts = _points_in(oasis_oblique.grid)
+    expected = np.array([tx.TransformPoint(p.tolist()) for p in pts])
+    assert np.abs(ours.map_points(pts) - expected).max() < 0.01
+
+
+def test_displacement_field_image_written_by_simpleitk(tmp_path, oasis_oblique):
+    field = smooth_field(oasis_oblique.grid.center())
+    image = sitk.GetImageFromArray(field.field.double().movedim(0, -1).numpy(), isVector=True)
+    field.grid.apply_to_sitk(image)
+    for suffix in (".nii.gz", ".nrrd"):
+        sitk.WriteImage(image, str(tmp_path / f"field{suffix}"))
+        ours = dr.read_transform(tmp_path / f"field{suffix}")
+        tx = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+        pts = _points_in(oasis_oblique.grid)
+        expected = np.array([tx.TransformPoint(p.tolist()) for p in pts])
+        assert np.abs(ours.map_points(pts) - expected).max() < 0.01
+    dr.write_transform(field, tmp_path / "ours.nii.gz")
+    back = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
+    assert back.GetNumberOfComponentsPerPixel() == 3 and dr.Grid.from_sitk(back).same_as(field.grid)
+
+
+def test_2d_rigid_matches_simpleitk_on_real_slice(tmp_path):
+    image = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceBorder20.png"), grayscale=True)
+    center = image.grid.center()
+    rigid = dr.RigidTransform([np.radians(10.0)], [13.0, 17.0], center=center)
+    dr.write_transform(rigid, tmp_path / "r.tfm")
+    tx = sitk.ReadTransform(str(tmp_path / "r.tfm"))
+    assert tx.GetName() == "Euler2DTransform"
+    ours = dr.warp_image(image, rigid, image).numpy()
+    assert np.abs(ours - _sitk_resample(image, tx)).max() <= 1e-3 * _intensity_range(image)
+
+
+# ---------------------------------------------------------------------- inverses
+def test_linear_inverse_is_exact(oasis_oblique):
+    c = oasis_oblique.grid.center()
+    transform = dr.compose(*known_transform(c).parts[:2])
+    pts = _points_in(oasis_oblique.grid)
+    np.testing.assert_allclose(transform.inverse().map_points(transform.map_points(pts)), pts, atol=1e-9)
+
+
+def test_numerical_inverse_of_real_field_is_identity_inside_brain():
+    field = read_fsl_displacement_field(data_file("deformation/ds-005_sub-01_from-OASIS_to-T1_warp_fsl.nii.gz"))
+    inverse = field.inverse()
+    assert inverse.inverse_residual_mm["p95"] < 0.1
+    brain = field.field.norm(dim=0) > 0.01  # the warp's support: the head
+    x = field.grid.physical_points(dtype=torch.float64)[brain]
+    forward_then_back = inverse.map_points(field.map_points(x))
+    back_then_forward = field.map_points(inverse.map_points(x))
+    for err in ((forward_then_back - x).norm(dim=-1), (back_then_forward - x).norm(dim=-1)):
+        assert float(torch.quantile(err, 0.95)) < 0.1
+    assert float(field.field.norm(dim=0).max()) > 10  # a real, large deformation
+
+
+def test_stationary_velocity_field_is_diffeomorphic_and_invertible(oasis_oblique):
+    velocity = smooth_field(oasis_oblique.grid.center(), amplitude=6.0, spacing=4.0, size=(48, 54, 60))
+    svf = dr.StationaryVelocityField(velocity.field, velocity.grid, steps=7)
+    inner = dr.Grid([24, 27, 30], velocity.grid.index_to_physical(np.array([12.0, 13.5, 15.0])), [4.0] * 3,
+                    velocity.grid.direction_matrix())
+    x = torch.as_tensor(_points_in(inner, seed=3))
+    round_trip = svf.inverse().map_points(svf.map_points(x))
+    assert float((round_trip - x).norm(dim=-1).quantile(0.95)) < 0.1
+    from DeepRegistrationLib.metrics import jacobian_determinant
+
+    assert float(jacobian_determinant(svf, inner).min()) > 0  # the field does not vanish at its border: look inside
+
+
+def test_composite_order_and_inverse(oasis_oblique):
+    c = oasis_oblique.grid.center()
+    shift = dr.TranslationTransform([10.0, 0.0, 0.0])
+    scale = dr.AffineTransform(np.diag([2.0, 2.0, 2.0]))
+    both = dr.compose(shift, scale)  # shift first, then scale
+    np.testing.assert_allclose(both.map_points(np.array([[1.0, 1.0, 1.0]])), [[22.0, 2.0, 2.0]])
+    np.testing.assert_allclose(both.inverse().map_points(both.map_points(c[None])), c[None], atol=1e-9)
+    np.testing.assert_allclose(both.collapse_linear().map_points(c[None]), both.map_points(c[None]), atol=1e-9)
+
+
+# ---------------------------------------------------------------------- label maps and points
+def test_label_aware_warp_keeps_label_set(oasis_seg_pair):
+    seg = oasis_seg_pair[0]
+    coarse = seg.resample_to(oblique_grid(seg.grid, spacing=(2.0, 2.0, 2.0)), interpolation="nearest")
+    transform = known_transform(coarse.grid.center())
+    warped = dr.warp_image(coarse, transform, coarse, interpolation="label")
+    assert warped.data.dtype == coarse.data.dtype
+    assert set(torch.unique(warped.data).tolist()) <= set(torch.unique(coarse.data).tolist())
+    same = dr.warp_image(coarse, None, coarse, interpolation="label")
+    assert torch.equal(same.data, coarse.data)
+
+
+def test_identity_resample_is_exact(oasis_oblique):
+    same = oasis_oblique.resample_to(oasis_oblique)
+    np.testing.assert_allclose(same.numpy(), oasis_oblique.numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_unsupported_transform_kind(tmp_path, oasis_oblique):
+    bspline = sitk.BSplineTransformInitializer(oasis_oblique.to_sitk(), [4, 4, 4])
+    path = tmp_path / "bspline.h5"
+    sitk.WriteTransform(bspline, str(path))
+    with pytest.raises(dr.UnsupportedTransformError, match=r"bspline\.h5: unsupported transform kind BSplineTransform"):
+        dr.read_transform(path)
+    sampled = dr.read_transform(path, reference=oasis_oblique.grid)  # with a grid it is sampled exactly
+    assert isinstance(sampled, dr.DisplacementField)
+
+
+def test_bad_transform_files(tmp_path, oasis_oblique):
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n garbage")
+    with pytest.raises(dr.InputError, match=r"broken\.h5: cannot read transform"):
+        dr.read_transform(tmp_path / "broken.h5")
+    with pytest.raises(dr.InputError, match="file not found"):
+        dr.read_transform(tmp_path / "missing.tfm")
+    field = smooth_field(oasis_oblique.grid.center())
+    with pytest.raises(dr.InputError, match="cannot hold a dense field"):
+        dr.write_transform(field, tmp_path / "field.tfm")
+    assert not (tmp_path / "field.tfm").exists()
+
+
+def test_dimension_mismatch(oasis_oblique):
+    with pytest.raises(dr.InputError, match="2D transform cannot warp 3D"):
+        dr.warp_image(oasis_oblique, dr.RigidTransform([0.1]), oasis_oblique)
+    with pytest.raises(dr.InputError, match="3 coordinates"):
+        dr.RigidTransform([0.1]).map_points(np.zeros((2, 3)))
