@@ -89,7 +89,8 @@ class LNCCLoss(nn.Module):
     """Negative local squared NCC in a box window of ``window`` voxels (odd; int or per array axis).
 
     Same definition as VoxelMorph and MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular
-    kernel): ``cc = cov^2 / (var_f var_m + 1e-5)`` per voxel, averaged (over ``mask`` when given).
+    kernel): ``cc = cov^2 / (var_f var_m + 1e-5)`` per voxel with cov and var as window *sums*,
+    averaged (over ``mask`` when given).
     Windows at the image border use only the voxels inside the image.
     """
 
@@ -108,7 +109,9 @@ class LNCCLoss(nn.Module):
         cov = box_filter(fixed * moving, size) - mf * mm
         var_f = (box_filter(fixed * fixed, size) - mf * mf).clamp(min=0)
         var_m = (box_filter(moving * moving, size) - mm * mm).clamp(min=0)
-        cc = cov * cov / (var_f * var_m + self.eps)
+        # VoxelMorph/MONAI add eps to products of window *sums* (V x the means): eps / V^2 on means.
+        volume = float(torch.tensor(size, dtype=torch.float64).prod())
+        cc = cov * cov / (var_f * var_m + self.eps / volume**2)
         return -_masked_mean(cc, mask)
 
 

@@ -1,0 +1,202 @@
+"""Evaluation metrics against SimpleITK on real label maps; similarity losses on real images."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import DeepRegistrationLib as dr
+from conftest import data_file, known_transform
+from DeepRegistrationLib.metrics import (LNCCLoss, MINDSSCLoss, MSELoss, MutualInformationLoss, NCCLoss,
+                                         jacobian_determinant, jacobian_stats, make_similarity, mind_ssc, overlap,
+                                         surface_distances, target_registration_error)
+
+
+@pytest.fixture(scope="module")
+def seg_pair(oasis_seg_pair):
+    """OASIS seg35 of subjects 1 and 2 (same 1 mm grid), with the spacing made anisotropic to test mm units."""
+    fixed, moving = oasis_seg_pair
+    grid = dr.Grid(fixed.grid.size, fixed.grid.origin, (0.9, 1.2, 1.5), fixed.grid.direction)
+    return dr.Image(fixed.data, grid, "fixed seg35"), dr.Image(moving.data, grid, "moving seg35")
+
+
+def test_dice_and_jaccard_equal_simpleitk(seg_pair):
+    fixed, moving = seg_pair
+    ours = overlap(fixed, moving)
+    assert len(ours) == 35
+    f = sitk.LabelOverlapMeasuresImageFilter()
+    f.Execute(fixed.to_sitk(), moving.to_sitk())
+    for label, v in ours.items():
+        assert v["dice"] == pytest.approx(f.GetDiceCoefficient(label), abs=1e-12)
+        assert v["jaccard"] == pytest.approx(f.GetJaccardCoefficient(label), abs=1e-12)
+    assert np.mean([v["dice"] for v in ours.values()]) == pytest.approx(0.459, abs=0.005)  # MANIFEST figure
+
+
+def test_surface_distances_equal_simpleitk_hausdorff(seg_pair):
+    fixed, moving = seg_pair
+    labels = [2, 4, 10, 17, 28]
+    ours = surface_distances(fixed, moving, labels)
+    for label in labels:
+        contours = []
+        for img in (fixed, moving):
+            mask = sitk.BinaryThreshold(img.to_sitk(), label, label, 1, 0)
+            contours.append(sitk.BinaryContour(mask, fullyConnected=False))
+        h = sitk.HausdorffDistanceImageFilter()
+        h.Execute(contours[0], contours[1])
+        assert ours[label]["hd"] == pytest.approx(h.GetHausdorffDistance(), rel=1e-5)
+        directed_mean = (ours[label]["mean_fixed_to_warped"] + ours[label]["mean_warped_to_fixed"]) / 2
+        assert directed_mean == pytest.approx(h.GetAverageHausdorffDistance(), rel=1e-5)
+        assert 0 < ours[label]["assd"] <= ours[label]["hd95"] <= ours[label]["hd"]
+
+
+def test_surface_distance_of_shifted_label_in_mm():
+    """A cube shifted by 2 voxels along an axis of 1.5 mm spacing is 3 mm away on the shifted faces."""
+    a = np.zeros((20, 20, 20), np.int32)
+    a[5:15, 5:15, 5:15] = 1
+    b = np.roll(a, 2, axis=0)  # array axis 0 = index k, spacing 1.5 mm
+    grid = dr.Grid([20, 20, 20], spacing=[1.0, 1.0, 1.5])
+    d = surface_distances(dr.Image(a, grid), dr.Image(b, grid))[1]
+    assert d["hd"] == pytest.approx(3.0)
+
+
+def test_tre_equals_hand_computation():
+    fixed = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 20.0, 5.0]])
+    moving = np.array([[1.0, 2.0, 2.0], [11.0, 2.0, 2.0], [1.0, 22.0, 3.0]])
+    shift = dr.TranslationTransform([1.0, 2.0, 0.0])
+    tre = target_registration_error(shift, fixed, moving)
+    np.testing.assert_allclose(tre["per_point"], [2.0, 2.0, 2.0])
+    with pytest.raises(dr.InputError, match="3 fixed vs 2 moving"):
+        target_registration_error(shift, fixed, moving[:2])
+
+
+def test_tre_on_real_lung_landmarks():
+    from DeepRegistrationLib.io import read_points
+
+    fixed = read_points(data_file("lung_ct/itkelastix_CT_3D_lung_fixed_point_set.txt"))
+    moving = read_points(data_file("lung_ct/itkelastix_CT_3D_lung_moving_point_set.txt"))
+    tre = target_registration_error(dr.IdentityTransform(3), fixed, moving)
+    assert tre["count"] == 100 and tre["mean"] == pytest.approx(np.linalg.norm(fixed - moving, axis=1).mean())
+    assert 25 < tre["mean"] < 45  # MANIFEST: mean landmark displacement 34 mm
+
+
+def test_jacobian_of_known_affine_is_its_determinant(oasis_oblique):
+    matrix = np.array([[1.05, 0.03, -0.02], [0.01, 0.97, 0.04], [-0.03, 0.02, 1.02]])
+    affine = dr.AffineTransform(matrix, [1.0, 2.0, -1.0])
+    coarse = oasis_oblique.grid.with_spacing([4.0, 4.0, 5.0])
+    det = jacobian_determinant(affine, coarse)
+    np.testing.assert_allclose(det.numpy(), np.linalg.det(matrix), rtol=1e-12)
+    # The same affine as a sampled dense field (finite differences on an oblique anisotropic grid).
+    field = dr.to_displacement_field(affine, coarse, dtype=torch.float64)
+    np.testing.assert_allclose(jacobian_determinant(field, coarse).numpy(), np.linalg.det(matrix), rtol=1e-6)
+    stats = jacobian_stats(det)
+    assert stats["folding_percent"] == 0 and stats["std_log_jacobian"] < 1e-9
+
+
+def test_jacobian_detects_folding():
+    grid = dr.Grid([16, 16, 16], spacing=[2.0, 2.0, 2.0])
+    x = grid.physical_points()
+    u = torch.zeros(3, *grid.shape, dtype=torch.float64)
+    u[0] = -2.0 * x[..., 0]  # x -> -x along one axis: det = -1 everywhere
+    stats = jacobian_stats(jacobian_determinant(dr.DisplacementField(u, grid), grid))
+    assert stats["folding_percent"] == 100.0
+
+
+# ---------------------------------------------------------------------- similarity losses
+@pytest.fixture(scope="module")
+def slices():
+    """Real 2D T1 slice (OASIS), its shifted copy, and an intensity-inverted copy (a 'different modality')."""
+    img = dr.read_image(data_file("brain2d/oasis_neurite_2d/OAS1_0001_MR1_slice_norm.nii.gz"), dim=2)
+    t1 = img.data.float().unsqueeze(0)
+    shifted = torch.roll(t1, shifts=(3, -2), dims=(2, 3))
+    inverted = float(t1.max()) - t1
+    return t1, shifted, inverted
+
+
+ALL = ["ssd", "ncc", "lncc", "mi", "nmi", "mind"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_identical_images_are_optimal_and_gradients_finite(slices, name):
+    t1, shifted, _ = slices
+    loss = make_similarity(name)
+    same = float(loss(t1, t1))
+    assert same < float(loss(t1, shifted))
+    optimum = {"ssd": 0.0, "ncc": -1.0, "lncc": None, "mi": None, "nmi": None, "mind": 0.0}[name]
+    if optimum is not None:
+        assert same == pytest.approx(optimum, abs=1e-5)
+    moving = shifted.clone().requires_grad_(True)
+    value = loss(t1, moving)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(moving.grad).all() and moving.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["mi", "nmi", "mind"])
+def test_multimodal_losses_match_inverted_contrast(slices, name):
+    t1, _, inverted = slices
+    loss = make_similarity(name)
+    inv_shifted = torch.roll(inverted, shifts=(3, -2), dims=(2, 3))
+    aligned, misaligned = float(loss(t1, inverted)), float(loss(t1, inv_shifted))
+    assert aligned < misaligned
+    if name in ("mi", "nmi"):  # MI is invariant to a bijective intensity map
+        assert aligned == pytest.approx(float(loss(t1, t1)), rel=1e-4)
+    else:  # MIND-SSC is invariant to negation
+        assert aligned == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mi_does_not_depend_on_intensity_range(slices):
+    """Unlike MONAI 1.6.1's Gaussian MI (which assumes [0, 1]), scaling intensities by 1000 changes nothing."""
+    t1, shifted, _ = slices
+    for kernel in ("bspline", "gaussian"):
+        mi = MutualInformationLoss(kernel=kernel)
+        assert float(mi(t1 * 1000, shifted * 1000)) == pytest.approx(float(mi(t1, shifted)), rel=1e-5)
+
+
+def test_mi_is_finite_on_constant_image(slices):
+    t1, _, _ = slices
+    constant = torch.full_like(t1, 3.0).requires_grad_(True)
+    value = MutualInformationLoss()(t1, constant)
+    value.backward()
+    assert torch.isfinite(value) and abs(float(value.detach())) < 1e-6 and torch.isfinite(constant.grad).all()
+
+
+def test_lncc_matches_monai_rectangular_kernel_inside(slices):
+    from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+    t1, shifted, _ = slices
+    loss = LNCCLoss(window=9)
+    monai = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=9, kernel_type="rectangular",
+                                                reduction="none")
+    theirs_map = -monai(shifted, t1)
+    # Compare the interior mean: MONAI zero-pads at the border, we use only the voxels inside the image there.
+    inner = torch.zeros_like(t1)
+    inner[..., 8:-8, 8:-8] = 1
+    ours_inner = -float(loss(t1, shifted, mask=inner))
+    theirs_inner = float((theirs_map * inner).sum() / inner.sum())
+    # MONAI clamps each window variance at 1e-5 where VoxelMorph (and we) add 1e-5 to their product: 0.2 % apart here.
+    assert ours_inner == pytest.approx(theirs_inner, rel=5e-3)
+
+
+def test_masks_restrict_the_measure(slices):
+    t1, shifted, _ = slices
+    mask = torch.zeros_like(t1)
+    mask[..., :, :40] = 1
+    for loss in (MSELoss(), NCCLoss(), LNCCLoss(), MutualInformationLoss(), MINDSSCLoss()):
+        assert float(loss(t1, shifted, mask)) != pytest.approx(float(loss(t1, shifted)), rel=1e-6)
+        with pytest.raises(dr.InputError, match="mask is empty"):
+            loss(t1, shifted, torch.zeros_like(t1))
+
+
+def test_mind_ssc_descriptor_shapes():
+    assert mind_ssc(torch.rand(1, 1, 12, 14, 16)).shape == (1, 12, 12, 14, 16)
+    assert mind_ssc(torch.rand(2, 1, 20, 24)).shape == (2, 4, 20, 24)
+
+
+def test_losses_in_3d_have_finite_gradients(oasis_t1):
+    vol = oasis_t1.resample_to(oasis_t1.grid.with_spacing([4.0, 4.0, 4.0])).data.unsqueeze(0)
+    warped = dr.warp_image(dr.Image(vol[0], oasis_t1.grid.with_spacing([4.0, 4.0, 4.0])),
+                           known_transform(oasis_t1.grid.center()), oasis_t1.grid.with_spacing([4.0, 4.0, 4.0]))
+    moving = warped.data.unsqueeze(0).requires_grad_(True)
+    for name in ALL:
+        value = make_similarity(name)(vol, moving)
+        grad, = torch.autograd.grad(value, moving)
+        assert torch.isfinite(value) and torch.isfinite(grad).all(), name
