@@ -20,17 +20,6 @@ __all__ = ["main", "build_parser"]
 
 
 # ---------------------------------------------------------------------- helpers
-def _as_label_map(image):
-    """Integer label map from a label image stored with a float type (values must be integral)."""
-    import torch
-
-    if image.is_label_map:
-        return image
-    if not bool((image.data == image.data.round()).all()):
-        raise InputError(f"{image.name}: not a label map (non-integer values)")
-    return image.with_data(image.data.round().to(torch.int32))
-
-
 def _read_transform_for(path: str, reference_grid, inverse: bool):
     from .io import read_transform
 
@@ -66,7 +55,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if reference is not None:
         moving = read_image(args.moving)
         if args.interpolation != "linear":
-            moving = _as_label_map(moving) if args.interpolation == "label" else moving
+            moving = moving.as_label_map() if args.interpolation == "label" else moving
         for img in (moving, reference):
             if img.dim != transform.dim:
                 raise InputError(f"{img.name} is {img.dim}D but {args.transform} is a {transform.dim}D transform")
@@ -84,38 +73,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- evaluate
-def evaluate_transform(transform, fixed_labels=None, moving_labels=None, fixed_points=None, moving_points=None,
-                       reference=None, interpolation: str = "label", surface: bool = True) -> dict:
-    """All evaluation figures of a resampling transform as one dict (what ``deepreg evaluate`` prints)."""
-    import numpy as np
-
-    from .metrics import (jacobian_determinant, jacobian_stats, overlap, surface_distances,
-                          target_registration_error)
-    from .warp import warp_image
-
-    report: dict = {"transform": transform.describe().get("kind")}
-    grid = fixed_labels.grid if fixed_labels is not None else (reference.grid if reference is not None else None)
-    if fixed_labels is not None:
-        warped = warp_image(moving_labels, transform, fixed_labels, interpolation)
-        before = warp_image(moving_labels, None, fixed_labels, interpolation)
-        ov = overlap(fixed_labels, warped)
-        ov_before = overlap(fixed_labels, before, labels=list(ov))
-        sd = surface_distances(fixed_labels, warped, labels=list(ov)) if surface else {}
-        per_label = {str(k): {**ov[k], **sd.get(k, {})} for k in ov}
-        report["labels"] = per_label
-        report["mean"] = {key: float(np.nanmean([v[key] for v in per_label.values()]))
-                          for key in ("dice", "jaccard", "hd95", "assd") if key in next(iter(per_label.values()))}
-        report["mean_dice_before"] = float(np.nanmean([v["dice"] for v in ov_before.values()]))
-    if fixed_points is not None:
-        report["tre_mm"] = target_registration_error(transform, fixed_points, moving_points)
-    if grid is not None:
-        det = jacobian_determinant(transform, grid)
-        report["jacobian"] = jacobian_stats(det)
-        if fixed_labels is not None:
-            report["jacobian_in_labels"] = jacobian_stats(det, fixed_labels.numpy() != 0)
-    return report
-
-
 def _print_report(report: dict) -> None:
     if "labels" in report:
         has_sd = "hd95" in next(iter(report["labels"].values()))
@@ -154,8 +111,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("nothing to evaluate: give label maps and/or landmarks")
     fixed_labels = moving_labels = reference = None
     if args.fixed_labels:
-        fixed_labels = _as_label_map(read_image(args.fixed_labels))
-        moving_labels = _as_label_map(read_image(args.moving_labels))
+        fixed_labels = read_image(args.fixed_labels).as_label_map()
+        moving_labels = read_image(args.moving_labels).as_label_map()
         for img in (fixed_labels, moving_labels):
             img.check_not_empty_labels()
         if fixed_labels.dim != moving_labels.dim:
@@ -171,6 +128,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         fixed_points = read_points(args.fixed_landmarks, reference=grid)
         moving_points = read_points(args.moving_landmarks,
                                     reference=moving_labels.grid if moving_labels is not None else grid)
+    from .metrics.report import evaluate_transform
+
     report = evaluate_transform(transform, fixed_labels, moving_labels, fixed_points, moving_points, reference,
                                 args.interpolation, surface=not args.no_surface)
     _print_report(report)

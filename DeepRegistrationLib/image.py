@@ -118,6 +118,14 @@ class Image:
             gray = data.mean(0, keepdim=True)
         return self.with_data(gray.float())
 
+    def as_label_map(self) -> "Image":
+        """This image as an integer label map; float storage is accepted when every value is an integer."""
+        if self.is_label_map:
+            return self
+        if self.num_channels != 1 or not bool((self.data == self.data.round()).all()):
+            raise InputError(f"{self.name}: not a label map (needs one channel of integer values)")
+        return self.with_data(self.data.round().to(torch.int32))
+
     # ------------------------------------------------------------------ checks
     def check_finite(self) -> "Image":
         """Raise :class:`InputError` when any voxel is NaN or infinite."""

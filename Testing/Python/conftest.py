@@ -68,6 +68,9 @@ def smooth_field(center: np.ndarray, amplitude: float = 4.0, spacing: float = 12
     p = grid.physical_points().reshape(-1, 3)
     u = torch.stack([amplitude * torch.sin(p[:, 1] / 25), 0.75 * amplitude * torch.cos(p[:, 2] / 30),
                      amplitude * torch.sin(p[:, 0] / 20 + p[:, 1] / 40)], -1)
+    # taper to zero at the grid border, as a real deformation of a bounded region does
+    idx = torch.as_tensor(grid.physical_to_index(p.numpy()))
+    u = u * torch.sin(torch.pi * idx / torch.as_tensor(size - 1)).prod(-1, keepdim=True).clamp(min=0)
     return dr.DisplacementField(u.T.reshape(3, *grid.shape).float().contiguous(), grid)
 
 
