@@ -15,11 +15,11 @@ Interpolation:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .errors import InputError
 from .geometry import Grid
 from .image import Image
+from .sampling import sample
 from .transforms.base import Transform
 
 __all__ = ["warp_image", "INTERPOLATIONS"]
@@ -69,17 +69,11 @@ def warp_image(
         for start in range(0, grid.shape[0], rows):
             x = grid.physical_points(dtype=torch.float64, slices=slice(start, start + rows))
             y = transform.map_points(x) if transform is not None else x
-            index = moving.grid.physical_to_index(y)
-            inside = moving.grid.inside(index)
-            size = torch.as_tensor(moving.grid.size, dtype=torch.float64)
-            norm = torch.where(size > 1, index * (2.0 / (size - 1).clamp(min=1)) - 1.0, torch.zeros_like(index))
-            norm = norm.to(source.dtype).unsqueeze(0)
             if labels is not None:
-                values = _label_sample(source, norm, labels, moving.data.dtype)
+                values = _label_sample(source, moving.grid, y, labels, default_value)
             else:
                 mode = "nearest" if interpolation == "nearest" else "bilinear"
-                values = F.grid_sample(source, norm, mode=mode, padding_mode="border", align_corners=True)[0]
-            values = torch.where(inside.unsqueeze(0), values, torch.as_tensor(default_value, dtype=values.dtype))
+                values = sample(source[0], moving.grid, y, mode=mode, default_value=default_value)
             out_chunks.append(values)
     data = torch.cat(out_chunks, dim=1)
     if interpolation != "linear" and not moving.data.is_floating_point():
@@ -89,18 +83,16 @@ def warp_image(
     return Image(data, grid, name=f"{moving.name} (warped)")
 
 
-def _label_sample(source: torch.Tensor, norm: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _label_sample(source: torch.Tensor, grid: Grid, points: torch.Tensor, labels: torch.Tensor,
+                  default_value: float) -> torch.Tensor:
     """Label-aware interpolation: argmax over labels of the linearly interpolated indicators."""
-    best_value = None
-    best_label = None
+    best_value = best_label = None
     for label in labels:
-        indicator = (source == float(label)).to(norm.dtype)
-        value = F.grid_sample(indicator, norm, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        value = sample((source[0] == float(label)).float(), grid, points, default_value=-1.0)
         if best_value is None:
-            best_value = value
-            best_label = torch.full_like(value, float(label))
+            best_value, best_label = value, torch.full_like(value, float(label))
         else:
             better = value > best_value
             best_value = torch.where(better, value, best_value)
             best_label = torch.where(better, torch.full_like(value, float(label)), best_label)
-    return best_label
+    return torch.where(best_value < 0, torch.full_like(best_label, default_value), best_label)

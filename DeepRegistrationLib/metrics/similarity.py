@@ -52,10 +52,24 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 def box_filter(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Local mean in a box of ``size`` voxels (odd, per spatial axis in array order); borders use only inside voxels."""
-    dim = x.dim() - 2
-    pool = F.avg_pool3d if dim == 3 else F.avg_pool2d
-    return pool(x, kernel_size=tuple(size), stride=1, padding=tuple(s // 2 for s in size), count_include_pad=False)
+    """Local mean in a box of ``size`` voxels (odd, per spatial axis in array order); borders use only inside voxels.
+
+    Separable running sums (cumulative sums), so the cost does not depend on the window size.
+    """
+    out = x
+    for axis, k in enumerate(size):
+        if k <= 1:
+            continue
+        dim = axis + 2
+        n = x.shape[dim]
+        r = k // 2
+        pad = [0, 0] * (x.dim() - dim - 1) + [r + 1, r]
+        c = torch.cumsum(F.pad(out, pad), dim=dim)
+        window_sum = c.narrow(dim, k, n) - c.narrow(dim, 0, n)
+        idx = torch.arange(n, device=x.device)
+        count = (torch.clamp(idx + r, max=n - 1) - torch.clamp(idx - r, min=0) + 1).to(x.dtype)
+        out = window_sum / count.view(*([1] * dim), n, *([1] * (x.dim() - dim - 1)))
+    return out
 
 
 class MSELoss(nn.Module):

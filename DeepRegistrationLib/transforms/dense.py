@@ -10,10 +10,10 @@ is used: exactly ITK's ``DisplacementFieldTransform``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry import Grid
+from ..sampling import normalised_linear, sample, sample_normalised, to_normalised
 from .base import Transform
 
 __all__ = ["DisplacementField", "StationaryVelocityField", "sample_field"]
@@ -22,20 +22,9 @@ __all__ = ["DisplacementField", "StationaryVelocityField", "sample_field"]
 def sample_field(field: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch.Tensor:
     """Linearly interpolate ``field`` ``(C, *grid.shape)`` at physical ``points`` ``(..., dim)``.
 
-    Returns ``(..., C)`` in the points' dtype; zero for points outside the grid (ITK rule).
+    Returns ``(..., C)`` in the points' dtype; zero outside the grid (ITK rule; see :mod:`..sampling`).
     """
-    dim = grid.dim
-    lead = points.shape[:-1]
-    flat = points.reshape(-1, dim)
-    index = grid.physical_to_index(flat.to(torch.float64) if flat.dtype != torch.float64 else flat)
-    inside = grid.inside(index)
-    size = torch.as_tensor(grid.size, dtype=index.dtype, device=index.device)
-    norm = torch.where(size > 1, index * (2.0 / (size - 1).clamp(min=1)) - 1.0, torch.zeros_like(index))
-    norm = norm.to(field.dtype).reshape(1, -1, *([1] * (dim - 1)), dim)
-    out = F.grid_sample(field.unsqueeze(0), norm, mode="bilinear", padding_mode="border", align_corners=True)
-    out = out.reshape(field.shape[0], -1).T  # (P, C)
-    out = out * inside.unsqueeze(-1).to(out.dtype)
-    return out.to(points.dtype).reshape(*lead, field.shape[0])
+    return sample(field, grid, points).movedim(0, -1).to(points.dtype)
 
 
 def _check_field(field: torch.Tensor, grid: Grid, what: str) -> torch.Tensor:
@@ -105,7 +94,9 @@ class DisplacementField(Transform):
 class StationaryVelocityField(Transform):
     """Diffeomorphic ``T = exp(v)``: velocity ``(dim, *grid.shape)`` in LPS mm, integrated by scaling and squaring.
 
-    ``steps`` squarings: ``u = v / 2**steps``, then ``steps`` times ``u <- u + u o (Id + u)``.
+    ``steps`` squarings: ``u = v / 2**steps``, then ``steps`` times ``u <- u + u o (Id + u)`` on the grid
+    (the field is extended by its border values during the squarings). The result is an ordinary
+    displacement field on the same grid (zero outside it, as every ITK displacement field).
     The inverse is ``exp(-v)`` (exact within the model).
     """
 
@@ -122,12 +113,16 @@ class StationaryVelocityField(Transform):
         """The displacement field ``exp(v) - Id`` on the velocity's grid (differentiable in ``v``)."""
         if self._cache is not None and not self.velocity.requires_grad:
             return self._cache
-        x = self.grid.physical_points(dtype=self.velocity.dtype, device=self.velocity.device).reshape(-1, self.dim)
+        g = self.grid
+        base = to_normalised(g, g.physical_points(device=self.velocity.device).reshape(-1, self.dim), self.velocity.dtype)
+        lin = normalised_linear(g, self.velocity.dtype, self.velocity.device)
         u_field = self.velocity / (2.0 ** self.steps)
+        # u <- u + u o (Id + u) in normalised coordinates; points pushed just outside the grid take the border
+        # value (a zero there, ITK's rule for *applying* a field, would tear the field at the edge).
         for _ in range(self.steps):
             u = u_field.reshape(self.dim, -1).T
-            u = u + sample_field(u_field, self.grid, x + u)
-            u_field = u.T.reshape(self.dim, *self.grid.shape)
+            u = u + sample_normalised(u_field, g, base + u @ lin.T, extrapolate=True).T
+            u_field = u.T.reshape(self.dim, *g.shape)
         result = DisplacementField(u_field, self.grid)
         if not self.velocity.requires_grad:
             self._cache = result

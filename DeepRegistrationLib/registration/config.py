@@ -1,0 +1,102 @@
+"""Parameters of an iterative registration: a list of stages, each a model + similarity + pyramid.
+
+A configuration is plain data (JSON-compatible dicts), so a preset file is just a serialised
+:class:`RegistrationConfig`. Units: ``levels_mm`` are the isotropic spacings (mm) of the pyramid
+levels, coarse to fine; a level never samples finer than the fixed image along any axis, so
+anisotropic images keep their coarse axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import InputError
+from ..metrics.similarity import SIMILARITIES
+
+__all__ = ["StageConfig", "RegistrationConfig", "LINEAR_MODELS", "DEFORMABLE_MODELS"]
+
+LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
+DEFORMABLE_MODELS = ("svf",)
+
+
+@dataclass
+class StageConfig:
+    """One optimisation stage.
+
+    Attributes:
+        model: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``svf`` (diffeomorphic
+            stationary velocity field, integrated by scaling and squaring).
+        similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi`` or ``mind``.
+        similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
+        levels_mm: pyramid spacings in mm, coarse to fine.
+        iterations: optimiser steps per level (one value, or one per level).
+        learning_rate: Adam step: radians for angles, ``translation_step_mm`` scales translations.
+        translation_step_mm: Adam step for translations (mm), multiplied by the level spacing / 4.
+        regularisation: ``diffusion`` (squared gradient of the velocity, mm/mm) for ``svf``.
+        regularisation_weight: weight of that term.
+        control_spacing_factor: the velocity grid is the level grid coarsened by this factor.
+        integration_steps: scaling-and-squaring steps.
+        smoothing_sigma_mm: Gaussian smoothing of each level image = this factor x level spacing.
+    """
+
+    model: str = "affine"
+    similarity: str = "ncc"
+    similarity_options: dict = field(default_factory=dict)
+    levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])
+    iterations: list[int] | int = 100
+    learning_rate: float = 0.01
+    translation_step_mm: float = 1.0
+    regularisation: str = "diffusion"
+    regularisation_weight: float = 1.0
+    control_spacing_factor: float = 2.0
+    integration_steps: int = 7
+    smoothing_sigma_mm: float = 0.5
+
+    def iterations_per_level(self) -> list[int]:
+        its = self.iterations if isinstance(self.iterations, list) else [int(self.iterations)] * len(self.levels_mm)
+        if len(its) != len(self.levels_mm):
+            raise InputError(f"stage {self.model}: {len(its)} iteration counts for {len(self.levels_mm)} levels")
+        return [int(i) for i in its]
+
+    def validate(self) -> "StageConfig":
+        if self.model not in LINEAR_MODELS + DEFORMABLE_MODELS:
+            raise InputError(f"unknown model {self.model!r} (choose from {LINEAR_MODELS + DEFORMABLE_MODELS})")
+        if self.similarity.lower() not in SIMILARITIES:
+            raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
+        if not self.levels_mm or any(float(s) <= 0 for s in self.levels_mm):
+            raise InputError(f"levels_mm must be positive spacings, got {self.levels_mm}")
+        if any(i < 0 for i in self.iterations_per_level()):
+            raise InputError("iterations must be >= 0")
+        if self.regularisation not in ("diffusion",):
+            raise InputError(f"unknown regularisation {self.regularisation!r} (choose from ['diffusion'])")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown stage parameter(s) {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**data).validate()
+
+
+@dataclass
+class RegistrationConfig:
+    """A full registration: stages run in order, each starting from the previous result."""
+
+    stages: list[StageConfig]
+    description: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RegistrationConfig":
+        if not isinstance(data, dict) or "stages" not in data:
+            raise InputError("a registration configuration needs a 'stages' list")
+        stages = [StageConfig.from_dict(s) for s in data["stages"]]
+        if not stages:
+            raise InputError("a registration configuration needs at least one stage")
+        return cls(stages=stages, description=str(data.get("description", "")), seed=int(data.get("seed", 0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

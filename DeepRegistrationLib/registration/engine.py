@@ -1,0 +1,341 @@
+"""Iterative registration by gradient descent in PyTorch (CPU or CUDA).
+
+``register(fixed, moving, config)`` runs the stages of a :class:`RegistrationConfig` (e.g. rigid ->
+affine -> diffeomorphic SVF), each on a multi-resolution pyramid built in physical space, and returns
+a :class:`RegistrationResult` whose ``transform`` is the resampling transform fixed -> moving (LPS mm):
+``compose(svf, affine)`` maps a fixed point through the deformation first, then the affine.
+
+Every level samples the moving image *through the current transform at the fixed level's voxel
+centres*, with the same sampler as :func:`~DeepRegistrationLib.warp.warp_image`, so what is
+optimised is exactly what is applied afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DeepRegError, InputError
+from ..geometry import Grid
+from ..image import Image
+from ..metrics.similarity import make_similarity
+from ..sampling import inside_normalised, normalised_linear, sample, sample_normalised, to_normalised
+from ..transforms import (AffineTransform, IdentityTransform, RigidTransform, SimilarityTransform,
+                          StationaryVelocityField, Transform, TranslationTransform, compose)
+from ..transforms.linear import LinearTransform
+from ..warp import warp_image
+from .config import LINEAR_MODELS, RegistrationConfig, StageConfig
+
+__all__ = ["register", "RegistrationResult", "RegistrationCancelled", "resolve_device", "diffusion_regulariser"]
+
+ProgressCallback = Callable[[dict], None]
+
+
+class RegistrationCancelled(DeepRegError):
+    """Raised when the cancel flag is set; nothing is returned or written."""
+
+
+@dataclass
+class RegistrationResult:
+    """What a registration produced.
+
+    Attributes:
+        transform: resampling transform fixed -> moving (LPS mm).
+        fixed_grid: the fixed image's grid (where ``warped()`` samples).
+        figures: ``time_s``, ``device``, per stage final loss, ...
+    """
+
+    transform: Transform
+    fixed_grid: Grid
+    moving: Image
+    figures: dict = field(default_factory=dict)
+
+    def warped(self, interpolation: str = "linear") -> Image:
+        """The moving image resampled through ``transform`` onto the fixed grid."""
+        return warp_image(self.moving, self.transform, self.fixed_grid, interpolation)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error (no silent fallback)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is available (use --device auto or cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------- pyramid
+def _level_grid(grid: Grid, spacing_mm: float) -> Grid:
+    """``grid`` resampled to ``spacing_mm`` (never finer than the original along any axis), same centre."""
+    spacing = [max(float(spacing_mm), s) for s in grid.spacing]
+    size = [max(2, int(round((n - 1) * s / t)) + 1) for n, s, t in zip(grid.size, grid.spacing, spacing)]
+    direction = grid.direction_matrix()
+    origin = grid.center() - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
+    return Grid(size, origin, spacing, direction)
+
+
+def _smoothed(image: Image, sigma_mm: float) -> Image:
+    """Gaussian smoothing with a physical sigma (mm), per axis through SimpleITK's recursive Gaussian."""
+    if sigma_mm <= 0:
+        return image
+    import SimpleITK as sitk
+
+    sigmas = [sigma_mm if sigma_mm > 0.5 * s else 0.0 for s in image.grid.spacing]
+    if not any(sigmas):
+        return image
+    out = sitk.SmoothingRecursiveGaussian(image.float().to_sitk(), [max(s, 1e-6) for s in sigmas])
+    return Image.from_sitk(out, name=image.name)
+
+
+def _normalise(image: Image, similarity: str, mask: Image | None) -> Image:
+    """Intensities to [0, 1] after clipping the 0.5 / 99.5 percentiles (MI/MIND normalise themselves too)."""
+    return image.float().clip_percentiles(0.5, 99.5, mask).minmax((0.0, 1.0))
+
+
+@dataclass
+class _Level:
+    spacing_mm: float
+    fixed: torch.Tensor  # (1, 1, *shape) on device
+    grid: Grid
+    points: torch.Tensor  # (*shape, dim) float64 LPS mm of the level voxels, on device
+    mask: torch.Tensor | None  # (1, 1, *shape)
+    moving: torch.Tensor  # (1, *moving_level_shape)
+    moving_grid: Grid
+
+
+def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, spacing_mm: float,
+                 stage: StageConfig, device: torch.device) -> _Level:
+    fgrid = _level_grid(fixed.grid, spacing_mm)
+    mgrid = _level_grid(moving.grid, spacing_mm)
+    sigma = stage.smoothing_sigma_mm * spacing_mm
+    f = _smoothed(fixed, sigma).resample_to(fgrid)
+    m = _smoothed(moving, sigma).resample_to(mgrid)
+    mask = None
+    if fixed_mask is not None:
+        mask = warp_image(fixed_mask.as_label_map(), None, fgrid, "nearest").data.ne(0).float()
+        mask = mask.unsqueeze(0).to(device)
+    return _Level(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
+                  fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid)
+
+
+# ---------------------------------------------------------------------- models
+class _LinearModel(torch.nn.Module):
+    """Optimisable linear transform around ``center``; parameters scaled so Adam steps are meaningful."""
+
+    def __init__(self, model: str, dim: int, center: torch.Tensor, start: LinearTransform) -> None:
+        super().__init__()
+        self.model, self.dim = model, dim
+        self.register_buffer("center", center.double())
+        a0 = start.matrix().detach().double()
+        # translation such that start(x) = A0 (x - c) + c + t0
+        t0 = start.offset().detach().double() + a0 @ self.center - self.center
+        self.translation = torch.nn.Parameter(t0.clone())
+        n_angles = 1 if dim == 2 else 3
+        if model in ("rigid", "similarity"):
+            s0 = float(torch.linalg.det(a0)) ** (1.0 / dim)
+            rig = RigidTransform.from_matrix((a0 / s0).numpy()) if model != "translation" else None
+            self.angles = torch.nn.Parameter(rig.angles.clone() if rig is not None else torch.zeros(n_angles))
+            self.log_scale = torch.nn.Parameter(torch.tensor(np.log(s0) if model == "similarity" else 0.0,
+                                                             dtype=torch.float64), requires_grad=model == "similarity")
+        elif model == "affine":
+            self.matrix_param = torch.nn.Parameter(a0.clone())
+
+    def transform(self) -> LinearTransform:
+        c = self.center
+        if self.model == "translation":
+            return TranslationTransform(self.translation)
+        if self.model == "rigid":
+            return RigidTransform(self.angles, self.translation, c, dim=self.dim)
+        if self.model == "similarity":
+            return SimilarityTransform(torch.exp(self.log_scale), self.angles, self.translation, c, dim=self.dim)
+        return AffineTransform(self.matrix_param, self.translation, c)
+
+    def param_groups(self, stage: StageConfig, spacing_mm: float) -> list[dict]:
+        step = stage.translation_step_mm * spacing_mm / 4.0
+        groups = [{"params": [self.translation], "lr": step}]
+        if self.model in ("rigid", "similarity"):
+            groups.append({"params": [self.angles], "lr": stage.learning_rate})
+            if self.model == "similarity":
+                groups.append({"params": [self.log_scale], "lr": stage.learning_rate})
+        elif self.model == "affine":
+            groups.append({"params": [self.matrix_param], "lr": stage.learning_rate})
+        return groups
+
+
+def diffusion_regulariser(field: torch.Tensor, spacing: tuple[float, ...]) -> torch.Tensor:
+    """Mean squared spatial gradient of a vector field ``(dim, *shape)`` in (mm/mm)^2 (forward differences)."""
+    total = field.new_zeros(())
+    dim = field.dim() - 1
+    for axis in range(dim):  # array axis `axis` is index axis dim-1-axis
+        h = spacing[dim - 1 - axis]
+        d = torch.diff(field, dim=axis + 1) / h
+        total = total + (d**2).mean() * dim
+    return total
+
+
+# ---------------------------------------------------------------------- optimisation
+def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform, center: torch.Tensor,
+                dim: int, progress: ProgressCallback | None, cancel: Callable[[], bool] | None,
+                stage_index: int) -> tuple[LinearTransform, float]:
+    model = _LinearModel(stage.model, dim, center, start).to(levels[0].fixed.device)
+    similarity = make_similarity(stage.similarity, **stage.similarity_options)
+    loss_value = float("nan")
+    for li, (level, iters) in enumerate(zip(levels, stage.iterations_per_level())):
+        opt = torch.optim.Adam(model.param_groups(stage, level.spacing_mm))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, n=max(iters, 1): 1.0 - 0.9 * i / n)
+        pts = level.points.reshape(-1, dim)
+        for it in range(iters):
+            if cancel is not None and cancel():
+                raise RegistrationCancelled("registration cancelled")
+            opt.zero_grad()
+            y = model.transform()._map(pts)
+            warped = sample(level.moving, level.moving_grid, y).reshape(1, 1, *level.grid.shape)
+            inside = sample(torch.ones_like(level.moving[:1]), level.moving_grid, y.detach()).reshape(1, 1, *level.grid.shape)
+            mask = inside if level.mask is None else inside * level.mask
+            loss = similarity(level.fixed, warped, mask)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+            if progress is not None:
+                progress({"stage": stage_index, "model": stage.model, "level": li, "iteration": it, "loss": loss_value})
+    return _detached(model.transform()), loss_value
+
+
+def _detached(t: LinearTransform) -> LinearTransform:
+    if isinstance(t, SimilarityTransform):
+        return SimilarityTransform(t.scale.detach(), t.angles.detach(), t.translation.detach(), t.center.detach(), t.dim)
+    if isinstance(t, RigidTransform):
+        return RigidTransform(t.angles.detach(), t.translation.detach(), t.center.detach(), t.dim)
+    if isinstance(t, TranslationTransform):
+        return TranslationTransform(t.translation.detach())
+    return t.to_affine()
+
+
+def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, dim: int,
+             progress: ProgressCallback | None, cancel: Callable[[], bool] | None,
+             stage_index: int) -> tuple[StationaryVelocityField, float]:
+    similarity = make_similarity(stage.similarity, **stage.similarity_options)
+    velocity = None
+    vgrid = None
+    loss_value = float("nan")
+    device = levels[0].fixed.device
+    factor = max(1, int(round(stage.control_spacing_factor)))
+    for li, (level, iters) in enumerate(zip(levels, stage.iterations_per_level())):
+        # control grid = every `factor`-th level voxel (same origin and direction), so the displacement is
+        # brought to the level voxels exactly by F.interpolate(align_corners=True), much cheaper than grid_sample
+        csize = [(n - 1 + factor - 1) // factor + 1 for n in level.grid.size]
+        new_grid = Grid(csize, level.grid.origin, [s * factor for s in level.grid.spacing], level.grid.direction)
+        up_shape = [(n - 1) * factor + 1 for n in new_grid.shape]
+        crop = tuple([slice(None), slice(None)] + [slice(0, n) for n in level.grid.shape])
+        if velocity is None:
+            v0 = torch.zeros(dim, *new_grid.shape, dtype=torch.float32, device=device)
+        else:  # upsample the previous level's velocity (LPS mm vectors) onto the new control grid
+            v0 = sample(velocity.detach(), vgrid, new_grid.physical_points(device=device)).float()
+        vgrid = new_grid
+        velocity = torch.nn.Parameter(v0)
+        opt = torch.optim.Adam([velocity], lr=stage.learning_rate * level.spacing_mm)
+        # y = A (x + u(x)) = A x + A u(x): in the moving level's normalised coordinates both terms are linear,
+        # so only u changes between iterations (computed in float32 on precomputed coordinates).
+        pts = level.points.reshape(-1, dim)
+        a = linear.matrix().to(device)
+        moving_base = to_normalised(level.moving_grid, linear._map(pts), torch.float32)
+        moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
+        mode = "trilinear" if dim == 3 else "bilinear"
+        for it in range(iters):
+            if cancel is not None and cancel():
+                raise RegistrationCancelled("registration cancelled")
+            opt.zero_grad()
+            u_field = StationaryVelocityField(velocity, vgrid, stage.integration_steps).exponential().field
+            u = F.interpolate(u_field.unsqueeze(0), size=up_shape, mode=mode, align_corners=True)[crop]
+            coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
+            warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
+            inside = inside_normalised(level.moving_grid, coords).to(warped.dtype).reshape(1, 1, *level.grid.shape)
+            mask = inside if level.mask is None else inside * level.mask
+            sim = similarity(level.fixed, warped, mask)
+            reg = diffusion_regulariser(velocity, vgrid.spacing)
+            loss = sim + stage.regularisation_weight * reg
+            loss.backward()
+            opt.step()
+            loss_value = float(sim.detach())
+            if progress is not None:
+                progress({"stage": stage_index, "model": "svf", "level": li, "iteration": it, "loss": loss_value,
+                          "regularisation": float(reg.detach())})
+    return StationaryVelocityField(velocity.detach().cpu(), vgrid, stage.integration_steps), loss_value
+
+
+def _center_of_mass(image: Image) -> np.ndarray:
+    w = image.data.float()[0].clamp(min=0)
+    if float(w.sum()) <= 0:
+        return image.grid.center()
+    pts = image.grid.physical_points(dtype=torch.float64)
+    return ((pts * w.double().unsqueeze(-1)).reshape(-1, image.dim).sum(0) / w.double().sum()).numpy()
+
+
+def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask: Image | None = None,
+             initial_transform: Transform | None = None, device: str = "auto",
+             progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
+             initialise: str = "moments") -> RegistrationResult:
+    """Register ``moving`` onto ``fixed``; see the module docstring for the conventions.
+
+    Args:
+        initialise: ``moments`` (align centres of mass), ``center`` (geometric centres) or ``none``;
+            ignored when ``initial_transform`` is given.
+    """
+    start_time = time.perf_counter()
+    for img in (fixed, moving):
+        img.check_finite()
+        if img.num_channels != 1:
+            raise InputError(f"{img.name}: registration needs single-channel images (convert to grayscale)")
+        if float(img.data.max() - img.data.min()) == 0:
+            raise InputError(f"{img.name}: the image is constant; nothing to register")
+    if fixed.dim != moving.dim:
+        raise InputError(f"cannot register a {moving.dim}D moving image to a {fixed.dim}D fixed image")
+    if fixed_mask is not None:
+        fixed_mask.check_not_empty_labels()
+    dim = fixed.dim
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    fixed_n = _normalise(fixed, "", fixed_mask if fixed_mask is not None and fixed_mask.grid.same_as(fixed.grid) else None)
+    moving_n = _normalise(moving, "", None)
+
+    center = torch.as_tensor(fixed.grid.center(), dtype=torch.float64, device=dev)
+    if initial_transform is not None:
+        if initial_transform.dim != dim:
+            raise InputError(f"the initial transform is {initial_transform.dim}D, the images are {dim}D")
+        initial = initial_transform
+    elif initialise == "moments":
+        initial = TranslationTransform(_center_of_mass(moving_n) - _center_of_mass(fixed_n))
+    elif initialise == "center":
+        initial = TranslationTransform(moving.grid.center() - fixed.grid.center())
+    else:
+        initial = IdentityTransform(dim)
+    if not initial.is_linear:
+        raise InputError("only a linear initial transform is supported")
+    from ..transforms import CompositeTransform
+
+    linear: LinearTransform = initial.collapse_linear() if isinstance(initial, CompositeTransform) else initial
+    svf = None
+    figures: dict = {"device": str(dev), "stages": []}
+    for si, stage in enumerate(config.stages):
+        stage_start = time.perf_counter()
+        levels = [_build_level(fixed_n, moving_n, fixed_mask, s, stage, dev) for s in stage.levels_mm]
+        if stage.model in LINEAR_MODELS:
+            if svf is not None:
+                raise InputError("linear stages must come before the deformable stage")
+            linear, loss = _run_linear(stage, levels, linear, center, dim, progress, cancel, si)
+        else:
+            svf, loss = _run_svf(stage, levels, linear.to_affine() if not isinstance(linear, AffineTransform) else linear,
+                                 dim, progress, cancel, si)
+        figures["stages"].append({"model": stage.model, "similarity": stage.similarity, "final_loss": loss,
+                                  "time_s": time.perf_counter() - stage_start})
+    transform = compose(svf, linear) if svf is not None else linear
+    figures["time_s"] = time.perf_counter() - start_time
+    return RegistrationResult(transform=transform, fixed_grid=fixed.grid, moving=moving, figures=figures)
