@@ -195,9 +195,9 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
             if cancel is not None and cancel():
                 raise RegistrationCancelled("registration cancelled")
             opt.zero_grad()
-            y = model.transform()._map(pts)
-            warped = sample(level.moving, level.moving_grid, y).reshape(1, 1, *level.grid.shape)
-            inside = sample(torch.ones_like(level.moving[:1]), level.moving_grid, y.detach()).reshape(1, 1, *level.grid.shape)
+            coords = to_normalised(level.moving_grid, model.transform()._map(pts), torch.float32)
+            warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
+            inside = inside_normalised(level.moving_grid, coords).to(warped.dtype).reshape(1, 1, *level.grid.shape)
             mask = inside if level.mask is None else inside * level.mask
             loss = similarity(level.fixed, warped, mask)
             loss.backward()
