@@ -1,6 +1,7 @@
 """``deepreg``: the command line of DeepRegistrationLib.
 
-Subcommands: ``apply`` (warp an image and/or points), ``evaluate`` (Dice, HD95, ASSD, TRE, Jacobian),
+Subcommands: ``register`` (iterative registration with a preset), ``presets`` (list them),
+``apply`` (warp an image and/or points), ``evaluate`` (Dice, HD95, ASSD, TRE, Jacobian),
 ``info`` (geometry of an image, kind and parameters of a transform), ``demo`` (the quick-start job).
 Exit status 0 on success; on a user error one line ``deepreg: error: ...`` and status 2; nothing
 is written unless the whole command succeeds.
@@ -187,6 +188,126 @@ def _format_info(info: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- register
+class _Progress:
+    """Text progress bar on stderr, or one JSON object per line on stdout (``--progress json``)."""
+
+    def __init__(self, mode: str, config) -> None:
+        self.mode = mode
+        self.total = sum(sum(s.iterations_per_level()) for s in config.stages) or 1
+        self.done = 0
+        self.last = 0.0
+        self.stages = len(config.stages)
+
+    def __call__(self, event: dict) -> None:
+        import time
+
+        self.done += 1
+        fraction = min(1.0, self.done / self.total)
+        if self.mode == "json":
+            print(json.dumps({"event": "progress", "fraction": round(fraction, 4), **event}), flush=True)
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and self.done < self.total:
+            return
+        self.last = now
+        bar = "#" * int(30 * fraction)
+        print(f"\r[{bar:<30}] {fraction * 100:5.1f}%  stage {event['stage'] + 1}/{self.stages} {event['model']:<11}"
+              f" level {event['level'] + 1}  loss {event['loss']:+.4f}", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.mode == "text":
+            print(file=sys.stderr)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    import signal
+
+    from .io import read_image, read_points, read_transform, write_transform
+    from .metrics import jacobian_determinant, jacobian_stats
+    from .registration import RegistrationCancelled, load_preset, register
+
+    outputs = [p for p in (args.out_transform, args.out_image) if p]
+    inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
+                          args.fixed_landmarks, args.moving_landmarks) if p]
+    for out in outputs:
+        if any(Path(out).resolve() == Path(p).resolve() for p in inputs):
+            raise InputError(f"{out}: output would overwrite an input")
+    if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
+        raise InputError("landmarks need --fixed-landmarks and --moving-landmarks together")
+    config = load_preset(args.preset, args.set or [])
+    fixed = read_image(args.fixed)
+    moving = read_image(args.moving)
+    images = []
+    for img in (fixed, moving):
+        if img.num_channels in (3, 4):
+            print(f"note: {img.name} is RGB(A); registering its luminance", file=sys.stderr)
+            img = img.to_grayscale()
+        elif img.num_channels != 1:
+            raise InputError(f"{img.name}: has {img.num_channels} channels; registration needs a single-channel image")
+        images.append(img)
+    fixed, moving = images
+    if fixed.dim != moving.dim:
+        raise InputError(f"{args.fixed} is {fixed.dim}D but {args.moving} is {moving.dim}D")
+    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
+    moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    fixed_points = moving_points = None
+    if args.fixed_landmarks:
+        fixed_points = read_points(args.fixed_landmarks, reference=fixed.grid, dim=fixed.dim)
+        moving_points = read_points(args.moving_landmarks, reference=moving.grid, dim=moving.dim)
+        if len(fixed_points) != len(moving_points):
+            raise InputError(f"landmark sets differ: {len(fixed_points)} fixed ({args.fixed_landmarks}) vs "
+                             f"{len(moving_points)} moving ({args.moving_landmarks}) points")
+    initial = read_transform(args.initial_transform) if args.initial_transform else None
+    initialise = "landmarks" if fixed_points is not None and initial is None else None
+
+    cancelled = {"flag": False}
+
+    def on_signal(signum, frame):  # Cancel from the Slicer panel: stop at the next step, write nothing
+        cancelled["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    progress = _Progress(args.progress, config)
+    try:
+        result = register(fixed, moving, config, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                          fixed_points=fixed_points, moving_points=moving_points, initial_transform=initial,
+                          device=args.device, progress=progress, cancel=lambda: cancelled["flag"],
+                          initialise=initialise)
+    except (RegistrationCancelled, KeyboardInterrupt):
+        progress.finish()
+        print("deepreg: cancelled; nothing written", file=sys.stderr)
+        return 130
+    progress.finish()
+    grid = fixed.grid if fixed.grid.num_voxels <= 4_000_000 else fixed.grid.with_spacing(
+        [2 * s for s in fixed.grid.spacing])
+    figures = {**result.figures, **{f"jacobian_{k}": v for k, v in jacobian_stats(
+        jacobian_determinant(result.transform, grid)).items()}}
+    warped = result.warped() if args.out_image else None
+    write_transform(result.transform, args.out_transform)
+    if warped is not None:
+        warped.write(args.out_image)
+    summary = {"event": "done", "preset": config.name or args.preset, "outputs": outputs, "figures": figures}
+    if args.progress == "json":
+        print(json.dumps(summary), flush=True)
+    else:
+        print(f"registered in {figures['time_s']:.1f} s on {figures['device']}; folded voxels "
+              f"{figures['jacobian_folding_percent']:.3f} %; wrote {', '.join(outputs)}")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .registration import list_presets
+
+    presets = list_presets()
+    if args.json:
+        print(json.dumps(presets, indent=2))
+    else:
+        width = max(map(len, presets), default=0)
+        for name, description in presets.items():
+            print(f"{name:<{width}}  {description}")
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -207,6 +328,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deepreg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("register", help="register a moving image onto a fixed image with a preset",
+                       description="Iterative registration (rigid -> affine -> diffeomorphic, as the preset says). "
+                                   "Writes the resampling transform fixed -> moving (ITK .h5, readable by SimpleITK "
+                                   "and Slicer) and optionally the warped moving image.")
+    p.add_argument("--fixed", required=True, help="fixed (reference) image")
+    p.add_argument("--moving", required=True, help="moving image")
+    p.add_argument("--preset", default="deformable-fast", help="preset name (see 'deepreg presets') or a .json file")
+    p.add_argument("--out-transform", required=True, help="transform file to write (.h5; .tfm for linear presets)")
+    p.add_argument("--out-image", help="warped moving image to write (on the fixed grid)")
+    p.add_argument("--fixed-mask", help="label map: measure similarity only where it is non-zero")
+    p.add_argument("--moving-mask", help="label map on the moving image, likewise")
+    p.add_argument("--fixed-landmarks", help="landmarks in fixed space (initialise by a rigid fit)")
+    p.add_argument("--moving-landmarks", help="corresponding landmarks in moving space")
+    p.add_argument("--initial-transform", help="linear transform (fixed -> moving) to start from")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a preset field: FIELD, stages.N.FIELD, svf.FIELD or linear.FIELD (repeatable)")
+    p.add_argument("--progress", choices=["text", "json"], default="text",
+                   help="progress bar on stderr (text) or JSON lines on stdout (json)")
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("presets", help="list the registration presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("apply", help="warp an image and/or map points through a transform",
                        description="Warp the moving image onto the reference grid (moving(T(x))) and/or map "

@@ -31,11 +31,11 @@ from .image import Image
 from .io import read_image, write_transform
 from .io.atomic import atomic_output_dir
 from .io.transforms import read_fsl_displacement_field
-from .registration import RegistrationConfig, register
+from .registration import load_preset, register
 from .transforms import AffineTransform, DisplacementField, compose, rotation_matrix
 from .warp import warp_image
 
-__all__ = ["run_demo", "fetch_demo_data", "DEMO_CONFIG"]
+__all__ = ["run_demo", "fetch_demo_data", "DEMO_PRESET"]
 
 _WHEELS = {
     "nilearn==0.14.1": {
@@ -48,16 +48,8 @@ _WHEELS = {
     },
 }
 
-#: The registration the demo runs (the same format as a preset file).
-DEMO_CONFIG = {
-    "description": "rigid -> affine (NCC) -> diffeomorphic SVF (LNCC), 8/4/2 mm pyramid",
-    "stages": [
-        {"model": "rigid", "similarity": "ncc", "levels_mm": [8, 4], "iterations": [80, 40], "learning_rate": 0.02},
-        {"model": "affine", "similarity": "ncc", "levels_mm": [4], "iterations": [60], "learning_rate": 0.005},
-        {"model": "svf", "similarity": "lncc", "similarity_options": {"window": 5}, "levels_mm": [4, 2],
-         "iterations": [80, 50], "learning_rate": 0.1, "regularisation_weight": 0.05},
-    ],
-}
+#: The preset the demo runs (Resources/Presets/deformable-fast.json).
+DEMO_PRESET = "deformable-fast"
 
 
 def fetch_demo_data(cache_dir: Path | None = None) -> Path:
@@ -147,7 +139,8 @@ def run_demo(output: Path, cache_dir: Path | None = None, data_dir: Path | None 
     moving_gm = warp_image(gm, truth_inverse, mgrid)
     moving_wm = warp_image(wm, truth_inverse, mgrid)
 
-    result = register(fixed, moving, RegistrationConfig.from_dict(DEMO_CONFIG), device=device)
+    config = load_preset(DEMO_PRESET)
+    result = register(fixed, moving, config, device=device)
     estimate = result.transform
     warped = result.warped()
 
@@ -182,7 +175,7 @@ def run_demo(output: Path, cache_dir: Path | None = None, data_dir: Path | None 
                                     f"{float(warp.field.norm(dim=0).max()):.1f} mm) then affine (8/-5/6 deg, "
                                     "10/-6/4 mm, 4 % scale)",
                  "numerical_inverse_residual_mm": warp_inverse.inverse_residual_mm},
-        "registration": {"config": DEMO_CONFIG, "device": result.figures["device"],
+        "registration": {"preset": DEMO_PRESET, "config": config.to_dict(), "device": result.figures["device"],
                          "time_s": round(result.figures["time_s"], 1)},
         "error_mm_inside_brain": {
             "before": {"mean": float(err_before.mean()), "p95": q(err_before, 0.95)},
@@ -224,7 +217,8 @@ def _markdown(r: dict) -> str:
         f"- fixed: {r['data']['fixed']}",
         f"- moving: {r['data']['moving']}",
         f"- known transform: {r['data']['known_transform']}",
-        f"- registration: {r['registration']['config']['description']} on {r['registration']['device']}, "
+        f"- registration: preset `{r['registration']['preset']}` ({r['registration']['config']['description']}) "
+        f"on {r['registration']['device']}, "
         f"{r['registration']['time_s']} s",
         "",
         "| inside the brain | mean error (mm) | 95th percentile (mm) |",

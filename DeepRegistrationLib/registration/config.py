@@ -86,17 +86,26 @@ class RegistrationConfig:
     """A full registration: stages run in order, each starting from the previous result."""
 
     stages: list[StageConfig]
+    name: str = ""
     description: str = ""
+    initialise: str = "moments"
     seed: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegistrationConfig":
-        if not isinstance(data, dict) or "stages" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             raise InputError("a registration configuration needs a 'stages' list")
+        unknown = set(data) - {"stages", "name", "description", "initialise", "seed"}
+        if unknown:
+            raise InputError(f"unknown configuration field(s) {sorted(unknown)}")
         stages = [StageConfig.from_dict(s) for s in data["stages"]]
         if not stages:
             raise InputError("a registration configuration needs at least one stage")
-        return cls(stages=stages, description=str(data.get("description", "")), seed=int(data.get("seed", 0)))
+        initialise = str(data.get("initialise", "moments"))
+        if initialise not in ("moments", "center", "landmarks", "none"):
+            raise InputError(f"initialise must be moments, center, landmarks or none, got {initialise!r}")
+        return cls(stages=stages, name=str(data.get("name", "")), description=str(data.get("description", "")),
+                   initialise=initialise, seed=int(data.get("seed", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

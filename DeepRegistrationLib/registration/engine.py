@@ -94,9 +94,13 @@ def _smoothed(image: Image, sigma_mm: float) -> Image:
     return Image.from_sitk(out, name=image.name)
 
 
-def _normalise(image: Image, similarity: str, mask: Image | None) -> Image:
-    """Intensities to [0, 1] after clipping the 0.5 / 99.5 percentiles (MI/MIND normalise themselves too)."""
-    return image.float().clip_percentiles(0.5, 99.5, mask).minmax((0.0, 1.0))
+def _normalise(image: Image, mask: Image | None) -> Image:
+    """Intensities to [0, 1] after clipping the 0.5 / 99.5 percentiles (inside the mask when there is one)."""
+    if mask is not None and not mask.grid.same_as(image.grid):
+        mask = warp_image(mask, None, image.grid, "nearest")
+    if mask is not None and not bool(mask.data.ne(0).any()):
+        mask = None
+    return image.float().clip_percentiles(0.5, 99.5, mask).minmax((0.0, 1.0), mask)
 
 
 @dataclass
@@ -108,21 +112,31 @@ class _Level:
     mask: torch.Tensor | None  # (1, 1, *shape)
     moving: torch.Tensor  # (1, *moving_level_shape)
     moving_grid: Grid
+    moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
+
+    def similarity_mask(self, coords: torch.Tensor) -> torch.Tensor:
+        """(1, 1, *shape) weights: fixed voxels whose mapped point is inside the moving image (and both masks)."""
+        mask = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+        if self.moving_mask is not None:
+            mask = mask * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        mask = mask.reshape(1, 1, *self.grid.shape)
+        return mask if self.mask is None else mask * self.mask
 
 
-def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, spacing_mm: float,
-                 stage: StageConfig, device: torch.device) -> _Level:
+def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                 spacing_mm: float, stage: StageConfig, device: torch.device) -> _Level:
     fgrid = _level_grid(fixed.grid, spacing_mm)
     mgrid = _level_grid(moving.grid, spacing_mm)
     sigma = stage.smoothing_sigma_mm * spacing_mm
     f = _smoothed(fixed, sigma).resample_to(fgrid)
     m = _smoothed(moving, sigma).resample_to(mgrid)
-    mask = None
+    mask = mmask = None
     if fixed_mask is not None:
-        mask = warp_image(fixed_mask.as_label_map(), None, fgrid, "nearest").data.ne(0).float()
-        mask = mask.unsqueeze(0).to(device)
+        mask = warp_image(fixed_mask, None, fgrid, "nearest").data.ne(0).float().unsqueeze(0).to(device)
+    if moving_mask is not None:
+        mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
     return _Level(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
-                  fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid)
+                  fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid, mmask)
 
 
 # ---------------------------------------------------------------------- models
@@ -197,9 +211,7 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
             opt.zero_grad()
             coords = to_normalised(level.moving_grid, model.transform()._map(pts), torch.float32)
             warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
-            inside = inside_normalised(level.moving_grid, coords).to(warped.dtype).reshape(1, 1, *level.grid.shape)
-            mask = inside if level.mask is None else inside * level.mask
-            loss = similarity(level.fixed, warped, mask)
+            loss = similarity(level.fixed, warped, level.similarity_mask(coords))
             loss.backward()
             opt.step()
             sched.step()
@@ -257,9 +269,7 @@ def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, 
             u = F.interpolate(u_field.unsqueeze(0), size=up_shape, mode=mode, align_corners=True)[crop]
             coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
             warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
-            inside = inside_normalised(level.moving_grid, coords).to(warped.dtype).reshape(1, 1, *level.grid.shape)
-            mask = inside if level.mask is None else inside * level.mask
-            sim = similarity(level.fixed, warped, mask)
+            sim = similarity(level.fixed, warped, level.similarity_mask(coords))
             reg = diffusion_regulariser(velocity, vgrid.spacing)
             loss = sim + stage.regularisation_weight * reg
             loss.backward()
@@ -279,17 +289,38 @@ def _center_of_mass(image: Image) -> np.ndarray:
     return ((pts * w.double().unsqueeze(-1)).reshape(-1, image.dim).sum(0) / w.double().sum()).numpy()
 
 
+def _check_mask(mask: Image, image: Image, what: str) -> Image:
+    """A mask must be a non-empty label map of the image's dimension that overlaps the image."""
+    mask = mask.as_label_map()
+    if mask.dim != image.dim:
+        raise InputError(f"{mask.name}: the {what} mask is {mask.dim}D but the image is {image.dim}D")
+    mask.check_not_empty_labels()
+    if not bool(warp_image(mask, None, image.grid.with_spacing([max(4.0, s) for s in image.grid.spacing]),
+                           "nearest").data.ne(0).any()):
+        raise InputError(f"{mask.name}: the {what} mask does not overlap the {what} image (wrong grid?)")
+    return mask
+
+
 def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask: Image | None = None,
+             moving_mask: Image | None = None, fixed_points=None, moving_points=None,
              initial_transform: Transform | None = None, device: str = "auto",
              progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
-             initialise: str = "moments") -> RegistrationResult:
+             initialise: str | None = None) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``; see the module docstring for the conventions.
 
     Args:
-        initialise: ``moments`` (align centres of mass), ``center`` (geometric centres) or ``none``;
-            ignored when ``initial_transform`` is given.
+        fixed_mask, moving_mask: label maps (any grid overlapping their image); the similarity is
+            measured where both are non-zero.
+        fixed_points, moving_points: corresponding landmarks (N, dim) in LPS mm, for ``initialise="landmarks"``.
+        initial_transform: a linear fixed -> moving transform to start from (overrides ``initialise``).
+        initialise: ``moments`` (align centres of mass), ``center`` (geometric centres), ``landmarks``
+            (rigid least-squares fit to the landmark pairs) or ``none``; default: the config's.
+        device: ``auto``, ``cpu`` or ``cuda`` (an error when CUDA is absent).
+        progress: called with ``{"stage", "model", "level", "iteration", "loss"}`` after every step.
+        cancel: polled every step; when it returns True, :class:`RegistrationCancelled` is raised.
     """
     start_time = time.perf_counter()
+    initialise = initialise or config.initialise
     for img in (fixed, moving):
         img.check_finite()
         if img.num_channels != 1:
@@ -299,18 +330,30 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     if fixed.dim != moving.dim:
         raise InputError(f"cannot register a {moving.dim}D moving image to a {fixed.dim}D fixed image")
     if fixed_mask is not None:
-        fixed_mask.check_not_empty_labels()
+        fixed_mask = _check_mask(fixed_mask, fixed, "fixed")
+    if moving_mask is not None:
+        moving_mask = _check_mask(moving_mask, moving, "moving")
+    if (fixed_points is None) != (moving_points is None):
+        raise InputError("landmarks need both fixed and moving points")
+    if initialise == "landmarks" and fixed_points is None:
+        raise InputError("initialise='landmarks' needs fixed and moving landmarks")
+    if initialise not in ("moments", "center", "landmarks", "none"):
+        raise InputError(f"initialise must be moments, center, landmarks or none, got {initialise!r}")
     dim = fixed.dim
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
-    fixed_n = _normalise(fixed, "", fixed_mask if fixed_mask is not None and fixed_mask.grid.same_as(fixed.grid) else None)
-    moving_n = _normalise(moving, "", None)
+    fixed_n = _normalise(fixed, fixed_mask)
+    moving_n = _normalise(moving, moving_mask)
 
     center = torch.as_tensor(fixed.grid.center(), dtype=torch.float64, device=dev)
     if initial_transform is not None:
         if initial_transform.dim != dim:
             raise InputError(f"the initial transform is {initial_transform.dim}D, the images are {dim}D")
         initial = initial_transform
+    elif initialise == "landmarks":
+        from .landmarks import fit_landmarks
+
+        initial = fit_landmarks(fixed_points, moving_points, "rigid" if len(fixed_points) >= dim else "translation")
     elif initialise == "moments":
         initial = TranslationTransform(_center_of_mass(moving_n) - _center_of_mass(fixed_n))
     elif initialise == "center":
@@ -326,7 +369,7 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     figures: dict = {"device": str(dev), "stages": []}
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
-        levels = [_build_level(fixed_n, moving_n, fixed_mask, s, stage, dev) for s in stage.levels_mm]
+        levels = [_build_level(fixed_n, moving_n, fixed_mask, moving_mask, s, stage, dev) for s in stage.levels_mm]
         if stage.model in LINEAR_MODELS:
             if svf is not None:
                 raise InputError("linear stages must come before the deformable stage")

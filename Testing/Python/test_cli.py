@@ -18,8 +18,9 @@ def deepreg(*args, cwd=None):
 
 
 def _error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    """The one error line (notes such as 'note: ... RGB' may precede it; no traceback)."""
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("deepreg:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
 
 

@@ -1,0 +1,112 @@
+"""Registration presets: JSON files in the :class:`RegistrationConfig` format.
+
+Looked up by name in ``$DEEPREG_PRESETS`` (a folder) and then in the extension's ``Resources/Presets/``;
+a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as JSON, else a string):
+
+* ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
+* ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage;
+* ``svf.FIELD=VALUE`` / ``linear.FIELD=VALUE`` set a field of every deformable / linear stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import InputError
+from .config import LINEAR_MODELS, RegistrationConfig, StageConfig
+
+__all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides"]
+
+_TOP_LEVEL = {"name", "description", "initialise", "seed"}
+
+
+def presets_dir() -> list[Path]:
+    """Folders searched for presets, in order."""
+    folders = []
+    if os.environ.get("DEEPREG_PRESETS"):
+        folders.append(Path(os.environ["DEEPREG_PRESETS"]))
+    folders.append(Path(__file__).resolve().parents[2] / "Resources" / "Presets")
+    return folders
+
+
+def list_presets() -> dict[str, str]:
+    """``{name: description}`` of every preset found (the first folder wins for a name)."""
+    found: dict[str, str] = {}
+    for folder in presets_dir():
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if path.stem not in found:
+                try:
+                    found[path.stem] = json.loads(path.read_text()).get("description", "")
+                except (OSError, json.JSONDecodeError):
+                    found[path.stem] = "(unreadable preset file)"
+    return found
+
+
+def _preset_path(name: str) -> Path:
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise InputError(f"{path}: preset file not found")
+        return path
+    for folder in presets_dir():
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return path
+    raise InputError(f"unknown preset {name!r} (available: {', '.join(sorted(list_presets())) or 'none found'})")
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """A copy of the preset dict ``data`` with ``key=value`` overrides applied (see module docstring)."""
+    data = copy.deepcopy(data)
+    stage_fields = set(StageConfig.__dataclass_fields__)
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        value = _parse_value(raw)
+        parts = key.strip().split(".")
+        stages = data.get("stages", [])
+        if parts[0] == "stages" and len(parts) == 3:
+            try:
+                stage = stages[int(parts[1])]
+            except (ValueError, IndexError):
+                raise InputError(f"override {key!r}: no stage {parts[1]} (the preset has {len(stages)})") from None
+            targets, field = [stage], parts[2]
+        elif parts[0] in ("svf", "linear") and len(parts) == 2:
+            targets = [s for s in stages if (s.get("model") in LINEAR_MODELS) == (parts[0] == "linear")]
+            field = parts[1]
+        elif len(parts) == 1 and parts[0] in _TOP_LEVEL:
+            data[parts[0]] = value
+            continue
+        elif len(parts) == 1:
+            targets, field = stages, parts[0]
+        else:
+            raise InputError(f"override {key!r} not understood (use FIELD, stages.N.FIELD, svf.FIELD or linear.FIELD)")
+        if field not in stage_fields:
+            raise InputError(f"override {key!r}: unknown stage field {field!r} (known: {sorted(stage_fields)})")
+        if not targets:
+            raise InputError(f"override {key!r}: the preset has no such stage")
+        for stage in targets:
+            stage[field] = value
+    return data
+
+
+def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
+    """The preset ``name`` (or ``.json`` path) with ``overrides`` applied, validated."""
+    path = _preset_path(name)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON: {err}") from None
+    return RegistrationConfig.from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,129 @@
+"""Presets, overrides, landmark initialisation, masks and ``deepreg register`` (progress, cancel, errors)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import DeepRegistrationLib as dr
+from conftest import ROOT, data_file
+from DeepRegistrationLib.registration import apply_overrides, fit_landmarks, list_presets, load_preset, register
+from test_cli import _error_line, deepreg
+
+PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimodal-rigid", "multimodal-affine",
+           "multimodal-deformable"]
+
+
+def test_every_preset_loads():
+    assert set(PRESETS) <= set(list_presets())
+    for name in PRESETS:
+        config = load_preset(name)
+        assert config.name == name and config.description and config.stages
+
+
+def test_overrides():
+    config = load_preset("deformable-fast", ["svf.regularisation_weight=0.5", "stages.0.iterations=[3, 2]",
+                                             "seed=7", "linear.similarity=nmi"])
+    assert config.stages[-1].regularisation_weight == 0.5
+    assert config.stages[0].iterations == [3, 2] and config.seed == 7
+    assert [s.similarity for s in config.stages] == ["nmi", "nmi", "lncc"]
+    with pytest.raises(dr.InputError, match="unknown stage field"):
+        load_preset("rigid", ["iterationz=3"])
+    with pytest.raises(dr.InputError, match="no stage 5"):
+        apply_overrides({"stages": [{}]}, ["stages.5.iterations=3"])
+    with pytest.raises(dr.InputError, match="unknown preset 'nope'"):
+        load_preset("nope")
+
+
+def test_landmark_fit_recovers_known_rigid_on_lung_landmarks():
+    from DeepRegistrationLib.io import read_points
+
+    fixed = read_points(data_file("lung_ct/itkelastix_CT_3D_lung_fixed_point_set.txt"))
+    truth = dr.RigidTransform(np.radians([5.0, -3.0, 7.0]), [4.0, -2.0, 6.0], center=fixed.mean(0))
+    moving = truth.map_points(fixed)
+    for model in ("rigid", "affine"):
+        fitted = fit_landmarks(fixed, moving, model)
+        np.testing.assert_allclose(fitted.map_points(fixed), moving, atol=1e-6)
+    with pytest.raises(dr.InputError, match="100 fixed vs 99 moving"):
+        fit_landmarks(fixed, moving[:99])
+    with pytest.raises(dr.InputError, match="at least 4"):
+        fit_landmarks(fixed[:3], moving[:3], "affine")
+
+
+def test_mask_errors():
+    fixed = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceBorder20.png"), grayscale=True)
+    config = load_preset("rigid", ["iterations=2"])
+    empty = fixed.with_data(np.zeros(fixed.shape, np.uint8))
+    with pytest.raises(dr.InputError, match="empty"):
+        register(fixed, fixed, config, fixed_mask=empty)
+    far = dr.Image(np.ones(fixed.shape, np.uint8), dr.Grid(fixed.grid.size, origin=[5000.0, 5000.0]))
+    with pytest.raises(dr.InputError, match="does not overlap"):
+        register(fixed, fixed, config, moving_mask=far)
+    vol = dr.Image(np.ones((4, 4, 4), np.uint8), dr.Grid([4, 4, 4]))
+    with pytest.raises(dr.InputError, match="3D but the image is 2D"):
+        register(fixed, fixed, config, fixed_mask=vol)
+
+
+def test_masked_registration_still_recovers_shift():
+    """A fixed mask covering half the brain restricts the measure; the shift is still found."""
+    fixed = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceBorder20.png"), grayscale=True)
+    moving = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceShifted13x17y.png"), grayscale=True)
+    mask = np.zeros(fixed.shape, np.uint8)
+    mask[:, : fixed.shape[1] // 2] = 1
+    result = register(fixed, moving, load_preset("rigid", ["initialise=center"]), fixed_mask=fixed.with_data(mask))
+    np.testing.assert_allclose(result.transform.offset().numpy(), [13.0, 17.0], atol=0.3)
+
+
+def test_register_cli_multimodal_rotation(tmp_path):
+    d = "multimodal2d/"
+    result = deepreg("register", "--fixed", data_file(d + "BrainT1SliceBorder20.png"), "--moving",
+                     data_file(d + "BrainProtonDensitySliceR10X13Y17.png"), "--preset", "multimodal-rigid",
+                     "--set", "initialise=center", "--out-transform", tmp_path / "T.tfm", "--out-image",
+                     tmp_path / "W.nii.gz", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[-1]["event"] == "done" and lines[-2]["fraction"] == 1.0
+    assert all(line["event"] == "progress" for line in lines[:-1])
+    tx = sitk.ReadTransform(str(tmp_path / "T.tfm")).Downcast()
+    assert np.degrees(tx.GetAngle()) == pytest.approx(10.0, abs=0.2)  # ITK's answer: 10.00 deg, (13.09, 15.92)
+    np.testing.assert_allclose(tx.GetTranslation(), [13.09, 15.92], atol=0.3)
+    assert dr.read_image(tmp_path / "W.nii.gz").grid.size == (221, 257)
+
+
+def test_register_cli_errors(tmp_path):
+    png = data_file("multimodal2d/BrainProtonDensitySliceBorder20.png")
+    r = deepreg("register", "--fixed", png, "--moving", png, "--preset", "rigid", "--device", "cuda",
+                "--out-transform", tmp_path / "T.tfm")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert r.returncode == 2 and "CUDA was requested" in _error_line(r)
+    vol = data_file("brain3d/oasis/OAS1_0001_MR1_aligned_norm.nii.gz")
+    r = deepreg("register", "--fixed", png, "--moving", vol, "--out-transform", tmp_path / "T.h5")
+    assert r.returncode == 2 and "2D but" in _error_line(r)
+    r = deepreg("register", "--fixed", png, "--moving", png, "--preset", "bogus", "--out-transform", tmp_path / "T.h5")
+    assert r.returncode == 2 and "unknown preset 'bogus'" in _error_line(r)
+    assert not list(tmp_path.iterdir())
+
+
+def test_register_cli_cancel_writes_nothing(tmp_path):
+    """SIGTERM (the panel's Cancel) stops within a second and leaves no output."""
+    vol = data_file("brain3d/oasis/OAS1_0001_MR1_aligned_norm.nii.gz")
+    moving = data_file("brain3d/oasis/OAS1_0002_MR1_aligned_norm.nii.gz")
+    proc = subprocess.Popen([sys.executable, "-m", "DeepRegistrationLib", "register", "--fixed", vol, "--moving",
+                             moving, "--preset", "deformable-accurate", "--out-transform", tmp_path / "T.h5",
+                             "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    first = proc.stdout.readline()
+    assert json.loads(first)["event"] == "progress"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert time.monotonic() - sent < 1.5
+    assert proc.returncode == 130 and "cancelled" in proc.stderr.read()
+    assert not list(tmp_path.iterdir())
