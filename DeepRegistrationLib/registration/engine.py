@@ -367,9 +367,15 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     linear: LinearTransform = initial.collapse_linear() if isinstance(initial, CompositeTransform) else initial
     svf = None
     figures: dict = {"device": str(dev), "stages": []}
+    level_cache: dict[tuple[float, float], _Level] = {}
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
-        levels = [_build_level(fixed_n, moving_n, fixed_mask, moving_mask, s, stage, dev) for s in stage.levels_mm]
+        levels = []
+        for spacing in stage.levels_mm:  # stages share levels of equal spacing and smoothing
+            key = (float(spacing), float(stage.smoothing_sigma_mm))
+            if key not in level_cache:
+                level_cache[key] = _build_level(fixed_n, moving_n, fixed_mask, moving_mask, spacing, stage, dev)
+            levels.append(level_cache[key])
         if stage.model in LINEAR_MODELS:
             if svf is not None:
                 raise InputError("linear stages must come before the deformable stage")

@@ -127,3 +127,21 @@ def test_register_cli_cancel_writes_nothing(tmp_path):
     assert time.monotonic() - sent < 1.5
     assert proc.returncode == 130 and "cancelled" in proc.stderr.read()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_registers_a_real_pair(preset):
+    """Each preset recovers the BrainWeb (13, 17) px shift: PD -> PD (monomodal) or T1 -> PD (multimodal)."""
+    import torch
+
+    from DeepRegistrationLib.metrics import jacobian_determinant, jacobian_stats
+
+    fixed_name = "BrainT1SliceBorder20.png" if preset.startswith("multimodal") else "BrainProtonDensitySliceBorder20.png"
+    fixed = dr.read_image(data_file("multimodal2d/" + fixed_name), grayscale=True)
+    moving = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceShifted13x17y.png"), grayscale=True)
+    result = register(fixed, moving, load_preset(preset, ["initialise=center"]))
+    brain = torch.as_tensor(fixed.numpy() > 20)
+    pts = fixed.grid.physical_points()[brain]
+    error = (result.transform.map_points(pts) - pts - torch.tensor([13.0, 17.0], dtype=torch.float64)).norm(dim=-1)
+    assert float(error.mean()) < 1.0, float(error.mean())
+    assert jacobian_stats(jacobian_determinant(result.transform, fixed.grid))["folding_percent"] < 0.1
