@@ -152,7 +152,7 @@ def main() -> None:
                          "dice_per_label": {k: v["dice"] for k, v in report["labels"].items()}})
             print(f"{method}: Dice {rows[-1]['dice']:.3f} in {figures['time_s']:.1f} s", file=sys.stderr, flush=True)
     print(f"OASIS 0002 -> 0001, seg35, mean Dice before registration {rows[0]['dice_before']:.3f}" if rows else "")
-    print("| method | mean Dice | HD95 mm | % det J <= 0 | std log|J| | time s | peak GB | device |")
+    print("| method | mean Dice | HD95 mm | % det J <= 0 | std log\\|J\\| | time s | peak GB | device |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['dice']:.3f} | {r['hd95']:.2f} | {r['folding_percent']:.3f} | "
