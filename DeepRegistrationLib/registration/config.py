@@ -38,6 +38,8 @@ class StageConfig:
         control_spacing_factor: the velocity grid is the level grid coarsened by this factor.
         integration_steps: scaling-and-squaring steps.
         smoothing_sigma_mm: Gaussian smoothing of each level image = this factor x level spacing.
+        final_lr_fraction: linear stages decay their step size linearly to this fraction within each
+            level (the final step bounds the precision: 0.01 x 0.02 rad ~ 0.016 mm at 80 mm).
     """
 
     model: str = "affine"
@@ -52,6 +54,7 @@ class StageConfig:
     control_spacing_factor: float = 2.0
     integration_steps: int = 7
     smoothing_sigma_mm: float = 0.5
+    final_lr_fraction: float = 0.1
 
     def iterations_per_level(self) -> list[int]:
         its = self.iterations if isinstance(self.iterations, list) else [int(self.iterations)] * len(self.levels_mm)
@@ -68,6 +71,8 @@ class StageConfig:
             raise InputError(f"levels_mm must be positive spacings, got {self.levels_mm}")
         if any(i < 0 for i in self.iterations_per_level()):
             raise InputError("iterations must be >= 0")
+        if not 0 < self.final_lr_fraction <= 1:
+            raise InputError(f"final_lr_fraction must be in (0, 1], got {self.final_lr_fraction}")
         if self.regularisation not in ("diffusion",):
             raise InputError(f"unknown regularisation {self.regularisation!r} (choose from ['diffusion'])")
         return self

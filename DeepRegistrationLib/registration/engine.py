@@ -203,7 +203,8 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
     loss_value = float("nan")
     for li, (level, iters) in enumerate(zip(levels, stage.iterations_per_level())):
         opt = torch.optim.Adam(model.param_groups(stage, level.spacing_mm))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, n=max(iters, 1): 1.0 - 0.9 * i / n)
+        decay = 1.0 - stage.final_lr_fraction
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, n=max(iters, 1): 1.0 - decay * i / n)
         pts = level.points.reshape(-1, dim)
         for it in range(iters):
             if cancel is not None and cancel():

@@ -38,6 +38,8 @@ def test_overrides():
         apply_overrides({"stages": [{}]}, ["stages.5.iterations=3"])
     with pytest.raises(dr.InputError, match="unknown preset 'nope'"):
         load_preset("nope")
+    with pytest.raises(dr.InputError, match="final_lr_fraction"):
+        load_preset("rigid", ["final_lr_fraction=0"])
 
 
 def test_landmark_fit_recovers_known_rigid_on_lung_landmarks():
