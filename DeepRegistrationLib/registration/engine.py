@@ -151,11 +151,13 @@ class _LinearModel(torch.nn.Module):
         # translation such that start(x) = A0 (x - c) + c + t0
         t0 = start.offset().detach().double() + a0 @ self.center - self.center
         self.translation = torch.nn.Parameter(t0.clone())
-        n_angles = 1 if dim == 2 else 3
         if model in ("rigid", "similarity"):
-            s0 = float(torch.linalg.det(a0)) ** (1.0 / dim)
-            rig = RigidTransform.from_matrix((a0 / s0).numpy()) if model != "translation" else None
-            self.angles = torch.nn.Parameter(rig.angles.clone() if rig is not None else torch.zeros(n_angles))
+            # start from the rotation nearest to the start matrix (polar decomposition), so that an affine
+            # initial transform can start a rigid stage
+            u, sv, vt = np.linalg.svd(a0.numpy())
+            rotation = u @ np.diag([1.0] * (dim - 1) + [np.sign(np.linalg.det(u @ vt))]) @ vt
+            s0 = float(np.prod(sv)) ** (1.0 / dim)
+            self.angles = torch.nn.Parameter(RigidTransform.from_matrix(rotation).angles.clone())
             self.log_scale = torch.nn.Parameter(torch.tensor(np.log(s0) if model == "similarity" else 0.0,
                                                              dtype=torch.float64), requires_grad=model == "similarity")
         elif model == "affine":

@@ -73,6 +73,13 @@ def test_deformable_2d_improves_overlap_without_folding():
     np.testing.assert_allclose(again.transform.map_points(pts), result.transform.map_points(pts), atol=1e-5)
 
 
+def test_affine_initial_transform_starts_a_rigid_stage():
+    fixed = _png("BrainProtonDensitySliceBorder20.png")
+    sheared = dr.AffineTransform([[1.02, 0.03], [0.0, 0.99]], [10.0, 14.0])
+    result = register(fixed, _png("BrainProtonDensitySliceShifted13x17y.png"), _rigid(), initial_transform=sheared)
+    np.testing.assert_allclose(result.transform.offset().numpy(), [13.0, 17.0], atol=0.2)
+
+
 def test_cancel_stops_and_returns_nothing():
     calls = []
 
