@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import InputError
-from ..metrics.similarity import SIMILARITIES
+from ..metrics.similarity import SIMILARITIES, make_similarity
 
 __all__ = ["StageConfig", "RegistrationConfig", "LINEAR_MODELS", "DEFORMABLE_MODELS"]
 
@@ -67,6 +67,13 @@ class StageConfig:
             raise InputError(f"unknown model {self.model!r} (choose from {LINEAR_MODELS + DEFORMABLE_MODELS})")
         if self.similarity.lower() not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
+        if not isinstance(self.similarity_options, dict):
+            raise InputError(f"similarity_options must be a mapping, got {self.similarity_options!r}")
+        try:  # the options must fit the similarity (e.g. 'window' is LNCC's, not SSD's)
+            make_similarity(self.similarity, **self.similarity_options)
+        except TypeError:
+            raise InputError(f"similarity {self.similarity!r} does not take the option(s) "
+                             f"{sorted(self.similarity_options)}; set similarity_options for it too") from None
         if not self.levels_mm or any(float(s) <= 0 for s in self.levels_mm):
             raise InputError(f"levels_mm must be positive spacings, got {self.levels_mm}")
         if any(i < 0 for i in self.iterations_per_level()):

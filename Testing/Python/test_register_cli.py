@@ -38,6 +38,9 @@ def test_overrides():
         apply_overrides({"stages": [{}]}, ["stages.5.iterations=3"])
     with pytest.raises(dr.InputError, match="unknown preset 'nope'"):
         load_preset("nope")
+    with pytest.raises(dr.InputError, match="similarity 'ssd' does not take the option"):
+        load_preset("deformable-fast", ["svf.similarity=ssd"])
+    assert load_preset("deformable-fast", ["svf.similarity=ssd", "svf.similarity_options={}"]).stages[-1].similarity == "ssd"
     with pytest.raises(dr.InputError, match="final_lr_fraction"):
         load_preset("rigid", ["final_lr_fraction=0"])
 
