@@ -21,6 +21,13 @@ __all__ = ["main", "build_parser"]
 
 
 # ---------------------------------------------------------------------- helpers
+def _refuse_overwrite(outputs, inputs) -> None:
+    """Refuse any output path that is one of the input paths (inputs are never modified)."""
+    for out in (o for o in outputs if o):
+        if any(Path(out).resolve() == Path(p).resolve() for p in inputs if p):
+            raise InputError(f"{out}: output would overwrite an input")
+
+
 def _read_transform_for(path: str, reference_grid, inverse: bool):
     from .io import read_transform
 
@@ -45,10 +52,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise InputError("mapping points needs --points-in and --points-out together")
     if not any(image_args) and not args.points_in:
         raise InputError("nothing to do: give --moving/--reference/--output and/or --points-in/--points-out")
-    for out in (args.output, args.points_out):
-        if out and any(Path(out).resolve() == Path(p).resolve() for p in (args.moving, args.reference, args.transform,
-                                                                             args.points_in) if p):
-            raise InputError(f"{out}: output would overwrite an input")
+    _refuse_overwrite((args.output, args.points_out), (args.moving, args.reference, args.transform, args.points_in))
 
     reference = read_image(args.reference) if args.reference else None
     transform = _read_transform_for(args.transform, reference.grid if reference else None, args.inverse)
@@ -230,9 +234,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     outputs = [p for p in (args.out_transform, args.out_image) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
                           args.fixed_landmarks, args.moving_landmarks) if p]
-    for out in outputs:
-        if any(Path(out).resolve() == Path(p).resolve() for p in inputs):
-            raise InputError(f"{out}: output would overwrite an input")
+    _refuse_overwrite(outputs, inputs)
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise InputError("landmarks need --fixed-landmarks and --moving-landmarks together")
     config = load_preset(args.preset, args.set or [])

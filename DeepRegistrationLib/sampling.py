@@ -53,14 +53,13 @@ def sample_normalised(data: torch.Tensor, grid: Grid, normalised: torch.Tensor, 
 
 
 def inside_normalised(grid: Grid, normalised: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(...)``: continuous index in ``[-0.5, size - 0.5)``, i.e. normalised in ``[-1 - h, 1 + h)``, ``h = 1/(size-1)``.
+    """Boolean ``(...)``: ``Grid.inside`` (ITK's rule) for ``grid_sample`` coordinates ``(..., dim)``.
 
     Axes of size 1 count as infinitely thick (their normalised coordinate is always 0).
     """
     size = torch.as_tensor(grid.size, dtype=normalised.dtype, device=normalised.device)
-    half = torch.where(size > 1, 1.0 / (size - 1).clamp(min=1), torch.full_like(size, float("inf")))
-    n = normalised.detach()
-    return ((n >= -1.0 - half) & (n < 1.0 + half)).all(dim=-1)
+    index = (normalised.detach() + 1.0) * 0.5 * (size - 1)
+    return grid.inside(index)
 
 
 def sample(data: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "bilinear",

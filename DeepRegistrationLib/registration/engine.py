@@ -25,7 +25,7 @@ from ..geometry import Grid
 from ..image import Image
 from ..metrics.similarity import make_similarity
 from ..sampling import inside_normalised, normalised_linear, sample, sample_normalised, to_normalised
-from ..transforms import (AffineTransform, IdentityTransform, RigidTransform, SimilarityTransform,
+from ..transforms import (AffineTransform, CompositeTransform, IdentityTransform, RigidTransform, SimilarityTransform,
                           StationaryVelocityField, Transform, TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
@@ -365,8 +365,6 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
         initial = IdentityTransform(dim)
     if not initial.is_linear:
         raise InputError("only a linear initial transform is supported")
-    from ..transforms import CompositeTransform
-
     linear: LinearTransform = initial.collapse_linear() if isinstance(initial, CompositeTransform) else initial
     svf = None
     figures: dict = {"device": str(dev), "stages": []}
