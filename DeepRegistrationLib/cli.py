@@ -231,7 +231,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from .metrics import jacobian_determinant, jacobian_stats
     from .registration import RegistrationCancelled, load_preset, register
 
-    outputs = [p for p in (args.out_transform, args.out_image) if p]
+    outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
                           args.fixed_landmarks, args.moving_landmarks) if p]
     _refuse_overwrite(outputs, inputs)
@@ -280,14 +280,18 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print("deepreg: cancelled; nothing written", file=sys.stderr)
         return 130
     progress.finish()
-    grid = fixed.grid if fixed.grid.num_voxels <= 4_000_000 else fixed.grid.with_spacing(
+    grid = fixed.grid if fixed.grid.num_voxels <= 4_000_000 or args.out_jacobian else fixed.grid.with_spacing(
         [2 * s for s in fixed.grid.spacing])
-    figures = {**result.figures, **{f"jacobian_{k}": v for k, v in jacobian_stats(
-        jacobian_determinant(result.transform, grid)).items()}}
+    det = jacobian_determinant(result.transform, grid)
+    figures = {**result.figures, **{f"jacobian_{k}": v for k, v in jacobian_stats(det).items()}}
     warped = result.warped() if args.out_image else None
     write_transform(result.transform, args.out_transform)
     if warped is not None:
         warped.write(args.out_image)
+    if args.out_jacobian:
+        from .image import Image
+
+        Image(det.float()[None], grid, name="jacobian").write(args.out_jacobian)
     summary = {"event": "done", "preset": config.name or args.preset, "outputs": outputs, "figures": figures}
     if args.progress == "json":
         print(json.dumps(summary), flush=True)
@@ -340,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="deformable-fast", help="preset name (see 'deepreg presets') or a .json file")
     p.add_argument("--out-transform", required=True, help="transform file to write (.h5; .tfm for linear presets)")
     p.add_argument("--out-image", help="warped moving image to write (on the fixed grid)")
+    p.add_argument("--out-jacobian", help="Jacobian determinant of the transform on the fixed grid to write")
     p.add_argument("--fixed-mask", help="label map: measure similarity only where it is non-zero")
     p.add_argument("--moving-mask", help="label map on the moving image, likewise")
     p.add_argument("--fixed-landmarks", help="landmarks in fixed space (initialise by a rigid fit)")

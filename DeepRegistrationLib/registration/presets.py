@@ -6,6 +6,9 @@ a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as J
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
 * ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage;
 * ``svf.FIELD=VALUE`` / ``linear.FIELD=VALUE`` set a field of every deformable / linear stage.
+
+When ``levels_mm`` of a stage changes but its per-level ``iterations`` are not overridden, each new
+level takes the iteration count of the preset level nearest in spacing.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def _parse_value(text: str):
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """A copy of the preset dict ``data`` with ``key=value`` overrides applied (see module docstring)."""
     data = copy.deepcopy(data)
+    original = copy.deepcopy(data.get("stages", []))
     stage_fields = set(StageConfig.__dataclass_fields__)
     for item in overrides:
         if "=" not in item:
@@ -99,7 +103,22 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             raise InputError(f"override {key!r}: the preset has no such stage")
         for stage in targets:
             stage[field] = value
+    for old, stage in zip(original, data.get("stages", [])):
+        _remap_iterations(old, stage)
     return data
+
+
+def _remap_iterations(old: dict, new: dict) -> None:
+    """Per-level iterations follow a changed ``levels_mm`` (nearest preset level in log spacing)."""
+    levels, its = new.get("levels_mm"), new.get("iterations")
+    if (levels == old.get("levels_mm") or its != old.get("iterations") or not isinstance(its, list)
+            or not isinstance(levels, list) or len(its) != len(old.get("levels_mm", []))):
+        return
+    import math
+
+    old_levels = [float(v) for v in old["levels_mm"]]
+    new["iterations"] = [its[min(range(len(old_levels)), key=lambda i: abs(math.log(old_levels[i] / float(v))))]
+                         if float(v) > 0 else its[-1] for v in levels]
 
 
 def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:

@@ -43,6 +43,10 @@ def test_overrides():
     assert load_preset("deformable-fast", ["svf.similarity=ssd", "svf.similarity_options={}"]).stages[-1].similarity == "ssd"
     with pytest.raises(dr.InputError, match="final_lr_fraction"):
         load_preset("rigid", ["final_lr_fraction=0"])
+    # new levels take the iterations of the nearest preset level, unless iterations are given too
+    fast = load_preset("deformable-fast", ["levels_mm=[8, 3]"])
+    assert [s.iterations for s in fast.stages] == [[60, 30], [40, 40], [40, 40]]
+    assert load_preset("deformable-fast", ["levels_mm=[8, 3]", "iterations=5"]).stages[0].iterations == 5
 
 
 def test_landmark_fit_recovers_known_rigid_on_lung_landmarks():

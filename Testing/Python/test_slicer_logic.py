@@ -1,0 +1,417 @@
+"""The MRML bridge against real Slicer scenes (the ``slicer-core`` wheel: real MRML, no Qt, no app).
+
+Every check applies our transform nodes with Slicer's own code (volume resampling, transform
+storage, point mapping) and compares with what the library computes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+import vtk  # noqa: E402  (slicer-core's VTK)
+from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
+
+import DeepRegistrationLib as dr  # noqa: E402
+from DeepRegistrationLib import slicer_logic as sl  # noqa: E402
+from DeepRegistrationLib.synthetic import oblique_grid, smooth_field  # noqa: E402
+from DeepRegistrationLib.transforms import RigidTransform, compose  # noqa: E402
+
+vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+FLIP = np.array([-1.0, -1.0, 1.0])
+FAST = {"overrides": ["levels_mm=[8,4]"]}
+
+
+def add_volume(scene, image: dr.Image, name: str, cls: str = "vtkMRMLScalarVolumeNode"):
+    node = scene.AddNewNodeByClass(cls, name)
+    sl.update_volume_node_from_image(node, image)
+    return node
+
+
+def scene_state(scene) -> list:
+    """Node IDs, parent transforms and a voxel checksum of every volume: what must not change."""
+    state = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        entry = [node.GetID(), node.GetName()]
+        if node.IsA("vtkMRMLTransformableNode"):
+            entry.append(node.GetTransformNodeID())
+        if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+            scalars = vtk_to_numpy(node.GetImageData().GetPointData().GetScalars())
+            entry.append(float(np.asarray(scalars, dtype=np.float64).sum()))
+        state.append(entry)
+    return state
+
+
+@pytest.fixture(scope="module")
+def pair(oasis_t1):
+    """Fixed: OASIS T1 on an oblique 1.8 x 2.4 x 5 mm grid; the known truth maps fixed -> moving."""
+    grid = oblique_grid(oasis_t1.grid)
+    fixed = oasis_t1.resample_to(grid.with_spacing([2 * s for s in grid.spacing]))
+    fixed.name = "fixed"
+    return fixed, fixed.grid.center(), oasis_t1
+
+
+def make_moving(oasis_t1, truth) -> dr.Image:
+    """The T1 seen through ``truth`` (fixed -> moving), on a 2 mm axis-aligned grid."""
+    grid = oasis_t1.grid.with_spacing([2.0, 2.0, 2.0])
+    moving = dr.warp_image(oasis_t1, truth.inverse() if truth.is_linear else None, grid)
+    moving.name = "moving"
+    return moving
+
+
+def brain_points(image: dr.Image, count: int = 500, seed: int = 0) -> np.ndarray:
+    """Random LPS points inside the brain of ``image`` (continuous positions, not voxel centres)."""
+    rng = np.random.default_rng(seed)
+    idx = np.argwhere(image.numpy() > 0.1 * float(image.data.max()))[:, ::-1].astype(np.float64)
+    pick = idx[rng.choice(len(idx), count, replace=False)] + rng.uniform(-0.5, 0.5, (count, 3))
+    return image.grid.index_to_physical(pick)
+
+
+def node_maps(node, points_lps: np.ndarray) -> np.ndarray:
+    """Points mapped by the node's transform from parent (Slicer: RAS in, RAS out), in LPS."""
+    tf = node.GetTransformFromParent()
+    return np.array([np.array(tf.TransformPoint(*(p * FLIP))) * FLIP for p in points_lps])
+
+
+def library_transform_of(node, scene, tmp_path, reference: dr.Grid) -> dr.Transform:
+    """The node written by Slicer's ``vtkMRMLTransformStorageNode`` to ``.h5``, read by the library (SimpleITK)."""
+    storage = slicer.vtkMRMLTransformStorageNode()
+    scene.AddNode(storage)
+    path = str(tmp_path / f"{node.GetName()}.h5")
+    storage.SetFileName(path)
+    assert storage.WriteData(node) == 1
+    scene.RemoveNode(storage)
+    return dr.read_transform(path, reference=reference)
+
+
+# ---------------------------------------------------------------------- volumes
+def test_volume_node_roundtrip_oblique_anisotropic(oasis_oblique):
+    scene = slicer.vtkMRMLScene()
+    node = add_volume(scene, oasis_oblique, "t1")
+    back = sl.image_from_volume_node(node)
+    assert back.grid.same_as(oasis_oblique.grid, atol=1e-9)
+    assert back.data.dtype == oasis_oblique.data.dtype
+    assert torch.equal(back.data, oasis_oblique.data)
+    # Slicer's own geometry: the RAS position of a voxel is the LPS one flipped
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    ijk = np.array([[0, 0, 0], [12.0, 7.0, 30.0], [a - 1 for a in oasis_oblique.grid.size]])
+    ras = [np.array(m.MultiplyPoint([*p, 1.0])[:3]) for p in ijk]
+    np.testing.assert_allclose(np.array(ras) * FLIP, oasis_oblique.grid.index_to_physical(ijk), atol=1e-9)
+    assert node.GetSpacing() == pytest.approx(oasis_oblique.grid.spacing)
+
+
+# ---------------------------------------------------------------------- known rigid case
+def test_rigid_result_node_matches_library(pair, oasis_t1, tmp_path):
+    fixed, center, _ = pair
+    truth = RigidTransform(np.radians([6.0, -4.0, 8.0]), [5.0, -3.0, 7.0], center=center)  # fixed -> moving
+    moving = make_moving(oasis_t1, truth)
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    before = np.array(slicer.util.arrayFromVolume(moving_node))
+    out = sl.RegistrationLogic(scene).process(fixed_node, moving_node, "rigid", **FAST)
+    node = out.transform_node
+    assert node.IsLinear() and out.volume_node is None
+    # the result is the truth (points in the brain, mm)
+    pts = brain_points(fixed)
+    got = node_maps(node, pts)
+    assert np.abs(got - truth.map_points(pts)).max() < 0.5
+    # no output volume: the moving volume is shown through the transform; its voxels are untouched
+    assert moving_node.GetTransformNodeID() == node.GetID()
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(moving_node), before)
+    assert node.GetNodeReference("spatialRegistrationFixed") is fixed_node
+    assert node.GetNodeReference("spatialRegistrationMoving") is moving_node
+    assert json.loads(node.GetAttribute("DeepRegistration.figures"))["jacobian_folding_percent"] == 0.0
+    # Slicer's resampling through the node == the library's warp of the same transform
+    library = sl.transform_from_node(node)
+    np.testing.assert_allclose(library.map_points(pts), got, atol=1e-6)
+    warped = dr.warp_image(moving, library, fixed.grid).numpy()
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    resampled = slicer.util.arrayFromVolume(vlogic.ResampleVolumeToReferenceVolume(moving_node, fixed_node))
+    inside = dr.warp_image(moving.with_data(torch.ones_like(moving.data)), library, fixed.grid, "nearest").numpy() > 0
+    inside[[0, -1]] = inside[:, [0, -1]] = inside[:, :, [0, -1]] = False
+    assert np.abs(resampled - warped)[inside].max() < 1e-3 * float(moving.data.max())
+    # the node's .h5 (Slicer writes it) reads in SimpleITK as the same mapping
+    from_file = library_transform_of(node, scene, tmp_path, fixed.grid)
+    np.testing.assert_allclose(from_file.map_points(pts), got, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- known deformable case
+@pytest.fixture(scope="module")
+def deformable_run(pair, oasis_t1):
+    fixed, center, _ = pair
+    truth = compose(RigidTransform(np.radians([3.0, -2.0, 4.0]), [3.0, -2.0, 4.0], center=center),
+                    smooth_field(center, amplitude=4.0))
+    grid = oasis_t1.grid.with_spacing([2.0, 2.0, 2.0])
+    # moving voxels seen through the inverse of truth: sample the T1 at truth^-1 of the moving grid points
+    inv = dr.to_displacement_field(truth, grid).inverse()
+    moving = dr.warp_image(oasis_t1, inv, grid)
+    moving.name = "moving"
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    warped_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    jac_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "jacobian")
+    out = sl.RegistrationLogic(scene).process(fixed_node, moving_node, "deformable-fast", outputVolumeNode=warped_node,
+                                              jacobianVolumeNode=jac_node, overrides=["levels_mm=[8,4]"])
+    return scene, fixed, moving, truth, out, fixed_node, moving_node
+
+
+def test_deformable_result_node_matches_library(deformable_run, tmp_path):
+    scene, fixed, moving, truth, out, fixed_node, moving_node = deformable_run
+    node = out.transform_node
+    assert not node.IsLinear()
+    assert moving_node.GetTransformNodeID() is None  # an output volume was asked for: the moving stays put
+    # the node's .h5 (written by Slicer) is what SimpleITK reads; Slicer maps points as the file says (0.01 mm)
+    from_file = library_transform_of(node, scene, tmp_path, fixed.grid)
+    pts = brain_points(fixed)
+    np.testing.assert_allclose(node_maps(node, pts), from_file.map_points(pts), atol=0.01)
+    # and the registration recovered the truth better than its affine part alone
+    err = np.linalg.norm(from_file.map_points(pts) - truth.map_points(pts), axis=1)
+    assert err.mean() < 1.5, err.mean()
+    # Slicer's resampling through the node == the library's warped output volume
+    moving_node.SetAndObserveTransformNodeID(node.GetID())
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    resampled_node = vlogic.ResampleVolumeToReferenceVolume(moving_node, fixed_node)
+    resampled = np.array(slicer.util.arrayFromVolume(resampled_node))
+    scene.RemoveNode(resampled_node)
+    library = np.asarray(slicer.util.arrayFromVolume(out.volume_node))
+    inside = dr.warp_image(moving.with_data(torch.ones_like(moving.data)), from_file, fixed.grid, "nearest").numpy() > 0
+    inside[[0, -1]] = inside[:, [0, -1]] = inside[:, :, [0, -1]] = False
+    assert np.abs(resampled - library)[inside].max() < 1e-3 * float(moving.data.max())
+    # hardening (Slicer's transform logic) moves the moving volume's voxels the same way
+    tlogic = slicer.vtkSlicerTransformLogic()
+    hardened = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "hardened")
+    sl.update_volume_node_from_image(hardened, moving)
+    hardened.SetAndObserveTransformNodeID(node.GetID())
+    assert tlogic.hardenTransform(hardened)
+    again = sl.image_from_volume_node(hardened)
+    check = again.resample_to(fixed.grid).numpy()
+    assert np.abs(check - library)[inside].mean() < 0.02 * float(moving.data.max())
+    moving_node.SetAndObserveTransformNodeID(None)
+    scene.RemoveNode(hardened)
+
+
+def test_deformable_outputs_on_fixed_grid(deformable_run):
+    scene, fixed, moving, truth, out, fixed_node, moving_node = deformable_run
+    for node in (out.volume_node, out.jacobian_node):
+        assert sl.image_from_volume_node(node).grid.same_as(fixed.grid, atol=1e-6)
+    jac = slicer.util.arrayFromVolume(out.jacobian_node)
+    assert jac.min() > 0 and abs(float(np.median(jac)) - 1.0) < 0.2
+    assert out.figures["jacobian_folding_percent"] == 0.0 and out.figures["device"] == "cpu"
+
+
+def test_scene_with_results_survives_mrb(deformable_run, tmp_path):
+    scene, fixed, moving, truth, out, fixed_node, moving_node = deformable_run
+    params = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DeepRegistration")
+    params.SetAttribute("ModuleName", "DeepRegistration")
+    params.SetParameter("preset", "deformable-fast")
+    params.SetNodeReferenceID("fixedVolume", fixed_node.GetID())
+    params.SetNodeReferenceID("movingVolume", moving_node.GetID())
+    params.SetNodeReferenceID("outputTransform", out.transform_node.GetID())
+    for node in (fixed_node, moving_node, out.transform_node, out.volume_node, out.jacobian_node):
+        node.AddDefaultStorageNode()
+    # voxel centres of the fixed grid: Slicer reloads grid transforms with cubic interpolation, which
+    # agrees with ITK's linear one exactly there (and within ~0.15 mm between them on this 5 mm grid)
+    idx = np.argwhere(fixed.numpy() > 0.1 * float(fixed.data.max()))[::97, ::-1].astype(np.float64)
+    pts = fixed.grid.index_to_physical(idx)
+    expected = node_maps(out.transform_node, pts)
+    path = str(tmp_path / "scene.mrb")
+    assert scene.WriteToMRB(path)
+    scene.RemoveNode(params)
+
+    loaded = slicer.vtkMRMLScene()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".slicer-cache").touch()
+    manager = slicer.vtkCacheManager()
+    manager.SetRemoteCacheDirectory(str(cache))
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(manager)
+    loaded.SetCacheManager(manager)
+    loaded.SetDataIOManager(io)
+    assert loaded.ReadFromMRB(path, True)
+    p = loaded.GetFirstNodeByName("DeepRegistration")
+    assert p.GetParameter("preset") == "deformable-fast"
+    t = p.GetNodeReference("outputTransform")
+    assert t.GetNodeReference("spatialRegistrationFixed").GetName() == "fixed"
+    assert t.GetNodeReference("spatialRegistrationMoving").GetName() == "moving"
+    assert t.GetAttribute("DeepRegistration.preset") == "deformable-fast"
+    np.testing.assert_allclose(node_maps(t, pts), expected, atol=1e-4)
+    for name in ("fixed", "moving", "warped", "jacobian"):  # same voxels in the same place (Slicer's NRRD
+        a = sl.image_from_volume_node(loaded.GetFirstNodeByName(name))  # reader makes left-handed grids right-handed)
+        b = sl.image_from_volume_node(scene.GetFirstNodeByName(name))
+        assert np.abs(a.resample_to(b.grid).numpy() - b.numpy()).max() < 1e-5 * float(b.data.abs().max()), name
+    assert p.GetNodeReference("fixedVolume").GetName() == "fixed"
+
+
+# ---------------------------------------------------------------------- background
+def test_background_reports_progress_and_completes(pair, oasis_t1, tmp_path):
+    fixed, center, _ = pair
+    moving = make_moving(oasis_t1, RigidTransform(np.radians([0.0, 0.0, 5.0]), [4.0, 0.0, 0.0], center=center))
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    warped_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    events, finished = [], []
+    handle = sl.RegistrationLogic(scene).processInBackground(
+        fixed_node, moving_node, "rigid", outputVolumeNode=warped_node, onProgress=events.append,
+        onFinished=finished.append, tempDirectory=str(tmp_path), **FAST)
+    assert handle.wait(timeout_s=300) == "completed", handle.error or handle.log
+    assert finished == [handle] and len(events) > 10
+    assert events[-1]["fraction"] == 1.0 and {"stage", "level", "iteration", "loss"} <= set(events[0])
+    node = handle.outputs.transform_node
+    assert node.IsLinear() and node.GetNodeReference("spatialRegistrationMoving") is moving_node
+    assert handle.outputs.figures["device"] == "cpu"
+    assert sl.image_from_volume_node(warped_node).grid.same_as(fixed.grid, atol=1e-6)
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
+
+
+def test_background_cancel_leaves_scene_unchanged(pair, oasis_t1, tmp_path):
+    fixed, center, _ = pair
+    moving = make_moving(oasis_t1, RigidTransform(np.radians([0.0, 0.0, 5.0]), [4.0, 0.0, 0.0], center=center))
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    before = scene_state(scene)
+    events = []
+    handle = sl.RegistrationLogic(scene).processInBackground(
+        fixed_node, moving_node, "deformable-accurate", onProgress=events.append, tempDirectory=str(tmp_path))
+    deadline = time.monotonic() + 120
+    while not events and time.monotonic() < deadline:
+        handle.poll()
+        time.sleep(0.05)
+    assert events, handle.log
+    start = time.monotonic()
+    handle.cancel()
+    assert time.monotonic() - start < 1.0
+    assert handle.state == "cancelled" and handle.outputs is None
+    assert handle.process.poll() is not None
+    assert scene_state(scene) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_background_failure_is_reported(pair, tmp_path):
+    fixed, _, _ = pair
+    scene = slicer.vtkMRMLScene()
+    fixed_node = add_volume(scene, fixed, "fixed")
+    flat = add_volume(scene, fixed.with_data(torch.ones_like(fixed.data)), "flat")
+    before = scene_state(scene)
+    handle = sl.RegistrationLogic(scene).processInBackground(fixed_node, flat, "rigid", tempDirectory=str(tmp_path))
+    assert handle.wait(timeout_s=120) == "failed"
+    assert "constant" in handle.error
+    assert scene_state(scene) == before
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.fixture()
+def small_scene(pair):
+    fixed, _, _ = pair
+    scene = slicer.vtkMRMLScene()
+    return scene, fixed, add_volume(scene, fixed, "fixed"), add_volume(scene, fixed.with_data(fixed.data * 2), "moving")
+
+
+def _refused(scene, match: str, *args, **kwargs) -> None:
+    before = scene_state(scene)
+    with pytest.raises(dr.InputError, match=match):
+        sl.RegistrationLogic(scene).process(*args, **kwargs)
+    with pytest.raises(dr.InputError, match=match):
+        sl.RegistrationLogic(scene).processInBackground(*args, **kwargs)
+    assert scene_state(scene) == before
+
+
+def test_same_node_twice_refused(small_scene):
+    scene, _, fixed_node, _ = small_scene
+    _refused(scene, "both the fixed and the moving", fixed_node, fixed_node, "rigid")
+
+
+def test_vector_and_4d_volumes_refused(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    vec = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(vec, np.zeros((*fixed.shape, 3), dtype=np.uint8))
+    _refused(scene, "rgb: the moving volume has 3 components", fixed_node, vec, "rigid")
+    four = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")  # a 4D volume
+    slicer.util.updateVolumeFromArray(four, np.zeros((*fixed.shape, 7), dtype=np.float32))
+    _refused(scene, "dwi: the fixed volume has 7 components", four, moving_node, "rigid")
+
+
+def test_labelmap_as_fixed_refused(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    lab = add_volume(scene, fixed.with_data((fixed.data > 0.2).to(torch.int16)), "labels", "vtkMRMLLabelMapVolumeNode")
+    _refused(scene, "labels: the fixed volume is a labelmap", lab, moving_node, "rigid")
+
+
+def test_empty_masks_refused(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    empty = add_volume(scene, fixed.with_data(torch.zeros_like(fixed.data, dtype=torch.int16)), "empty",
+                       "vtkMRMLLabelMapVolumeNode")
+    _refused(scene, "empty.*empty", fixed_node, moving_node, "rigid", fixedMaskNode=empty)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    _refused(scene, "seg: the moving mask segmentation has no segments", fixed_node, moving_node, "rigid",
+             movingMaskNode=seg)
+
+
+def test_segmentation_mask_is_used(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    brain = (fixed.numpy() > 0.1 * float(fixed.data.max())).astype(np.uint8)
+    labels = add_volume(scene, fixed.with_data(torch.from_numpy(brain)[None]), "brain-labels", "vtkMRMLLabelMapVolumeNode")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels, seg)
+    mask = sl.mask_from_node(seg, fixed_node, "fixed")
+    assert mask.grid.same_as(fixed.grid, atol=1e-6)
+    np.testing.assert_array_equal(mask.numpy() != 0, brain != 0)
+
+
+def test_unknown_preset_and_missing_file_refused(small_scene, tmp_path):
+    scene, _, fixed_node, moving_node = small_scene
+    _refused(scene, "unknown preset 'no-such-preset'", fixed_node, moving_node, "no-such-preset")
+    missing = str(tmp_path / "missing-model.json")
+    _refused(scene, "missing-model.json: preset file not found", fixed_node, moving_node, missing)
+    _refused(scene, "unknown registration parameter 'iterationz'", fixed_node, moving_node, "rigid", iterationz=3)
+
+
+def test_output_volume_cannot_be_an_input(small_scene):
+    scene, _, fixed_node, moving_node = small_scene
+    _refused(scene, "output volume is an input", fixed_node, moving_node, "rigid", outputVolumeNode=moving_node)
+
+
+def test_landmark_counts_must_match(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    a = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+    b = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "M")
+    for i in range(4):
+        a.AddControlPoint(float(i), 0.0, 0.0)
+    for i in range(3):
+        b.AddControlPoint(float(i), 0.0, 0.0)
+    _refused(scene, "landmark counts differ: 4 fixed", fixed_node, moving_node, "rigid", fixedLandmarksNode=a,
+             movingLandmarksNode=b)
+
+
+def test_landmarks_and_initial_transform_nodes_convert():
+    scene = slicer.vtkMRMLScene()
+    m = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+    m.AddControlPoint(10.0, 20.0, 30.0)
+    np.testing.assert_allclose(sl.points_from_markups(m, "fixed"), [[-10.0, -20.0, 30.0]])
+    t = scene.AddNewNodeByClass("vtkMRMLTransformNode", "init")
+    truth = RigidTransform(np.radians([5.0, 10.0, -3.0]), [1.0, 2.0, 3.0], center=[10.0, 0.0, 0.0])
+    sl.update_transform_node(t, truth, dr.Grid((4, 4, 4)))
+    assert t.IsLinear()
+    pts = np.array([[0.0, 0.0, 0.0], [50.0, -20.0, 10.0]])
+    np.testing.assert_allclose(sl.transform_from_node(t).map_points(pts), truth.map_points(pts), atol=1e-9)
+    np.testing.assert_allclose(node_maps(t, pts), truth.map_points(pts), atol=1e-9)
+    grid_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    c = np.zeros(3)
+    sl.update_transform_node(grid_node, smooth_field(c), dr.Grid((30, 30, 30), origin=(-150, -150, -150), spacing=(10, 10, 10)))
+    with pytest.raises(dr.InputError, match="warp: only a linear"):
+        sl.transform_from_node(grid_node)
+
+
+def test_parameters_become_overrides():
+    assert sl.overrides_from_parameters({"similarity": "mi", "iterations": 5, "regularisation_weight": 0.5,
+                                         "levels_mm": None, "overrides": ["seed=3"]}) == [
+        'similarity="mi"', "similarity_options={}", "iterations=5", "svf.regularisation_weight=0.5", "seed=3"]
