@@ -3,21 +3,39 @@
 Conventions (see ``geometry``): LPS millimetres; tensors in array order ``(C, [D,] H, W)``; every
 transform is a resampling transform mapping fixed-space points to moving-space points (ITK; Slicer
 "from parent").
+
+``import DeepRegistrationLib`` is light (no torch): the names below load their module on first use,
+so the Slicer module can list presets and check dependencies before torch is installed.
 """
 
-from .errors import DeepRegError, InputError, UnsupportedTransformError
-from .geometry import Grid
-from .image import Image
-from .io import read_image, read_points, read_transform, write_image, write_points, write_transform
-from .transforms import (AffineTransform, CompositeTransform, DisplacementField, IdentityTransform, RigidTransform,
-                         SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose,
-                         to_displacement_field)
-from .warp import warp_image
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["Grid", "Image", "Transform", "IdentityTransform", "TranslationTransform", "RigidTransform",
-           "SimilarityTransform", "AffineTransform", "DisplacementField", "StationaryVelocityField",
-           "CompositeTransform", "compose", "to_displacement_field", "warp_image", "read_image", "write_image",
-           "read_transform", "write_transform", "read_points", "write_points", "DeepRegError", "InputError",
-           "UnsupportedTransformError", "__version__"]
+_LAZY = {
+    "errors": ["DeepRegError", "InputError", "UnsupportedTransformError"],
+    "geometry": ["Grid"],
+    "image": ["Image"],
+    "io": ["read_image", "read_transform", "write_image", "write_points", "write_transform", "read_points"],
+    "transforms": ["AffineTransform", "CompositeTransform", "DisplacementField", "IdentityTransform", "RigidTransform",
+                   "SimilarityTransform", "StationaryVelocityField", "Transform", "TranslationTransform", "compose",
+                   "to_displacement_field"],
+    "warp": ["warp_image"],
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

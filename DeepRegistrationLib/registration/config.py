@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import InputError
-from ..metrics.similarity import SIMILARITIES, make_similarity
 
 __all__ = ["StageConfig", "RegistrationConfig", "LINEAR_MODELS", "DEFORMABLE_MODELS"]
 
@@ -63,6 +62,8 @@ class StageConfig:
         return [int(i) for i in its]
 
     def validate(self) -> "StageConfig":
+        from ..metrics.similarity import SIMILARITIES, make_similarity  # torch: only when a config is used
+
         if self.model not in LINEAR_MODELS + DEFORMABLE_MODELS:
             raise InputError(f"unknown model {self.model!r} (choose from {LINEAR_MODELS + DEFORMABLE_MODELS})")
         if self.similarity.lower() not in SIMILARITIES:

@@ -1,6 +1,7 @@
 """Registration presets: JSON files in the :class:`RegistrationConfig` format.
 
-Looked up by name in ``$DEEPREG_PRESETS`` (a folder) and then in the extension's ``Resources/Presets/``;
+Looked up by name in ``$DEEPREG_PRESETS`` (folders separated by ``os.pathsep``; the Slicer module puts
+the user's presets folder there) and then in the extension's ``Resources/Presets/``;
 a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as JSON, else a string):
 
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
@@ -22,16 +23,14 @@ from typing import Iterable
 from ..errors import InputError
 from .config import LINEAR_MODELS, RegistrationConfig, StageConfig
 
-__all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides"]
+__all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides", "save_preset"]
 
 _TOP_LEVEL = {"name", "description", "initialise", "seed"}
 
 
 def presets_dir() -> list[Path]:
     """Folders searched for presets, in order."""
-    folders = []
-    if os.environ.get("DEEPREG_PRESETS"):
-        folders.append(Path(os.environ["DEEPREG_PRESETS"]))
+    folders = [Path(p) for p in os.environ.get("DEEPREG_PRESETS", "").split(os.pathsep) if p]
     folders.append(Path(__file__).resolve().parents[2] / "Resources" / "Presets")
     return folders
 
@@ -129,3 +128,26 @@ def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON: {err}") from None
     return RegistrationConfig.from_dict(apply_overrides(data, overrides))
+
+
+def save_preset(name: str, base: str, overrides: Iterable[str], folder: str | os.PathLike,
+                description: str = "") -> Path:
+    """Write preset ``base`` with ``overrides`` applied as ``folder/name.json`` (validated; atomic).
+
+    This is how user presets are made (the Slicer module saves them in its settings folder).
+    """
+    from ..io.atomic import atomic_output
+
+    if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+        raise InputError(f"preset name {name!r} is not a valid file name")
+    path = _preset_path(base)
+    data = apply_overrides(json.loads(path.read_text()), overrides)
+    data["name"] = name
+    if description:
+        data["description"] = description
+    RegistrationConfig.from_dict(data)  # refuse to save what cannot be loaded
+    out = Path(folder) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return out

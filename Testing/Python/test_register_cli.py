@@ -26,6 +26,20 @@ def test_every_preset_loads():
         assert config.name == name and config.description and config.stages
 
 
+def test_user_preset_saved_and_found(tmp_path, monkeypatch):
+    from DeepRegistrationLib.registration import save_preset
+
+    path = save_preset("my-brain", "deformable-fast", ["svf.regularisation_weight=0.2"], tmp_path, "mine")
+    monkeypatch.setenv("DEEPREG_PRESETS", str(tmp_path))
+    assert list_presets()["my-brain"] == "mine"
+    assert load_preset("my-brain").stages[-1].regularisation_weight == 0.2 and path.name == "my-brain.json"
+    with pytest.raises(dr.InputError, match="not a valid file name"):
+        save_preset("../x", "rigid", [], tmp_path)
+    with pytest.raises(dr.InputError, match="unknown stage field"):
+        save_preset("bad", "rigid", ["iterationz=3"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-brain.json"]
+
+
 def test_overrides():
     config = load_preset("deformable-fast", ["svf.regularisation_weight=0.5", "stages.0.iterations=[3, 2]",
                                              "seed=7", "linear.similarity=nmi"])
