@@ -1,0 +1,495 @@
+"""DeepRegistration: the 3D Slicer module (panel, logic, test).
+
+The module is thin: the panel binds its widgets to a parameter node and calls
+:class:`DeepRegistrationLogic`, which hands the work to ``DeepRegistrationLib`` (the MRML bridge in
+``DeepRegistrationLib/slicer_logic.py``; the registration itself runs in a separate ``PythonSlicer``
+process so Slicer stays responsive). Heavy packages (torch, MONAI) are imported only after
+:func:`ensureDependencies` has checked them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional, Union
+
+import vtk
+
+import slicer
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode, vtkMRMLTransformNode)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+# Developer mode ("Add module path" pointing at this folder): the library lives one level up.
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_SOURCE_ROOT, "DeepRegistrationLib")) and _SOURCE_ROOT not in sys.path:
+    sys.path.insert(0, _SOURCE_ROOT)
+
+SIMILARITY_CHOICES = ["(preset)", "ssd", "ncc", "lncc", "mi", "nmi", "mind"]
+# Installed on first use (torch comes from the SlicerPyTorch extension; SimpleITK, numpy and vtk are Slicer's own).
+PIP_REQUIREMENTS = ["monai>=1.4", "nibabel>=5.0"]
+
+
+def userPresetsFolder() -> str:
+    """User presets live beside Slicer's settings, never in the install tree."""
+    settingsDir = os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+    return os.path.join(settingsDir, "DeepRegistration", "Presets")
+
+
+def ensureDependencies(askConfirmation: bool = True) -> bool:
+    """Make torch (SlicerPyTorch) and MONAI/nibabel available, behind one confirmation. True when ready."""
+    import importlib.util
+
+    missingTorch = importlib.util.find_spec("torch") is None
+    missingPip = [r for r in PIP_REQUIREMENTS if importlib.util.find_spec(r.split(">")[0].split("=")[0]) is None]
+    if not missingTorch and not missingPip:
+        return True
+    what = (["PyTorch (through the PyTorch extension)"] if missingTorch else []) + missingPip
+    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("DeepRegistration needs these Python packages, which are not installed yet:\n\n{what}\n\n"
+              "Install them now? This can take a few minutes.").format(what="\n".join(what)),
+            windowTitle=_("DeepRegistration: install dependencies")):
+        return False
+    if missingTorch:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(_("Install the 'PyTorch' extension from the Extensions Manager, restart Slicer "
+                                       "and try again."))
+            return False
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+            slicer.util.errorDisplay(_("PyTorch could not be installed; see the PyTorch Utils module."))
+            return False
+    if missingPip:
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer >= 5.12
+            from packaging.requirements import Requirement
+
+            packaging.pip_ensure([Requirement(r) for r in missingPip], prompt_install=False, requester="DeepRegistration")
+        else:
+            slicer.util.pip_install(missingPip)
+    return True
+
+
+#
+# DeepRegistration
+#
+class DeepRegistration(ScriptedLoadableModule):
+    """Module description (title, category, help, acknowledgement)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DeepRegistration")
+        self.parent.categories = [_("Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DeepRegistration developers"]
+        self.parent.helpText = _("""
+Register a moving volume to a fixed volume: rigid, affine and diffeomorphic deformable registration by
+iterative optimisation on the GPU or CPU (learned methods are added as presets). The result is a native
+transform node (linear for rigid/affine; a displacement field stored <i>from parent</i> for deformable
+results, readable by ITK) that the Transforms module and other extensions understand.
+Pick the fixed and moving volumes and a preset, then press Apply; Slicer stays usable while it runs.
+See the <a href="https://github.com/DeepRegistration/DeepRegistration">project page</a> for the presets,
+measured accuracy and Python scripting.
+""")
+        self.parent.acknowledgementText = _("""
+Methods: stationary velocity field registration integrated by scaling and squaring (Arsigny et al., MICCAI 2006;
+Ashburner, NeuroImage 2007); local normalised cross-correlation as in VoxelMorph (Balakrishnan et al., IEEE TMI 2019);
+mutual information (Mattes et al., IEEE TMI 2003); MIND-SSC (Heinrich et al., MICCAI 2013).
+Built on PyTorch, MONAI, SimpleITK and 3D Slicer.
+""")
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class DeepRegistrationParameterNode:
+    """Every setting of the panel; saved with the scene.
+
+    preset: name of the preset (JSON in Resources/Presets or the user presets folder).
+    similarity, levels, iterations, regularisationWeight: overrides of the preset ("(preset)", "", 0 and
+        a negative weight mean "as in the preset"); levels are spacings in mm, coarse to fine, e.g. "4,2".
+    """
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    fixedMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    movingMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    initialTransform: vtkMRMLTransformNode
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    preset: str = "deformable-fast"
+    outputTransform: vtkMRMLTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    jacobianVolume: vtkMRMLScalarVolumeNode
+    similarity: Annotated[str, Choice(SIMILARITY_CHOICES)] = "(preset)"
+    levels: str = ""
+    iterations: Annotated[int, WithinRange(0, 100000)] = 0
+    regularisationWeight: Annotated[float, WithinRange(-1.0, 1000.0)] = -1.0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    keepTemporaryFiles: bool = False
+    showLog: bool = False
+
+
+#
+# DeepRegistrationWidget
+#
+class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds the .ui to the parameter node and runs the logic in the background."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        import qt
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepRegistration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepRegistrationLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetSelected)
+        self.ui.savePresetButton.connect("clicked(bool)", self.onSavePreset)
+        self.ui.showLogCheckBox.connect("toggled(bool)", self.ui.logTextEdit.setVisible)
+        self.ui.logTextEdit.setVisible(False)
+        self.ui.progressBar.setVisible(False)
+        self._showDeviceChoice()
+        self.refreshPresets()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._run is not None and self._run.running:
+            self._run.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None and self._run.running:
+            self._run.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.fixedVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.fixedVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[DeepRegistrationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        index = self.ui.presetComboBox.findText(self._parameterNode.preset) if self._parameterNode else -1
+        if index >= 0 and index != self.ui.presetComboBox.currentIndex:
+            self.ui.presetComboBox.setCurrentIndex(index)
+        self._checkCanApply()
+
+    # ------------------------------------------------------------------ presets and device
+    def refreshPresets(self) -> None:
+        from DeepRegistrationLib.registration.presets import list_presets
+
+        self.logic.usePresetsFolder(userPresetsFolder())
+        presets = list_presets()
+        combo = self.ui.presetComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for name, description in presets.items():
+            combo.addItem(name)
+            combo.setItemData(combo.count - 1, description, 3)  # Qt.ToolTipRole
+        combo.blockSignals(wasBlocked)
+        wanted = self._parameterNode.preset if self._parameterNode else "deformable-fast"
+        combo.setCurrentIndex(max(0, combo.findText(wanted)))
+        self.onPresetSelected(combo.currentIndex)
+
+    def onPresetSelected(self, index: int) -> None:
+        name = self.ui.presetComboBox.itemText(index)
+        self.ui.presetDescriptionLabel.text = self.ui.presetComboBox.itemData(index, 3) or ""
+        if self._parameterNode and name and self._parameterNode.preset != name:
+            self._parameterNode.preset = name
+
+    def onSavePreset(self) -> None:
+        import qt
+
+        name = qt.QInputDialog.getText(slicer.util.mainWindow(), _("Save preset"),
+                                       _("Name of the new preset (the current preset with the Advanced settings):"))
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the preset."), waitCursor=True):
+            if not ensureDependencies():
+                return
+            from DeepRegistrationLib.registration.presets import save_preset
+            from DeepRegistrationLib.slicer_logic import overrides_from_parameters
+
+            p = self._parameterNode
+            path = save_preset(name, p.preset, overrides_from_parameters(self.logic.advancedParameters(p)),
+                               userPresetsFolder())
+            self.refreshPresets()
+            self.ui.presetComboBox.setCurrentIndex(self.ui.presetComboBox.findText(name))
+            self.ui.statusLabel.text = _("Saved preset {name} in {path}").format(name=name, path=path)
+
+    def _showDeviceChoice(self) -> None:
+        """The device choice is offered only when a CUDA GPU is there (and torch is already installed)."""
+        import importlib.util
+
+        cuda = False
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        self.ui.deviceLabel.setVisible(cuda)
+        self.ui.deviceComboBox.setVisible(cuda)
+
+    # ------------------------------------------------------------------ apply / cancel
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        button = self.ui.applyButton
+        if self._run is not None and self._run.running:
+            button.text = _("Cancel")
+            button.toolTip = _("Stop the registration; nothing is added to the scene.")
+            button.enabled = True
+            return
+        button.text = _("Apply")
+        p = self._parameterNode
+        missing = []
+        if not p or not p.fixedVolume:
+            missing.append(_("select a fixed volume"))
+        if not p or not p.movingVolume:
+            missing.append(_("select a moving volume"))
+        if p and p.fixedVolume and p.fixedVolume is p.movingVolume:
+            missing.append(_("choose different fixed and moving volumes"))
+        if p and bool(p.fixedLandmarks) != bool(p.movingLandmarks):
+            missing.append(_("select both fixed and moving landmarks, or neither"))
+        if p and p.outputVolume and p.outputVolume in (p.fixedVolume, p.movingVolume):
+            missing.append(_("the output volume must not be an input volume"))
+        button.enabled = not missing
+        button.toolTip = (_("Register the moving volume to the fixed volume.") if not missing
+                          else _("To register: ") + "; ".join(missing) + ".")
+
+    def onApplyButton(self) -> None:
+        if self._run is not None and self._run.running:
+            self._run.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("The registration could not start."), waitCursor=True):
+            if not ensureDependencies():
+                return
+            self._showDeviceChoice()
+            p = self._parameterNode
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.setVisible(True)
+            self.ui.statusLabel.text = _("Starting...")
+            self._run = self.logic.processInBackground(
+                p.fixedVolume, p.movingVolume, p.preset, outputTransformNode=p.outputTransform,
+                outputVolumeNode=p.outputVolume, fixedMaskNode=p.fixedMask, movingMaskNode=p.movingMask,
+                initialTransformNode=p.initialTransform, fixedLandmarksNode=p.fixedLandmarks,
+                movingLandmarksNode=p.movingLandmarks, jacobianVolumeNode=p.jacobianVolume, device=p.device,
+                onProgress=self.onProgress, onFinished=self.onFinished,
+                keepTemporaryFiles=p.keepTemporaryFiles, **self.logic.advancedParameters(p))
+            self._timer.start()
+        self._checkCanApply()
+
+    def onPoll(self) -> None:
+        if self._run is not None:
+            self._run.poll()
+
+    def onProgress(self, event: dict) -> None:
+        self.ui.progressBar.setValue(int(100 * event.get("fraction", 0.0)))
+        self.ui.statusLabel.text = _("Stage {stage} ({model}), level {level}, iteration {iteration}: loss {loss:.4f}").format(
+            stage=event["stage"] + 1, model=event["model"], level=event["level"] + 1, iteration=event["iteration"] + 1,
+            loss=event["loss"])
+
+    def onFinished(self, run) -> None:
+        self._timer.stop()
+        self.ui.progressBar.setVisible(False)
+        self.ui.logTextEdit.setPlainText("\n".join([" ".join(run.command)] + run.log))
+        if run.state == "completed":
+            figures = run.outputs.figures
+            if self._parameterNode and not self._parameterNode.outputTransform:
+                self._parameterNode.outputTransform = run.outputs.transform_node
+            self.ui.statusLabel.text = _("Done in {t:.1f} s on {device}; folded voxels {fold:.3f} %.").format(
+                t=figures.get("time_s", 0.0), device=figures.get("device", "?"),
+                fold=figures.get("jacobian_folding_percent", 0.0))
+        elif run.state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+        else:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=run.error)
+            slicer.util.errorDisplay(_("Registration failed: {error}").format(error=run.error),
+                                     detailedText="\n".join(run.log))
+        self._checkCanApply()
+
+
+#
+# DeepRegistrationLogic
+#
+class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
+    """Slicer-side logic: the parameter node, and the library's ``RegistrationLogic`` on ``slicer.mrmlScene``.
+
+    Scripting from the Python console::
+
+        logic = slicer.util.getModuleLogic("DeepRegistration")
+        out = logic.process(fixedNode, movingNode, "deformable-fast")   # waits; returns the output nodes
+        out.transform_node, out.figures["time_s"]
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self) -> DeepRegistrationParameterNode:
+        return DeepRegistrationParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def usePresetsFolder(folder: str) -> None:
+        """Make ``folder`` (user presets) visible to the library and to the worker process."""
+        current = [p for p in os.environ.get("DEEPREG_PRESETS", "").split(os.pathsep) if p]
+        if folder not in current:
+            os.environ["DEEPREG_PRESETS"] = os.pathsep.join([folder] + current)
+
+    @staticmethod
+    def advancedParameters(p: DeepRegistrationParameterNode) -> dict:
+        """The Advanced settings that differ from the preset, as ``process`` keyword parameters."""
+        params: dict = {}
+        if p.similarity and p.similarity != "(preset)":
+            params["similarity"] = p.similarity
+        if p.levels.strip():
+            try:
+                params["levels_mm"] = [float(v) for v in p.levels.replace(";", ",").split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(_("Levels must be spacings in mm separated by commas, e.g. 4,2")) from None
+        if p.iterations > 0:
+            params["iterations"] = int(p.iterations)
+        if p.regularisationWeight >= 0:
+            params["regularisation_weight"] = float(p.regularisationWeight)
+        return params
+
+    def _bridge(self):
+        from DeepRegistrationLib.slicer_logic import RegistrationLogic
+
+        self.usePresetsFolder(userPresetsFolder())
+        return RegistrationLogic(slicer.mrmlScene)
+
+    def process(self, fixedVolumeNode, movingVolumeNode, preset: str = "deformable-fast", outputTransformNode=None,
+                outputVolumeNode=None, **parameters):
+        """Register now, in this thread (for scripts); returns ``RegistrationOutputs`` (nodes and figures).
+
+        Other keyword parameters: ``fixedMaskNode``, ``movingMaskNode``, ``initialTransformNode``,
+        ``fixedLandmarksNode``, ``movingLandmarksNode``, ``jacobianVolumeNode``, ``device``, and preset
+        overrides ``similarity``, ``levels_mm``, ``iterations``, ``regularisation_weight``, ``overrides``.
+        """
+        if not ensureDependencies():
+            raise RuntimeError("DeepRegistration's dependencies are not installed")
+        return self._bridge().process(fixedVolumeNode, movingVolumeNode, preset, outputTransformNode=outputTransformNode,
+                                      outputVolumeNode=outputVolumeNode, **parameters)
+
+    def processInBackground(self, fixedVolumeNode, movingVolumeNode, preset: str = "deformable-fast", **kwargs):
+        """Start the registration in a ``PythonSlicer`` process; returns the ``BackgroundRegistration`` handle."""
+        kwargs.setdefault("tempDirectory", slicer.app.temporaryPath)
+        return self._bridge().processInBackground(fixedVolumeNode, movingVolumeNode, preset, **kwargs)
+
+
+#
+# DeepRegistrationTest
+#
+class DeepRegistrationTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: real registrations of a sample brain, checked against the known answer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_rigid_in_background()
+        self.setUp()
+        self.test_scripted_deformable()
+
+    def _pair(self):
+        """MRHead (fixed) and a copy moved by a known rigid transform (moving)."""
+        import numpy as np
+        import SampleData
+
+        fixed = SampleData.downloadSample("MRHead")
+        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead moved")
+        known = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", "known")
+        angle = np.radians(8.0)
+        matrix = np.array([[np.cos(angle), -np.sin(angle), 0, 6.0], [np.sin(angle), np.cos(angle), 0, -4.0],
+                           [0, 0, 1, 3.0], [0, 0, 0, 1]])
+        slicer.util.updateTransformMatrixFromArray(known, matrix)  # to parent: moves the moving volume by `matrix`
+        moving.SetAndObserveTransformNodeID(known.GetID())
+        moving.HardenTransform()
+        slicer.mrmlScene.RemoveNode(known)
+        return fixed, moving, matrix
+
+    def test_rigid_in_background(self):
+        import numpy as np
+
+        self.delayDisplay("Rigid registration in the background")
+        fixed, moving, matrix = self._pair()
+        logic = DeepRegistrationLogic()
+        events = []
+        run = logic.processInBackground(fixed, moving, "rigid", onProgress=events.append,
+                                        overrides=["levels_mm=[8,4]"])
+        while run.poll():
+            slicer.app.processEvents()
+        self.assertEqual(run.state, "completed", run.error)
+        self.assertTrue(len(events) > 0)
+        node = run.outputs.transform_node
+        self.assertTrue(node.IsLinear())
+        self.assertEqual(moving.GetTransformNodeID(), node.GetID())
+        # moving point = matrix @ fixed point: the node's to-parent matrix must undo it
+        toParent = slicer.util.arrayFromTransformMatrix(node)
+        point = np.array([10.0, 20.0, 30.0, 1.0])
+        error = np.linalg.norm((toParent @ matrix @ point)[:3] - point[:3])
+        self.assertLess(error, 1.0)
+        self.delayDisplay(f"Rigid registration recovered the known motion within {error:.2f} mm")
+
+    def test_scripted_deformable(self):
+        self.delayDisplay("Deformable registration from a script")
+        fixed, moving, _matrix = self._pair()
+        warped = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+        out = DeepRegistrationLogic().process(fixed, moving, "deformable-fast", outputVolumeNode=warped,
+                                              overrides=["levels_mm=[8,4]"])
+        self.assertFalse(out.transform_node.IsLinear())
+        self.assertEqual(out.figures["jacobian_folding_percent"], 0.0)
+        self.assertIs(out.volume_node, warped)
+        self.assertIsNone(moving.GetTransformNodeID())
+        self.assertEqual(out.transform_node.GetNodeReference("spatialRegistrationFixed"), fixed)
+        self.delayDisplay("Deformable registration passed")
