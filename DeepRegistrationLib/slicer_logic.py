@@ -38,7 +38,6 @@ from .errors import DeepRegError, InputError
 from .geometry import Grid
 from .image import Image
 from .transforms import CompositeTransform, DisplacementField, StationaryVelocityField, Transform
-from .transforms.composite import to_displacement_field
 from .transforms.linear import AffineTransform, LinearTransform
 from .warp import warp_image
 
@@ -208,11 +207,14 @@ def transform_from_node(node) -> Transform:
     return AffineTransform(h[:3, :3], h[:3, 3], center=[0.0, 0.0, 0.0])
 
 
-def _node_parts(transform: Transform, reference: Grid) -> list[Transform]:
+def _node_parts(transform: Transform, reference: Grid | None = None) -> list[Transform]:
     """``transform`` as a list of linear maps and displacement fields, in application order.
 
-    Consecutive linear parts collapse into one affine; velocity fields are integrated, and every
-    field is resampled onto ``reference`` (the fixed grid) so that Slicer's display and ITK agree.
+    Consecutive linear parts collapse into one affine; velocity fields are integrated on their own grid.
+    Each field is then refined by an integer factor on its own grid (see :func:`_refined`), which keeps
+    the mapping exactly as the library's (linear interpolation of the same function) while bringing
+    the grid to the ``reference`` (fixed) resolution, where Slicer's cubic interpolation of a reloaded
+    field and ITK's linear one agree closely.
     """
     parts = transform.parts if isinstance(transform, CompositeTransform) else [transform]
     out: list[Transform] = []
@@ -222,11 +224,36 @@ def _node_parts(transform: Transform, reference: Grid) -> list[Transform]:
                 out[-1] = CompositeTransform([out[-1], part]).collapse_linear()
             else:
                 out.append(part if isinstance(part, LinearTransform) else part.collapse_linear())
-        elif isinstance(part, (DisplacementField, StationaryVelocityField)):
-            out.append(to_displacement_field(part, reference, dtype=torch.float64))
+        elif isinstance(part, (StationaryVelocityField, DisplacementField)):
+            field = part.exponential() if isinstance(part, StationaryVelocityField) else part
+            out.append(_refined(field, reference) if reference is not None else field)
         else:
             raise InputError(f"cannot convert a {part.kind} to a Slicer transform")
     return out
+
+
+def _refined(field: DisplacementField, reference: Grid, max_voxels_factor: float = 2.0) -> DisplacementField:
+    """``field`` on its own grid subdivided by integer factors (spacing <= the reference's where affordable).
+
+    The refined grid contains the original nodes and the field is piecewise (tri)linear between them, so
+    linear interpolation on the refined grid is the same function: an exact change of representation.
+    """
+    import math
+
+    same_axes = np.allclose(field.grid.direction_matrix(), reference.direction_matrix(), atol=1e-6)
+    target = reference.spacing if same_axes else [min(reference.spacing)] * 3
+    factors = [max(1, math.ceil(s / t - 1e-6)) for s, t in zip(field.grid.spacing, target)]
+    budget = max_voxels_factor * reference.num_voxels
+    while math.prod((n - 1) * f + 1 for n, f in zip(field.grid.size, factors)) > budget and max(factors) > 1:
+        factors = [max(1, f - 1) if f == max(factors) else f for f in factors]
+    if all(f == 1 for f in factors):
+        return field
+    grid = Grid(size=[(n - 1) * f + 1 for n, f in zip(field.grid.size, factors)], origin=field.grid.origin,
+                spacing=[s / f for s, f in zip(field.grid.spacing, factors)], direction=field.grid.direction_matrix())
+    with torch.no_grad():
+        points = grid.physical_points(dtype=torch.float64).reshape(-1, 3)
+        values = field.displacement_at(points.to(field.field.dtype)).T.reshape(3, *grid.shape)
+    return DisplacementField(values.float().contiguous(), grid)
 
 
 def _vtk_linear(part: LinearTransform):
@@ -244,13 +271,13 @@ def _vtk_grid(part: DisplacementField):
     from vtk.util import numpy_support
 
     grid = part.grid
-    u_ras = part.field.detach().double().cpu().numpy() * np.array([-1.0, -1.0, 1.0]).reshape(3, 1, 1, 1)
-    vectors = np.ascontiguousarray(np.moveaxis(u_ras, 0, -1).reshape(-1, 3))
+    u_ras = part.field.detach().float().cpu().numpy() * np.array([-1.0, -1.0, 1.0], dtype=np.float32).reshape(3, 1, 1, 1)
+    vectors = np.ascontiguousarray(np.moveaxis(u_ras, 0, -1).reshape(-1, 3))  # float32: 1e-6 mm, half the memory
     image = vtk.vtkImageData()
     image.SetDimensions(*grid.size)
     image.SetSpacing(*grid.spacing)
     image.SetOrigin(*(LPS_FROM_RAS @ np.asarray(grid.origin)))
-    array = numpy_support.numpy_to_vtk(vectors, deep=True, array_type=vtk.VTK_DOUBLE)
+    array = numpy_support.numpy_to_vtk(vectors, deep=True, array_type=vtk.VTK_FLOAT)
     array.SetNumberOfComponents(3)
     image.GetPointData().SetScalars(array)
     t = _slicer().vtkOrientedGridTransform()
@@ -261,37 +288,51 @@ def _vtk_grid(part: DisplacementField):
     return t
 
 
-def update_transform_node(node, transform: Transform, reference: Grid) -> None:
-    """Store ``transform`` (fixed -> moving, LPS) in ``node`` as its transform **from parent**.
-
-    A linear result gives a linear node; otherwise the node holds a general transform (fields sampled
-    on ``reference``, then linear parts), written by Slicer as an ITK composite readable by SimpleITK.
-    """
+def _vtk_transform(transform: Transform, reference: Grid | None = None):
+    """``("linear", vtkMatrix4x4)`` or ``("general", vtkGeneralTransform)``: the RAS *from parent* of ``transform``."""
     import vtk
 
     if transform.dim != 3:
         raise InputError("a Slicer transform node needs a 3D transform")
     parts = _node_parts(transform, reference)
     if len(parts) == 1 and isinstance(parts[0], LinearTransform):
-        h = _H_FLIP @ parts[0].homogeneous().detach().double().numpy() @ _H_FLIP
-        node.SetMatrixTransformFromParent(_numpy_to_matrix(h))
-        return
+        return "linear", _numpy_to_matrix(_H_FLIP @ parts[0].homogeneous().detach().double().numpy() @ _H_FLIP)
     general = vtk.vtkGeneralTransform()
     general.PostMultiply()  # concatenated in application order
     for part in parts:
         general.Concatenate(_vtk_linear(part) if isinstance(part, LinearTransform) else _vtk_grid(part))
-    node.SetAndObserveTransformFromParent(general)
+    return "general", general
+
+
+def update_transform_node(node, transform: Transform, reference: Grid | None = None) -> None:
+    """Store ``transform`` (fixed -> moving, LPS) in ``node`` as its transform **from parent**.
+
+    A linear result gives a linear node; otherwise the node holds a general transform (displacement
+    fields on their own grids and linear parts, in application order), written by Slicer as an ITK
+    composite that SimpleITK reads as the same mapping. With ``reference`` (the fixed grid), fields are
+    refined towards its resolution without changing the mapping (see :func:`_node_parts`).
+    """
+    _set_transform(node, *_vtk_transform(transform, reference))
+
+
+def _set_transform(node, kind: str, vtk_transform) -> None:
+    if kind == "linear":
+        node.SetMatrixTransformFromParent(vtk_transform)
+    else:
+        node.SetAndObserveTransformFromParent(vtk_transform)
 
 
 # ---------------------------------------------------------------------- registration
 @dataclass
 class RegistrationOutputs:
-    """The nodes a registration produced, and its figures (time, device, folding, per stage loss)."""
+    """The nodes a registration produced, its figures (time, device, folding, per stage loss), and the
+    library transform (fixed -> moving, LPS) that the transform node holds."""
 
     transform_node: Any
     volume_node: Any = None
     jacobian_node: Any = None
     figures: dict = field(default_factory=dict)
+    transform: Transform | None = None
 
 
 @dataclass
@@ -405,11 +446,15 @@ class RegistrationLogic:
         """Create or update the output nodes (the only place that changes the scene)."""
         scene = self.scene
         fixed_node, moving_node = job.fixed_node, job.moving_node
+        vtk_result = _vtk_transform(transform, job.fixed.grid)  # everything that can fail, before the scene changes
+        for image in (warped, jacobian):
+            if image is not None and (image.dim != 3 or image.num_channels != 1):
+                raise InputError(f"{image.name}: expected a 3D single-channel result image")
         node = job.output_transform_node
         if node is None:
             node = scene.AddNewNodeByClass("vtkMRMLTransformNode",
                                            scene.GenerateUniqueName(f"{moving_node.GetName()}-to-{fixed_node.GetName()}"))
-        update_transform_node(node, transform, job.fixed.grid)
+        _set_transform(node, *vtk_result)
         node.SetNodeReferenceID("spatialRegistrationFixed", fixed_node.GetID())
         node.SetNodeReferenceID("spatialRegistrationMoving", moving_node.GetID())
         node.SetAttribute("DeepRegistration.preset", job.preset)
@@ -417,7 +462,7 @@ class RegistrationLogic:
         node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
-        outputs = RegistrationOutputs(transform_node=node, figures=figures)
+        outputs = RegistrationOutputs(transform_node=node, figures=figures, transform=transform)
         if job.output_volume_node is not None and warped is not None:
             update_volume_node_from_image(job.output_volume_node, warped)
             job.output_volume_node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
@@ -534,6 +579,7 @@ class BackgroundRegistration:
         self.error = ""
         self.outputs: RegistrationOutputs | None = None
         self.last_progress: dict = {}
+        self.figures: dict = {}
         self.log: list[str] = []
         self._events: queue.Queue = queue.Queue()
         self._cancel_requested = False
@@ -583,8 +629,10 @@ class BackgroundRegistration:
         if self.state != "running":
             return False
         self._drain()
-        if self.process.poll() is None or any(r.is_alive() for r in self._readers):
+        if self.process.poll() is None:
             return True
+        for reader in self._readers:  # the worker has exited: its pipes reach EOF at once
+            reader.join(timeout=5.0)
         self._drain()
         try:
             if self._cancel_requested:
@@ -647,5 +695,4 @@ class BackgroundRegistration:
         transform = read_transform(folder / "transform.h5")
         warped = read_image(folder / "warped.nrrd") if job.output_volume_node is not None else None
         jacobian = read_image(folder / "jacobian.nrrd") if job.jacobian_node is not None else None
-        figures = getattr(self, "figures", {})
-        return self.logic._publish(job, transform, warped, jacobian, figures)
+        return self.logic._publish(job, transform, warped, jacobian, self.figures)

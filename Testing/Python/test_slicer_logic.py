@@ -218,10 +218,10 @@ def test_scene_with_results_survives_mrb(deformable_run, tmp_path):
     params.SetNodeReferenceID("outputTransform", out.transform_node.GetID())
     for node in (fixed_node, moving_node, out.transform_node, out.volume_node, out.jacobian_node):
         node.AddDefaultStorageNode()
-    # voxel centres of the fixed grid: Slicer reloads grid transforms with cubic interpolation, which
-    # agrees with ITK's linear one exactly there (and within ~0.15 mm between them on this 5 mm grid)
-    idx = np.argwhere(fixed.numpy() > 0.1 * float(fixed.data.max()))[::97, ::-1].astype(np.float64)
-    pts = fixed.grid.index_to_physical(idx)
+    # at the nodes of the field's grid: Slicer reloads grid transforms with cubic interpolation, which
+    # agrees with ITK's linear one exactly there (and to a fraction of a mm between them)
+    field = sl._node_parts(out.transform, fixed.grid)[0]
+    pts = field.grid.physical_points(dtype=torch.float64).reshape(-1, 3).numpy()[::101]
     expected = node_maps(out.transform_node, pts)
     path = str(tmp_path / "scene.mrb")
     assert scene.WriteToMRB(path)
@@ -245,6 +245,10 @@ def test_scene_with_results_survives_mrb(deformable_run, tmp_path):
     assert t.GetNodeReference("spatialRegistrationMoving").GetName() == "moving"
     assert t.GetAttribute("DeepRegistration.preset") == "deformable-fast"
     np.testing.assert_allclose(node_maps(t, pts), expected, atol=1e-4)
+    between = brain_points(fixed, 300, seed=2)
+    gap = np.linalg.norm(node_maps(t, between) - out.transform.map_points(between), axis=1)
+    print(f"reloaded grid (cubic) vs library (linear) between nodes: mean {gap.mean():.3f} max {gap.max():.3f} mm")
+    assert gap.mean() < 0.1 and gap.max() < 0.5
     for name in ("fixed", "moving", "warped", "jacobian"):  # same voxels in the same place (Slicer's NRRD
         a = sl.image_from_volume_node(loaded.GetFirstNodeByName(name))  # reader makes left-handed grids right-handed)
         b = sl.image_from_volume_node(scene.GetFirstNodeByName(name))
@@ -399,14 +403,14 @@ def test_landmarks_and_initial_transform_nodes_convert():
     np.testing.assert_allclose(sl.points_from_markups(m, "fixed"), [[-10.0, -20.0, 30.0]])
     t = scene.AddNewNodeByClass("vtkMRMLTransformNode", "init")
     truth = RigidTransform(np.radians([5.0, 10.0, -3.0]), [1.0, 2.0, 3.0], center=[10.0, 0.0, 0.0])
-    sl.update_transform_node(t, truth, dr.Grid((4, 4, 4)))
+    sl.update_transform_node(t, truth)
     assert t.IsLinear()
     pts = np.array([[0.0, 0.0, 0.0], [50.0, -20.0, 10.0]])
     np.testing.assert_allclose(sl.transform_from_node(t).map_points(pts), truth.map_points(pts), atol=1e-9)
     np.testing.assert_allclose(node_maps(t, pts), truth.map_points(pts), atol=1e-9)
     grid_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
     c = np.zeros(3)
-    sl.update_transform_node(grid_node, smooth_field(c), dr.Grid((30, 30, 30), origin=(-150, -150, -150), spacing=(10, 10, 10)))
+    sl.update_transform_node(grid_node, smooth_field(c))
     with pytest.raises(dr.InputError, match="warp: only a linear"):
         sl.transform_from_node(grid_node)
 
@@ -415,3 +419,11 @@ def test_parameters_become_overrides():
     assert sl.overrides_from_parameters({"similarity": "mi", "iterations": 5, "regularisation_weight": 0.5,
                                          "levels_mm": None, "overrides": ["seed=3"]}) == [
         'similarity="mi"', "similarity_options={}", "iterations=5", "svf.regularisation_weight=0.5", "seed=3"]
+
+
+def test_node_maps_points_like_the_registration_result(deformable_run):
+    """The node (field resampled on the fixed grid) and the engine's own transform agree at any point."""
+    scene, fixed, moving, truth, out, fixed_node, moving_node = deformable_run
+    pts = brain_points(fixed, 2000, seed=1)
+    diff = np.linalg.norm(node_maps(out.transform_node, pts) - out.transform.map_points(pts), axis=1)
+    assert diff.max() < 0.01, diff.max()
