@@ -24,7 +24,8 @@ from ..errors import DeepRegError, InputError
 from ..geometry import Grid
 from ..image import Image
 from ..metrics.similarity import make_similarity
-from ..sampling import inside_normalised, normalised_linear, sample, sample_normalised, to_normalised
+from ..sampling import (gradient_stack, sample_with_gradient, inside_normalised, normalised_linear, sample,
+                        sample_normalised, to_normalised)
 from ..transforms import (AffineTransform, CompositeTransform, IdentityTransform, RigidTransform, SimilarityTransform,
                           StationaryVelocityField, Transform, TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
@@ -113,21 +114,38 @@ class _Level:
     moving: torch.Tensor  # (1, *moving_level_shape)
     moving_grid: Grid
     moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
+    sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
+    _moving_stack: torch.Tensor | None = None
 
-    def similarity_mask(self, coords: torch.Tensor) -> torch.Tensor:
-        """(1, 1, *shape) weights: fixed voxels whose mapped point is inside the moving image (and both masks)."""
-        mask = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+    def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving level image at ``grid_sample`` coordinates ``(N, dim)`` as ``(1, 1, *fixed level shape)``
+        (differentiable in ``coords`` through the image gradient), and the similarity weights: fixed voxels
+        whose mapped point is inside the moving image (and inside both masks), same shape."""
+        if self._moving_stack is None:
+            self._moving_stack = gradient_stack(self.moving, self.moving_grid)
+        inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+        warped = sample_with_gradient(self._moving_stack, coords) * inside
         if self.moving_mask is not None:
-            mask = mask * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
-        mask = mask.reshape(1, 1, *self.grid.shape)
-        return mask if self.mask is None else mask * self.mask
+            inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        inside = inside.reshape(1, 1, *self.grid.shape)
+        return warped.reshape(1, 1, *self.grid.shape), inside if self.mask is None else inside * self.mask
 
 
 def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
-                 spacing_mm: float, stage: StageConfig, device: torch.device) -> _Level:
+                 spacing_mm: float, sigma_mm: float, device: torch.device, finer: "_Level | None" = None) -> _Level:
+    """The images at ``spacing_mm`` after Gaussian smoothing of ``sigma_mm``.
+
+    With ``finer`` (a level of the same pyramid, already smoothed with ``finer.sigma_mm``), the level is
+    made from it with the remaining ``sqrt(sigma^2 - sigma_finer^2)`` (Gaussian variances add), which is
+    much cheaper than smoothing the full-resolution images again.
+    """
     fgrid = _level_grid(fixed.grid, spacing_mm)
     mgrid = _level_grid(moving.grid, spacing_mm)
-    sigma = stage.smoothing_sigma_mm * spacing_mm
+    sigma = sigma_mm
+    if finer is not None:
+        fixed = Image(finer.fixed[0].cpu(), finer.grid)
+        moving = Image(finer.moving.cpu(), finer.moving_grid)
+        sigma = float(np.sqrt(max(sigma_mm**2 - finer.sigma_mm**2, 0.0)))
     f = _smoothed(fixed, sigma).resample_to(fgrid)
     m = _smoothed(moving, sigma).resample_to(mgrid)
     mask = mmask = None
@@ -136,7 +154,23 @@ def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_m
     if moving_mask is not None:
         mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
     return _Level(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
-                  fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid, mmask)
+                  fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid, mmask,
+                  sigma_mm=sigma_mm)
+
+
+def _build_pyramid(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                   config: RegistrationConfig, device: torch.device) -> dict[tuple[float, float], _Level]:
+    """Every level the stages use, keyed by (spacing, smoothing factor), built fine to coarse."""
+    keys = sorted({(float(sp), float(st.smoothing_sigma_mm)) for st in config.stages for sp in st.levels_mm})
+    levels: dict[tuple[float, float], _Level] = {}
+    for spacing, factor in keys:
+        finer = max((lv for (sp, fa), lv in levels.items() if fa == factor and sp < spacing),
+                    key=lambda lv: lv.spacing_mm, default=None)
+        if finer is not None and finer.spacing_mm * 1.25 > spacing:
+            finer = None  # too close to the finer level's resolution: smooth the originals instead
+        levels[(spacing, factor)] = _build_level(fixed, moving, fixed_mask, moving_mask, spacing, factor * spacing,
+                                                 device, finer)
+    return levels
 
 
 # ---------------------------------------------------------------------- models
@@ -185,6 +219,41 @@ class _LinearModel(torch.nn.Module):
         return groups
 
 
+class _Adam:
+    """Adam (Kingma & Ba 2015, PyTorch's defaults) for a few parameter groups, with a step-size factor.
+
+    Written out because constructing ``torch.optim.Adam`` imports ``torch._dynamo`` (about 2 s, once
+    per process: a large share of a short registration run from the command line).
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.groups = [{"params": list(g["params"]), "lr": float(g["lr"])} for g in groups]
+        self.beta1, self.beta2, self.eps = betas[0], betas[1], eps
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in self.groups for p in g["params"]}
+        self.t = 0
+        self.factor = 1.0  # multiplies every group's step size (linear decay schedules)
+
+    def zero_grad(self) -> None:
+        for g in self.groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1 = 1.0 - self.beta1**self.t
+        c2 = 1.0 - self.beta2**self.t
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state[id(p)]
+                m.mul_(self.beta1).add_(p.grad, alpha=1.0 - self.beta1)
+                v.mul_(self.beta2).addcmul_(p.grad, p.grad, value=1.0 - self.beta2)
+                denom = (v / c2).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-g["lr"] * self.factor / c1)
+
+
 def diffusion_regulariser(field: torch.Tensor, spacing: tuple[float, ...]) -> torch.Tensor:
     """Mean squared spatial gradient of a vector field ``(dim, *shape)`` in (mm/mm)^2 (forward differences)."""
     total = field.new_zeros(())
@@ -204,20 +273,25 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
     similarity = make_similarity(stage.similarity, **stage.similarity_options)
     loss_value = float("nan")
     for li, (level, iters) in enumerate(zip(levels, stage.iterations_per_level())):
-        opt = torch.optim.Adam(model.param_groups(stage, level.spacing_mm))
+        opt = _Adam(model.param_groups(stage, level.spacing_mm))
         decay = 1.0 - stage.final_lr_fraction
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i, n=max(iters, 1): 1.0 - decay * i / n)
-        pts = level.points.reshape(-1, dim)
+        # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
+        # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
+        pts = (level.points.reshape(-1, dim) - center).float()
+        to_norm = torch.as_tensor(level.moving_grid.physical_to_normalised_matrix(), device=center.device)
         for it in range(iters):
             if cancel is not None and cancel():
                 raise RegistrationCancelled("registration cancelled")
             opt.zero_grad()
-            coords = to_normalised(level.moving_grid, model.transform()._map(pts), torch.float32)
-            warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
-            loss = similarity(level.fixed, warped, level.similarity_mask(coords))
+            t = model.transform()
+            m = to_norm[:dim, :dim] @ t.matrix().to(center.device)
+            off = m @ center + to_norm[:dim, :dim] @ t.offset().to(center.device) + to_norm[:dim, dim]
+            coords = pts @ m.T.float() + off.float()
+            warped, weights = level.warp_moving(coords)
+            loss = similarity(level.fixed, warped, weights)
             loss.backward()
             opt.step()
-            sched.step()
+            opt.factor = 1.0 - decay * (it + 1) / max(iters, 1)
             loss_value = float(loss.detach())
             if progress is not None:
                 progress({"stage": stage_index, "model": stage.model, "level": li, "iteration": it, "loss": loss_value})
@@ -256,7 +330,7 @@ def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, 
             v0 = sample(velocity.detach(), vgrid, new_grid.physical_points(device=device)).float()
         vgrid = new_grid
         velocity = torch.nn.Parameter(v0)
-        opt = torch.optim.Adam([velocity], lr=stage.learning_rate * level.spacing_mm)
+        opt = _Adam([{"params": [velocity], "lr": stage.learning_rate * level.spacing_mm}])
         # y = A (x + u(x)) = A x + A u(x): in the moving level's normalised coordinates both terms are linear,
         # so only u changes between iterations (computed in float32 on precomputed coordinates).
         pts = level.points.reshape(-1, dim)
@@ -271,8 +345,8 @@ def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, 
             u_field = StationaryVelocityField(velocity, vgrid, stage.integration_steps).exponential().field
             u = F.interpolate(u_field.unsqueeze(0), size=up_shape, mode=mode, align_corners=True)[crop]
             coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
-            warped = sample_normalised(level.moving, level.moving_grid, coords).reshape(1, 1, *level.grid.shape)
-            sim = similarity(level.fixed, warped, level.similarity_mask(coords))
+            warped, weights = level.warp_moving(coords)
+            sim = similarity(level.fixed, warped, weights)
             reg = diffusion_regulariser(velocity, vgrid.spacing)
             loss = sim + stage.regularisation_weight * reg
             loss.backward()
@@ -285,11 +359,22 @@ def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, 
 
 
 def _center_of_mass(image: Image) -> np.ndarray:
-    w = image.data.float()[0].clamp(min=0)
-    if float(w.sum()) <= 0:
+    """Intensity-weighted centre (LPS mm) of the non-negative part of ``image``; its centre when empty.
+
+    Computed from the marginal sums along each index axis (no per-voxel coordinates), then mapped to
+    physical space (the index -> physical map is affine, so it maps the centroid exactly).
+    """
+    w = image.data[0].double().clamp(min=0)
+    total = float(w.sum())
+    if total <= 0:
         return image.grid.center()
-    pts = image.grid.physical_points(dtype=torch.float64)
-    return ((pts * w.double().unsqueeze(-1)).reshape(-1, image.dim).sum(0) / w.double().sum()).numpy()
+    dim = image.dim
+    index = []
+    for axis in range(dim):  # index axis a is array axis dim-1-a
+        other = tuple(d for d in range(dim) if d != dim - 1 - axis)
+        marginal = w.sum(dim=other)
+        index.append(float((marginal * torch.arange(marginal.numel(), dtype=torch.float64)).sum()) / total)
+    return image.grid.index_to_physical(np.array([index]))[0]
 
 
 def _check_mask(mask: Image, image: Image, what: str) -> Image:
@@ -368,15 +453,11 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     linear: LinearTransform = initial.collapse_linear() if isinstance(initial, CompositeTransform) else initial
     svf = None
     figures: dict = {"device": str(dev), "stages": []}
-    level_cache: dict[tuple[float, float], _Level] = {}
+    pyramid = _build_pyramid(fixed_n, moving_n, fixed_mask, moving_mask, config, dev)
+    figures["pyramid_time_s"] = time.perf_counter() - start_time
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
-        levels = []
-        for spacing in stage.levels_mm:  # stages share levels of equal spacing and smoothing
-            key = (float(spacing), float(stage.smoothing_sigma_mm))
-            if key not in level_cache:
-                level_cache[key] = _build_level(fixed_n, moving_n, fixed_mask, moving_mask, spacing, stage, dev)
-            levels.append(level_cache[key])
+        levels = [pyramid[(float(sp), float(stage.smoothing_sigma_mm))] for sp in stage.levels_mm]
         if stage.model in LINEAR_MODELS:
             if svf is not None:
                 raise InputError("linear stages must come before the deformable stage")

@@ -228,3 +228,31 @@ def test_dimension_mismatch(oasis_oblique):
         dr.warp_image(oasis_oblique, dr.RigidTransform([0.1]), oasis_oblique)
     with pytest.raises(dr.InputError, match="3 coordinates"):
         dr.RigidTransform([0.1]).map_points(np.zeros((2, 3)))
+
+
+def test_gradient_sampler_values_and_derivative(oasis_t1):
+    """The optimisers' sampler: values equal grid_sample's; its coordinate derivative is the image gradient."""
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib.sampling import gradient_stack, sample_with_gradient
+
+    image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([3.0, 3.0, 3.0])).minmax()
+    stack = gradient_stack(image.data.float(), image.grid)
+    g = torch.Generator().manual_seed(0)
+    coords = (torch.rand(5000, 3, generator=g) * 1.6 - 0.8).requires_grad_(True)
+    value = sample_with_gradient(stack, coords)
+    ref = F.grid_sample(image.data.float()[None], coords.detach().view(1, -1, 1, 1, 3), align_corners=True).reshape(-1)
+    assert torch.allclose(value.detach(), ref, atol=1e-6)
+    value.sum().backward()
+    # central finite differences of the interpolated image, one normalised voxel wide
+    h = torch.tensor([2.0 / (n - 1) for n in image.grid.size])
+    fd = []
+    for axis in range(3):
+        step = torch.zeros(3)
+        step[axis] = h[axis]
+        up = F.grid_sample(image.data.float()[None], (coords.detach() + step).view(1, -1, 1, 1, 3), align_corners=True)
+        down = F.grid_sample(image.data.float()[None], (coords.detach() - step).view(1, -1, 1, 1, 3), align_corners=True)
+        fd.append(((up - down) / (2 * h[axis])).reshape(-1))
+    fd = torch.stack(fd, -1)
+    rel = (coords.grad - fd).norm(dim=-1).mean() / fd.norm(dim=-1).mean()
+    assert float(rel) < 0.1, float(rel)
