@@ -30,8 +30,9 @@ class StageConfig:
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
         iterations: optimiser steps per level (one value, or one per level).
-        learning_rate: Adam step: radians for angles, ``translation_step_mm`` scales translations.
-        translation_step_mm: Adam step for translations (mm), multiplied by the level spacing / 4.
+        learning_rate: Adam step of a 4 mm level, scaled with the level spacing: radians for angles
+            (also matrix entries and log-scale) in linear stages; mm per mm of spacing for velocities.
+        translation_step_mm: Adam step for translations (mm) of a 4 mm level, scaled with the level spacing.
         regularisation: ``diffusion`` (squared gradient of the velocity, mm/mm) for ``svf``.
         regularisation_weight: weight of that term.
         control_spacing_factor: the velocity grid is the level grid coarsened by this factor.

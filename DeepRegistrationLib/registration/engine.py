@@ -208,14 +208,19 @@ class _LinearModel(torch.nn.Module):
         return AffineTransform(self.matrix_param, self.translation, c)
 
     def param_groups(self, stage: StageConfig, spacing_mm: float) -> list[dict]:
-        step = stage.translation_step_mm * spacing_mm / 4.0
-        groups = [{"params": [self.translation], "lr": step}]
+        """Adam step sizes proportional to the level spacing (the values are those of a 4 mm level).
+
+        A fresh Adam's first steps have about the step size whatever the gradient, so a finer level must
+        start with smaller steps than a coarse one, or it first undoes the precision already reached.
+        """
+        scale = spacing_mm / 4.0
+        groups = [{"params": [self.translation], "lr": stage.translation_step_mm * scale}]
         if self.model in ("rigid", "similarity"):
-            groups.append({"params": [self.angles], "lr": stage.learning_rate})
+            groups.append({"params": [self.angles], "lr": stage.learning_rate * scale})
             if self.model == "similarity":
-                groups.append({"params": [self.log_scale], "lr": stage.learning_rate})
+                groups.append({"params": [self.log_scale], "lr": stage.learning_rate * scale})
         elif self.model == "affine":
-            groups.append({"params": [self.matrix_param], "lr": stage.learning_rate})
+            groups.append({"params": [self.matrix_param], "lr": stage.learning_rate * scale})
         return groups
 
 
@@ -272,8 +277,15 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
     model = _LinearModel(stage.model, dim, center, start).to(levels[0].fixed.device)
     similarity = make_similarity(stage.similarity, **stage.similarity_options)
     loss_value = float("nan")
+    opt = None
     for li, (level, iters) in enumerate(zip(levels, stage.iterations_per_level())):
-        opt = _Adam(model.param_groups(stage, level.spacing_mm))
+        groups = model.param_groups(stage, level.spacing_mm)
+        if opt is None:
+            opt = _Adam(groups)
+        else:  # keep Adam's moment estimates across levels: a converged state takes small first steps
+            for group, new in zip(opt.groups, groups):
+                group["lr"] = new["lr"]
+            opt.factor = 1.0
         decay = 1.0 - stage.final_lr_fraction
         # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
         # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
