@@ -10,6 +10,7 @@ is used: exactly ITK's ``DisplacementFieldTransform``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry import Grid
@@ -114,15 +115,28 @@ class StationaryVelocityField(Transform):
         if self._cache is not None and not self.velocity.requires_grad:
             return self._cache
         g = self.grid
-        base = to_normalised(g, g.physical_points(device=self.velocity.device).reshape(-1, self.dim), self.velocity.dtype)
-        lin = normalised_linear(g, self.velocity.dtype, self.velocity.device)
         u_field = self.velocity / (2.0 ** self.steps)
-        # u <- u + u o (Id + u) in normalised coordinates; points pushed just outside the grid take the border
-        # value (a zero there, ITK's rule for *applying* a field, would tear the field at the edge).
-        for _ in range(self.steps):
-            u = u_field.reshape(self.dim, -1).T
-            u = u + sample_normalised(u_field, g, base + u @ lin.T, extrapolate=True).T
-            u_field = u.T.reshape(self.dim, *g.shape)
+        # u <- u + u o (Id + u); points pushed just outside the grid take the border value (a zero there,
+        # ITK's rule for *applying* a field, would tear the field at the edge).
+        if min(g.size) > 1:  # in grid_sample units throughout: one grid_sample per squaring, nothing else
+            lin = normalised_linear(g, torch.float64, self.velocity.device)
+            to_n, from_n = lin.to(u_field.dtype), torch.linalg.inv(lin).to(u_field.dtype)
+            u_n = torch.einsum("ij,j...->i...", to_n, u_field).unsqueeze(0)  # (1, dim, *shape), (x, y[, z])
+            axes = [torch.linspace(-1.0, 1.0, n, dtype=u_field.dtype, device=u_field.device) for n in g.shape]
+            identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1).unsqueeze(0)  # (1, *shape, dim)
+            channels_last = (0, *range(2, self.dim + 2), 1)
+            for _ in range(self.steps):
+                grid = identity + u_n.permute(*channels_last)
+                u_n = u_n + F.grid_sample(u_n, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            u_field = torch.einsum("ij,j...->i...", from_n, u_n[0])
+        else:
+            base = to_normalised(g, g.physical_points(device=self.velocity.device).reshape(-1, self.dim),
+                                 self.velocity.dtype)
+            lin = normalised_linear(g, self.velocity.dtype, self.velocity.device)
+            for _ in range(self.steps):
+                u = u_field.reshape(self.dim, -1).T
+                u = u + sample_normalised(u_field, g, base + u @ lin.T, extrapolate=True).T
+                u_field = u.T.reshape(self.dim, *g.shape)
         result = DisplacementField(u_field, self.grid)
         if not self.velocity.requires_grad:
             self._cache = result
