@@ -1,4 +1,5 @@
-"""Registration benchmark on the OASIS pair (moving 0002 -> fixed 0001, 160x192x224, seg35).
+"""Registration benchmark on brain MRI pairs: OASIS moving 0002 -> fixed 0001 (160x192x224, seg35), and the
+voxelmorph subject -> OASIS 0001 (a third subject; its FreeSurfer aseg labels mapped to the 35 seg35 ids).
 
 Each method runs in its own process (so the peak memory is its own) and writes an ITK transform
 file; every transform is then evaluated the same way: moving labels warped with the library's
@@ -8,7 +9,13 @@ Methods: this project's presets (``preset:NAME``), SimpleITK FastSymmetricForces
 50/30/20 iterations, field sigma 1.5 voxels; the pair is already affinely aligned), and, when
 installed, ANTsPy SyN (``ants:SyN``) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline (``elastix``).
 
-Run:  .venv/bin/python benchmarks/registration.py [--methods preset:deformable-fast sitk:demons ...]
+The voxelmorph subject comes as numpy arrays on the OASIS crop (1 mm, same orientation); it is written
+with OASIS 0001's geometry, its intensities scaled to OASIS 0001's 99th percentile (demons compares raw
+intensities), and its labels mapped aseg -> seg35 (seg35 = aseg labels 2, 3, 4, 5, 7, 8, 10-18, 26, 28,
+30, 31, 41-44, 46, 47, 49-54, 58, 60, 62, 63 numbered 1..35; the unambiguous ones agree with the largest
+overlap before registration).
+
+Run:  .venv/bin/python benchmarks/registration.py [--pairs oasis vm] [--methods preset:deformable-fast sitk:demons ...]
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ def peak_memory_gb() -> float:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "brain3d" / "oasis"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "brain3d"
+SEG35_ASEG = [2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 26, 28, 30, 31, 41, 42, 43, 44, 46, 47, 49, 50,
+              51, 52, 53, 54, 58, 60, 62, 63]
 DEFAULT_METHODS = ["preset:deformable-fast", "preset:deformable-accurate", "sitk:demons", "ants:SyN",
                    "ants:antsRegistrationSyNQuick[s]", "elastix"]
 
@@ -128,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--pairs", nargs="+", default=["oasis", "vm"], choices=["oasis", "vm"])
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,34 +147,76 @@ def main() -> None:
         return
 
     import DeepRegistrationLib as dr
-    from DeepRegistrationLib.metrics.report import evaluate_transform
 
     data = Path(args.data)
-    fixed, moving = str(data / "OAS1_0001_MR1_aligned_norm.nii.gz"), str(data / "OAS1_0002_MR1_aligned_norm.nii.gz")
-    fixed_labels = dr.read_image(data / "OAS1_0001_MR1_aligned_seg35.nii.gz").as_label_map()
-    moving_labels = dr.read_image(data / "OAS1_0002_MR1_aligned_seg35.nii.gz").as_label_map()
-    rows = []
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            if not _available(method):
-                print(f"{method}: not installed, skipped", file=sys.stderr)
-                continue
-            out = str(Path(tmp) / (method.replace(":", "_") + ".h5"))
-            proc = subprocess.run([sys.executable, __file__, "--_child", method, fixed, moving, out],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{method}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-                continue
-            figures = json.loads(proc.stdout.strip().splitlines()[-1])
-            transform = dr.read_transform(out, reference=fixed_labels.grid)
-            report = evaluate_transform(transform, fixed_labels, moving_labels)
-            rows.append({"method": method, **figures, "dice": report["mean"]["dice"], "hd95": report["mean"]["hd95"],
-                         "dice_before": report["mean_dice_before"],
-                         "folding_percent": report["jacobian"]["folding_percent"],
-                         "std_log_jacobian": report["jacobian"]["std_log_jacobian"],
-                         "dice_per_label": {k: v["dice"] for k, v in report["labels"].items()}})
-            print(f"{method}: Dice {rows[-1]['dice']:.3f} in {figures['time_s']:.1f} s", file=sys.stderr, flush=True)
-    print(f"OASIS 0002 -> 0001, seg35, mean Dice before registration {rows[0]['dice_before']:.3f}" if rows else "")
+        pairs = {"oasis": ("OASIS 0002 -> 0001", data / "oasis" / "OAS1_0001_MR1_aligned_norm.nii.gz",
+                           data / "oasis" / "OAS1_0002_MR1_aligned_norm.nii.gz",
+                           data / "oasis" / "OAS1_0001_MR1_aligned_seg35.nii.gz",
+                           data / "oasis" / "OAS1_0002_MR1_aligned_seg35.nii.gz")}
+        if "vm" in args.pairs:
+            pairs["vm"] = ("voxelmorph subject -> OASIS 0001",) + _voxelmorph_pair(data, Path(tmp))
+        for key in args.pairs:
+            title, fixed, moving, fixed_seg, moving_seg = pairs[key]
+            results[key] = _run_pair(args.methods, str(fixed), str(moving), dr.read_image(fixed_seg).as_label_map(),
+                                     dr.read_image(moving_seg).as_label_map(), Path(tmp))
+            _print_table(title, results[key])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _voxelmorph_pair(data: Path, tmp: Path) -> tuple[Path, Path, Path, Path]:
+    """The voxelmorph subject as NIfTI files beside OASIS 0001 (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    import DeepRegistrationLib as dr
+
+    ref = dr.read_image(data / "oasis" / "OAS1_0001_MR1_aligned_norm.nii.gz")
+    arrays = np.load(data / "voxelmorph_subject" / "test_scan.npz")
+    vol = arrays["vol"].transpose(2, 1, 0).astype(np.float32)  # (i, j, k) -> array order (k, j, i)
+    vol *= float(np.percentile(ref.numpy(), 99)) / float(np.percentile(vol, 99))
+    seg = arrays["seg"].transpose(2, 1, 0).astype(np.int32)
+    mapped = np.zeros_like(seg)
+    for new, aseg in enumerate(SEG35_ASEG, start=1):
+        mapped[seg == aseg] = new
+    image, labels = tmp / "vm_norm.nii.gz", tmp / "vm_seg35.nii.gz"
+    dr.Image(torch.from_numpy(vol)[None], ref.grid, "voxelmorph subject").write(image)
+    dr.Image(torch.from_numpy(mapped)[None], ref.grid, "voxelmorph subject seg35").write(labels)
+    return (data / "oasis" / "OAS1_0001_MR1_aligned_norm.nii.gz", image,
+            data / "oasis" / "OAS1_0001_MR1_aligned_seg35.nii.gz", labels)
+
+
+def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp: Path) -> list[dict]:
+    import DeepRegistrationLib as dr
+    from DeepRegistrationLib.metrics.report import evaluate_transform
+
+    rows = []
+    for method in methods:
+        if not _available(method):
+            print(f"{method}: not installed, skipped", file=sys.stderr)
+            continue
+        out = str(tmp / (method.replace(":", "_") + ".h5"))
+        proc = subprocess.run([sys.executable, __file__, "--_child", method, fixed, moving, out],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{method}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        transform = dr.read_transform(out, reference=fixed_labels.grid)
+        report = evaluate_transform(transform, fixed_labels, moving_labels)
+        rows.append({"method": method, **figures, "dice": report["mean"]["dice"], "hd95": report["mean"]["hd95"],
+                     "dice_before": report["mean_dice_before"],
+                     "folding_percent": report["jacobian"]["folding_percent"],
+                     "std_log_jacobian": report["jacobian"]["std_log_jacobian"],
+                     "dice_per_label": {k: v["dice"] for k, v in report["labels"].items()}})
+        print(f"{method}: Dice {rows[-1]['dice']:.3f} in {figures['time_s']:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}, seg35, mean Dice before registration {rows[0]['dice_before']:.3f}" if rows else "")
     print("| method | mean Dice | HD95 mm | % det J <= 0 | std log\\|J\\| | time s | peak GB | device |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -172,10 +224,8 @@ def main() -> None:
               f"{r['std_log_jacobian']:.3f} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['device']} |")
     if rows:
         labels = list(rows[0]["dice_per_label"])
-        print("\nDice per label: " + ", ".join(f"{r['method']}: " + " ".join(f"{r['dice_per_label'][k]:.2f}"
-                                                                            for k in labels) for r in rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print("\nDice per label (seg35 ids " + " ".join(str(k) for k in labels) + "): " + "; ".join(
+            f"{r['method']}: " + " ".join(f"{r['dice_per_label'][k]:.2f}" for k in labels) for r in rows))
 
 
 if __name__ == "__main__":
