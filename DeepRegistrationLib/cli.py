@@ -228,7 +228,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
     import signal
 
     from .io import read_image, read_points, read_transform, write_transform
-    from .metrics import jacobian_determinant, jacobian_stats
     from .registration import RegistrationCancelled, load_preset, register
 
     outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian) if p]
@@ -280,10 +279,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print("deepreg: cancelled; nothing written", file=sys.stderr)
         return 130
     progress.finish()
-    grid = fixed.grid if fixed.grid.num_voxels <= 4_000_000 or args.out_jacobian else fixed.grid.with_spacing(
-        [2 * s for s in fixed.grid.spacing])
-    det = jacobian_determinant(result.transform, grid)
-    figures = {**result.figures, **{f"jacobian_{k}": v for k, v in jacobian_stats(det).items()}}
+    det, grid, _ = result.jacobian(max_voxels=fixed.grid.num_voxels if args.out_jacobian else 4_000_000)
+    figures = result.figures
     warped = result.warped() if args.out_image else None
     write_transform(result.transform, args.out_transform)
     if warped is not None:

@@ -487,7 +487,6 @@ class RegistrationLogic:
         ``regularisation_weight``, ``seed``, ``initialise``, ``overrides`` (see
         :func:`overrides_from_parameters`).
         """
-        from .metrics import jacobian_determinant, jacobian_stats
         from .registration import load_preset, register
 
         job = self._job(fixedVolumeNode, movingVolumeNode, preset, outputTransformNode, outputVolumeNode,
@@ -498,9 +497,9 @@ class RegistrationLogic:
                           fixed_points=job.fixed_points, moving_points=job.moving_points,
                           initial_transform=job.initial, device=device, progress=progress, cancel=cancel,
                           initialise="landmarks" if job.fixed_points is not None and job.initial is None else None)
-        det = jacobian_determinant(result.transform, job.fixed.grid)
-        figures = {**result.figures, **{f"jacobian_{k}": v for k, v in jacobian_stats(det).items()}}
-        jacobian = Image(det.float()[None], job.fixed.grid, name="jacobian") if job.jacobian_node is not None else None
+        det, grid, _ = result.jacobian(max_voxels=job.fixed.grid.num_voxels)
+        figures = result.figures
+        jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
         warped = result.warped() if job.output_volume_node is not None else None
         return self._publish(job, result.transform, warped, jacobian, figures)
 

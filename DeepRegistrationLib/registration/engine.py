@@ -60,6 +60,20 @@ class RegistrationResult:
         """The moving image resampled through ``transform`` onto the fixed grid."""
         return warp_image(self.moving, self.transform, self.fixed_grid, interpolation)
 
+    def jacobian(self, max_voxels: int = 4_000_000) -> tuple[torch.Tensor, Grid, dict]:
+        """Jacobian determinant of ``transform`` on the fixed grid (coarsened 2x per axis above
+        ``max_voxels``), that grid, and its figures: ``folding_percent`` (det <= 0), ``std_log_jacobian``,
+        min, max, mean. Also stored in ``figures`` as ``jacobian_*``."""
+        from ..metrics.evaluation import jacobian_determinant, jacobian_stats
+
+        grid = self.fixed_grid
+        if grid.num_voxels > max_voxels:
+            grid = grid.with_spacing([2 * s for s in grid.spacing])
+        det = jacobian_determinant(self.transform, grid)
+        stats = jacobian_stats(det)
+        self.figures.update({f"jacobian_{k}": v for k, v in stats.items()})
+        return det, grid, stats
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error (no silent fallback)."""
