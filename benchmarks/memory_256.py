@@ -1,7 +1,7 @@
 """Peak memory of a registration of a 256^3 pair on the CPU (one preset per process, so peaks do not mix).
 
 The OASIS pair (160 x 192 x 224 at 1 mm) is zero-padded to 256^3 at 1 mm; the process registers it with
-the preset and reports wall time and the process's peak resident memory (``ru_maxrss``), which includes
+the preset and reports wall time and the process's peak resident memory (``VmHWM``), which includes
 Python, torch and the images themselves.
 
     .venv/bin/python benchmarks/memory_256.py [deformable-fast deformable-accurate ...]
