@@ -10,7 +10,7 @@ so the Slicer module can list presets and check dependencies before torch is ins
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -24,18 +24,5 @@ _LAZY = {
                    "to_displacement_field"],
     "warp": ["warp_image"],
 }
-_WHERE = {name: module for module, names in _LAZY.items() for name in names}
-
-__all__ = sorted(_WHERE) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, globals(), _LAZY)
+__all__ = __all__ + ["__version__"]

@@ -10,26 +10,15 @@ Python, torch and the images themselves.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_memory_gb() -> float:
-    """This process's peak resident memory (GB): ``VmHWM`` (reset by exec, unlike ``ru_maxrss``, which a
-    child started by fork + exec inherits from its parent), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_memory_gb  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "brain3d" / "oasis"
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_memory_gb() -> float:
-    """This process's peak resident memory (GB): ``VmHWM`` (reset by exec, unlike ``ru_maxrss``, which a
-    child started by fork + exec inherits from its parent), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_memory_gb  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "brain3d"
 SEG35_ASEG = [2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 26, 28, 30, 31, 41, 42, 43, 44, 46, 47, 49, 50,
               51, 52, 53, 54, 58, 60, 62, 63]

@@ -449,12 +449,57 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
         moving_mask = _check_mask(moving_mask, moving, "moving")
     if (fixed_points is None) != (moving_points is None):
         raise InputError("landmarks need both fixed and moving points")
+    if fixed_points is not None and np.shape(fixed_points) != np.shape(moving_points):
+        raise InputError(f"landmark sets differ: {np.shape(fixed_points)[0]} fixed vs {np.shape(moving_points)[0]} "
+                         "moving points (they must correspond one to one)")
     if initialise == "landmarks" and fixed_points is None:
         raise InputError("initialise='landmarks' needs fixed and moving landmarks")
     if initialise not in ("moments", "center", "landmarks", "none"):
         raise InputError(f"initialise must be moments, center, landmarks or none, got {initialise!r}")
-    dim = fixed.dim
     dev = resolve_device(device)
+    args = (fixed, moving, config, fixed_mask, moving_mask, fixed_points, moving_points, initial_transform, progress,
+            cancel, initialise, start_time)
+    try:
+        return _register(*args, dev)
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+            raise
+        if dev.type != "cuda":
+            raise InputError("out of memory: the images are too large for this machine's RAM "
+                             "(use a preset with a coarser finest level, or crop the images)") from None
+        torch.cuda.empty_cache()
+        if device != "auto":
+            raise InputError(f"out of GPU memory on {dev} ({_gpu_memory_gb(dev):.1f} GB); use device 'cpu' or "
+                             "'auto' (which falls back to the CPU), or crop the images") from None
+    result = _register(*args, torch.device("cpu"))
+    result.figures["note"] = f"out of GPU memory on {dev}; ran on the CPU instead"
+    return result
+
+
+def _overlap_fraction(level: _Level, transform: LinearTransform) -> float:
+    """Fraction of the level's fixed voxels (inside the fixed mask, if any) that ``transform`` maps into the moving image."""
+    with torch.no_grad():
+        points = level.points.reshape(-1, level.grid.dim)
+        coords = to_normalised(level.moving_grid, transform._map(points), torch.float32)
+        inside = inside_normalised(level.moving_grid, coords).float()
+        if level.mask is not None:
+            m = level.mask.reshape(-1)
+            return float((inside * m).sum() / m.sum().clamp(min=1))
+        return float(inside.mean())
+
+
+def _gpu_memory_gb(dev: torch.device) -> float:
+    try:
+        return torch.cuda.get_device_properties(dev).total_memory / 1024**3
+    except Exception:  # noqa: BLE001 - only for the message
+        return float("nan")
+
+
+def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask, moving_mask, fixed_points,
+              moving_points, initial_transform, progress, cancel, initialise: str, start_time: float,
+              dev: torch.device) -> RegistrationResult:
+    """:func:`register` after the inputs were checked, on ``dev``."""
+    dim = fixed.dim
     torch.manual_seed(config.seed)
     fixed_n = _normalise(fixed, fixed_mask)
     moving_n = _normalise(moving, moving_mask)
@@ -481,6 +526,12 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     figures: dict = {"device": str(dev), "stages": []}
     pyramid = _build_pyramid(fixed_n, moving_n, fixed_mask, moving_mask, config, dev)
     figures["pyramid_time_s"] = time.perf_counter() - start_time
+    coarsest = pyramid[max(pyramid)]
+    overlap = _overlap_fraction(coarsest, linear)
+    if overlap < 0.01:
+        raise InputError(f"the images do not overlap after initialisation ({overlap * 100:.2f} % of the fixed image "
+                         f"maps inside the moving one, '{initialise}' initialisation): check that both are in the "
+                         "same physical space, or give an initial transform or landmarks")
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
         levels = [pyramid[(float(sp), float(stage.smoothing_sigma_mm))] for sp in stage.levels_mm]

@@ -108,3 +108,42 @@ def test_bad_inputs():
         RegistrationConfig.from_dict({"stages": [{"model": "bspline"}]})
     with pytest.raises(dr.InputError, match="unknown stage parameter"):
         RegistrationConfig.from_dict({"stages": [{"model": "rigid", "itrations": 3}]})
+
+
+def test_images_that_do_not_overlap_are_refused():
+    fixed = _png("BrainProtonDensitySliceBorder20.png")
+    far = dr.Image(fixed.data, dr.Grid(fixed.grid.size, [5000.0, 5000.0], fixed.grid.spacing), "far away")
+    with pytest.raises(dr.InputError, match="do not overlap after initialisation"):
+        register(fixed, far, _rigid(), initialise="none")
+    result = register(fixed, far, _rigid(), initialise="center")  # the centre initialisation brings them together
+    assert result.figures["stages"][0]["final_loss"] < -0.99
+
+
+def test_landmark_counts_must_match():
+    fixed = _png("BrainProtonDensitySliceBorder20.png")
+    with pytest.raises(dr.InputError, match="landmark sets differ: 4 fixed vs 3 moving"):
+        register(fixed, fixed, _rigid(), fixed_points=np.zeros((4, 2)), moving_points=np.zeros((3, 2)))
+
+
+def test_gpu_out_of_memory(monkeypatch):
+    """auto falls back to the CPU (and says so); an explicit cuda request gets a clear error."""
+    from DeepRegistrationLib.registration import engine
+
+    fixed = _png("BrainProtonDensitySliceBorder20.png")
+    real = engine._register
+    devices = []
+
+    def fake(*args):
+        devices.append(args[-1].type)
+        if args[-1].type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_register", fake)
+    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    result = register(fixed, fixed, _rigid(), device="auto")
+    assert devices == ["cuda", "cpu"] and "ran on the CPU" in result.figures["note"]
+    assert result.figures["device"] == "cpu"
+    with pytest.raises(dr.InputError, match="out of GPU memory"):
+        register(fixed, fixed, _rigid(), device="cuda")
