@@ -1,0 +1,8 @@
+"""Registration networks (torch modules on tensors of a fixed model grid, voxel units).
+
+The bridge to physical space (LPS mm fields on the images' grids) is :func:`voxel_field_to_physical`.
+"""
+
+from .voxelmorph import ARCHITECTURES, VoxelMorphNet, voxel_field_to_physical
+
+__all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical"]

@@ -1,0 +1,89 @@
+"""VoxelMorph (Balakrishnan et al., CVPR 2018 / IEEE TMI 2019; Dalca et al., MICCAI 2018), built from MONAI.
+
+``VoxelMorphNet(dim, "vm1" | "vm2", diffeomorphic=..., half_res=...)`` takes ``moving`` and ``fixed``
+tensors ``(N, 1, *shape)`` on one grid and returns the warped moving image and the displacement
+``(N, dim, *shape)`` in **voxels**, channel ``k`` along tensor axis ``k`` (array order), pull-back:
+``warped(x) = moving(x + u(x))`` (MONAI's ``Warp`` convention). :func:`voxel_field_to_physical` turns
+such a field into the library's :class:`DisplacementField` (LPS mm) on the images' grid.
+
+Differences from the papers (MONAI ``VoxelMorphUNet`` / ``VoxelMorph`` are used as they are):
+
+* encoder 16-32-32-32 with max pooling and nearest-neighbour upsampling as in the papers; MONAI's U-Net
+  ends with ``unet_out_channels`` = 32 at full resolution followed by the final convolutions, so VM-1's
+  decoder is 32-32-32-32 + 8-8 (paper: 32-32-32-8-8) and VM-2's 32-32-32-32 + 16-16 (paper: 32-32-32-32-32-16-16);
+* the diffeomorphic variant integrates the velocity by ``integration_steps`` squarings (MONAI ``DVF2DDF``,
+  7 by default as in the paper), optionally at half resolution (``half_res``);
+* LeakyReLU slope 0.2 and the flow head's small-normal initialisation follow the papers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..geometry import Grid
+from ..transforms.dense import DisplacementField
+
+__all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical"]
+
+ARCHITECTURES: dict[str, dict] = {
+    "vm1": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 32, "final_conv_channels": (8, 8)},
+    "vm2": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 32, "final_conv_channels": (16, 16)},
+}
+
+
+class VoxelMorphNet(nn.Module):
+    """VoxelMorph U-Net + spatial transformer (+ scaling and squaring when ``diffeomorphic``).
+
+    Inputs must have every spatial size divisible by 8 (three poolings).
+    """
+
+    def __init__(self, dim: int = 3, architecture: str = "vm2", diffeomorphic: bool = True,
+                 integration_steps: int = 7, half_res: bool = False) -> None:
+        super().__init__()
+        from monai.networks.nets import VoxelMorph, VoxelMorphUNet
+
+        if dim not in (2, 3):
+            raise InputError(f"VoxelMorph is 2D or 3D, got dim={dim}")
+        if architecture not in ARCHITECTURES:
+            raise InputError(f"unknown VoxelMorph architecture {architecture!r} (choose from {sorted(ARCHITECTURES)})")
+        if half_res and not diffeomorphic:
+            raise InputError("half_res applies to the diffeomorphic variant (integration at half resolution)")
+        self.config = {"dim": dim, "architecture": architecture, "diffeomorphic": bool(diffeomorphic),
+                       "integration_steps": int(integration_steps) if diffeomorphic else 0, "half_res": bool(half_res)}
+        backbone = VoxelMorphUNet(spatial_dims=dim, in_channels=2, **ARCHITECTURES[architecture])
+        self.net = VoxelMorph(backbone=backbone, integration_steps=self.config["integration_steps"],
+                              half_res=half_res, spatial_dims=dim)
+        flow = [m for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.out_channels == dim][-1]
+        nn.init.normal_(flow.weight, 0.0, 1e-5)  # the papers' flow head: starts near the identity
+        if flow.bias is not None:
+            nn.init.zeros_(flow.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(warped moving, displacement in voxels)`` for ``(N, 1, *shape)`` inputs."""
+        if moving.shape != fixed.shape or moving.dim() != self.dim + 2 or moving.shape[1] != 1:
+            raise InputError(f"VoxelMorph {self.dim}D needs moving and fixed of the same shape (N, 1, *{self.dim}D "
+                             f"shape); got {tuple(moving.shape)} and {tuple(fixed.shape)}")
+        bad = [n for n in moving.shape[2:] if n % 8]
+        if bad:
+            raise InputError(f"every spatial size must be divisible by 8 (three poolings); got {tuple(moving.shape[2:])}")
+        return self.net(moving, fixed)
+
+
+def voxel_field_to_physical(field: torch.Tensor, grid: Grid) -> DisplacementField:
+    """A network displacement ``(dim, *grid.shape)`` in voxels (channel ``k`` along tensor axis ``k``) as
+    a :class:`DisplacementField` in LPS mm on ``grid`` (the grid the network saw)."""
+    dim = grid.dim
+    if field.dim() != dim + 1 or field.shape[0] != dim or tuple(field.shape[1:]) != tuple(grid.shape):
+        raise InputError(f"a {dim}D field on a grid of shape {grid.shape} must be ({dim}, *shape); got {tuple(field.shape)}")
+    index_to_mm = torch.as_tensor(grid.direction_matrix() @ np.diag(grid.spacing), dtype=field.dtype,
+                                  device=field.device)
+    index_disp = field.flip(0)  # tensor axes (k, j, i) -> index axes (i, j, k)
+    mm = torch.einsum("ij,j...->i...", index_to_mm, index_disp)
+    return DisplacementField(mm.contiguous(), grid)
