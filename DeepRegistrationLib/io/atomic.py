@@ -53,7 +53,7 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     _check_parent(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise InputError(f"cannot write a DICOM series to {path}: it exists and is not an empty folder")
+        raise InputError(f"cannot write the folder {path}: it exists and is not an empty folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -72,3 +72,48 @@ def test_short_training_on_real_slices_improves_overlap():
     before = np.mean([v["dice"] for v in overlap(fseg, dr.warp_image(mseg, None, fseg, "label")).values()])
     after = np.mean([v["dice"] for v in overlap(fseg, dr.warp_image(mseg, transform, fseg, "label")).values()])
     assert after > before + 0.05, (before, after)
+
+
+def test_model_folder_roundtrip_and_refusals(tmp_path):
+    from DeepRegistrationLib.networks.model_io import CARD, WEIGHTS, load_model, save_model
+
+    torch.manual_seed(0)
+    net = VoxelMorphNet(2, "vm1", diffeomorphic=True, integration_steps=5)
+    card = {"name": "test-vm1", "input": {"shape": [16, 16], "spacing_mm": [1.0, 1.0]}, "training": {"steps": 0},
+            "licence": "Apache-2.0"}
+    folder = save_model(net, tmp_path / "m", card)
+    loaded, got = load_model(folder)
+    x = torch.rand(1, 1, 16, 16)
+    assert torch.equal(loaded(x, x)[1], net.eval()(x, x)[1])
+    assert got["architecture"] == net.config and len(got["sha256"]) == 64 and got["weights_bytes"] < 10 * 1024 * 1024
+    with pytest.raises(dr.InputError, match="exists and is not an empty folder"):
+        save_model(net, folder, card)
+    # a corrupted weights file
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / CARD).write_text((folder / CARD).read_text())
+    data = bytearray((folder / WEIGHTS).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(dr.InputError, match="checksum mismatch"):
+        load_model(bad)
+    # weights of another architecture (card edited consistently except for the architecture)
+    import json
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes())
+    edited = json.loads((folder / CARD).read_text())
+    edited["architecture"]["architecture"] = "vm2"
+    (other / CARD).write_text(json.dumps(edited))
+    with pytest.raises(dr.InputError, match="do not match the architecture"):
+        load_model(other)
+    edited["architecture"]["dim"] = 3
+    (other / CARD).write_text(json.dumps(edited))
+    with pytest.raises(dr.InputError, match="do not match the architecture"):
+        load_model(other)
+    (other / CARD).write_text("{not json")
+    with pytest.raises(dr.InputError, match="not a valid model card"):
+        load_model(other)
+    with pytest.raises(dr.InputError, match="model file not found"):
+        load_model(tmp_path / "missing")

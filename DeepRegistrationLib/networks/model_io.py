@@ -1,0 +1,94 @@
+"""Model folders: ``weights.pt`` (a state dict, loaded with ``torch.load(weights_only=True)``) + ``model.json``.
+
+The model card (``model.json``) holds what is needed to use the weights correctly and to know where they
+come from: ``name``, ``architecture`` (the network's constructor parameters, e.g. ``VoxelMorphNet.config``),
+``input`` (grid shape, spacing, orientation, intensity normalisation), ``training`` (data, exact command,
+steps, validation Dice), ``licence`` and ``sha256`` of the weights file. :func:`load_model` verifies the
+checksum and the architecture and refuses a mismatch with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..io.atomic import atomic_output_dir
+from .voxelmorph import VoxelMorphNet
+
+__all__ = ["save_model", "load_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES"]
+
+WEIGHTS = "weights.pt"
+CARD = "model.json"
+MAX_MODEL_BYTES = 10 * 1024 * 1024  # bundled models stay small
+_NETWORKS = {"VoxelMorphNet": VoxelMorphNet}
+_REQUIRED = ("name", "network", "architecture", "input", "training", "licence")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(net: torch.nn.Module, folder: str | os.PathLike, card: dict) -> Path:
+    """Write ``net``'s weights and its card (``sha256`` and ``architecture`` filled in) to ``folder``, atomically."""
+    network = type(net).__name__
+    if network not in _NETWORKS:
+        raise InputError(f"cannot save a {network}: known networks are {sorted(_NETWORKS)}")
+    card = {**card, "network": network, "architecture": dict(net.config)}
+    missing = [k for k in _REQUIRED if k not in card]
+    if missing:
+        raise InputError(f"the model card lacks {missing}")
+    folder = Path(folder)
+    with atomic_output_dir(folder) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp / WEIGHTS)
+        size = (tmp / WEIGHTS).stat().st_size
+        card["sha256"] = _sha256(tmp / WEIGHTS)
+        card["weights_bytes"] = size
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The network of a model folder (in eval mode) and its card; every inconsistency is a clear error."""
+    folder = Path(folder)
+    weights, card_path = folder / WEIGHTS, folder / CARD
+    for path in (card_path, weights):
+        if not path.is_file():
+            raise InputError(f"{path}: model file not found")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{card_path}: not a valid model card ({err})") from None
+    missing = [k for k in _REQUIRED + ("sha256",) if k not in card]
+    if missing:
+        raise InputError(f"{card_path}: the model card lacks {missing}")
+    actual = _sha256(weights)
+    if actual != card["sha256"]:
+        raise InputError(f"{weights}: checksum mismatch (sha256 {actual[:12]}..., the card says "
+                         f"{str(card['sha256'])[:12]}...): the file is corrupt or not the one the card describes")
+    network = _NETWORKS.get(card["network"])
+    if network is None:
+        raise InputError(f"{card_path}: unknown network {card['network']!r} (known: {sorted(_NETWORKS)})")
+    try:
+        net = network(**card["architecture"])
+    except TypeError as err:
+        raise InputError(f"{card_path}: architecture parameters not understood ({err})") from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise InputError(f"{weights}: cannot read the weights ({type(err).__name__})") from None
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise InputError(f"{weights}: the weights do not match the architecture in {card_path.name} "
+                         f"({card['architecture']}): {first}") from None
+    return net.to(device).eval(), card
