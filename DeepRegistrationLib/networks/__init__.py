@@ -4,6 +4,8 @@ The bridge to physical space (LPS mm fields on the images' grids) is :func:`voxe
 """
 
 from .model_io import load_model, save_model
+from .training import Subject, TrainConfig, train_voxelmorph
 from .voxelmorph import ARCHITECTURES, VoxelMorphNet, voxel_field_to_physical
 
-__all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical", "save_model", "load_model"]
+__all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical", "save_model", "load_model", "Subject",
+           "TrainConfig", "train_voxelmorph"]

@@ -1,0 +1,182 @@
+"""Unsupervised VoxelMorph training: ``-LNCC(F, M o phi) + lambda ||grad u||^2`` (+ optional Dice on warped labels).
+
+Subjects are tensors on one model grid (``(1, *shape)`` images in [0, 1], optional ``(1, *shape)`` label
+maps). Each step draws a random ordered pair (or atlas -> subject when ``atlas`` is given) from a seeded
+generator, so a run is reproducible and a run resumed from its checkpoint continues exactly as if it had
+not stopped (the checkpoint holds the weights, the optimiser, the step and the generator state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..io.atomic import atomic_output
+from .voxelmorph import VoxelMorphNet
+
+__all__ = ["TrainConfig", "Subject", "train_voxelmorph", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Subject:
+    """One training image on the model grid: ``image`` ``(1, *shape)`` float, ``labels`` ``(1, *shape)`` int or None."""
+
+    image: torch.Tensor
+    labels: torch.Tensor | None = None
+    name: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters. ``regularisation_weight`` multiplies the mean squared voxel gradient of the
+    displacement (voxel units); ``dice_weight`` > 0 adds ``1 - soft Dice`` of the warped one-hot labels
+    (the papers' semi-supervised variant) when every subject has labels."""
+
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    lncc_window: int = 9
+    regularisation_weight: float = 1.0
+    dice_weight: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+def _diffusion_voxels(u: torch.Tensor) -> torch.Tensor:
+    """The engine's diffusion regulariser of a batch of voxel-unit fields ``(N, dim, *shape)`` (unit spacing)."""
+    from ..registration import diffusion_regulariser
+
+    ones = (1.0,) * (u.dim() - 2)
+    return sum(diffusion_regulariser(field, ones) for field in u) / u.shape[0]
+
+
+def _one_hot(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(labels[:, 0] == v) for v in values], 1).float()
+
+
+def _soft_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(2, a.dim()))
+    return (2 * (a * b).sum(dims) / (a.sum(dims) + b.sum(dims)).clamp(min=1e-6)).mean()
+
+
+def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainConfig, out_dir: str | os.PathLike,
+                     atlas: Subject | None = None, validation: list[tuple[Subject, Subject]] | None = None,
+                     resume: bool = False, device: str | torch.device = "cpu",
+                     progress: Callable[[dict], None] | None = None) -> dict:
+    """Train ``net`` in place; checkpoints go to ``out_dir/checkpoint.pt``. Returns the last figures.
+
+    ``validation``: (moving, fixed) pairs with labels; their mean Dice is measured every ``validate_every``
+    steps and at the end. ``resume``: continue from the checkpoint in ``out_dir`` (its step and random state).
+    """
+    from ..metrics.similarity import LNCCLoss
+
+    if len(subjects) + (atlas is not None) < 2:
+        raise InputError("training needs at least two subjects (or one subject and an atlas)")
+    shapes = {tuple(s.image.shape) for s in subjects} | ({tuple(atlas.image.shape)} if atlas else set())
+    if len(shapes) != 1:
+        raise InputError(f"every training image must be on the model grid; found shapes {sorted(shapes)}")
+    if config.dice_weight > 0 and any(s.labels is None for s in subjects + ([atlas] if atlas else [])):
+        raise InputError("dice_weight > 0 needs label maps for every subject")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    gen = torch.Generator().manual_seed(config.seed)
+    step = 0
+    history: list[dict] = []
+    if resume:
+        path = out / CHECKPOINT
+        if not path.is_file():
+            raise InputError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["architecture"] != net.config:
+            raise InputError(f"{path}: checkpoint of {state['architecture']}, not {net.config}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, history = int(state["step"]), json.loads(state["history"])
+    similarity = LNCCLoss(window=config.lncc_window)
+    label_values = None
+    if config.dice_weight > 0:
+        label_values = torch.unique(torch.cat([s.labels.reshape(-1) for s in subjects]))
+        label_values = label_values[label_values != 0]
+    figures: dict = {}
+    while step < config.steps:
+        if atlas is not None:
+            moving, fixed = atlas, subjects[int(torch.randint(len(subjects), (1,), generator=gen))]
+        else:
+            i, j = torch.randperm(len(subjects), generator=gen)[:2].tolist()
+            moving, fixed = subjects[i], subjects[j]
+        m, f = moving.image[None].to(device).float(), fixed.image[None].to(device).float()
+        opt.zero_grad()
+        warped, u = net(m, f)
+        sim = similarity(f, warped)
+        reg = _diffusion_voxels(u)
+        loss = sim + config.regularisation_weight * reg
+        dice = None
+        if label_values is not None:
+            from monai.networks.blocks import Warp
+
+            ml = _one_hot(moving.labels[None].to(device), label_values)
+            fl = _one_hot(fixed.labels[None].to(device), label_values)
+            dice = _soft_dice(Warp(mode="bilinear", padding_mode="zeros")(ml, u), fl)
+            loss = loss + config.dice_weight * (1 - dice)
+        loss.backward()
+        opt.step()
+        step += 1
+        figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),
+                   "regularisation": float(reg.detach())}
+        if dice is not None:
+            figures["soft_dice"] = float(dice.detach())
+        if validation and (step % config.validate_every == 0 or step == config.steps):
+            figures["validation_dice"] = validation_dice(net, validation, device)
+            net.train()
+        history.append(figures)
+        if progress is not None:
+            progress(figures)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            with atomic_output(out / CHECKPOINT) as tmp:
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                            "step": step, "history": json.dumps(history), "architecture": net.config,
+                            "config": json.dumps(config.to_dict())}, tmp)
+    net.eval()
+    return figures
+
+
+@torch.no_grad()
+def validation_dice(net: VoxelMorphNet, pairs: list[tuple[Subject, Subject]], device="cpu") -> float:
+    """Mean over pairs of the mean Dice of the moving labels warped (nearest) onto the fixed ones."""
+    net.eval()
+    scores = []
+    for moving, fixed in pairs:
+        if moving.labels is None or fixed.labels is None:
+            raise InputError("validation pairs need label maps")
+        _, u = net(moving.image[None].to(device).float(), fixed.image[None].to(device).float())
+        shape = u.shape[2:]
+        axes = [torch.linspace(-1, 1, n, device=u.device) for n in shape]
+        identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1)[None]
+        scale = torch.tensor([2.0 / (n - 1) for n in shape][::-1], device=u.device)
+        grid = identity + u.flip(1).movedim(1, -1) * scale  # voxel (tensor-axis) field -> grid_sample (x, y[, z])
+        warped = F.grid_sample(moving.labels[None].to(device).float(), grid, mode="nearest", align_corners=True)
+        values = [v for v in torch.unique(fixed.labels).tolist() if v != 0]
+        dice = []
+        for v in values:
+            a, b = warped[0, 0] == v, fixed.labels[0].to(device) == v
+            dice.append(float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1)))
+        scores.append(sum(dice) / max(len(dice), 1))
+    return sum(scores) / len(scores)
