@@ -43,7 +43,7 @@ from .warp import warp_image
 
 __all__ = ["RegistrationLogic", "RegistrationOutputs", "BackgroundRegistration", "image_from_volume_node",
            "update_volume_node_from_image", "transform_from_node", "update_transform_node",
-           "mask_from_node", "points_from_markups", "LPS_FROM_RAS"]
+           "mask_from_node", "points_from_markups", "grid_from_volume_node", "LPS_FROM_RAS"]
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])  # its own inverse: also RAS from LPS
 _H_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -99,13 +99,22 @@ def image_from_volume_node(node, role: str = "input", allow_labelmap: bool = Fal
     """
     slicer = _slicer()
     _check_volume_node(node, role, allow_labelmap)
-    m = _slicer_ijk_to_ras(node)
-    ijk_to_lps = _H_FLIP @ m
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    direction = ijk_to_lps[:3, :3] / spacing
     array = np.array(slicer.util.arrayFromVolume(node), copy=True)
-    grid = Grid(size=array.shape[::-1], origin=ijk_to_lps[:3, 3], spacing=spacing, direction=direction)
-    return Image(torch.from_numpy(array)[None], grid, name=node.GetName())
+    return Image(torch.from_numpy(array)[None], grid_from_volume_node(node), name=node.GetName())
+
+
+def grid_from_volume_node(node) -> Grid:
+    """The library :class:`Grid` (LPS) of a volume node's voxels, in its local coordinates (no voxel copy)."""
+    return _grid_from_ijk_to_ras(_slicer_ijk_to_ras(node), node.GetImageData().GetDimensions())
+
+
+def _grid_from_ijk_to_ras(ijk_to_ras: np.ndarray, size, start_index=(0, 0, 0)) -> Grid:
+    """Grid of ``size`` voxels whose first voxel has index ``start_index`` under the 4x4 ``ijk_to_ras``."""
+    ijk_to_lps = _H_FLIP @ ijk_to_ras
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    origin = ijk_to_lps @ np.array([*start_index, 1.0])
+    return Grid(size=tuple(int(n) for n in size), origin=origin[:3], spacing=spacing,
+                direction=ijk_to_lps[:3, :3] / spacing)
 
 
 def _slicer_ijk_to_ras(node) -> np.ndarray:
@@ -141,13 +150,14 @@ def mask_from_node(node, reference_volume_node, role: str) -> Image:
         ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
         if not ids:
             raise InputError(f"{node.GetName()}: the {role} mask segmentation has no segments")
-        reference = image_from_volume_node(reference_volume_node, role)
-        union = torch.zeros(reference.shape, dtype=torch.bool)
+        _check_volume_node(reference_volume_node, role)
+        grid = grid_from_volume_node(reference_volume_node)
+        union = torch.zeros(grid.shape, dtype=torch.bool)
         for sid in ids:
             segment = _segment_labelmap(node, sid)
             if segment is not None:
-                union |= warp_image(segment, None, reference.grid, "nearest").data[0] != 0
-        mask = Image(union.to(torch.uint8)[None], reference.grid, name=f"{node.GetName()} ({role} mask)")
+                union |= warp_image(segment, None, grid, "nearest").data[0] != 0
+        mask = Image(union.to(torch.uint8)[None], grid, name=f"{node.GetName()} ({role} mask)")
     elif node.IsA("vtkMRMLScalarVolumeNode"):
         mask = image_from_volume_node(node, f"{role} mask", allow_labelmap=True)
         mask.name = f"{node.GetName()} ({role} mask)"
@@ -172,10 +182,7 @@ def _segment_labelmap(node, segment_id: str) -> Image | None:
     dims = labelmap.GetDimensions()
     m = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(m)
-    ijk_to_lps = _H_FLIP @ _matrix_to_numpy(m)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    origin = ijk_to_lps @ np.array([extent[0], extent[2], extent[4], 1.0])
-    grid = Grid(size=dims, origin=origin[:3], spacing=spacing, direction=ijk_to_lps[:3, :3] / spacing)
+    grid = _grid_from_ijk_to_ras(_matrix_to_numpy(m), dims, (extent[0], extent[2], extent[4]))
     array = vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(dims[::-1]) != 0
     return Image(torch.from_numpy(array.astype(np.uint8))[None], grid, name=segment_id)
 
@@ -256,12 +263,16 @@ def _refined(field: DisplacementField, reference: Grid, max_voxels_factor: float
     return DisplacementField(values.float().contiguous(), grid)
 
 
+def _ras_matrix(part: LinearTransform):
+    """``vtkMatrix4x4`` of a linear fixed -> moving map in RAS (conjugated by ``diag(-1, -1, 1)``)."""
+    return _numpy_to_matrix(_H_FLIP @ part.homogeneous().detach().double().numpy() @ _H_FLIP)
+
+
 def _vtk_linear(part: LinearTransform):
     import vtk
 
-    h = _H_FLIP @ part.homogeneous().detach().double().numpy() @ _H_FLIP
     t = vtk.vtkTransform()
-    t.SetMatrix(_numpy_to_matrix(h))
+    t.SetMatrix(_ras_matrix(part))
     return t
 
 
@@ -296,7 +307,7 @@ def _vtk_transform(transform: Transform, reference: Grid | None = None):
         raise InputError("a Slicer transform node needs a 3D transform")
     parts = _node_parts(transform, reference)
     if len(parts) == 1 and isinstance(parts[0], LinearTransform):
-        return "linear", _numpy_to_matrix(_H_FLIP @ parts[0].homogeneous().detach().double().numpy() @ _H_FLIP)
+        return "linear", _ras_matrix(parts[0])
     general = vtk.vtkGeneralTransform()
     general.PostMultiply()  # concatenated in application order
     for part in parts:
@@ -497,7 +508,8 @@ class RegistrationLogic:
                           fixed_points=job.fixed_points, moving_points=job.moving_points,
                           initial_transform=job.initial, device=device, progress=progress, cancel=cancel,
                           initialise="landmarks" if job.fixed_points is not None and job.initial is None else None)
-        det, grid, _ = result.jacobian(max_voxels=job.fixed.grid.num_voxels)
+        # full resolution only when a Jacobian volume is asked for (as `deepreg register --out-jacobian`)
+        det, grid, _ = result.jacobian(**({"max_voxels": job.fixed.grid.num_voxels} if job.jacobian_node is not None else {}))
         figures = result.figures
         jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
         warped = result.warped() if job.output_volume_node is not None else None

@@ -93,6 +93,7 @@ def _run_method(method: str, fixed: str, moving: str, out: str) -> dict:
     elif method == "elastix":
         import itk
 
+        os.chdir(Path(out).parent)  # transformix writes deformationField.nii into the working folder
         f = itk.imread(fixed, itk.F)
         m = itk.imread(moving, itk.F)
         params = itk.ParameterObject.New()

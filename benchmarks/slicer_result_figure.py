@@ -5,6 +5,8 @@ behind the panel), lets Slicer's own ``vtkSlicerVolumesLogic`` resample the movi
 resulting transform node, and draws fixed / moving / Slicer's result / checkerboards / Jacobian.
 
     .venv/bin/python benchmarks/slicer_result_figure.py [--preset deformable-fast] [--out Docs/slicer_result.png]
+
+Needs matplotlib and slicer-core: ``bash scripts/setup_env.sh bench``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def main() -> int:
     resampled = vlogic.ResampleVolumeToReferenceVolume(nodes["moving"], nodes["fixed"])  # moving is under the transform
 
     fixed = slicer.util.arrayFromVolume(nodes["fixed"])
-    moving = sl.image_from_volume_node(nodes["moving"]).resample_to(sl.image_from_volume_node(nodes["fixed"])).numpy()
+    moving = sl.image_from_volume_node(nodes["moving"]).resample_to(sl.grid_from_volume_node(nodes["fixed"])).numpy()
     result = slicer.util.arrayFromVolume(resampled)
     jac = slicer.util.arrayFromVolume(jacobian)
     k = fixed.shape[0] // 2

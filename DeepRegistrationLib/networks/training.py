@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
+from ..geometry import Grid
 from ..io.atomic import atomic_output
 from .voxelmorph import VoxelMorphNet
 
@@ -160,23 +160,22 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
 
 @torch.no_grad()
 def validation_dice(net: VoxelMorphNet, pairs: list[tuple[Subject, Subject]], device="cpu") -> float:
-    """Mean over pairs of the mean Dice of the moving labels warped (nearest) onto the fixed ones."""
+    """Mean over pairs of the library's mean Dice (:func:`~DeepRegistrationLib.metrics.overlap`) of the moving
+    labels warped (nearest neighbour) by the predicted field onto the fixed labels."""
+    from ..image import Image
+    from ..metrics import overlap
+    from ..warp import warp_image
+    from .voxelmorph import voxel_field_to_physical
+
     net.eval()
     scores = []
     for moving, fixed in pairs:
         if moving.labels is None or fixed.labels is None:
             raise InputError("validation pairs need label maps")
         _, u = net(moving.image[None].to(device).float(), fixed.image[None].to(device).float())
-        shape = u.shape[2:]
-        axes = [torch.linspace(-1, 1, n, device=u.device) for n in shape]
-        identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1)[None]
-        scale = torch.tensor([2.0 / (n - 1) for n in shape][::-1], device=u.device)
-        grid = identity + u.flip(1).movedim(1, -1) * scale  # voxel (tensor-axis) field -> grid_sample (x, y[, z])
-        warped = F.grid_sample(moving.labels[None].to(device).float(), grid, mode="nearest", align_corners=True)
-        values = [v for v in torch.unique(fixed.labels).tolist() if v != 0]
-        dice = []
-        for v in values:
-            a, b = warped[0, 0] == v, fixed.labels[0].to(device) == v
-            dice.append(float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1)))
-        scores.append(sum(dice) / max(len(dice), 1))
+        grid = Grid(tuple(reversed(u.shape[2:])))  # the model grid in voxel units (1 mm, identity)
+        field = voxel_field_to_physical(u[0].double().cpu(), grid)
+        warped = warp_image(Image(moving.labels, grid), field, grid, "nearest")
+        per_label = overlap(Image(fixed.labels, grid), warped)
+        scores.append(sum(v["dice"] for v in per_label.values()) / max(len(per_label), 1))
     return sum(scores) / len(scores)

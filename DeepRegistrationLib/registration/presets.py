@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -113,8 +114,6 @@ def _remap_iterations(old: dict, new: dict) -> None:
     if (levels == old.get("levels_mm") or its != old.get("iterations") or not isinstance(its, list)
             or not isinstance(levels, list) or len(its) != len(old.get("levels_mm", []))):
         return
-    import math
-
     old_levels = [float(v) for v in old["levels_mm"]]
     new["iterations"] = [its[min(range(len(old_levels)), key=lambda i: abs(math.log(old_levels[i] / float(v))))]
                          if float(v) > 0 else its[-1] for v in levels]
