@@ -90,8 +90,13 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     shapes = {tuple(s.image.shape) for s in subjects} | ({tuple(atlas.image.shape)} if atlas else set())
     if len(shapes) != 1:
         raise InputError(f"every training image must be on the model grid; found shapes {sorted(shapes)}")
+    for s in subjects + ([atlas] if atlas else []):
+        if not bool(torch.isfinite(s.image).all()):
+            raise InputError(f"{s.name or 'a training image'}: has NaN or infinite voxels")
     if config.dice_weight > 0 and any(s.labels is None for s in subjects + ([atlas] if atlas else [])):
         raise InputError("dice_weight > 0 needs label maps for every subject")
+    if config.dice_weight > 0 and not any(bool((s.labels != 0).any()) for s in subjects):
+        raise InputError("dice_weight > 0 but every label map is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.to(device).train()

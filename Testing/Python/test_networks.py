@@ -167,3 +167,18 @@ def test_training_is_reproducible_and_resumes_exactly(tmp_path):
         train_voxelmorph(fresh(), subjects, TrainConfig(steps=2), tmp_path / "empty", resume=True)
     with pytest.raises(dr.InputError, match="at least two subjects"):
         train_voxelmorph(fresh(), subjects[:1], TrainConfig(steps=2), tmp_path / "c")
+
+
+def test_training_refuses_bad_subjects(tmp_path):
+    from DeepRegistrationLib.networks.training import Subject, TrainConfig, train_voxelmorph
+
+    good = Subject(torch.rand(1, 16, 16), torch.zeros(1, 16, 16, dtype=torch.int32), "a")
+    nan = Subject(torch.full((1, 16, 16), float("nan")), None, "scan-with-nan")
+    net = VoxelMorphNet(2, "vm1")
+    with pytest.raises(dr.InputError, match="scan-with-nan: has NaN"):
+        train_voxelmorph(net, [good, nan], TrainConfig(steps=1), tmp_path / "a")
+    with pytest.raises(dr.InputError, match="every label map is empty"):
+        train_voxelmorph(net, [good, good], TrainConfig(steps=1, dice_weight=1.0), tmp_path / "b")
+    with pytest.raises(dr.InputError, match="model grid"):
+        train_voxelmorph(net, [good, Subject(torch.rand(1, 24, 16))], TrainConfig(steps=1), tmp_path / "c")
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
