@@ -2,7 +2,8 @@
 
 Subcommands: ``register`` (iterative registration with a preset), ``presets`` (list them),
 ``apply`` (warp an image and/or points), ``evaluate`` (Dice, HD95, ASSD, TRE, Jacobian),
-``info`` (geometry of an image, kind and parameters of a transform), ``demo`` (the quick-start job).
+``info`` (geometry of an image, kind and parameters of a transform), ``demo`` (the quick-start job),
+``train voxelmorph`` (train or fine-tune a registration network).
 Exit status 0 on success; on a user error one line ``deepreg: error: ...`` and status 2; nothing
 is written unless the whole command succeeds.
 """
@@ -226,6 +227,7 @@ class _Progress:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     import signal
+    import warnings
 
     from .io import read_image, read_points, read_transform, write_transform
     from .registration import RegistrationCancelled, load_preset, register
@@ -270,15 +272,19 @@ def _cmd_register(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     progress = _Progress(args.progress, config)
     try:
-        result = register(fixed, moving, config, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                          fixed_points=fixed_points, moving_points=moving_points, initial_transform=initial,
-                          device=args.device, progress=progress, cancel=lambda: cancelled["flag"],
-                          initialise=initialise)
+        with warnings.catch_warnings():  # printed below from the figures, once and without a source line
+            warnings.simplefilter("ignore", UserWarning)
+            result = register(fixed, moving, config, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                              fixed_points=fixed_points, moving_points=moving_points, initial_transform=initial,
+                              device=args.device, progress=progress, cancel=lambda: cancelled["flag"],
+                              initialise=initialise)
     except (RegistrationCancelled, KeyboardInterrupt):
         progress.finish()
         print("deepreg: cancelled; nothing written", file=sys.stderr)
         return 130
     progress.finish()
+    for note in result.figures.get("warnings", []):
+        print(f"deepreg: warning: {note}", file=sys.stderr)
     det, grid, _ = result.jacobian(max_voxels=fixed.grid.num_voxels if args.out_jacobian else 4_000_000)
     figures = result.figures
     warped = result.warped() if args.out_image else None
@@ -320,6 +326,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .networks.train_command import run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -349,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-transform", help="linear transform (fixed -> moving) to start from")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a preset field: FIELD, stages.N.FIELD, svf.FIELD or linear.FIELD (repeatable)")
+                   help="override a preset field: FIELD, stages.N.FIELD, svf.FIELD, linear.FIELD or voxelmorph.FIELD "
+                        "(e.g. voxelmorph.network=MODEL_DIR; repeatable)")
     p.add_argument("--progress", choices=["text", "json"], default="text",
                    help="progress bar on stderr (text) or JSON lines on stdout (json)")
     p.set_defaults(func=_cmd_register)
@@ -388,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the full report as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("train", help="train a registration network (deepreg train voxelmorph --help)")
+    train_sub = p.add_subparsers(dest="network", required=True, metavar="NETWORK")
+    t = train_sub.add_parser("voxelmorph", help="unsupervised VoxelMorph (LNCC + diffusion, optional Dice, "
+                             "augmentation and SynthMorph-style synthesis)",
+                             description="Train (or fine-tune with --init) a VoxelMorph model on a folder, list or "
+                                         "CSV of images, optionally with label maps; writes a model folder usable "
+                                         "by the voxelmorph presets (set 'network' to its path).")
+    from .networks.train_command import add_arguments
+
+    add_arguments(t)
+    t.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("info", help="geometry of an image, or kind and parameters of a transform file")
     p.add_argument("file", help="image file, DICOM folder or transform file")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -406,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded verbatim (e.g. in model cards)
     try:
         return int(args.func(args) or 0)
     except DeepRegError as err:

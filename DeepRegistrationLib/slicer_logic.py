@@ -430,7 +430,14 @@ class RegistrationLogic:
                 raise InputError(f"the fixed volume is under the output transform {outputTransformNode.GetName()}; "
                                  "choose another output transform")
         overrides = overrides_from_parameters(parameters)
-        load_preset(preset, overrides)  # fail now on an unknown preset or parameter
+        config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
+        for stage in config.stages:  # and on a missing or corrupt model, or volumes the model cannot take
+            if stage.model == "voxelmorph":
+                import torch
+
+                from .networks.inference import check_inputs
+
+                check_inputs(stage.network, fixed, moving, torch.device("cpu"))
         job = _Job(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
                    output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
                    jacobian_node=jacobianVolumeNode)

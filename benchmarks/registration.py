@@ -5,7 +5,8 @@ Each method runs in its own process (so the peak memory is its own) and writes a
 file; every transform is then evaluated the same way: moving labels warped with the library's
 label-aware resampler onto the fixed grid, Dice per label, HD95, folding, std log|J|.
 
-Methods: this project's presets (``preset:NAME``), SimpleITK FastSymmetricForcesDemons (3 levels,
+Methods: this project's presets (``preset:NAME``; the voxelmorph ones use the bundled model, trained without
+OASIS 0001, so both pairs measure a subject it never saw), SimpleITK FastSymmetricForcesDemons (3 levels,
 50/30/20 iterations, field sigma 1.5 voxels; the pair is already affinely aligned), and, when
 installed, ANTsPy SyN (``ants:SyN``) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline (``elastix``).
 
@@ -34,9 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_memory_gb  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "brain3d"
-SEG35_ASEG = [2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 26, 28, 30, 31, 41, 42, 43, 44, 46, 47, 49, 50,
-              51, 52, 53, 54, 58, 60, 62, 63]
-DEFAULT_METHODS = ["preset:deformable-fast", "preset:deformable-accurate", "sitk:demons", "ants:SyN",
+DEFAULT_METHODS = ["preset:deformable-fast", "preset:deformable-accurate", "preset:voxelmorph-brain",
+                   "preset:voxelmorph-brain-io", "sitk:demons", "ants:SyN",
                    "ants:antsRegistrationSyNQuick[s]", "elastix"]
 
 
@@ -56,6 +56,11 @@ def _run_method(method: str, fixed: str, moving: str, out: str) -> dict:
         device = result.figures["device"]
         elapsed = time.perf_counter() - t0
         dr.write_transform(result.transform, out)
+        network = [st for st in result.figures["stages"] if st["model"] == "voxelmorph"]
+        if network:  # the network's own share: resampling to the model grid, and the forward pass
+            return {"time_s": elapsed, "peak_gb": peak_memory_gb(), "device": device,
+                    "network_s": network[0]["network_s"], "resample_s": network[0]["resample_s"],
+                    "stage_s": {st["model"]: round(st["time_s"], 2) for st in result.figures["stages"]}}
     elif method == "sitk:demons":
         import SimpleITK as sitk
 
@@ -157,25 +162,12 @@ def main() -> None:
 
 
 def _voxelmorph_pair(data: Path, tmp: Path) -> tuple[Path, Path, Path, Path]:
-    """The voxelmorph subject as NIfTI files beside OASIS 0001 (see the module docstring)."""
-    import numpy as np
-    import torch
+    """The voxelmorph subject as NIfTI files beside OASIS 0001 (see ``brain_data.py``)."""
+    from brain_data import oasis, write_voxelmorph_subject
 
-    import DeepRegistrationLib as dr
-
-    ref = dr.read_image(data / "oasis" / "OAS1_0001_MR1_aligned_norm.nii.gz")
-    arrays = np.load(data / "voxelmorph_subject" / "test_scan.npz")
-    vol = arrays["vol"].transpose(2, 1, 0).astype(np.float32)  # (i, j, k) -> array order (k, j, i)
-    vol *= float(np.percentile(ref.numpy(), 99)) / float(np.percentile(vol, 99))
-    seg = arrays["seg"].transpose(2, 1, 0).astype(np.int32)
-    mapped = np.zeros_like(seg)
-    for new, aseg in enumerate(SEG35_ASEG, start=1):
-        mapped[seg == aseg] = new
-    image, labels = tmp / "vm_norm.nii.gz", tmp / "vm_seg35.nii.gz"
-    dr.Image(torch.from_numpy(vol)[None], ref.grid, "voxelmorph subject").write(image)
-    dr.Image(torch.from_numpy(mapped)[None], ref.grid, "voxelmorph subject seg35").write(labels)
-    return (data / "oasis" / "OAS1_0001_MR1_aligned_norm.nii.gz", image,
-            data / "oasis" / "OAS1_0001_MR1_aligned_seg35.nii.gz", labels)
+    image, labels = write_voxelmorph_subject(tmp, data)
+    fixed, fixed_labels = oasis("0001", data)
+    return fixed, image, fixed_labels, labels
 
 
 def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp: Path) -> list[dict]:
@@ -212,6 +204,10 @@ def _print_table(title: str, rows: list[dict]) -> None:
     for r in rows:
         print(f"| {r['method']} | {r['dice']:.3f} | {r['hd95']:.2f} | {r['folding_percent']:.3f} | "
               f"{r['std_log_jacobian']:.3f} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['device']} |")
+    for r in rows:
+        if "network_s" in r:
+            print(f"{r['method']}: network forward {r['network_s']:.2f} s, resampling to the model grid "
+                  f"{r['resample_s']:.2f} s; stages {r['stage_s']}")
     if rows:
         labels = list(rows[0]["dice_per_label"])
         print("\nDice per label (seg35 ids " + " ".join(str(k) for k in labels) + "): " + "; ".join(

@@ -4,6 +4,11 @@ Subjects are tensors on one model grid (``(1, *shape)`` images in [0, 1], option
 maps). Each step draws a random ordered pair (or atlas -> subject when ``atlas`` is given) from a seeded
 generator, so a run is reproducible and a run resumed from its checkpoint continues exactly as if it had
 not stopped (the checkpoint holds the weights, the optimiser, the step and the generator state).
+
+With an :class:`~.augment.AugmentConfig`, both images of a pair are fresh random deformations of their
+subjects (so a subject may be paired with itself) with intensity augmentation, and a share of them is
+synthesised from the label maps (SynthMorph). The LNCC term is used only when both images are real (a
+synthesised pair has unrelated contrasts); the Dice term supervises through the labels whatever the contrast.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..geometry import Grid
 from ..io.atomic import atomic_output
+from .augment import AugmentConfig, augment_subject
 from .voxelmorph import VoxelMorphNet
 
 __all__ = ["TrainConfig", "Subject", "train_voxelmorph", "CHECKPOINT"]
@@ -44,6 +50,7 @@ class TrainConfig:
     steps: int = 1000
     learning_rate: float = 1e-4
     lncc_window: int = 9
+    lncc_weight: float = 1.0
     regularisation_weight: float = 1.0
     dice_weight: float = 0.0
     seed: int = 0
@@ -77,11 +84,14 @@ def _soft_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainConfig, out_dir: str | os.PathLike,
                      atlas: Subject | None = None, validation: list[tuple[Subject, Subject]] | None = None,
                      resume: bool = False, device: str | torch.device = "cpu",
-                     progress: Callable[[dict], None] | None = None) -> dict:
+                     progress: Callable[[dict], None] | None = None, augment: AugmentConfig | None = None,
+                     spacing_mm: float = 1.0) -> dict:
     """Train ``net`` in place; checkpoints go to ``out_dir/checkpoint.pt``. Returns the last figures.
 
     ``validation``: (moving, fixed) pairs with labels; their mean Dice is measured every ``validate_every``
     steps and at the end. ``resume``: continue from the checkpoint in ``out_dir`` (its step and random state).
+    ``augment``: random deformations / intensities / synthesis of every training image (``spacing_mm``: the
+    model grid's spacing, which gives the augmentation's physical scale).
     """
     from ..metrics.similarity import LNCCLoss
 
@@ -97,6 +107,10 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         raise InputError("dice_weight > 0 needs label maps for every subject")
     if config.dice_weight > 0 and not any(bool((s.labels != 0).any()) for s in subjects):
         raise InputError("dice_weight > 0 but every label map is empty")
+    if augment is not None and augment.synth_probability > 0 and any(s.labels is None for s in subjects):
+        raise InputError("synthesis from label maps needs a label map for every subject")
+    if augment is not None and augment.synth_probability > 0 and config.dice_weight <= 0:
+        raise InputError("synthesised images have random contrasts: training on them needs dice_weight > 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.to(device).train()
@@ -124,28 +138,36 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     while step < config.steps:
         if atlas is not None:
             moving, fixed = atlas, subjects[int(torch.randint(len(subjects), (1,), generator=gen))]
+        elif augment is not None:  # fresh deformations: a subject may be paired with itself
+            i, j = torch.randint(len(subjects), (2,), generator=gen).tolist()
+            moving, fixed = subjects[i], subjects[j]
         else:
             i, j = torch.randperm(len(subjects), generator=gen)[:2].tolist()
             moving, fixed = subjects[i], subjects[j]
-        m, f = moving.image[None].to(device).float(), fixed.image[None].to(device).float()
+        m_img, m_lab, f_img, f_lab, synthetic = moving.image, moving.labels, fixed.image, fixed.labels, False
+        if augment is not None:
+            m_img, m_lab, m_syn = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
+            f_img, f_lab, f_syn = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
+            synthetic = m_syn or f_syn
+        m, f = m_img[None].to(device).float(), f_img[None].to(device).float()
         opt.zero_grad()
         warped, u = net(m, f)
-        sim = similarity(f, warped)
+        sim = similarity(f, warped) if config.lncc_weight > 0 and not synthetic else warped.new_zeros(())
         reg = _diffusion_voxels(u)
-        loss = sim + config.regularisation_weight * reg
+        loss = config.lncc_weight * sim + config.regularisation_weight * reg
         dice = None
         if label_values is not None:
             from monai.networks.blocks import Warp
 
-            ml = _one_hot(moving.labels[None].to(device), label_values)
-            fl = _one_hot(fixed.labels[None].to(device), label_values)
+            ml = _one_hot(m_lab[None].to(device), label_values)
+            fl = _one_hot(f_lab[None].to(device), label_values)
             dice = _soft_dice(Warp(mode="bilinear", padding_mode="zeros")(ml, u), fl)
             loss = loss + config.dice_weight * (1 - dice)
         loss.backward()
         opt.step()
         step += 1
         figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),
-                   "regularisation": float(reg.detach())}
+                   "regularisation": float(reg.detach()), "synthetic": synthetic}
         if dice is not None:
             figures["soft_dice"] = float(dice.detach())
         if validation and (step % config.validate_every == 0 or step == config.steps):
@@ -158,7 +180,8 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             with atomic_output(out / CHECKPOINT) as tmp:
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                             "step": step, "history": json.dumps(history), "architecture": net.config,
-                            "config": json.dumps(config.to_dict())}, tmp)
+                            "config": json.dumps(config.to_dict()),
+                            "augment": json.dumps(augment.to_dict() if augment else None)}, tmp)
     net.eval()
     return figures
 

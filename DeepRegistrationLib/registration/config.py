@@ -16,7 +16,7 @@ from ..errors import InputError
 __all__ = ["StageConfig", "RegistrationConfig", "LINEAR_MODELS", "DEFORMABLE_MODELS"]
 
 LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
-DEFORMABLE_MODELS = ("svf",)
+DEFORMABLE_MODELS = ("svf", "voxelmorph")
 
 
 @dataclass
@@ -24,8 +24,12 @@ class StageConfig:
     """One optimisation stage.
 
     Attributes:
-        model: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``svf`` (diffeomorphic
-            stationary velocity field, integrated by scaling and squaring).
+        model: ``translation``, ``rigid``, ``similarity``, ``affine``, ``svf`` (diffeomorphic
+            stationary velocity field, integrated by scaling and squaring) or ``voxelmorph`` (a trained
+            network predicts the deformation in one pass on its own grid; an ``svf`` stage after it starts
+            from the network's velocity: instance optimisation). Pyramid, similarity and optimiser
+            fields do not apply to ``voxelmorph``.
+        network: for ``voxelmorph``: a model name (``Resources/Models/<name>``, ``$DEEPREG_MODELS``) or folder.
         similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi`` or ``mind``.
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
@@ -43,6 +47,7 @@ class StageConfig:
     """
 
     model: str = "affine"
+    network: str = ""
     similarity: str = "ncc"
     similarity_options: dict = field(default_factory=dict)
     levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])
@@ -57,6 +62,8 @@ class StageConfig:
     final_lr_fraction: float = 0.1
 
     def iterations_per_level(self) -> list[int]:
+        if self.model == "voxelmorph":
+            return [1]  # one network pass
         its = self.iterations if isinstance(self.iterations, list) else [int(self.iterations)] * len(self.levels_mm)
         if len(its) != len(self.levels_mm):
             raise InputError(f"stage {self.model}: {len(its)} iteration counts for {len(self.levels_mm)} levels")
@@ -67,6 +74,9 @@ class StageConfig:
 
         if self.model not in LINEAR_MODELS + DEFORMABLE_MODELS:
             raise InputError(f"unknown model {self.model!r} (choose from {LINEAR_MODELS + DEFORMABLE_MODELS})")
+        if (self.model == "voxelmorph") != bool(self.network):
+            raise InputError("a voxelmorph stage needs 'network' (a model name or folder)" if self.model == "voxelmorph"
+                             else f"'network' applies to voxelmorph stages, not {self.model}")
         if self.similarity.lower() not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
         if not isinstance(self.similarity_options, dict):

@@ -13,6 +13,7 @@ optimised is exactly what is applied afterwards.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -175,7 +176,8 @@ def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_m
 def _build_pyramid(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
                    config: RegistrationConfig, device: torch.device) -> dict[tuple[float, float], _Level]:
     """Every level the stages use, keyed by (spacing, smoothing factor), built fine to coarse."""
-    keys = sorted({(float(sp), float(st.smoothing_sigma_mm)) for st in config.stages for sp in st.levels_mm})
+    keys = sorted({(float(sp), float(st.smoothing_sigma_mm)) for st in config.stages for sp in st.levels_mm
+                   if st.model != "voxelmorph"})
     levels: dict[tuple[float, float], _Level] = {}
     for spacing, factor in keys:
         finer = max((lv for (sp, fa), lv in levels.items() if fa == factor and sp < spacing),
@@ -336,10 +338,15 @@ def _detached(t: LinearTransform) -> LinearTransform:
 
 def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, dim: int,
              progress: ProgressCallback | None, cancel: Callable[[], bool] | None,
-             stage_index: int) -> tuple[StationaryVelocityField, float]:
+             stage_index: int, start: Transform | None = None) -> tuple[StationaryVelocityField, float]:
+    """Optimise a stationary velocity field (after ``linear``), level by level; ``start`` (a velocity field,
+    or a displacement field taken as its own velocity, first order) is where the first level begins."""
     similarity = make_similarity(stage.similarity, **stage.similarity_options)
-    velocity = None
-    vgrid = None
+    velocity = vgrid = None
+    if isinstance(start, StationaryVelocityField):
+        velocity, vgrid = start.velocity.to(levels[0].fixed.device).float(), start.grid
+    elif start is not None:
+        velocity, vgrid = start.field.to(levels[0].fixed.device).float(), start.grid
     loss_value = float("nan")
     device = levels[0].fixed.device
     factor = max(1, int(round(stage.control_spacing_factor)))
@@ -457,10 +464,21 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     if initialise not in ("moments", "center", "landmarks", "none"):
         raise InputError(f"initialise must be moments, center, landmarks or none, got {initialise!r}")
     dev = resolve_device(device)
+    notes: list[str] = []
+    for stage in config.stages:  # a network's model and inputs are checked before anything runs
+        if stage.model == "voxelmorph":
+            from ..networks.inference import check_inputs
+
+            notes += check_inputs(stage.network, fixed, moving, dev)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     args = (fixed, moving, config, fixed_mask, moving_mask, fixed_points, moving_points, initial_transform, progress,
             cancel, initialise, start_time)
     try:
-        return _register(*args, dev)
+        result = _register(*args, dev)
+        if notes:
+            result.figures["warnings"] = notes
+        return result
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
             raise
@@ -472,6 +490,8 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
             raise InputError(f"out of GPU memory on {dev} ({_gpu_memory_gb(dev):.1f} GB); use device 'cpu' or "
                              "'auto' (which falls back to the CPU), or crop the images") from None
     result = _register(*args, torch.device("cpu"))
+    if notes:
+        result.figures["warnings"] = notes
     result.figures["note"] = f"out of GPU memory on {dev}; ran on the CPU instead"
     return result
 
@@ -522,11 +542,11 @@ def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mas
     if not initial.is_linear:
         raise InputError("only a linear initial transform is supported")
     linear: LinearTransform = initial.collapse_linear() if isinstance(initial, CompositeTransform) else initial
-    svf = None
+    svf: Transform | None = None
     figures: dict = {"device": str(dev), "stages": []}
     pyramid = _build_pyramid(fixed_n, moving_n, fixed_mask, moving_mask, config, dev)
     figures["pyramid_time_s"] = time.perf_counter() - start_time
-    coarsest = pyramid[max(pyramid)]
+    coarsest = pyramid[max(pyramid)] if pyramid else _build_level(fixed_n, moving_n, None, None, 8.0, 0.0, dev)
     overlap = _overlap_fraction(coarsest, linear)
     if overlap < 0.01:
         raise InputError(f"the images do not overlap after initialisation ({overlap * 100:.2f} % of the fixed image "
@@ -534,16 +554,29 @@ def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mas
                          "same physical space, or give an initial transform or landmarks")
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
-        levels = [pyramid[(float(sp), float(stage.smoothing_sigma_mm))] for sp in stage.levels_mm]
+        levels = [pyramid[(float(sp), float(stage.smoothing_sigma_mm))] for sp in stage.levels_mm
+                  if stage.model != "voxelmorph"]
+        affine = linear.to_affine() if not isinstance(linear, AffineTransform) else linear
+        extra: dict = {}
         if stage.model in LINEAR_MODELS:
             if svf is not None:
-                raise InputError("linear stages must come before the deformable stage")
+                raise InputError("linear stages must come before the deformable stages")
             linear, loss = _run_linear(stage, levels, linear, center, dim, progress, cancel, si)
+        elif stage.model == "voxelmorph":
+            from ..networks.inference import predict_transform
+
+            if svf is not None:
+                raise InputError("a voxelmorph stage must come before any svf stage (which then refines it)")
+            if cancel is not None and cancel():
+                raise RegistrationCancelled("registration cancelled")
+            svf, extra = predict_transform(stage.network, fixed_n, moving_n, affine, dev)
+            loss = float("nan")
+            if progress is not None:
+                progress({"stage": si, "model": "voxelmorph", "level": 0, "iteration": 0, "loss": loss})
         else:
-            svf, loss = _run_svf(stage, levels, linear.to_affine() if not isinstance(linear, AffineTransform) else linear,
-                                 dim, progress, cancel, si)
+            svf, loss = _run_svf(stage, levels, affine, dim, progress, cancel, si, start=svf)
         figures["stages"].append({"model": stage.model, "similarity": stage.similarity, "final_loss": loss,
-                                  "time_s": time.perf_counter() - stage_start})
+                                  "time_s": time.perf_counter() - stage_start, **extra})
     transform = compose(svf, linear) if svf is not None else linear
     figures["time_s"] = time.perf_counter() - start_time
     return RegistrationResult(transform=transform, fixed_grid=fixed.grid, moving=moving, figures=figures)

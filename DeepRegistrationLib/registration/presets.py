@@ -6,7 +6,9 @@ a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as J
 
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
 * ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage;
-* ``svf.FIELD=VALUE`` / ``linear.FIELD=VALUE`` set a field of every deformable / linear stage.
+* ``svf.FIELD=VALUE`` / ``linear.FIELD=VALUE`` / ``voxelmorph.FIELD=VALUE`` set a field of every SVF /
+  linear / network stage (e.g. ``voxelmorph.network=path/to/my-model`` runs a voxelmorph preset with a
+  fine-tuned model).
 
 When ``levels_mm`` of a stage changes but its per-level ``iterations`` are not overridden, each new
 level takes the iteration count of the preset level nearest in spacing.
@@ -87,8 +89,9 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             except (ValueError, IndexError):
                 raise InputError(f"override {key!r}: no stage {parts[1]} (the preset has {len(stages)})") from None
             targets, field = [stage], parts[2]
-        elif parts[0] in ("svf", "linear") and len(parts) == 2:
-            targets = [s for s in stages if (s.get("model") in LINEAR_MODELS) == (parts[0] == "linear")]
+        elif parts[0] in ("svf", "linear", "voxelmorph") and len(parts) == 2:
+            targets = [s for s in stages if (s.get("model") in LINEAR_MODELS if parts[0] == "linear"
+                                             else s.get("model") == parts[0])]
             field = parts[1]
         elif len(parts) == 1 and parts[0] in _TOP_LEVEL:
             data[parts[0]] = value
@@ -96,7 +99,7 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
         elif len(parts) == 1:
             targets, field = stages, parts[0]
         else:
-            raise InputError(f"override {key!r} not understood (use FIELD, stages.N.FIELD, svf.FIELD or linear.FIELD)")
+            raise InputError(f"override {key!r} not understood (use FIELD, stages.N.FIELD, svf.FIELD, linear.FIELD or voxelmorph.FIELD)")
         if field not in stage_fields:
             raise InputError(f"override {key!r}: unknown stage field {field!r} (known: {sorted(stage_fields)})")
         if not targets:

@@ -3,6 +3,8 @@ unsupervised training on real 2D slices that must improve the overlap of anatomi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,128 @@ def test_training_refuses_bad_subjects(tmp_path):
     with pytest.raises(dr.InputError, match="model grid"):
         train_voxelmorph(net, [good, Subject(torch.rand(1, 24, 16))], TrainConfig(steps=1), tmp_path / "c")
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------- model grid, augmentation, CLI training
+def test_model_grid_orientation_and_placement(oasis_t1):
+    from DeepRegistrationLib.networks.model_input import ModelInput, direction_from_code, orientation_code
+
+    assert orientation_code(oasis_t1.grid.direction_matrix()) == "LIA"  # FreeSurfer's conformed orientation
+    for code in ("LIA", "RAS", "LPS", "PIR", "LA", "RP"):
+        assert orientation_code(direction_from_code(code)) == code
+    for bad in ("LRA", "XYZ", "L", "LIAS", "LS"):
+        with pytest.raises(dr.InputError, match="orientation code"):
+            direction_from_code(bad)
+    with pytest.raises(dr.InputError, match="multiple of 8"):
+        ModelInput((56, 60, 72), (3.0,) * 3, "LIA")
+    model = ModelInput((56, 64, 72), (3.0,) * 3, "LIA")
+    grid = model.grid_for(oasis_t1)
+    assert grid.size == (56, 64, 72) and np.allclose(grid.spacing, 3.0)
+    assert np.allclose(grid.direction_matrix(), oasis_t1.grid.direction_matrix())
+    # centred at the brain's intensity centre of mass, not at the field of view's centre
+    from DeepRegistrationLib.registration.engine import _center_of_mass
+
+    assert np.allclose(grid.center(), _center_of_mass(oasis_t1.minmax()), atol=0.5)
+    assert ModelInput.from_dict(model.to_dict()) == model
+    with pytest.raises(dr.InputError, match="not a model grid"):
+        ModelInput.from_dict({"size": [56, 64, 72]})
+
+
+def test_network_input_checks(oasis_t1, oasis_seg_pair):
+    from DeepRegistrationLib.networks.model_input import ModelInput, check_network_input
+
+    model = ModelInput((56, 64, 72), (3.0,) * 3, "LIA")
+    assert check_network_input(oasis_t1, model, "fixed") == []
+    with pytest.raises(dr.InputError, match="looks like a label map"):
+        check_network_input(oasis_seg_pair[0].float(), model, "fixed")
+    slice2d = dr.read_image(data_file("brain2d/oasis_neurite_2d/OAS1_0001_MR1_slice_norm.nii.gz"), dim=2)
+    with pytest.raises(dr.InputError, match="2D but the model is 3D"):
+        check_network_input(slice2d, model, "moving")
+    # the same voxels declared 2.5 mm apart: a head far larger than the model's field of view -> a warning
+    big = dr.Image(oasis_t1.data, dr.Grid(oasis_t1.grid.size, oasis_t1.grid.origin, [2.5] * 3,
+                                          oasis_t1.grid.direction), "big")
+    notes = check_network_input(big, model, "fixed")
+    assert len(notes) == 1 and "field of view" in notes[0] and "crop" in notes[0]
+    # stored sagittally (axes permuted in the header): resampling handles it, but the user is told to check
+    perm = dr.Grid(oasis_t1.grid.size, oasis_t1.grid.origin, oasis_t1.grid.spacing,
+                   oasis_t1.grid.direction_matrix()[:, [2, 0, 1]])
+    notes = check_network_input(dr.Image(oasis_t1.data, perm, "sagittal"), model, "moving")
+    assert any("orientation" in n and "LIA" in n for n in notes)
+
+
+def test_augmentation_is_seeded_smooth_and_label_consistent():
+    from DeepRegistrationLib.networks.augment import AugmentConfig, augment_subject, random_displacement
+
+    subject = _slice_subjects()[0]
+    cfg = AugmentConfig(deformation_mm=3.0, synth_probability=0.5)
+    a = augment_subject(subject.image, subject.labels, 1.0, cfg, torch.Generator().manual_seed(5))
+    b = augment_subject(subject.image, subject.labels, 1.0, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    ddf = random_displacement((192, 160), 1.0, AugmentConfig(deformation_mm=3.0, rotation_deg=0, scaling=0,
+                                                             translation_mm=0), torch.Generator().manual_seed(1))
+    assert 0.5 < float(ddf.abs().max()) < 20  # mm = voxels here: a few mm, not a scramble
+    # smooth and unfolded away from the border (MONAI's integration pads with zeros): 1 + du/dx > 0
+    d = ddf[:, 0].diff(dim=1)[:, 4:-4, 4:-4]
+    assert float(d.abs().mean()) < 0.2 and float(d.min()) > -0.8
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):  # both branches: real (bias/gamma/noise) and synthesised from the labels
+        image, labels, synth = augment_subject(subject.image, subject.labels, 1.0, cfg, gen)
+        assert image.shape == subject.image.shape and float(image.min()) >= 0 and float(image.max()) <= 1
+        assert set(torch.unique(labels).tolist()) <= set(torch.unique(subject.labels).tolist())
+        if synth:  # a synthesised image is a per-label contrast: labels explain most of its variance
+            flat, lab = image.reshape(-1), labels.reshape(-1).long()
+            means = torch.zeros(int(lab.max()) + 1).index_add_(0, lab, flat) / torch.bincount(lab).clamp(min=1)
+            residual = flat - means[lab]
+            assert float(residual.var()) < 0.5 * float(flat.var())
+
+
+def _write_2d_subjects(folder):
+    """The OASIS 2D slices as 2D NIfTI files (the shared files are single-slice 3D volumes)."""
+    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
+    paths = {}
+    for sid in ("0001", "0002"):
+        for kind in ("norm", "seg4"):
+            path = folder / f"{sid}_{kind}.nii.gz"
+            dr.read_image(data_file(base.format(sid, kind)), dim=2).write(path)
+            paths[sid, kind] = path
+    return paths
+
+
+def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
+    """deepreg train voxelmorph on real 2D slices: the model folder has a complete card, loads, registers;
+    --init fine-tunes it (card records the parent's checksum); --resume continues; bad input writes nothing."""
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.networks import load_model
+
+    p = _write_2d_subjects(tmp_path)
+    common = ["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
+              "--labels", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--val-images", str(p["0001", "norm"]),
+              "--val-labels", str(p["0001", "seg4"]), "--grid-size", "72", "80", "--spacing", "2.5",
+              "--orientation", "LA", "--architecture", "vm1", "--dice-weight", "1", "--augment", "--synth", "0.3",
+              "--lr", "1e-3", "--validate-every", "10", "--checkpoint-every", "5", "--threads", "2"]
+    assert main(common + ["--steps", "10", "--out", str(tmp_path / "m")]) == 0
+    net, card = load_model(tmp_path / "m")
+    assert card["input"]["size"] == [72, 80] and card["input"]["orientation"] == "LA"
+    t = card["training"]
+    assert t["command"].startswith("deepreg train voxelmorph --images") and t["steps"] == 10
+    assert 0 < t["validation_dice"] <= 1 and len(t["images"]) == 2 and t["augment"]["synth_probability"] == 0.3
+    assert (tmp_path / "m.checkpoints" / "checkpoint.pt").is_file()
+    # --resume continues from the checkpoint of step 10 to step 15 and replaces the model folder
+    assert main(common + ["--steps", "15", "--out", str(tmp_path / "m"), "--resume"]) == 0
+    _, card15 = load_model(tmp_path / "m")
+    assert card15["training"]["final"]["step"] == 15 and card15["sha256"] != card["sha256"]
+    ckpt = torch.load(tmp_path / "m.checkpoints" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 15 and len(json.loads(ckpt["history"])) == 15
+    # fine-tune: architecture and grid come from the parent model
+    assert main(["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
+                 "--init", str(tmp_path / "m"), "--steps", "3", "--out", str(tmp_path / "ft"), "--threads", "2"]) == 0
+    _, ft = load_model(tmp_path / "ft")
+    assert ft["training"]["init_sha256"] == card15["sha256"] and ft["input"] == card["input"]
+    assert ft["architecture"] == card["architecture"]
+    # bad input: a message naming the problem, nothing written
+    assert main(common[:2] + ["--images", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "x")]) == 2
+    assert main(common[:2] + ["--images", str(p["0002", "norm"]), "--labels", str(p["0002", "seg4"]),
+                              str(p["0001", "seg4"]), "--out", str(tmp_path / "x")]) == 2
+    assert main(common[:2] + ["--images", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--grid-size", "72",
+                              "80", "--orientation", "LA", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,6 +378,21 @@ def test_unknown_preset_and_missing_file_refused(small_scene, tmp_path):
     missing = str(tmp_path / "missing-model.json")
     _refused(scene, "missing-model.json: preset file not found", fixed_node, moving_node, missing)
     _refused(scene, "unknown registration parameter 'iterationz'", fixed_node, moving_node, "rigid", iterationz=3)
+
+
+def test_missing_or_corrupt_model_refused(small_scene, tmp_path):
+    """The voxelmorph presets in the panel: a missing or corrupt model file is one clear message, scene untouched."""
+    import shutil
+
+    scene, _, fixed_node, moving_node = small_scene
+    gone = tmp_path / "gone"
+    _refused(scene, "gone: model folder not found", fixed_node, moving_node, "voxelmorph-brain",
+             overrides=[f"voxelmorph.network={gone}"])
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(Path(sl.__file__).resolve().parents[1] / "Resources" / "Models" / "voxelmorph-brain", corrupt)
+    (corrupt / "weights.pt").write_bytes((corrupt / "weights.pt").read_bytes()[:-100])
+    _refused(scene, "checksum mismatch", fixed_node, moving_node, "voxelmorph-brain-io",
+             overrides=[f"voxelmorph.network={corrupt}"])
 
 
 def test_output_volume_cannot_be_an_input(small_scene):

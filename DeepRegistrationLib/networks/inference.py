@@ -1,0 +1,113 @@
+"""A trained network as a registration step: model lookup, the model grid, prediction, the field in LPS mm.
+
+:func:`predict_transform` is what the engine's ``voxelmorph`` stage runs: both normalised images are put on
+the model grid (centred on the fixed image; the moving one seen through the current linear transform), the
+network predicts, and its voxel field becomes a physical transform on that grid: a
+:class:`StationaryVelocityField` for a diffeomorphic model (so an instance optimisation can start from the
+network's velocity), else a :class:`DisplacementField`. Composed after the linear transform it is the usual
+fixed -> moving resampling transform of the original images, at any resolution.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..image import Image
+from ..transforms import DisplacementField, StationaryVelocityField, Transform
+from .model_input import ModelInput, check_network_input, to_model_grid
+
+__all__ = ["models_dirs", "find_model", "list_models", "cached_model", "check_inputs", "predict_transform"]
+
+_CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
+
+
+def models_dirs() -> list[Path]:
+    """Where models are looked up by name: ``$DEEPREG_MODELS`` (``os.pathsep``-separated), then the bundled
+    ``Resources/Models``."""
+    folders = [Path(p) for p in os.environ.get("DEEPREG_MODELS", "").split(os.pathsep) if p]
+    folders.append(Path(__file__).resolve().parents[2] / "Resources" / "Models")
+    return folders
+
+
+def find_model(name_or_path: str) -> Path:
+    """The model folder of a name (``voxelmorph-brain``) or a path; a clear error when there is none."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or any(sep in name_or_path for sep in ("/", os.sep)):
+        if not path.is_dir():
+            raise InputError(f"{path}: model folder not found")
+        return path
+    for folder in models_dirs():
+        if (folder / name_or_path).is_dir():
+            return folder / name_or_path
+    raise InputError(f"model {name_or_path!r} not found in {[str(f) for f in models_dirs()]} "
+                     "(train one with 'deepreg train voxelmorph' or give the model folder's path)")
+
+
+def list_models() -> dict[str, Path]:
+    """Every model folder found by name (earlier folders win)."""
+    found: dict[str, Path] = {}
+    for folder in models_dirs():
+        if folder.is_dir():
+            for sub in sorted(folder.iterdir()):
+                if (sub / "model.json").is_file():
+                    found.setdefault(sub.name, sub)
+    return found
+
+
+def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes)."""
+    from .model_io import WEIGHTS, load_model
+
+    folder = find_model(name_or_path)
+    weights = folder / WEIGHTS
+    key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(folder, device)
+    return _CACHE[key]
+
+
+def check_inputs(name_or_path: str, fixed: Image, moving: Image, device: torch.device) -> list[str]:
+    """Load the model (cached) and check both original images against it (:func:`check_network_input`):
+    errors for what it cannot register, warnings (returned) for what it may register badly."""
+    _, card = cached_model(name_or_path, device)
+    model = ModelInput.from_dict(card["input"])
+    return check_network_input(fixed, model, "fixed") + check_network_input(moving, model, "moving")
+
+
+@torch.no_grad()
+def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
+                      device: torch.device) -> tuple[Transform, dict]:
+    """The network's fixed -> moving deformation of ``moving_n`` (seen through ``linear``) onto ``fixed_n``.
+
+    ``fixed_n``/``moving_n`` are the engine's normalised images (checked beforehand with
+    :func:`check_inputs`). Returns the transform on the model grid (LPS mm; apply it before ``linear``) and
+    figures: ``network`` (the model's name), its grid and times.
+    """
+    from ..registration.engine import _center_of_mass
+    from .voxelmorph import voxel_field_to_physical
+
+    start = time.perf_counter()
+    net, card = cached_model(name_or_path, device)
+    model = ModelInput.from_dict(card["input"])
+    grid = model.grid_at(_center_of_mass(fixed_n))
+    f = to_model_grid(fixed_n, grid).to(device)
+    m = to_model_grid(moving_n, grid, linear).to(device)
+    resample_s = time.perf_counter() - start
+    t0 = time.perf_counter()
+    out = net.velocity(m[None], f[None])[0].double().cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    network_s = time.perf_counter() - t0
+    field = voxel_field_to_physical(out, grid)
+    if net.config["diffeomorphic"]:
+        transform: Transform = StationaryVelocityField(field.field, grid, net.config["integration_steps"])
+    else:
+        transform = DisplacementField(field.field, grid)
+    figures = {"network": card["name"], "model_sha256": card["sha256"][:16], "model_grid": grid.describe(),
+               "resample_s": resample_s, "network_s": network_s}
+    return transform, figures

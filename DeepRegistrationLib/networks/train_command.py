@@ -1,0 +1,260 @@
+"""``deepreg train voxelmorph``: read images (files, folders or a CSV), put them on the model grid, train, save.
+
+The result is a model folder (``weights.pt`` + ``model.json``, see :mod:`.model_io`) whose card records the
+model grid, the training data (file names and sha256), the exact command, the steps, the augmentation and
+the final validation Dice. Checkpoints go to ``<out>.checkpoints/`` while training; ``--resume`` continues
+from there exactly; ``--init MODEL`` fine-tunes an existing model (its architecture and grid are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["add_arguments", "run"]
+
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".mgh")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--images", nargs="+", help="training images: files and/or folders (sorted by name)")
+    data.add_argument("--labels", nargs="+", help="their label maps, in the same order (files and/or folders)")
+    data.add_argument("--csv", help="CSV with columns 'image' and optionally 'labels' (paths relative to the CSV)")
+    data.add_argument("--atlas", help="train atlas -> subject instead of random pairs: the atlas image")
+    data.add_argument("--atlas-labels", help="the atlas' label map")
+    data.add_argument("--val-images", nargs="+", help="validation images (each is registered from the first "
+                      "two training subjects; their mean Dice is reported)")
+    data.add_argument("--val-labels", nargs="+", help="their label maps")
+    model = p.add_argument_group("model")
+    model.add_argument("--out", required=True, help="model folder to write (weights.pt + model.json)")
+    model.add_argument("--init", help="fine-tune this model folder (keeps its architecture and grid)")
+    model.add_argument("--architecture", default="vm1-lite", help="vm1, vm2 or vm1-lite (default)")
+    model.add_argument("--no-diffeomorphic", action="store_true", help="predict the displacement directly")
+    model.add_argument("--integration-steps", type=int, default=7)
+    model.add_argument("--grid-size", type=int, nargs="+", default=[56, 64, 72],
+                       help="model grid size along index axes i j (k), each a multiple of 8 (default 56 64 72)")
+    model.add_argument("--spacing", type=float, default=3.0, help="model grid spacing in mm (default 3)")
+    model.add_argument("--orientation", default="LIA", help="orientation code of the model grid (default LIA)")
+    model.add_argument("--modality", default="T1 brain MRI, skull-stripped, affinely aligned",
+                       help="what the model's images are (stored in the card, shown in messages)")
+    model.add_argument("--name", help="model name (default: the output folder's name)")
+    model.add_argument("--description", default="")
+    model.add_argument("--licence", default="Apache-2.0 (weights); see the training data's terms")
+    train = p.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--lncc-window", type=int, default=9)
+    train.add_argument("--lncc-weight", type=float, default=1.0)
+    train.add_argument("--dice-weight", type=float, default=0.0, help="> 0: semi-supervised (needs labels)")
+    train.add_argument("--reg", type=float, default=1.0, help="weight of the diffusion regulariser (voxel units)")
+    train.add_argument("--augment", action="store_true", help="random deformations and intensity augmentation")
+    train.add_argument("--synth", type=float, default=0.0,
+                       help="probability of synthesising a training image from its labels (SynthMorph; implies "
+                            "--augment)")
+    train.add_argument("--deformation-mm", type=float, default=2.0,
+                       help="std of the random velocity at each control point (mm, default 2)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--validate-every", type=int, default=250)
+    train.add_argument("--resume", action="store_true", help="continue from <out>.checkpoints/")
+    train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+
+
+def _expand(paths: list[str] | None) -> list[Path]:
+    out: list[Path] = []
+    for p in paths or []:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(sorted(f for f in path.iterdir() if f.name.lower().endswith(_IMAGE_SUFFIXES)))
+        elif path.exists():
+            out.append(path)
+        else:
+            raise InputError(f"{path}: file not found")
+    return out
+
+
+def _from_csv(path: Path) -> tuple[list[Path], list[Path]]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "image" not in rows[0]:
+        raise InputError(f"{path}: needs a header with an 'image' column (and optionally 'labels')")
+    images = [path.parent / r["image"] for r in rows]
+    labels = [path.parent / r["labels"] for r in rows if r.get("labels")]
+    if labels and len(labels) != len(images):
+        raise InputError(f"{path}: 'labels' is given for {len(labels)} of {len(images)} rows (all or none)")
+    return images, labels
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_subject(image_path: Path, labels_path: Path | None, model):
+    """One :class:`~.training.Subject` on its model grid (a :class:`~.model_input.ModelInput` placed on the
+    image): normalised, smoothed and resampled image; nearest-resampled labels."""
+    from ..io import read_image
+    from .model_input import check_network_input, normalised, to_model_grid
+    from .training import Subject
+
+    image = read_image(image_path)
+    image.check_finite()
+    check_network_input(image, model, "training")
+    grid = model.grid_for(image)
+    labels = None
+    if labels_path is not None:
+        lab = read_image(labels_path).as_label_map()
+        lab.check_not_empty_labels()
+        labels = to_model_grid(lab, grid, interpolation="nearest").round().long()
+        if not bool(labels.ne(0).any()):
+            raise InputError(f"{labels_path}: no label inside the model grid (not on {image_path.name}'s grid?)")
+    return Subject(to_model_grid(normalised(image), grid), labels, image_path.name)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..registration.engine import resolve_device
+    from .augment import AugmentConfig
+    from .model_input import ModelInput
+    from .model_io import load_model, save_model
+    from .training import TrainConfig, train_voxelmorph
+    from .voxelmorph import VoxelMorphNet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.csv:
+        if args.images:
+            raise InputError("give --csv or --images, not both")
+        images, labels = _from_csv(Path(args.csv))
+    else:
+        images, labels = _expand(args.images), _expand(args.labels)
+    if not images:
+        raise InputError("no training images (give --images files/folders or --csv)")
+    if labels and len(labels) != len(images):
+        raise InputError(f"{len(images)} images but {len(labels)} label maps (they pair up in order)")
+    val_images, val_labels = _expand(args.val_images), _expand(args.val_labels)
+    if len(val_images) != len(val_labels):
+        raise InputError("validation needs one label map per validation image (--val-images, --val-labels)")
+    if val_images and not labels:
+        raise InputError("validation Dice needs training label maps too")
+    out = Path(args.out)
+    inputs = images + labels + val_images + val_labels
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise InputError(f"{out}: output would overwrite an input")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (args.resume and (out / "model.json").is_file()):
+            raise InputError(f"{out}: exists; choose another --out (or --resume, which replaces the model it wrote)")
+    device = resolve_device(args.device)
+
+    if args.init:
+        net, card0 = load_model(args.init, device)
+        model = ModelInput.from_dict(card0["input"])
+        base = {"init": str(args.init), "init_sha256": card0["sha256"]}
+    else:
+        dim = len(args.grid_size)
+        model = ModelInput(tuple(args.grid_size), (args.spacing,) * dim, args.orientation, args.modality)
+        net = VoxelMorphNet(dim, args.architecture, diffeomorphic=not args.no_diffeomorphic,
+                            integration_steps=args.integration_steps)
+        base = {}
+    t0 = time.perf_counter()
+    subjects = [load_subject(i, labels[k] if labels else None, model) for k, i in enumerate(images)]
+    atlas = load_subject(Path(args.atlas), Path(args.atlas_labels) if args.atlas_labels else None, model) \
+        if args.atlas else None
+    validation = []
+    for vi, vl in zip(val_images, val_labels):
+        target = load_subject(vi, vl, model)
+        validation.extend((s, target) for s in subjects[:2])
+    print(f"loaded {len(subjects)} training subjects{' + atlas' if atlas else ''}, {len(val_images)} validation "
+          f"on the model grid {list(model.size)} x {model.spacing[0]:g} mm {model.orientation} "
+          f"({time.perf_counter() - t0:.1f} s); training on {device}", file=sys.stderr)
+
+    augment = None
+    if args.augment or args.synth > 0:
+        augment = AugmentConfig(deformation_mm=args.deformation_mm, synth_probability=args.synth)
+    config = TrainConfig(steps=args.steps, learning_rate=args.lr, lncc_window=args.lncc_window,
+                         lncc_weight=args.lncc_weight, regularisation_weight=args.reg, dice_weight=args.dice_weight,
+                         seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
+    bar = _ProgressBar(args.steps)
+    start = time.perf_counter()
+    figures = train_voxelmorph(net, subjects, config, Path(str(out) + ".checkpoints"), atlas=atlas,
+                               validation=validation or None, resume=args.resume, device=device, progress=bar,
+                               augment=augment, spacing_mm=float(model.spacing[0]))
+    bar.finish()
+    card = {
+        "name": args.name or out.name,
+        "description": args.description,
+        "input": model.to_dict(),
+        "training": {
+            **base,
+            "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
+            "images": [{"file": p.name, "sha256_16": _sha(p)} for p in images],
+            "labels": [{"file": p.name, "sha256_16": _sha(p)} for p in labels],
+            "validation": [p.name for p in val_images],
+            "atlas": Path(args.atlas).name if args.atlas else None,
+            "steps": args.steps,
+            "config": config.to_dict(),
+            "augment": augment.to_dict() if augment else None,
+            "final": {k: v for k, v in figures.items() if k != "synthetic"},
+            "validation_dice": figures.get("validation_dice"),
+            "device": str(device),
+            "time_s": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__,
+        },
+        "licence": args.licence,
+    }
+    if out.exists() and any(out.iterdir()):  # --resume of a finished run: swap the new model in at the end
+        import shutil
+
+        fresh = save_model(net, out.with_name(out.name + ".new"), card)
+        old = out.with_name(out.name + ".old")
+        out.rename(old)
+        fresh.rename(out)
+        shutil.rmtree(old)
+    else:
+        save_model(net, out, card)
+    dice = figures.get("validation_dice")
+    print(f"wrote {out} (validation Dice {dice:.3f})" if dice is not None else f"wrote {out}")
+    return 0
+
+
+class _ProgressBar:
+    """One line on stderr: step, loss, Dice, validation Dice, seconds per step, time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.start, self.tty = total, time.perf_counter(), sys.stderr.isatty()
+        self.first_step: int | None = None
+        self.last_validation: float | None = None
+
+    def __call__(self, f: dict) -> None:
+        step = f["step"]
+        if self.first_step is None:
+            self.first_step, self.start = step - 1, time.perf_counter()
+        if "validation_dice" in f:
+            self.last_validation = f["validation_dice"]
+        rate = (time.perf_counter() - self.start) / max(step - self.first_step, 1)
+        left = rate * (self.total - step)
+        width = 24
+        done = int(width * step / max(self.total, 1))
+        line = (f"[{'#' * done}{'.' * (width - done)}] {step}/{self.total} loss {f['loss']:.4f}"
+                + (f" dice {f['soft_dice']:.3f}" if "soft_dice" in f else "")
+                + (f" val {self.last_validation:.3f}" if self.last_validation is not None else "")
+                + f" {rate:.2f} s/step, {int(left // 60)}:{int(left % 60):02d} left")
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif step % 50 == 0 or step == self.total or "validation_dice" in f:
+            print(line, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
