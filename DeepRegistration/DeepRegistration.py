@@ -90,7 +90,8 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.contributors = ["DeepRegistration developers"]
         self.parent.helpText = _("""
 Register a moving volume to a fixed volume: rigid, affine and diffeomorphic deformable registration by
-iterative optimisation on the GPU or CPU (learned methods are added as presets). The result is a native
+iterative optimisation on the GPU or CPU, or by a trained VoxelMorph network for T1 brain MRI (presets
+voxelmorph-brain, and voxelmorph-brain-io which refines the network's result). The result is a native
 transform node (linear for rigid/affine; a displacement field stored <i>from parent</i> for deformable
 results, readable by ITK) that the Transforms module and other extensions understand.
 Pick the fixed and moving volumes and a preset, then press Apply; Slicer stays usable while it runs.
@@ -100,7 +101,9 @@ measured accuracy and Python scripting.
         self.parent.acknowledgementText = _("""
 Methods: stationary velocity field registration integrated by scaling and squaring (Arsigny et al., MICCAI 2006;
 Ashburner, NeuroImage 2007); local normalised cross-correlation as in VoxelMorph (Balakrishnan et al., IEEE TMI 2019);
-mutual information (Mattes et al., IEEE TMI 2003); MIND-SSC (Heinrich et al., MICCAI 2013).
+mutual information (Mattes et al., IEEE TMI 2003); MIND-SSC (Heinrich et al., MICCAI 2013); VoxelMorph (Balakrishnan
+et al., CVPR 2018 / IEEE TMI 2019; Dalca et al., MICCAI 2018) trained with SynthMorph-style synthesis (Hoffmann et al.,
+IEEE TMI 2022). The bundled brain model was trained on OASIS-1 data (Marcus et al. 2007; Hoopes et al. 2021).
 Built on PyTorch, MONAI, SimpleITK and 3D Slicer.
 """)
 

@@ -16,7 +16,7 @@ WORK=build/brain_data
   --val-images "$DATA/oasis/OAS1_0001_MR1_aligned_norm.nii.gz" \
   --val-labels "$DATA/oasis/OAS1_0001_MR1_aligned_seg35.nii.gz" \
   --architecture vm1-lite --grid-size 56 64 72 --spacing 3 --orientation LIA \
-  --steps "${STEPS:-1500}" --lr 3e-4 --lncc-weight 1 --dice-weight 1 --reg 1 --augment --synth 0.25 \
+  --steps "${STEPS:-1500}" --lr 1e-3 --lncc-window 5 --lncc-weight 1 --dice-weight 1 --reg 1 --augment --synth 0.1 --known-pairs 0.5 --supervised-weight 0.1 \
   --seed 0 --validate-every 250 --checkpoint-every 100 --threads "${THREADS:-2}" \
   --name voxelmorph-brain \
   --description "VoxelMorph (VM-1 lite, diffeomorphic) for T1 brain MRI on a 3 mm grid; semi-supervised (LNCC + Dice on seg35) with random deformations and SynthMorph-style synthesis" \

@@ -32,6 +32,8 @@ class AugmentConfig:
         control_spacing_mm: spacing of the control grid of that velocity (mm): the deformation's smoothness.
         rotation_deg, scaling, translation_mm: ranges (uniform, +-) of the random affine part.
         synth_probability: probability that a training image is synthesised from its label map.
+        known_pair_probability: probability that a pair is one subject and a random deformation of it, whose
+            displacement is then known exactly (the training adds a supervised term for such pairs).
         bias: standard deviation of the log bias field (smooth, ~4 control points per axis).
         gamma: standard deviation of the log gamma exponent.
         noise: maximum standard deviation of the added Gaussian noise (intensities in [0, 1]).
@@ -43,6 +45,7 @@ class AugmentConfig:
     scaling: float = 0.04
     translation_mm: float = 4.0
     synth_probability: float = 0.0
+    known_pair_probability: float = 0.0
     bias: float = 0.2
     gamma: float = 0.2
     noise: float = 0.03
@@ -127,15 +130,18 @@ def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator)
 
 
 def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm: float, config: AugmentConfig,
-                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """A randomly deformed (and re-contrasted) copy of one subject: ``(image, labels, synthesised)``.
+                    gen: torch.Generator, deform: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
+    """A randomly deformed (and re-contrasted) copy of one subject: ``(image, labels, synthesised, ddf)``.
 
     ``image`` ``(1, *shape)`` in [0, 1], ``labels`` ``(1, *shape)`` integer or None. Synthesis needs labels.
+    ``ddf`` ``(1, dim, *shape)`` (voxels) is the deformation applied: ``out(x) = in(x + ddf(x))``; with
+    ``deform=False`` only the intensities change (``ddf`` is zero).
     """
     from monai.networks.blocks import Warp
 
     shape = tuple(image.shape[1:])
-    ddf = random_displacement(shape, spacing_mm, config, gen)
+    ddf = random_displacement(shape, spacing_mm, config, gen) if deform else image.new_zeros(1, len(shape), *shape)
     synth = labels is not None and float(torch.rand(1, generator=gen)) < config.synth_probability
     warped_labels = None
     if labels is not None:
@@ -144,4 +150,4 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
         source = synthesise(warped_labels, gen)
     else:
         source = Warp(mode="bilinear", padding_mode="zeros")(image[None].float(), ddf)[0]
-    return _intensity(source, config, gen), warped_labels, synth
+    return _intensity(source, config, gen), warped_labels, synth, ddf

@@ -59,6 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--synth", type=float, default=0.0,
                        help="probability of synthesising a training image from its labels (SynthMorph; implies "
                             "--augment)")
+    train.add_argument("--known-pairs", type=float, default=0.0,
+                       help="probability of a known pair: a subject and a random deformation of it, with a "
+                            "supervised term on the known displacement (implies --augment)")
+    train.add_argument("--supervised-weight", type=float, default=0.1,
+                       help="weight of that term (mean squared displacement error in voxels^2)")
     train.add_argument("--deformation-mm", type=float, default=2.0,
                        help="std of the random velocity at each control point (mm, default 2)")
     train.add_argument("--seed", type=int, default=0)
@@ -180,10 +185,12 @@ def run(args: argparse.Namespace) -> int:
           f"({time.perf_counter() - t0:.1f} s); training on {device}", file=sys.stderr)
 
     augment = None
-    if args.augment or args.synth > 0:
-        augment = AugmentConfig(deformation_mm=args.deformation_mm, synth_probability=args.synth)
+    if args.augment or args.synth > 0 or args.known_pairs > 0:
+        augment = AugmentConfig(deformation_mm=args.deformation_mm, synth_probability=args.synth,
+                                known_pair_probability=args.known_pairs)
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, lncc_window=args.lncc_window,
                          lncc_weight=args.lncc_weight, regularisation_weight=args.reg, dice_weight=args.dice_weight,
+                         supervised_weight=args.supervised_weight,
                          seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps)
     start = time.perf_counter()

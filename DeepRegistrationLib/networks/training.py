@@ -7,7 +7,10 @@ not stopped (the checkpoint holds the weights, the optimiser, the step and the g
 
 With an :class:`~.augment.AugmentConfig`, both images of a pair are fresh random deformations of their
 subjects (so a subject may be paired with itself) with intensity augmentation, and a share of them is
-synthesised from the label maps (SynthMorph). The LNCC term is used only when both images are real (a
+synthesised from the label maps (SynthMorph). A share of pairs can be *known pairs*: one subject and a
+random deformation of it, whose displacement the network must reproduce (a supervised term, the
+"regression of known transforms" idea, which gets a network out of its initial near-zero output far
+faster than the unsupervised terms alone). The LNCC term is used only when both images are real (a
 synthesised pair has unrelated contrasts); the Dice term supervises through the labels whatever the contrast.
 """
 
@@ -45,7 +48,9 @@ class Subject:
 class TrainConfig:
     """Training parameters. ``regularisation_weight`` multiplies the mean squared voxel gradient of the
     displacement (voxel units); ``dice_weight`` > 0 adds ``1 - soft Dice`` of the warped one-hot labels
-    (the papers' semi-supervised variant) when every subject has labels."""
+    (the papers' semi-supervised variant) when every subject has labels. ``supervised_weight`` multiplies
+    the mean squared error (voxels^2) between the predicted and the known displacement of augmented
+    known pairs (:attr:`AugmentConfig.known_pair_probability`)."""
 
     steps: int = 1000
     learning_rate: float = 1e-4
@@ -53,6 +58,7 @@ class TrainConfig:
     lncc_weight: float = 1.0
     regularisation_weight: float = 1.0
     dice_weight: float = 0.0
+    supervised_weight: float = 0.1
     seed: int = 0
     checkpoint_every: int = 100
     validate_every: int = 100
@@ -144,10 +150,15 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         else:
             i, j = torch.randperm(len(subjects), generator=gen)[:2].tolist()
             moving, fixed = subjects[i], subjects[j]
-        m_img, m_lab, f_img, f_lab, synthetic = moving.image, moving.labels, fixed.image, fixed.labels, False
+        m_img, m_lab, f_img, f_lab, synthetic, known = moving.image, moving.labels, fixed.image, fixed.labels, False, None
         if augment is not None:
-            m_img, m_lab, m_syn = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
-            f_img, f_lab, f_syn = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
+            if float(torch.rand(1, generator=gen)) < augment.known_pair_probability:
+                fixed = moving  # fixed = the moving subject deformed: the answer is that deformation
+                m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
+                f_img, f_lab, f_syn, known = augment_subject(moving.image, moving.labels, spacing_mm, augment, gen)
+            else:
+                m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
+                f_img, f_lab, f_syn, _ = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
             synthetic = m_syn or f_syn
         m, f = m_img[None].to(device).float(), f_img[None].to(device).float()
         opt.zero_grad()
@@ -155,6 +166,10 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         sim = similarity(f, warped) if config.lncc_weight > 0 and not synthetic else warped.new_zeros(())
         reg = _diffusion_voxels(u)
         loss = config.lncc_weight * sim + config.regularisation_weight * reg
+        supervised = None
+        if known is not None and config.supervised_weight > 0:
+            supervised = ((u - known.to(device)) ** 2).sum(1).mean()
+            loss = loss + config.supervised_weight * supervised
         dice = None
         if label_values is not None:
             from monai.networks.blocks import Warp
@@ -168,6 +183,8 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         step += 1
         figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),
                    "regularisation": float(reg.detach()), "synthetic": synthetic}
+        if supervised is not None:
+            figures["supervised_mse"] = float(supervised.detach())
         if dice is not None:
             figures["soft_dice"] = float(dice.detach())
         if validation and (step % config.validate_every == 0 or step == config.steps):

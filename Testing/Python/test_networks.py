@@ -249,7 +249,7 @@ def test_augmentation_is_seeded_smooth_and_label_consistent():
     assert float(d.abs().mean()) < 0.2 and float(d.min()) > -0.8
     gen = torch.Generator().manual_seed(0)
     for _ in range(6):  # both branches: real (bias/gamma/noise) and synthesised from the labels
-        image, labels, synth = augment_subject(subject.image, subject.labels, 1.0, cfg, gen)
+        image, labels, synth, _ = augment_subject(subject.image, subject.labels, 1.0, cfg, gen)
         assert image.shape == subject.image.shape and float(image.min()) >= 0 and float(image.max()) <= 1
         assert set(torch.unique(labels).tolist()) <= set(torch.unique(subject.labels).tolist())
         if synth:  # a synthesised image is a per-label contrast: labels explain most of its variance
@@ -282,6 +282,7 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
               "--labels", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--val-images", str(p["0001", "norm"]),
               "--val-labels", str(p["0001", "seg4"]), "--grid-size", "72", "80", "--spacing", "2.5",
               "--orientation", "LA", "--architecture", "vm1", "--dice-weight", "1", "--augment", "--synth", "0.3",
+              "--known-pairs", "0.5",
               "--lr", "1e-3", "--validate-every", "10", "--checkpoint-every", "5", "--threads", "2"]
     assert main(common + ["--steps", "10", "--out", str(tmp_path / "m")]) == 0
     net, card = load_model(tmp_path / "m")
@@ -289,6 +290,7 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     t = card["training"]
     assert t["command"].startswith("deepreg train voxelmorph --images") and t["steps"] == 10
     assert 0 < t["validation_dice"] <= 1 and len(t["images"]) == 2 and t["augment"]["synth_probability"] == 0.3
+    assert t["augment"]["known_pair_probability"] == 0.5 and t["config"]["supervised_weight"] == 0.1
     assert (tmp_path / "m.checkpoints" / "checkpoint.pt").is_file()
     # --resume continues from the checkpoint of step 10 to step 15 and replaces the model folder
     assert main(common + ["--steps", "15", "--out", str(tmp_path / "m"), "--resume"]) == 0

@@ -20,8 +20,8 @@ PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimo
 
 
 def test_every_preset_loads():
-    assert set(PRESETS) <= set(list_presets())
-    for name in PRESETS:
+    assert set(PRESETS + ["voxelmorph-brain", "voxelmorph-brain-io"]) <= set(list_presets())
+    for name in PRESETS + ["voxelmorph-brain", "voxelmorph-brain-io"]:
         config = load_preset(name)
         assert config.name == name and config.description and config.stages
 
@@ -57,6 +57,15 @@ def test_overrides():
     assert load_preset("deformable-fast", ["svf.similarity=ssd", "svf.similarity_options={}"]).stages[-1].similarity == "ssd"
     with pytest.raises(dr.InputError, match="final_lr_fraction"):
         load_preset("rigid", ["final_lr_fraction=0"])
+    # network stages: their own prefix; svf.* leaves them alone
+    vm = load_preset("voxelmorph-brain-io", ["voxelmorph.network=/x/my-model", "svf.regularisation_weight=0.2"])
+    assert [s.model for s in vm.stages] == ["rigid", "affine", "voxelmorph", "svf"]
+    assert vm.stages[2].network == "/x/my-model" and vm.stages[3].regularisation_weight == 0.2
+    assert vm.stages[2].iterations_per_level() == [1]  # one network pass (for progress)
+    with pytest.raises(dr.InputError, match="voxelmorph stage needs 'network'"):
+        load_preset("voxelmorph-brain", ["voxelmorph.network="])
+    with pytest.raises(dr.InputError, match="'network' applies to voxelmorph stages"):
+        load_preset("rigid", ["network=voxelmorph-brain"])
     # new levels take the iterations of the nearest preset level, unless iterations are given too
     fast = load_preset("deformable-fast", ["levels_mm=[8, 3]"])
     assert [s.iterations for s in fast.stages] == [[60, 30], [40, 40], [40, 40]]
