@@ -2,7 +2,7 @@
 # The recipe of the bundled model Resources/Models/voxelmorph-brain (T1 brain MRI, affinely aligned input).
 # Trains on OASIS 0002 and the voxelmorph subject (images + seg35 labels, from ../shared/data); OASIS 0001 is
 # held out (validation only), so every benchmark pair has a subject the model never saw in training.
-# About 50 min on 2 CPU cores; on a GPU pass e.g. STEPS=20000 for the full-length run.
+# About 50 min on 2 CPU cores (1400 steps); on a GPU pass e.g. STEPS=20000 THREADS=8 for a full-length run.
 # Usage: scripts/train_voxelmorph_brain.sh [OUT_DIR]   (default Resources/Models/voxelmorph-brain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ WORK=build/brain_data
   --val-images "$DATA/oasis/OAS1_0001_MR1_aligned_norm.nii.gz" \
   --val-labels "$DATA/oasis/OAS1_0001_MR1_aligned_seg35.nii.gz" \
   --architecture vm1-lite --grid-size 56 64 72 --spacing 3 --orientation LIA \
-  --steps "${STEPS:-1500}" --lr 1e-3 --lncc-window 5 --lncc-weight 1 --dice-weight 1 --reg 1 --augment --synth 0.1 --known-pairs 0.5 --supervised-weight 0.1 \
+  --steps "${STEPS:-1400}" --lr 4e-4 --max-grad-norm 1 --lncc-window 5 --lncc-weight 1 --dice-weight 1 --reg 1 --augment --synth 0.1 --known-pairs 0.5 --supervised-weight 0.1 \
   --seed 0 --validate-every 250 --checkpoint-every 100 --threads "${THREADS:-2}" \
   --name voxelmorph-brain \
   --description "VoxelMorph (VM-1 lite, diffeomorphic) for T1 brain MRI on a 3 mm grid; semi-supervised (LNCC + Dice on seg35) with random deformations and SynthMorph-style synthesis" \

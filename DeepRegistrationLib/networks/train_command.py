@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "supervised term on the known displacement (implies --augment)")
     train.add_argument("--supervised-weight", type=float, default=0.1,
                        help="weight of that term (mean squared displacement error in voxels^2)")
+    train.add_argument("--max-grad-norm", type=float, default=0.0, help="clip the gradient norm (0: off)")
     train.add_argument("--deformation-mm", type=float, default=2.0,
                        help="std of the random velocity at each control point (mm, default 2)")
     train.add_argument("--seed", type=int, default=0)
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                                 known_pair_probability=args.known_pairs)
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, lncc_window=args.lncc_window,
                          lncc_weight=args.lncc_weight, regularisation_weight=args.reg, dice_weight=args.dice_weight,
-                         supervised_weight=args.supervised_weight,
+                         supervised_weight=args.supervised_weight, max_grad_norm=args.max_grad_norm,
                          seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps)
     start = time.perf_counter()

@@ -50,7 +50,8 @@ class TrainConfig:
     displacement (voxel units); ``dice_weight`` > 0 adds ``1 - soft Dice`` of the warped one-hot labels
     (the papers' semi-supervised variant) when every subject has labels. ``supervised_weight`` multiplies
     the mean squared error (voxels^2) between the predicted and the known displacement of augmented
-    known pairs (:attr:`AugmentConfig.known_pair_probability`)."""
+    known pairs (:attr:`AugmentConfig.known_pair_probability`). ``max_grad_norm`` > 0 clips the gradient
+    norm (a rare large gradient otherwise throws the network back to its near-zero output)."""
 
     steps: int = 1000
     learning_rate: float = 1e-4
@@ -59,6 +60,7 @@ class TrainConfig:
     regularisation_weight: float = 1.0
     dice_weight: float = 0.0
     supervised_weight: float = 0.1
+    max_grad_norm: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
     validate_every: int = 100
@@ -179,6 +181,8 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             dice = _soft_dice(Warp(mode="bilinear", padding_mode="zeros")(ml, u), fl)
             loss = loss + config.dice_weight * (1 - dice)
         loss.backward()
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
         opt.step()
         step += 1
         figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),

@@ -48,3 +48,21 @@ def oasis_seg_pair() -> tuple[dr.Image, dr.Image]:
 def oasis_oblique(oasis_t1) -> dr.Image:
     """OASIS T1 resampled to 0.9 x 1.2 x 2.5 mm with an oblique direction matrix."""
     return oasis_t1.resample_to(oblique_grid(oasis_t1.grid))
+
+
+@pytest.fixture(scope="session")
+def voxelmorph_model(tmp_path_factory) -> Path:
+    """A 3D brain model folder (vm1-lite, 56 x 64 x 72 at 3 mm, LIA) with *untrained* weights whose flow head
+    is scaled up so that it deforms visibly: for the plumbing (grid, field conversion, checks, Slicer nodes),
+    never for accuracy."""
+    from DeepRegistrationLib.networks import VoxelMorphNet, save_model
+    from DeepRegistrationLib.networks.model_input import ModelInput
+
+    torch.manual_seed(0)
+    net = VoxelMorphNet(3, "vm1-lite", diffeomorphic=True, integration_steps=7)
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3][-1]
+    torch.nn.init.normal_(head.weight, 0.0, 0.5)
+    card = {"name": "test-brain", "description": "untrained weights for plumbing tests",
+            "input": ModelInput((56, 64, 72), (3.0, 3.0, 3.0), "LIA").to_dict(),
+            "training": {"command": "none", "steps": 0}, "licence": "Apache-2.0"}
+    return save_model(net, tmp_path_factory.mktemp("models") / "test-brain", card)
