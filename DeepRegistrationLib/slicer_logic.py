@@ -431,13 +431,12 @@ class RegistrationLogic:
                                  "choose another output transform")
         overrides = overrides_from_parameters(parameters)
         config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
-        for stage in config.stages:  # and on a missing or corrupt model, or volumes the model cannot take
-            if stage.model == "voxelmorph":
-                import torch
+        if any(stage.model == "voxelmorph" for stage in config.stages):  # and on a bad model or volumes it refuses
+            import torch
 
-                from .networks.inference import check_inputs
+            from .networks.inference import check_network_stages
 
-                check_inputs(stage.network, fixed, moving, torch.device("cpu"))
+            check_network_stages(config, fixed, moving, torch.device("cpu"))
         job = _Job(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
                    output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
                    jacobian_node=jacobianVolumeNode)

@@ -21,7 +21,7 @@ from ..image import Image
 from ..transforms import DisplacementField, StationaryVelocityField, Transform
 from .model_input import ModelInput, check_network_input, to_model_grid
 
-__all__ = ["models_dirs", "find_model", "list_models", "cached_model", "check_inputs", "predict_transform"]
+__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "predict_transform"]
 
 _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
@@ -49,17 +49,6 @@ def find_model(name_or_path: str) -> Path:
                      "voxelmorph', then put its folder there or give its path, e.g. --set voxelmorph.network=DIR)")
 
 
-def list_models() -> dict[str, Path]:
-    """Every model folder found by name (earlier folders win)."""
-    found: dict[str, Path] = {}
-    for folder in models_dirs():
-        if folder.is_dir():
-            for sub in sorted(folder.iterdir()):
-                if (sub / "model.json").is_file():
-                    found.setdefault(sub.name, sub)
-    return found
-
-
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes)."""
     from .model_io import WEIGHTS, load_model
@@ -80,6 +69,16 @@ def check_inputs(name_or_path: str, fixed: Image, moving: Image, device: torch.d
     return check_network_input(fixed, model, "fixed") + check_network_input(moving, model, "moving")
 
 
+def check_network_stages(config, fixed: Image, moving: Image, device: torch.device) -> list[str]:
+    """:func:`check_inputs` for every ``voxelmorph`` stage of a :class:`RegistrationConfig` (the engine and the
+    Slicer bridge call this before anything runs); the warnings of all of them."""
+    notes: list[str] = []
+    for stage in config.stages:
+        if stage.model == "voxelmorph":
+            notes += check_inputs(stage.network, fixed, moving, device)
+    return notes
+
+
 @torch.no_grad()
 def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
                       device: torch.device) -> tuple[Transform, dict]:
@@ -89,13 +88,12 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     :func:`check_inputs`). Returns the transform on the model grid (LPS mm; apply it before ``linear``) and
     figures: ``network`` (the model's name), its grid and times.
     """
-    from ..registration.engine import _center_of_mass
     from .voxelmorph import voxel_field_to_physical
 
     start = time.perf_counter()
     net, card = cached_model(name_or_path, device)
     model = ModelInput.from_dict(card["input"])
-    grid = model.grid_at(_center_of_mass(fixed_n))
+    grid = model.grid_for(fixed_n)
     f = to_model_grid(fixed_n, grid).to(device)
     m = to_model_grid(moving_n, grid, linear).to(device)
     resample_s = time.perf_counter() - start

@@ -104,11 +104,11 @@ class ModelInput:
         origin = np.asarray(center_mm, dtype=float) - direction @ (spacing * (size - 1) / 2)
         return Grid([int(n) for n in size], origin, spacing, direction)
 
-    def grid_for(self, image: Image) -> Grid:
-        """The model grid placed on ``image`` (centred at its intensity centre of mass after normalisation)."""
+    def grid_for(self, image_n: Image) -> Grid:
+        """The model grid placed on ``image_n`` (a :func:`normalised` image): centred at its intensity centre of mass."""
         from ..registration.engine import _center_of_mass
 
-        return self.grid_at(_center_of_mass(normalised(image)))
+        return self.grid_at(_center_of_mass(image_n))
 
 
 def normalised(image: Image) -> Image:

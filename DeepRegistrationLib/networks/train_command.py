@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import shlex
 import sys
 import time
@@ -103,7 +102,9 @@ def _from_csv(path: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    from .model_io import _sha256
+
+    return _sha256(path)[:16]
 
 
 def load_subject(image_path: Path, labels_path: Path | None, model):
@@ -116,7 +117,8 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
     image = read_image(image_path)
     image.check_finite()
     check_network_input(image, model, "training")
-    grid = model.grid_for(image)
+    image_n = normalised(image)
+    grid = model.grid_for(image_n)
     labels = None
     if labels_path is not None:
         lab = read_image(labels_path).as_label_map()
@@ -124,7 +126,7 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
         labels = to_model_grid(lab, grid, interpolation="nearest").round().long()
         if not bool(labels.ne(0).any()):
             raise InputError(f"{labels_path}: no label inside the model grid (not on {image_path.name}'s grid?)")
-    return Subject(to_model_grid(normalised(image), grid), labels, image_path.name)
+    return Subject(to_model_grid(image_n, grid), labels, image_path.name)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ class StageConfig:
     smoothing_sigma_mm: float = 0.5
     final_lr_fraction: float = 0.1
 
+    def pyramid_levels(self) -> list[float]:
+        """The pyramid spacings (mm) this stage optimises on; none for a network stage (it has its own grid)."""
+        return [] if self.model == "voxelmorph" else [float(s) for s in self.levels_mm]
+
     def iterations_per_level(self) -> list[int]:
         if self.model == "voxelmorph":
             return [1]  # one network pass

@@ -176,8 +176,7 @@ def _build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_m
 def _build_pyramid(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
                    config: RegistrationConfig, device: torch.device) -> dict[tuple[float, float], _Level]:
     """Every level the stages use, keyed by (spacing, smoothing factor), built fine to coarse."""
-    keys = sorted({(float(sp), float(st.smoothing_sigma_mm)) for st in config.stages for sp in st.levels_mm
-                   if st.model != "voxelmorph"})
+    keys = sorted({(sp, float(st.smoothing_sigma_mm)) for st in config.stages for sp in st.pyramid_levels()})
     levels: dict[tuple[float, float], _Level] = {}
     for spacing, factor in keys:
         finer = max((lv for (sp, fa), lv in levels.items() if fa == factor and sp < spacing),
@@ -465,11 +464,10 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
         raise InputError(f"initialise must be moments, center, landmarks or none, got {initialise!r}")
     dev = resolve_device(device)
     notes: list[str] = []
-    for stage in config.stages:  # a network's model and inputs are checked before anything runs
-        if stage.model == "voxelmorph":
-            from ..networks.inference import check_inputs
+    if any(stage.model == "voxelmorph" for stage in config.stages):  # models and inputs checked before anything runs
+        from ..networks.inference import check_network_stages
 
-            notes += check_inputs(stage.network, fixed, moving, dev)
+        notes = check_network_stages(config, fixed, moving, dev)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     args = (fixed, moving, config, fixed_mask, moving_mask, fixed_points, moving_points, initial_transform, progress,
@@ -554,8 +552,7 @@ def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mas
                          "same physical space, or give an initial transform or landmarks")
     for si, stage in enumerate(config.stages):
         stage_start = time.perf_counter()
-        levels = [pyramid[(float(sp), float(stage.smoothing_sigma_mm))] for sp in stage.levels_mm
-                  if stage.model != "voxelmorph"]
+        levels = [pyramid[(sp, float(stage.smoothing_sigma_mm))] for sp in stage.pyramid_levels()]
         affine = linear.to_affine() if not isinstance(linear, AffineTransform) else linear
         extra: dict = {}
         if stage.model in LINEAR_MODELS:
