@@ -6,7 +6,7 @@ intensities scaled to OASIS 0001's 99th percentile (demons compares raw intensit
 aseg -> seg35 (seg35 = aseg labels 2, 3, 4, 5, 7, 8, 10-18, 26, 28, 30, 31, 41-44, 46, 47, 49-54, 58, 60, 62,
 63 numbered 1..35; the unambiguous ones agree with the largest overlap before registration).
 
-Run:  .venv/bin/python benchmarks/brain_data.py OUT_DIR   (writes vm_norm.nii.gz and vm_seg35.nii.gz)
+Run:  .venv/bin/python benchmarks/brain_data.py OUT_DIR [DATA_DIR]   (writes vm_norm.nii.gz, vm_seg35.nii.gz)
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def write_voxelmorph_subject(out_dir: Path, data: Path = DEFAULT_DATA) -> tuple[
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__.strip().splitlines()[-1])
-    for path in write_voxelmorph_subject(Path(sys.argv[1])):
+    for path in write_voxelmorph_subject(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) == 3 else DEFAULT_DATA):
         print(path)

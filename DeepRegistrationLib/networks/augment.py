@@ -1,7 +1,9 @@
 """On-the-fly training data: random spatial deformations, intensity augmentation and SynthMorph-style synthesis.
 
 Everything works on tensors of one model grid in voxel units (``(1, *shape)``, tensor axis order) and draws
-its randomness from the caller's ``torch.Generator``, so a training run is reproducible and resumes exactly.
+its randomness from the caller's (CPU) ``torch.Generator``, so a training run is reproducible and resumes exactly.
+The random numbers are drawn on the CPU and the full-size work runs on the images' device (CUDA when training
+there).
 
 * **Spatial**: a small random affine (rotation, per-axis scaling, translation) plus a smooth random
   diffeomorphism (a Gaussian velocity drawn on a coarse control grid, upsampled and integrated by scaling
@@ -59,30 +61,30 @@ def _uniform(gen: torch.Generator, n: int, half_range: float) -> torch.Tensor:
 
 
 def _smooth_noise(gen: torch.Generator, shape: tuple[int, ...], control: tuple[int, ...], channels: int,
-                  std: float) -> torch.Tensor:
+                  std: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """Gaussian noise of ``std`` on a ``control`` grid, upsampled (linear) to ``shape``: ``(1, channels, *shape)``."""
-    coarse = torch.randn(1, channels, *control, generator=gen) * std
+    coarse = (torch.randn(1, channels, *control, generator=gen) * std).to(device)
     mode = "trilinear" if len(shape) == 3 else "bilinear"
     return F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
 
 
 def random_displacement(shape: tuple[int, ...], spacing_mm: float, config: AugmentConfig,
-                        gen: torch.Generator) -> torch.Tensor:
+                        gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
     """A random smooth displacement ``(1, dim, *shape)`` in voxels (pull-back, MONAI ``Warp`` convention):
     affine part about the grid centre plus the exponential of a random stationary velocity."""
     from monai.networks.blocks import DVF2DDF
 
     dim = len(shape)
-    axes = [torch.arange(n, dtype=torch.float64) - (n - 1) / 2 for n in shape]
+    axes = [torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2 for n in shape]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (dim, *shape), tensor axis order, voxels
     angles = torch.deg2rad(_uniform(gen, 3 if dim == 3 else 1, config.rotation_deg))
     rotation = _rotation(angles, dim)
     scale = torch.diag(1 + _uniform(gen, dim, config.scaling))
     translation = _uniform(gen, dim, config.translation_mm / spacing_mm)
-    a = rotation @ scale - torch.eye(dim, dtype=torch.float64)
-    affine = torch.einsum("ij,j...->i...", a, coords) + translation.reshape(dim, *([1] * dim))
+    a = (rotation @ scale - torch.eye(dim, dtype=torch.float64)).to(device)
+    affine = torch.einsum("ij,j...->i...", a, coords) + translation.to(device).reshape(dim, *([1] * dim))
     control = tuple(max(2, math.ceil(n * spacing_mm / config.control_spacing_mm) + 1) for n in shape)
-    velocity = _smooth_noise(gen, shape, control, dim, config.deformation_mm / spacing_mm)
+    velocity = _smooth_noise(gen, shape, control, dim, config.deformation_mm / spacing_mm, device)
     smooth = DVF2DDF(num_steps=5)(velocity)  # MONAI pads with zeros: the outermost voxels (background) may tear
     return affine.float().unsqueeze(0) + smooth
 
@@ -110,9 +112,9 @@ def _blur(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
 def synthesise(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random-contrast image ``(1, *shape)`` in [0, 1] drawn from an integer label map ``(1, *shape)``."""
     values, index = torch.unique(labels, return_inverse=True)
-    means = torch.rand(values.numel(), generator=gen)
-    stds = torch.rand(values.numel(), generator=gen) * 0.05
-    noise = torch.randn(labels.shape, generator=gen)
+    means = torch.rand(values.numel(), generator=gen).to(labels.device)
+    stds = (torch.rand(values.numel(), generator=gen) * 0.05).to(labels.device)
+    noise = torch.randn(labels.shape, generator=gen).to(labels.device)
     image = means[index] + stds[index] * noise
     return _blur(image[None].float(), float(torch.rand(1, generator=gen)) * 1.0)[0]
 
@@ -120,11 +122,11 @@ def synthesise(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Bias field, gamma and noise on an image ``(1, *shape)`` in [0, 1]; the result is rescaled to [0, 1]."""
     shape = tuple(image.shape[1:])
-    bias = torch.exp(_smooth_noise(gen, shape, (4,) * len(shape), 1, config.bias)[0])
+    bias = torch.exp(_smooth_noise(gen, shape, (4,) * len(shape), 1, config.bias, image.device)[0])
     out = (image.clamp(min=0) * bias).clamp(min=0)
     out = out / out.max().clamp(min=1e-6)
     out = out ** float(torch.exp(torch.randn(1, generator=gen) * config.gamma))
-    out = out + torch.randn(out.shape, generator=gen) * float(torch.rand(1, generator=gen)) * config.noise
+    out = out + torch.randn(out.shape, generator=gen).to(out.device) * float(torch.rand(1, generator=gen)) * config.noise
     out = out.clamp(min=0)
     return out / out.max().clamp(min=1e-6)
 
@@ -141,7 +143,8 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
     from monai.networks.blocks import Warp
 
     shape = tuple(image.shape[1:])
-    ddf = random_displacement(shape, spacing_mm, config, gen) if deform else image.new_zeros(1, len(shape), *shape)
+    ddf = random_displacement(shape, spacing_mm, config, gen, image.device) if deform \
+        else image.new_zeros(1, len(shape), *shape)
     synth = labels is not None and float(torch.rand(1, generator=gen)) < config.synth_probability
     warped_labels = None
     if labels is not None:

@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--checkpoint-every", type=int, default=100)
     train.add_argument("--validate-every", type=int, default=250)
     train.add_argument("--resume", action="store_true", help="continue from <out>.checkpoints/")
+    train.add_argument("--max-minutes", type=float, default=0.0,
+                       help="stop after this many minutes with a checkpoint (no model written; continue with "
+                            "--resume), e.g. to fit a time-limited GPU lease (0: no limit)")
     train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
 
@@ -197,10 +200,17 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps)
     start = time.perf_counter()
-    figures = train_voxelmorph(net, subjects, config, Path(str(out) + ".checkpoints"), atlas=atlas,
+    deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else None
+    checkpoints = Path(str(out) + ".checkpoints")
+    figures = train_voxelmorph(net, subjects, config, checkpoints, atlas=atlas,
                                validation=validation or None, resume=args.resume, device=device, progress=bar,
-                               augment=augment, spacing_mm=float(model.spacing[0]))
+                               augment=augment, spacing_mm=float(model.spacing[0]),
+                               stop=(lambda: time.perf_counter() > deadline) if deadline else None)
     bar.finish()
+    if figures.get("stopped"):
+        print(f"stopped at step {figures['step']} of {args.steps} after {args.max_minutes:g} min; checkpoint in "
+              f"{checkpoints}; no model written: run the same command with --resume to continue")
+        return 0
     card = {
         "name": args.name or out.name,
         "description": args.description,

@@ -93,13 +93,15 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
                      atlas: Subject | None = None, validation: list[tuple[Subject, Subject]] | None = None,
                      resume: bool = False, device: str | torch.device = "cpu",
                      progress: Callable[[dict], None] | None = None, augment: AugmentConfig | None = None,
-                     spacing_mm: float = 1.0) -> dict:
+                     spacing_mm: float = 1.0, stop: Callable[[], bool] | None = None) -> dict:
     """Train ``net`` in place; checkpoints go to ``out_dir/checkpoint.pt``. Returns the last figures.
 
     ``validation``: (moving, fixed) pairs with labels; their mean Dice is measured every ``validate_every``
     steps and at the end. ``resume``: continue from the checkpoint in ``out_dir`` (its step and random state).
     ``augment``: random deformations / intensities / synthesis of every training image (``spacing_mm``: the
-    model grid's spacing, which gives the augmentation's physical scale).
+    model grid's spacing, which gives the augmentation's physical scale). ``stop``: asked after every step;
+    when it answers True the run checkpoints and returns early, with ``figures["stopped"] = True`` (a time
+    limit; ``resume`` continues it).
     """
     from ..metrics.similarity import LNCCLoss
 
@@ -142,6 +144,11 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     if config.dice_weight > 0:
         label_values = torch.unique(torch.cat([s.labels.reshape(-1) for s in subjects]))
         label_values = label_values[label_values != 0]
+    def on_device(s: Subject) -> Subject:
+        return Subject(s.image.to(device), None if s.labels is None else s.labels.to(device), s.name)
+
+    subjects = [on_device(s) for s in subjects]  # augmentation runs where the network does
+    atlas = on_device(atlas) if atlas is not None else None
     figures: dict = {}
     while step < config.steps:
         if atlas is not None:
@@ -197,12 +204,16 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         history.append(figures)
         if progress is not None:
             progress(figures)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        stopping = stop is not None and step < config.steps and stop()
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             with atomic_output(out / CHECKPOINT) as tmp:
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                             "step": step, "history": json.dumps(history), "architecture": net.config,
                             "config": json.dumps(config.to_dict()),
                             "augment": json.dumps(augment.to_dict() if augment else None)}, tmp)
+        if stopping:
+            figures["stopped"] = True
+            break
     net.eval()
     return figures
 

@@ -134,7 +134,8 @@ def _slice_subjects():
 
 
 def test_training_is_reproducible_and_resumes_exactly(tmp_path):
-    """Same seed -> same weights; 4 steps + resume for 4 more == 8 steps in one go (checkpoint holds everything)."""
+    """Same seed -> same weights; 3 steps (stopped early) + resume to 8 == 8 steps in one go (the checkpoint
+    holds everything)."""
     from DeepRegistrationLib.networks.training import TrainConfig, train_voxelmorph
 
     subjects = _slice_subjects()
@@ -159,8 +160,12 @@ def test_training_is_reproducible_and_resumes_exactly(tmp_path):
     warped = dr.warp_image(mseg, voxel_field_to_physical(u[0].double(), fseg.grid), fseg.grid, "nearest")
     library = np.mean([v["dice"] for v in overlap(fseg, warped).values()])
     assert abs(library - figures["validation_dice"]) < 2e-3, (library, figures["validation_dice"])
-    half = fresh()
-    train_voxelmorph(half, subjects, TrainConfig(steps=4, **cfg), tmp_path / "b")
+    half = fresh()  # asked to stop after step 3 (a time limit): checkpoints there and says so
+    asked = iter(range(100))
+    stopped = train_voxelmorph(half, subjects, TrainConfig(steps=8, **cfg), tmp_path / "b",
+                               stop=lambda: next(asked) >= 2)
+    assert stopped["stopped"] and stopped["step"] == 3
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
     resumed = fresh()
     train_voxelmorph(resumed, subjects, TrainConfig(steps=8, **cfg), tmp_path / "b", resume=True)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
@@ -259,6 +264,28 @@ def test_augmentation_is_seeded_smooth_and_label_consistent():
             assert float(residual.var()) < 0.5 * float(flat.var())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augmentation_and_training_on_cuda_match_the_cpu(tmp_path):
+    """On a GPU the augmentation runs on the device from the same CPU random stream: same images as on the
+    CPU (to float precision); a short training run there works end to end."""
+    from DeepRegistrationLib.networks.augment import AugmentConfig, augment_subject
+    from DeepRegistrationLib.networks.training import TrainConfig, train_voxelmorph
+
+    subjects = _slice_subjects()
+    cfg = AugmentConfig(deformation_mm=3.0, synth_probability=0.5)
+    cpu = augment_subject(subjects[0].image, subjects[0].labels, 1.0, cfg, torch.Generator().manual_seed(5))
+    gpu = augment_subject(subjects[0].image.cuda(), subjects[0].labels.cuda(), 1.0, cfg,
+                          torch.Generator().manual_seed(5))
+    assert gpu[0].is_cuda and float((gpu[0].cpu() - cpu[0]).abs().max()) < 1e-3 and gpu[2] == cpu[2]
+    assert float((gpu[1].cpu() != cpu[1]).float().mean()) < 1e-3
+    torch.manual_seed(0)
+    net = VoxelMorphNet(2, "vm1-lite")
+    figures = train_voxelmorph(net, subjects, TrainConfig(steps=3, dice_weight=1.0), tmp_path, device="cuda",
+                               augment=AugmentConfig(synth_probability=0.5, known_pair_probability=0.5),
+                               validation=[(subjects[1], subjects[0])])
+    assert figures["step"] == 3 and 0 < figures["validation_dice"] <= 1
+
+
 def _write_2d_subjects(folder):
     """The OASIS 2D slices as 2D NIfTI files (the shared files are single-slice 3D volumes)."""
     base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
@@ -284,7 +311,11 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
               "--orientation", "LA", "--architecture", "vm1", "--dice-weight", "1", "--augment", "--synth", "0.3",
               "--known-pairs", "0.5",
               "--lr", "1e-3", "--validate-every", "10", "--checkpoint-every", "5", "--threads", "2"]
-    assert main(common + ["--steps", "10", "--out", str(tmp_path / "m")]) == 0
+    # a time limit stops with a checkpoint and writes no model; --resume then finishes the run
+    assert main(common + ["--steps", "10", "--out", str(tmp_path / "m"), "--max-minutes", "1e-6"]) == 0
+    assert not (tmp_path / "m").exists()
+    assert torch.load(tmp_path / "m.checkpoints" / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert main(common + ["--steps", "10", "--out", str(tmp_path / "m"), "--resume"]) == 0
     net, card = load_model(tmp_path / "m")
     assert card["input"]["size"] == [72, 80] and card["input"]["orientation"] == "LA"
     t = card["training"]
