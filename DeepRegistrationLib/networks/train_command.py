@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--out", required=True, help="model folder to write (weights.pt + model.json)")
     model.add_argument("--init", help="fine-tune this model folder (keeps its architecture and grid)")
-    model.add_argument("--architecture", default="vm1-lite", help="vm1, vm2 or vm1-lite (default)")
+    model.add_argument("--architecture", default="vm1-lite", help="vm1, vm2, vm1-lite (default) or vm1-lite-in (instance-normalised: trains faster)")
     model.add_argument("--no-diffeomorphic", action="store_true", help="predict the displacement directly")
     model.add_argument("--integration-steps", type=int, default=7)
     model.add_argument("--grid-size", type=int, nargs="+", default=[56, 64, 72],
@@ -64,6 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--supervised-weight", type=float, default=0.1,
                        help="weight of that term (mean squared displacement error in voxels^2)")
     train.add_argument("--max-grad-norm", type=float, default=0.0, help="clip the gradient norm (0: off)")
+    train.add_argument("--no-self-pairs", action="store_true",
+                       help="with augmentation, pair distinct subjects only (default: a subject may be paired with a "
+                            "fresh deformation of itself)")
+    train.add_argument("--rotation-deg", type=float, default=4.0,
+                       help="random rotation of each augmented image, uniform +- this (degrees, default 4)")
+    train.add_argument("--scaling", type=float, default=0.04,
+                       help="random per-axis scaling, uniform 1 +- this (default 0.04)")
+    train.add_argument("--translation-mm", type=float, default=4.0,
+                       help="random translation, uniform +- this per axis (mm, default 4)")
     train.add_argument("--deformation-mm", type=float, default=2.0,
                        help="std of the random velocity at each control point (mm, default 2)")
     train.add_argument("--seed", type=int, default=0)
@@ -192,11 +201,13 @@ def run(args: argparse.Namespace) -> int:
 
     augment = None
     if args.augment or args.synth > 0 or args.known_pairs > 0:
-        augment = AugmentConfig(deformation_mm=args.deformation_mm, synth_probability=args.synth,
+        augment = AugmentConfig(deformation_mm=args.deformation_mm, rotation_deg=args.rotation_deg,
+                                scaling=args.scaling, translation_mm=args.translation_mm, synth_probability=args.synth,
                                 known_pair_probability=args.known_pairs)
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, lncc_window=args.lncc_window,
                          lncc_weight=args.lncc_weight, regularisation_weight=args.reg, dice_weight=args.dice_weight,
                          supervised_weight=args.supervised_weight, max_grad_norm=args.max_grad_norm,
+                         self_pairs=not args.no_self_pairs,
                          seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps)
     start = time.perf_counter()

@@ -51,7 +51,8 @@ class TrainConfig:
     (the papers' semi-supervised variant) when every subject has labels. ``supervised_weight`` multiplies
     the mean squared error (voxels^2) between the predicted and the known displacement of augmented
     known pairs (:attr:`AugmentConfig.known_pair_probability`). ``max_grad_norm`` > 0 clips the gradient
-    norm (a rare large gradient otherwise throws the network back to its near-zero output)."""
+    norm (a rare large gradient otherwise throws the network back to its near-zero output). ``self_pairs``: with
+    augmentation, a subject may be paired with (a fresh deformation of) itself; False pairs distinct subjects only."""
 
     steps: int = 1000
     learning_rate: float = 1e-4
@@ -61,6 +62,7 @@ class TrainConfig:
     dice_weight: float = 0.0
     supervised_weight: float = 0.1
     max_grad_norm: float = 0.0
+    self_pairs: bool = True
     seed: int = 0
     checkpoint_every: int = 100
     validate_every: int = 100
@@ -153,7 +155,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     while step < config.steps:
         if atlas is not None:
             moving, fixed = atlas, subjects[int(torch.randint(len(subjects), (1,), generator=gen))]
-        elif augment is not None:  # fresh deformations: a subject may be paired with itself
+        elif augment is not None and config.self_pairs:  # fresh deformations: a subject may be paired with itself
             i, j = torch.randint(len(subjects), (2,), generator=gen).tolist()
             moving, fixed = subjects[i], subjects[j]
         else:
@@ -193,7 +195,8 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         opt.step()
         step += 1
         figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),
-                   "regularisation": float(reg.detach()), "synthetic": synthetic}
+                   "regularisation": float(reg.detach()), "synthetic": synthetic,
+                   "pair": [moving.name, fixed.name]}
         if supervised is not None:
             figures["supervised_mse"] = float(supervised.detach())
         if dice is not None:

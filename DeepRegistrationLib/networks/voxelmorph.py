@@ -14,6 +14,10 @@ Differences from the papers (MONAI ``VoxelMorphUNet`` / ``VoxelMorph`` are used 
 * the diffeomorphic variant integrates the velocity by ``integration_steps`` squarings (MONAI ``DVF2DDF``,
   7 by default as in the paper), optionally at half resolution (``half_res``);
 * LeakyReLU slope 0.2 and the flow head's small-normal initialisation follow the papers.
+* ``vm1-lite-in`` (not in the papers) adds instance normalisation after every convolution except the flow
+  head. Without it, a step moves the output by ~0.01 voxel (unnormalised activations are small), and on 2 CPU
+  cores 1200 steps of augmented pairs left the training Dice where it started; with it, the same two training
+  pairs gain 0.06 Dice in 80 steps (README, "Learned registration").
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ ARCHITECTURES: dict[str, dict] = {
     # VM-1 with MONAI's extra full-resolution layer narrowed to 16 channels: the full-resolution part is then
     # 16 + 8-8 as in the paper's VM-1 head, and a step costs 40 % of "vm1" (the bundled CPU-trained model)
     "vm1-lite": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 16, "final_conv_channels": (8, 8)},
+    # vm1-lite with instance normalisation (flow head excepted): trains far faster from scratch (the bundled model)
+    "vm1-lite-in": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 16, "final_conv_channels": (8, 8),
+                    "norm": "instance"},
 }
 
 
@@ -59,6 +66,9 @@ class VoxelMorphNet(nn.Module):
         backbone = VoxelMorphUNet(spatial_dims=dim, in_channels=2, **ARCHITECTURES[architecture])
         self.net = VoxelMorph(backbone=backbone, integration_steps=self.config["integration_steps"],
                               half_res=half_res, spatial_dims=dim)
+        head = backbone.net[1].final_conv_out
+        if hasattr(head, "adn"):  # MONAI normalises the flow head too: that would fix the field's spread per channel
+            head.adn = nn.Identity()
         flow = [m for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.out_channels == dim][-1]
         nn.init.normal_(flow.weight, 0.0, 1e-5)  # the papers' flow head: starts near the identity
         if flow.bias is not None:
