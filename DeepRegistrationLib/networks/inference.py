@@ -45,8 +45,8 @@ def find_model(name_or_path: str) -> Path:
         if (folder / name_or_path).is_dir():
             return folder / name_or_path
     raise InputError(f"model {name_or_path!r} not found in {[str(f) for f in models_dirs()]} "
-                     "(no trained model is bundled yet: train one with scripts/train_voxelmorph_brain.sh or 'deepreg train "
-                     "voxelmorph', then put its folder there or give its path, e.g. --set voxelmorph.network=DIR)")
+                     "(the bundled model is Resources/Models/voxelmorph-brain; train another with 'deepreg train voxelmorph', "
+                     "then put its folder there or give its path, e.g. --set voxelmorph.network=DIR)")
 
 
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:

@@ -195,10 +195,12 @@ class _LinearModel(torch.nn.Module):
     def __init__(self, model: str, dim: int, center: torch.Tensor, start: LinearTransform) -> None:
         super().__init__()
         self.model, self.dim = model, dim
-        self.register_buffer("center", center.double())
-        a0 = start.matrix().detach().double()
+        # built on the CPU (the start transform may live there while the images are on a GPU); the caller moves
+        # the module to the images' device
+        self.register_buffer("center", center.detach().double().cpu())
+        a0 = start.matrix().detach().double().cpu()
         # translation such that start(x) = A0 (x - c) + c + t0
-        t0 = start.offset().detach().double() + a0 @ self.center - self.center
+        t0 = start.offset().detach().double().cpu() + a0 @ self.center - self.center
         self.translation = torch.nn.Parameter(t0.clone())
         if model in ("rigid", "similarity"):
             # start from the rotation nearest to the start matrix (polar decomposition), so that an affine
@@ -326,13 +328,19 @@ def _run_linear(stage: StageConfig, levels: list[_Level], start: LinearTransform
 
 
 def _detached(t: LinearTransform) -> LinearTransform:
+    """``t`` detached from the autograd graph and on the CPU (results leave the optimisation device; later
+    stages move what they need back)."""
+    def c(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().cpu()
+
     if isinstance(t, SimilarityTransform):
-        return SimilarityTransform(t.scale.detach(), t.angles.detach(), t.translation.detach(), t.center.detach(), t.dim)
+        return SimilarityTransform(c(t.scale), c(t.angles), c(t.translation), c(t.center), t.dim)
     if isinstance(t, RigidTransform):
-        return RigidTransform(t.angles.detach(), t.translation.detach(), t.center.detach(), t.dim)
+        return RigidTransform(c(t.angles), c(t.translation), c(t.center), t.dim)
     if isinstance(t, TranslationTransform):
-        return TranslationTransform(t.translation.detach())
-    return t.to_affine()
+        return TranslationTransform(c(t.translation))
+    a = t.to_affine()
+    return AffineTransform(c(a.linear), c(a.translation), c(a.center))
 
 
 def _run_svf(stage: StageConfig, levels: list[_Level], linear: LinearTransform, dim: int,
