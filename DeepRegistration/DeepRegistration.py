@@ -337,6 +337,10 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProgress(self, event: dict) -> None:
         self.ui.progressBar.setValue(int(100 * event.get("fraction", 0.0)))
+        if event.get("loss") is None:  # a network stage: one forward pass, no loss
+            self.ui.statusLabel.text = _("Stage {stage} ({model}): network forward pass").format(
+                stage=event["stage"] + 1, model=event["model"])
+            return
         self.ui.statusLabel.text = _("Stage {stage} ({model}), level {level}, iteration {iteration}: loss {loss:.4f}").format(
             stage=event["stage"] + 1, model=event["model"], level=event["level"] + 1, iteration=event["iteration"] + 1,
             loss=event["loss"])

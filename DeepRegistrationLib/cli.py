@@ -218,7 +218,8 @@ class _Progress:
         self.last = now
         bar = "#" * int(30 * fraction)
         print(f"\r[{bar:<30}] {fraction * 100:5.1f}%  stage {event['stage'] + 1}/{self.stages} {event['model']:<11}"
-              f" level {event['level'] + 1}  loss {event['loss']:+.4f}", end="", file=sys.stderr, flush=True)
+              f" level {event['level'] + 1}  " + (f"loss {event['loss']:+.4f}" if event["loss"] is not None
+                                                  else "network forward pass"), end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.mode == "text":

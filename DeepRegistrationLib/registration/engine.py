@@ -577,7 +577,7 @@ def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mas
             svf, extra = predict_transform(stage.network, fixed_n, moving_n, affine, dev)
             loss = float("nan")
             if progress is not None:
-                progress({"stage": si, "model": "voxelmorph", "level": 0, "iteration": 0, "loss": loss})
+                progress({"stage": si, "model": "voxelmorph", "level": 0, "iteration": 0, "loss": None})  # no loss
         else:
             svf, loss = _run_svf(stage, levels, affine, dim, progress, cancel, si, start=svf)
         figures["stages"].append({"model": stage.model, "similarity": stage.similarity, "final_loss": loss,

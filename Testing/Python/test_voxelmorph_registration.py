@@ -61,8 +61,11 @@ def test_voxelmorph_presets_run_and_instance_optimisation_starts_from_the_networ
     fixed, moving = oasis_pair
     fixed_seg, moving_seg = (s.as_label_map() for s in oasis_seg_pair)
     use = [f"voxelmorph.network={voxelmorph_model}"]
-    net = register(fixed, moving, load_preset("voxelmorph-brain", use), device="cpu")
+    events: list[dict] = []
+    net = register(fixed, moving, load_preset("voxelmorph-brain", use), device="cpu", progress=events.append)
     assert [s["model"] for s in net.figures["stages"]] == ["rigid", "affine", "voxelmorph"]
+    # the network stage reports one event without a loss (None, valid JSON for the panel's progress stream)
+    assert [e["loss"] for e in events if e["model"] == "voxelmorph"] == [None]
     stage = net.figures["stages"][-1]
     assert stage["network"] == "test-brain" and stage["network_s"] > 0 and stage["resample_s"] > 0
     io = register(fixed, moving, load_preset("voxelmorph-brain-io", use), device="cpu")
