@@ -36,7 +36,7 @@ ARCHITECTURES: dict[str, dict] = {
     "vm1": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 32, "final_conv_channels": (8, 8)},
     "vm2": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 32, "final_conv_channels": (16, 16)},
     # VM-1 with MONAI's extra full-resolution layer narrowed to 16 channels: the full-resolution part is then
-    # 16 + 8-8 as in the paper's VM-1 head, and a step costs 40 % of "vm1" (the bundled CPU-trained model)
+    # 16 + 8-8 as in the paper's VM-1 head, and a step costs 40 % of "vm1"
     "vm1-lite": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 16, "final_conv_channels": (8, 8)},
     # vm1-lite with instance normalisation (flow head excepted): trains far faster from scratch (the bundled model)
     "vm1-lite-in": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 16, "final_conv_channels": (8, 8),

@@ -33,6 +33,15 @@ def data_file(relative: str) -> Path:
 OASIS = "brain3d/oasis/OAS1_{}_MR1_aligned_{}.nii.gz"
 
 
+def mean_label_dice(fixed_seg: dr.Image, moving_seg: dr.Image, transform) -> float:
+    """Mean Dice over the labels of ``fixed_seg`` and ``moving_seg`` warped (nearest neighbour) by the fixed ->
+    moving ``transform`` onto the fixed grid."""
+    from DeepRegistrationLib.metrics import overlap
+
+    warped = dr.warp_image(moving_seg, transform, fixed_seg.grid, "nearest")
+    return float(np.mean([v["dice"] for v in overlap(fixed_seg, warped).values()]))
+
+
 @pytest.fixture(scope="session")
 def oasis_t1() -> dr.Image:
     return dr.read_image(data_file(OASIS.format("0001", "norm")))

@@ -10,16 +10,11 @@ import pytest
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import OASIS, data_file
-from DeepRegistrationLib.metrics import overlap
+from conftest import OASIS, data_file, mean_label_dice
 from DeepRegistrationLib.registration import RegistrationConfig, load_preset, register
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-
-def _mean_dice(fixed_seg: dr.Image, moving_seg: dr.Image, transform) -> float:
-    warped = dr.warp_image(moving_seg, transform, fixed_seg.grid, "nearest")
-    return float(np.mean([v["dice"] for v in overlap(fixed_seg, warped).values()]))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +50,10 @@ def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labe
     for device in ("cpu", "cuda"):
         result = register(fixed, moving, load_preset(preset), device=device)
         assert result.figures["device"].startswith(device)
-        dice[device] = _mean_dice(fixed_seg, moving_seg, result.transform)
+        dice[device] = mean_label_dice(fixed_seg, moving_seg, result.transform)
         if result.transform.is_linear:
             continue
         _, _, stats = result.jacobian()
         assert stats["folding_percent"] < 0.1
     dr.write_transform(result.transform, tmp_path / "gpu.h5")
-    print(preset, dice); assert dice["cuda"] == pytest.approx(dice["cpu"], abs=0.01), dice
+    assert dice["cuda"] == pytest.approx(dice["cpu"], abs=0.01), dice

@@ -112,6 +112,7 @@ def test_instance_normalised_variant_learns_faster_on_real_slices():
         gains[architecture] = mean_dice(net) - before
     assert gains["vm1-lite-in"] > 0.05 and gains["vm1-lite-in"] > gains["vm1-lite"] + 0.05, gains
 
+
 def test_model_folder_roundtrip_and_refusals(tmp_path):
     from DeepRegistrationLib.networks.model_io import CARD, WEIGHTS, load_model, save_model
 
@@ -186,6 +187,7 @@ def test_augmented_training_pairs_distinct_subjects_when_asked(tmp_path):
         pairs[self_pairs] = [tuple(e["pair"]) for e in events]
     assert any(m == f for m, f in pairs[True]), pairs[True]
     assert all(m != f for m, f in pairs[False]) and len(set(pairs[False])) == 2, pairs[False]
+
 
 def test_training_is_reproducible_and_resumes_exactly(tmp_path):
     """Same seed -> same weights; 3 steps (stopped early) + resume to 8 == 8 steps in one go (the checkpoint

@@ -10,20 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import OASIS, data_file
-from DeepRegistrationLib.metrics import overlap
+from conftest import OASIS, data_file, mean_label_dice
 from DeepRegistrationLib.registration import RegistrationCancelled, load_preset, register
 
 
-
-def _mean_dice(fixed_seg, moving_seg, transform) -> float:
-    warped = dr.warp_image(moving_seg, transform, fixed_seg.grid, "nearest")
-    return float(np.mean([v["dice"] for v in overlap(fixed_seg, warped).values()]))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +64,8 @@ def test_voxelmorph_presets_run_and_instance_optimisation_starts_from_the_networ
     assert stage["network"] == "test-brain" and stage["network_s"] > 0 and stage["resample_s"] > 0
     io = register(fixed, moving, load_preset("voxelmorph-brain-io", use), device="cpu")
     assert [s["model"] for s in io.figures["stages"]] == ["rigid", "affine", "voxelmorph", "svf"]
-    dice_net, dice_io = _mean_dice(fixed_seg, moving_seg, net.transform), _mean_dice(fixed_seg, moving_seg, io.transform)
+    dice_net = mean_label_dice(fixed_seg, moving_seg, net.transform)
+    dice_io = mean_label_dice(fixed_seg, moving_seg, io.transform)
     assert dice_io > 0.75 and dice_io > dice_net + 0.1, (dice_net, dice_io)
     _, _, stats = io.jacobian()
     assert stats["folding_percent"] < 0.1
@@ -155,7 +150,8 @@ def test_bundled_brain_model_registers_an_unseen_subject(oasis_pair, oasis_seg_p
     net = register(fixed, moving, preset, device="cpu")
     preset.stages = preset.stages[:-1]  # the same rigid + affine without the network
     affine = register(fixed, moving, preset, device="cpu")
-    before, after = _mean_dice(fixed_seg, moving_seg, affine.transform), _mean_dice(fixed_seg, moving_seg, net.transform)
+    before = mean_label_dice(fixed_seg, moving_seg, affine.transform)
+    after = mean_label_dice(fixed_seg, moving_seg, net.transform)
     assert after > before + BUNDLED_MODEL_GAIN, (before, after)
     _, _, stats = net.jacobian()
     assert stats["folding_percent"] < 0.1
