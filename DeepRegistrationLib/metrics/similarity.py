@@ -106,23 +106,40 @@ class LNCCLoss(nn.Module):
     kernel): ``cc = cov^2 / (var_f var_m + 1e-5)`` per voxel with cov and var as window *sums*,
     averaged (over ``mask`` when given).
     Windows at the image border use only the voxels inside the image.
+
+    Optimisers call it many times with the same ``fixed`` tensor: its local mean and variance are kept
+    for the last ``fixed`` object seen (while unchanged and not requiring a gradient), so a call
+    costs 3 box filters instead of 5.
     """
 
     def __init__(self, window: int | Sequence[int] = 9, eps: float = 1e-5) -> None:
         super().__init__()
         self.window = window
         self.eps = eps
+        self._fixed_stats: tuple | None = None  # (fixed tensor, its version, size, mean, variance)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = _check(fixed, moving, mask)
-        dim = fixed.dim() - 2
+    def _window(self, dim: int) -> list[int]:
         size = [self.window] * dim if isinstance(self.window, int) else list(self.window)
         if len(size) != dim or any(s < 1 or s % 2 == 0 for s in size):
             raise InputError(f"LNCC window must be odd and positive per axis, got {self.window}")
-        mf, mm = box_filter(fixed, size), box_filter(moving, size)
-        cov = box_filter(fixed * moving, size) - mf * mm
-        var_f = (box_filter(fixed * fixed, size) - mf * mf).clamp(min=0)
+        return size
+
+    def _fixed_mean_var(self, fixed: torch.Tensor, size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._fixed_stats
+        if cached is not None and cached[0] is fixed and cached[1] == fixed._version and cached[2] == size:
+            return cached[3], cached[4]
+        mean = box_filter(fixed, size)
+        var = (box_filter(fixed * fixed, size) - mean * mean).clamp(min=0)
+        self._fixed_stats = None if fixed.requires_grad else (fixed, fixed._version, size, mean, var)
+        return mean, var
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _check(fixed, moving, mask)
+        size = self._window(fixed.dim() - 2)
+        mf, var_f = self._fixed_mean_var(fixed, size)
+        mm = box_filter(moving, size)
         var_m = (box_filter(moving * moving, size) - mm * mm).clamp(min=0)
+        cov = box_filter(fixed * moving, size) - mf * mm
         # VoxelMorph/MONAI add eps to products of window *sums* (V x the means): eps / V^2 on means.
         volume = float(torch.tensor(size, dtype=torch.float64).prod())
         cc = cov * cov / (var_f * var_m + self.eps / volume**2)

@@ -6,6 +6,10 @@ network predicts, and its voxel field becomes a physical transform on that grid:
 :class:`StationaryVelocityField` for a diffeomorphic model (so an instance optimisation can start from the
 network's velocity), else a :class:`DisplacementField`. Composed after the linear transform it is the usual
 fixed -> moving resampling transform of the original images, at any resolution.
+
+With ``mirror_average`` the pair is also given to the network mirrored left-right (both images, about the
+model grid's centre plane across the patient's left-right axis) and the prediction is mirrored back
+(:func:`mirror_field`) and averaged with the direct one, in one batch of two.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from ..geometry import Grid
 from ..image import Image
 from ..transforms import DisplacementField, StationaryVelocityField, Transform
 from .model_input import ModelInput, check_network_input, to_model_grid
 
-__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "predict_transform"]
+__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "left_right_axis",
+           "mirror_field", "predict_transform"]
 
 _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
@@ -79,13 +86,34 @@ def check_network_stages(config, fixed: Image, moving: Image, device: torch.devi
     return notes
 
 
+def left_right_axis(grid: Grid) -> int:
+    """The tensor axis (array order ``(k, j, i)``, 0-based among the spatial axes) of ``grid`` that runs along
+    the patient's left-right axis (LPS x); an error when no grid axis is within 10 degrees of it."""
+    direction = grid.direction_matrix()
+    index_axis = int(np.argmax(np.abs(direction[0])))
+    if abs(direction[0, index_axis]) < np.cos(np.radians(10.0)):
+        raise InputError(f"the model grid has no axis along left-right (direction {direction.tolist()}): "
+                         "cannot mirror the pair (set mirror_average to false)")
+    return grid.dim - 1 - index_axis
+
+
+def mirror_field(field: torch.Tensor, axis: int) -> torch.Tensor:
+    """A voxel field ``(N, dim, *shape)`` (channel ``c`` along tensor axis ``c``) predicted for a pair mirrored
+    along tensor ``axis``, mirrored back: ``u(x) = M u'(M x)`` (reversed along the axis, component negated).
+    Exact for a displacement and for a stationary velocity (whose exponential commutes with the mirroring)."""
+    out = field.flip(2 + axis).clone()
+    out[:, axis] = -out[:, axis]
+    return out
+
+
 @torch.no_grad()
 def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
-                      device: torch.device) -> tuple[Transform, dict]:
+                      device: torch.device, mirror_average: bool = False) -> tuple[Transform, dict]:
     """The network's fixed -> moving deformation of ``moving_n`` (seen through ``linear``) onto ``fixed_n``.
 
     ``fixed_n``/``moving_n`` are the engine's normalised images (checked beforehand with
-    :func:`check_inputs`). Returns the transform on the model grid (LPS mm; apply it before ``linear``) and
+    :func:`check_inputs`). ``mirror_average``: average with the prediction for the left-right mirrored pair
+    (module docstring). Returns the transform on the model grid (LPS mm; apply it before ``linear``) and
     figures: ``network`` (the model's name), its grid and times.
     """
     from .voxelmorph import voxel_field_to_physical
@@ -98,7 +126,13 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     m = to_model_grid(moving_n, grid, linear).to(device)
     resample_s = time.perf_counter() - start
     t0 = time.perf_counter()
-    out = net.velocity(m[None], f[None])[0].double().cpu()
+    if mirror_average:
+        axis = left_right_axis(grid)
+        pair_m, pair_f = torch.stack([m, m.flip(1 + axis)]), torch.stack([f, f.flip(1 + axis)])
+        both = net.velocity(pair_m, pair_f)
+        out = (0.5 * (both[:1] + mirror_field(both[1:], axis)))[0].double().cpu()
+    else:
+        out = net.velocity(m[None], f[None])[0].double().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
     network_s = time.perf_counter() - t0
@@ -108,5 +142,5 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     else:
         transform = DisplacementField(field.field, grid)
     figures = {"network": card["name"], "model_sha256": card["sha256"][:16], "model_grid": grid.describe(),
-               "resample_s": resample_s, "network_s": network_s}
+               "mirror_average": bool(mirror_average), "resample_s": resample_s, "network_s": network_s}
     return transform, figures

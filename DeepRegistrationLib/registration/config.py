@@ -30,6 +30,10 @@ class StageConfig:
             from the network's velocity: instance optimisation). Pyramid, similarity and optimiser
             fields do not apply to ``voxelmorph``.
         network: for ``voxelmorph``: a model name (``Resources/Models/<name>``, ``$DEEPREG_MODELS``) or folder.
+        mirror_average: for ``voxelmorph``: also predict on the pair mirrored left-right (both images) and
+            average the two fields (the mirrored one mirrored back). For near-symmetric anatomy (brain) the
+            mirrored pair is as plausible as the original, so this halves the network's independent errors at
+            the cost of a second forward pass.
         similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi`` or ``mind``.
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
@@ -48,6 +52,7 @@ class StageConfig:
 
     model: str = "affine"
     network: str = ""
+    mirror_average: bool = False
     similarity: str = "ncc"
     similarity_options: dict = field(default_factory=dict)
     levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])
@@ -81,6 +86,10 @@ class StageConfig:
         if (self.model == "voxelmorph") != bool(self.network):
             raise InputError("a voxelmorph stage needs 'network' (a model name or folder)" if self.model == "voxelmorph"
                              else f"'network' applies to voxelmorph stages, not {self.model}")
+        if not isinstance(self.mirror_average, bool):
+            raise InputError(f"mirror_average must be true or false, got {self.mirror_average!r}")
+        if self.mirror_average and self.model != "voxelmorph":
+            raise InputError(f"'mirror_average' applies to voxelmorph stages, not {self.model}")
         if self.similarity.lower() not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
         if not isinstance(self.similarity_options, dict):

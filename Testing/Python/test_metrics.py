@@ -176,6 +176,25 @@ def test_lncc_matches_monai_rectangular_kernel_inside(slices):
     assert ours_inner == pytest.approx(theirs_inner, rel=5e-3)
 
 
+def test_lncc_fixed_image_statistics_follow_the_fixed_image(slices):
+    """LNCC keeps the fixed image's local statistics between calls (optimisers): a new fixed tensor, one changed
+    in place, or one that needs a gradient gives the value and gradients of a fresh loss."""
+    t1, shifted, _ = slices
+    loss = LNCCLoss(window=5)
+    first = float(loss(t1, shifted))
+    assert float(loss(t1, shifted)) == first == float(LNCCLoss(window=5)(t1, shifted))
+    other = t1.flip(-1)
+    assert float(loss(other, shifted)) == pytest.approx(float(LNCCLoss(window=5)(other, shifted)), abs=1e-7)
+    changed = t1.clone()
+    loss(changed, shifted)
+    changed.mul_(0.5).add_(shifted)  # same object, new content
+    assert float(loss(changed, shifted)) == pytest.approx(float(LNCCLoss(window=5)(changed, shifted)), abs=1e-7)
+    fixed = t1.clone().requires_grad_(True)
+    moving = shifted.clone().requires_grad_(True)
+    loss(fixed, moving).backward()
+    assert fixed.grad is not None and float(fixed.grad.abs().sum()) > 0 and float(moving.grad.abs().sum()) > 0
+
+
 def test_masks_restrict_the_measure(slices):
     t1, shifted, _ = slices
     mask = torch.zeros_like(t1)

@@ -48,6 +48,48 @@ def test_voxel_field_matches_library_warp(oasis_t1):
     assert float(diff) < 1e-4, float(diff)
 
 
+def test_mirror_field_is_the_field_of_the_mirrored_pair(oasis_t1):
+    """If ``u`` warps image I onto W, ``mirror_field`` of the field found for the mirrored pair is ``u`` again:
+    warping mirror(I) by mirror_field(u) gives mirror(W), along every axis, and the scaling-and-squaring
+    exponential commutes with the mirroring (so velocities may be averaged as fields are)."""
+    from monai.networks.blocks import DVF2DDF, Warp
+
+    from DeepRegistrationLib.networks.inference import mirror_field
+
+    grid = oasis_t1.grid.with_spacing([4.0, 4.0, 4.0])
+    image = oasis_t1.resample_to(grid).minmax().data[None].float()
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randn(1, 3, 4, 4, 4, generator=g) * 2.0
+    u = torch.nn.functional.interpolate(coarse, size=grid.shape, mode="trilinear", align_corners=True)
+    warp = Warp(mode="bilinear", padding_mode="zeros")
+    warped = warp(image, u)
+    inner = (slice(None), slice(None)) + tuple(slice(3, -3) for _ in range(3))
+    for axis in range(3):
+        mirrored = warp(image.flip(2 + axis), mirror_field(u, axis)).flip(2 + axis)
+        assert float((mirrored - warped)[inner].abs().max()) < 1e-4, axis
+        wrong = warp(image.flip(2 + axis), u.flip(2 + axis)).flip(2 + axis)  # component not negated
+        assert float((wrong - warped)[inner].abs().max()) > 0.05
+        exp = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
+        diff = (exp(mirror_field(u, axis)) - mirror_field(exp(u), axis))[inner].abs().max()
+        assert float(diff) < 1e-4, (axis, float(diff))
+    assert torch.equal(mirror_field(mirror_field(u, 1), 1), u)
+
+
+def test_left_right_axis_of_model_grids():
+    """The tensor axis of a model grid along the patient's left-right: found from its direction, whatever the
+    orientation code; an oblique grid is refused with a message naming the setting to change."""
+    from DeepRegistrationLib.networks.inference import left_right_axis
+    from DeepRegistrationLib.networks.model_input import ModelInput
+
+    center = np.zeros(3)
+    axes = {code: left_right_axis(ModelInput((16, 16, 16), (2.0,) * 3, code).grid_at(center))
+            for code in ("LIA", "RAS", "PLI", "SPR", "LPS")}
+    assert axes == {"LIA": 2, "RAS": 2, "PLI": 1, "SPR": 0, "LPS": 2}  # array order (k, j, i)
+    assert left_right_axis(ModelInput((16, 16), (2.0, 2.0), "PL").grid_at(np.zeros(2))) == 0
+    with pytest.raises(dr.InputError, match="mirror_average"):
+        left_right_axis(oblique_grid(dr.Grid((16, 16, 16), (0, 0, 0), (2, 2, 2)), angles=(0.4, -0.3, 0.35)))
+
+
 def test_short_training_on_real_slices_improves_overlap():
     """Unsupervised (LNCC + diffusion) training on one OASIS slice pair: seg24 Dice must rise."""
     from DeepRegistrationLib.metrics.similarity import LNCCLoss

@@ -66,6 +66,13 @@ def test_overrides():
         load_preset("voxelmorph-brain", ["voxelmorph.network="])
     with pytest.raises(dr.InputError, match="'network' applies to voxelmorph stages"):
         load_preset("rigid", ["network=voxelmorph-brain"])
+    # the network alone averages with the mirrored pair; before instance optimisation that gains nothing (README)
+    assert load_preset("voxelmorph-brain").stages[2].mirror_average and not vm.stages[2].mirror_average
+    assert not load_preset("voxelmorph-brain", ["voxelmorph.mirror_average=false"]).stages[2].mirror_average
+    with pytest.raises(dr.InputError, match="mirror_average must be true or false"):
+        load_preset("voxelmorph-brain", ["voxelmorph.mirror_average=yes"])
+    with pytest.raises(dr.InputError, match="'mirror_average' applies to voxelmorph stages"):
+        load_preset("rigid", ["mirror_average=true"])
     # new levels take the iterations of the nearest preset level, unless iterations are given too
     fast = load_preset("deformable-fast", ["levels_mm=[8, 3]"])
     assert [s.iterations for s in fast.stages] == [[60, 30], [40, 40], [40, 40]]
