@@ -17,6 +17,8 @@ intensities), and its labels mapped aseg -> seg35 (seg35 = aseg labels 2, 3, 4, 
 overlap before registration).
 
 Run:  .venv/bin/python benchmarks/registration.py [--pairs oasis vm] [--methods preset:deformable-fast sitk:demons ...]
+      [--repeat N]  (each method N times per pair, in fresh processes: the median time, the mean Dice and its
+      spread; ANTs SyN is randomised, our presets are deterministic on the CPU)
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--pairs", nargs="+", default=["oasis", "vm"], choices=["oasis", "vm"])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each method per pair (median time)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,8 +157,10 @@ def main() -> None:
         for key in args.pairs:
             title, fixed, moving, fixed_seg, moving_seg = pairs[key]
             results[key] = _run_pair(args.methods, str(fixed), str(moving), dr.read_image(fixed_seg).as_label_map(),
-                                     dr.read_image(moving_seg).as_label_map(), Path(tmp))
+                                     dr.read_image(moving_seg).as_label_map(), Path(tmp), max(1, args.repeat))
             _print_table(title, results[key])
+        if len(results) > 1:
+            _print_summary(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -169,7 +174,11 @@ def _voxelmorph_pair(data: Path, tmp: Path) -> tuple[Path, Path, Path, Path]:
     return fixed, image, fixed_labels, labels
 
 
-def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp: Path) -> list[dict]:
+def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp: Path, repeat: int = 1) -> list[dict]:
+    """Each method ``repeat`` times (fresh processes): figures of the first run, the median time (and the range),
+    the mean of the Dice figures over the runs and their spread."""
+    import statistics
+
     import DeepRegistrationLib as dr
     from DeepRegistrationLib.metrics.report import evaluate_transform
 
@@ -178,22 +187,47 @@ def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp
         if not _available(method):
             print(f"{method}: not installed, skipped", file=sys.stderr)
             continue
-        out = str(tmp / (method.replace(":", "_") + ".h5"))
-        proc = subprocess.run([sys.executable, __file__, "--_child", method, fixed, moving, out],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{method}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        runs = []
+        for _ in range(repeat):
+            out = str(tmp / (method.replace(":", "_") + ".h5"))
+            proc = subprocess.run([sys.executable, __file__, "--_child", method, fixed, moving, out],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{method}: failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                break
+            figures = json.loads(proc.stdout.strip().splitlines()[-1])
+            transform = dr.read_transform(out, reference=fixed_labels.grid)
+            report = evaluate_transform(transform, fixed_labels, moving_labels)
+            runs.append({"method": method, **figures, "dice": report["mean"]["dice"], "hd95": report["mean"]["hd95"],
+                         "dice_before": report["mean_dice_before"],
+                         "folding_percent": report["jacobian"]["folding_percent"],
+                         "std_log_jacobian": report["jacobian"]["std_log_jacobian"],
+                         "dice_per_label": {k: v["dice"] for k, v in report["labels"].items()}})
+        if len(runs) < repeat:
             continue
-        figures = json.loads(proc.stdout.strip().splitlines()[-1])
-        transform = dr.read_transform(out, reference=fixed_labels.grid)
-        report = evaluate_transform(transform, fixed_labels, moving_labels)
-        rows.append({"method": method, **figures, "dice": report["mean"]["dice"], "hd95": report["mean"]["hd95"],
-                     "dice_before": report["mean_dice_before"],
-                     "folding_percent": report["jacobian"]["folding_percent"],
-                     "std_log_jacobian": report["jacobian"]["std_log_jacobian"],
-                     "dice_per_label": {k: v["dice"] for k, v in report["labels"].items()}})
-        print(f"{method}: Dice {rows[-1]['dice']:.3f} in {figures['time_s']:.1f} s", file=sys.stderr, flush=True)
+        row = dict(runs[0])
+        times, dices = [r["time_s"] for r in runs], [r["dice"] for r in runs]
+        row.update(time_s=statistics.median(times), time_range_s=[min(times), max(times)], runs=repeat,
+                   dice=statistics.fmean(dices), dice_range=[min(dices), max(dices)],
+                   hd95=statistics.fmean(r["hd95"] for r in runs), peak_gb=max(r["peak_gb"] for r in runs))
+        rows.append(row)
+        spread = f" (runs {min(dices):.4f}-{max(dices):.4f}, {min(times):.1f}-{max(times):.1f} s)" if repeat > 1 else ""
+        print(f"{method}: Dice {row['dice']:.4f} in {row['time_s']:.1f} s{spread}", file=sys.stderr, flush=True)
     return rows
+
+
+def _print_summary(results: dict[str, list[dict]]) -> None:
+    """Mean Dice over the pairs (4 decimals) and the median time on each pair, per method."""
+    pairs = list(results)
+    methods = [r["method"] for r in results[pairs[0]]]
+    print(f"\nOver the pairs ({', '.join(pairs)})")
+    print("| method | mean Dice | time s per pair |")
+    print("|---|---|---|")
+    for method in methods:
+        rows = [next((r for r in results[p] if r["method"] == method), None) for p in pairs]
+        if all(rows):
+            times = " / ".join(f"{r['time_s']:.1f}" for r in rows)
+            print(f"| {method} | {sum(r['dice'] for r in rows) / len(rows):.4f} | {times} |")
 
 
 def _print_table(title: str, rows: list[dict]) -> None:
@@ -201,8 +235,9 @@ def _print_table(title: str, rows: list[dict]) -> None:
     print("| method | mean Dice | HD95 mm | % det J <= 0 | std log\\|J\\| | time s | peak GB | device |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        time_s = f"{r['time_s']:.1f}" + (f" ({r['time_range_s'][0]:.1f}-{r['time_range_s'][1]:.1f})" if r["runs"] > 1 else "")
         print(f"| {r['method']} | {r['dice']:.3f} | {r['hd95']:.2f} | {r['folding_percent']:.3f} | "
-              f"{r['std_log_jacobian']:.3f} | {r['time_s']:.1f} | {r['peak_gb']:.2f} | {r['device']} |")
+              f"{r['std_log_jacobian']:.3f} | {time_s} | {r['peak_gb']:.2f} | {r['device']} |")
     for r in rows:
         if "network_s" in r:
             print(f"{r['method']}: network forward {r['network_s']:.2f} s, resampling to the model grid "
