@@ -9,7 +9,8 @@ fixed -> moving resampling transform of the original images, at any resolution.
 
 With ``mirror_average`` the pair is also given to the network mirrored left-right (both images, about the
 model grid's centre plane across the patient's left-right axis) and the prediction is mirrored back
-(:func:`mirror_field`) and averaged with the direct one, in one batch of two.
+(:func:`mirror_field`) and averaged with the direct one (two forward passes of one pair: half the peak memory
+of a batch of two, and on 2 CPU cores no slower, 2.1-2.3 s for both against 2.3-2.5 s).
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     t0 = time.perf_counter()
     if mirror_average:
         axis = left_right_axis(grid)
-        pair_m, pair_f = torch.stack([m, m.flip(1 + axis)]), torch.stack([f, f.flip(1 + axis)])
-        both = net.velocity(pair_m, pair_f)
-        out = (0.5 * (both[:1] + mirror_field(both[1:], axis)))[0].double().cpu()
+        direct = net.velocity(m[None], f[None])
+        mirrored = mirror_field(net.velocity(m.flip(1 + axis)[None], f.flip(1 + axis)[None]), axis)
+        out = (0.5 * (direct + mirrored))[0].double().cpu()
     else:
         out = net.velocity(m[None], f[None])[0].double().cpu()
     if device.type == "cuda":
