@@ -84,6 +84,10 @@ def check_network_stages(config, fixed: Image, moving: Image, device: torch.devi
     for stage in config.stages:
         if stage.model == "voxelmorph":
             notes += check_inputs(stage.network, fixed, moving, device)
+            if stage.mirror_average:  # the model grid must have a left-right axis to mirror along
+                _, card = cached_model(stage.network, device)
+                model = ModelInput.from_dict(card["input"])
+                left_right_axis(model.grid_at(np.zeros(model.dim)))
     return notes
 
 
@@ -127,13 +131,11 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     m = to_model_grid(moving_n, grid, linear).to(device)
     resample_s = time.perf_counter() - start
     t0 = time.perf_counter()
+    out = net.velocity(m[None], f[None])
     if mirror_average:
         axis = left_right_axis(grid)
-        direct = net.velocity(m[None], f[None])
-        mirrored = mirror_field(net.velocity(m.flip(1 + axis)[None], f.flip(1 + axis)[None]), axis)
-        out = (0.5 * (direct + mirrored))[0].double().cpu()
-    else:
-        out = net.velocity(m[None], f[None])[0].double().cpu()
+        out = 0.5 * (out + mirror_field(net.velocity(m.flip(1 + axis)[None], f.flip(1 + axis)[None]), axis))
+    out = out[0].double().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
     network_s = time.perf_counter() - t0

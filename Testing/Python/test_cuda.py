@@ -16,7 +16,6 @@ from DeepRegistrationLib.registration import RegistrationConfig, load_preset, re
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-
 @pytest.fixture(scope="module")
 def oasis_pair_with_labels():
     images = [dr.read_image(data_file(OASIS.format(s, "norm"))) for s in ("0001", "0002")]
