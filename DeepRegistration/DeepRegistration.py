@@ -337,7 +337,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProgress(self, event: dict) -> None:
         self.ui.progressBar.setValue(int(100 * event.get("fraction", 0.0)))
-        if event.get("loss") is None:  # a network stage: one forward pass, no loss
+        if event.get("loss") is None:  # a network stage: forward pass(es), no loss
             self.ui.statusLabel.text = _("Stage {stage} ({model}): network forward pass").format(
                 stage=event["stage"] + 1, model=event["model"])
             return
