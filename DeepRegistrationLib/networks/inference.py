@@ -3,14 +3,27 @@
 :func:`predict_transform` is what the engine's ``voxelmorph`` stage runs: both normalised images are put on
 the model grid (centred on the fixed image; the moving one seen through the current linear transform), the
 network predicts, and its voxel field becomes a physical transform on that grid: a
-:class:`StationaryVelocityField` for a diffeomorphic model (so an instance optimisation can start from the
-network's velocity), else a :class:`DisplacementField`. Composed after the linear transform it is the usual
+:class:`StationaryVelocityField` for one pass of a diffeomorphic model (so an instance optimisation can start
+from the network's velocity), else a :class:`DisplacementField`. Composed after the linear transform it is the usual
 fixed -> moving resampling transform of the original images, at any resolution.
 
 With ``mirror_average`` the pair is also given to the network mirrored left-right (both images, about the
 model grid's centre plane across the patient's left-right axis) and the prediction is mirrored back
 (:func:`mirror_field`) and averaged with the direct one (two forward passes of one pair: half the peak memory
 of a batch of two, and on 2 CPU cores no slower, 2.1-2.3 s for both against 2.3-2.5 s).
+
+With ``passes`` > 1 the prediction is refined recursively: the moving image is resampled (from the original,
+not the model-grid copy) through the deformation so far, the network predicts the remaining deformation of
+that nearly aligned pair, and ``pass_step`` x that prediction is composed before the deformation so far. The
+step is damped because the network, trained only on pairs that differ by a deformation, over-predicts on a
+nearly aligned pair: on two identical brains its velocity is 0.30 voxel on average, against 0.35 for a real
+pair. On the benchmark pairs (OASIS 0002 -> 0001, the voxelmorph subject -> 0001; mean label Dice, mirror
+average on) one pass gives 0.705 / 0.678; two passes with step 0.3 0.733 / 0.699, 0.4 0.734 / 0.701 (preset
+``voxelmorph-brain``), 0.5 0.732 / 0.700, 0.7 0.721 / 0.696, 1.0 0.696 / 0.680; three passes at 0.4 0.732 / 0.697.
+The step was chosen on these two pairs, the only labelled pairs with a subject outside the model's training
+data; anything in 0.3-0.5 is within 0.0015 of the best.
+The passes after the first return the composition sampled on the model grid as one displacement field (a
+following ``svf`` stage takes it as its starting velocity, to first order).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from ..errors import InputError
 from ..geometry import Grid
 from ..image import Image
 from ..transforms import DisplacementField, StationaryVelocityField, Transform
-from .model_input import ModelInput, check_network_input, to_model_grid
+from .model_input import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
 
 __all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "left_right_axis",
            "mirror_field", "predict_transform"]
@@ -113,37 +126,53 @@ def mirror_field(field: torch.Tensor, axis: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
-                      device: torch.device, mirror_average: bool = False) -> tuple[Transform, dict]:
+                      device: torch.device, mirror_average: bool = False, passes: int = 1,
+                      pass_step: float = 0.4) -> tuple[Transform, dict]:
     """The network's fixed -> moving deformation of ``moving_n`` (seen through ``linear``) onto ``fixed_n``.
 
     ``fixed_n``/``moving_n`` are the engine's normalised images (checked beforehand with
     :func:`check_inputs`). ``mirror_average``: average with the prediction for the left-right mirrored pair
-    (module docstring). Returns the transform on the model grid (LPS mm; apply it before ``linear``) and
-    figures: ``network`` (the model's name), its grid and times.
+    (module docstring), in every pass. ``passes`` > 1: each later pass resamples ``moving_n`` through the
+    deformation so far and composes ``pass_step`` x the network's prediction for that pair onto it (module
+    docstring). Returns the transform on the model grid (LPS mm; apply it before ``linear``): a
+    :class:`StationaryVelocityField` for one pass of a diffeomorphic model, else a :class:`DisplacementField`
+    (for several passes, the composition sampled at the model grid's nodes), and figures: ``network`` (the
+    model's name), its grid and times.
     """
+    from ..transforms import compose, to_displacement_field
     from .voxelmorph import voxel_field_to_physical
 
     start = time.perf_counter()
     net, card = cached_model(name_or_path, device)
     model = ModelInput.from_dict(card["input"])
     grid = model.grid_for(fixed_n)
+    axis = left_right_axis(grid) if mirror_average else -1
     f = to_model_grid(fixed_n, grid).to(device)
-    m = to_model_grid(moving_n, grid, linear).to(device)
-    resample_s = time.perf_counter() - start
-    t0 = time.perf_counter()
-    out = net.velocity(m[None], f[None])
-    if mirror_average:
-        axis = left_right_axis(grid)
-        out = 0.5 * (out + mirror_field(net.velocity(m.flip(1 + axis)[None], f.flip(1 + axis)[None]), axis))
-    out = out[0].double().cpu()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    network_s = time.perf_counter() - t0
-    field = voxel_field_to_physical(out, grid)
-    if net.config["diffeomorphic"]:
-        transform: Transform = StationaryVelocityField(field.field, grid, net.config["integration_steps"])
-    else:
-        transform = DisplacementField(field.field, grid)
+    moving_s = smoothed_for_grid(moving_n, grid)  # smoothed once, resampled in every pass
+    network_s = 0.0
+
+    def predict(seen_through: Transform | None, scale: float) -> Transform:
+        nonlocal network_s
+        m = to_model_grid(moving_s, grid, seen_through, smooth=False).to(device)
+        t1 = time.perf_counter()
+        out = net.velocity(m[None], f[None])
+        if axis >= 0:
+            out = 0.5 * (out + mirror_field(net.velocity(m.flip(1 + axis)[None], f.flip(1 + axis)[None]), axis))
+        out = scale * out[0].float().cpu()  # float32: the squarings run twice as fast as in float64
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        network_s += time.perf_counter() - t1
+        field = voxel_field_to_physical(out, grid)
+        if net.config["diffeomorphic"]:
+            return StationaryVelocityField(field.field, grid, net.config["integration_steps"])
+        return DisplacementField(field.field, grid)
+
+    transform = predict(linear, 1.0)
+    for _ in range(passes - 1):
+        seen = compose(transform, linear) if linear is not None else transform
+        transform = to_displacement_field(compose(predict(seen, pass_step), transform), grid)
     figures = {"network": card["name"], "model_sha256": card["sha256"][:16], "model_grid": grid.describe(),
-               "mirror_average": bool(mirror_average), "resample_s": resample_s, "network_s": network_s}
+               "mirror_average": bool(mirror_average), "passes": int(passes),
+               "resample_s": time.perf_counter() - start - network_s,  # everything but the forward passes
+               "network_s": network_s}
     return transform, figures

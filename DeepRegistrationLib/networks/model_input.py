@@ -21,7 +21,7 @@ from ..geometry import Grid
 from ..image import Image
 from ..transforms import Transform
 
-__all__ = ["ModelInput", "to_model_grid", "normalised", "check_network_input"]
+__all__ = ["ModelInput", "smoothed_for_grid", "to_model_grid", "normalised", "check_network_input"]
 
 _AXES = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 
@@ -118,18 +118,24 @@ def normalised(image: Image) -> Image:
     return _normalise(image, None)
 
 
+def smoothed_for_grid(image_n: Image, grid: Grid) -> Image:
+    """``image_n`` smoothed with a Gaussian of 0.5 x the model spacing when the model grid is coarser than
+    it (anti-aliasing before :func:`to_model_grid` samples it); unchanged otherwise."""
+    from ..registration.engine import _smoothed
+
+    sigma = 0.5 * min(grid.spacing)
+    return _smoothed(image_n, sigma) if sigma > 0.6 * max(image_n.grid.spacing) else image_n
+
+
 def to_model_grid(image_n: Image, grid: Grid, transform: Transform | None = None,
-                  interpolation: str = "linear") -> torch.Tensor:
+                  interpolation: str = "linear", smooth: bool = True) -> torch.Tensor:
     """``image_n`` (already :func:`normalised`, or a label map with ``interpolation="nearest"``) seen on the
     model ``grid`` through ``transform`` (model grid point -> image point, LPS mm), as a ``(1, *grid.shape)``
-    float32 tensor. Intensity images are smoothed with a Gaussian of 0.5 x the model spacing first."""
-    from ..registration.engine import _smoothed
+    float32 tensor. Intensity images are first :func:`smoothed_for_grid` (``smooth=False``: the caller did it)."""
     from ..warp import warp_image
 
-    if interpolation == "linear":
-        sigma = 0.5 * min(grid.spacing)
-        if sigma > 0.6 * max(image_n.grid.spacing):  # only when downsampling
-            image_n = _smoothed(image_n, sigma)
+    if interpolation == "linear" and smooth:
+        image_n = smoothed_for_grid(image_n, grid)
     return warp_image(image_n, transform, grid, interpolation).data.float()
 
 

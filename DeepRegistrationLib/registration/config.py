@@ -34,6 +34,11 @@ class StageConfig:
             average the two fields (the mirrored one mirrored back). For near-symmetric anatomy (brain) the
             mirrored pair is as plausible as the original, so this halves the network's independent errors at
             the cost of a second forward pass.
+        passes: for ``voxelmorph``: network passes. Each pass after the first gives the network the moving
+            image seen through the deformation so far and composes ``pass_step`` x its prediction onto it
+            (damped recursive refinement, :func:`~DeepRegistrationLib.networks.inference.predict_transform`).
+        pass_step: for ``voxelmorph`` with ``passes`` > 1: the fraction (0, 1] of each later pass's prediction
+            that is applied.
         similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi`` or ``mind``.
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
@@ -53,6 +58,8 @@ class StageConfig:
     model: str = "affine"
     network: str = ""
     mirror_average: bool = False
+    passes: int = 1
+    pass_step: float = 0.4
     similarity: str = "ncc"
     similarity_options: dict = field(default_factory=dict)
     levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])
@@ -90,6 +97,13 @@ class StageConfig:
             raise InputError(f"mirror_average must be true or false, got {self.mirror_average!r}")
         if self.mirror_average and self.model != "voxelmorph":
             raise InputError(f"'mirror_average' applies to voxelmorph stages, not {self.model}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or not 1 <= self.passes <= 8:
+            raise InputError(f"passes must be a whole number from 1 to 8, got {self.passes!r}")
+        if isinstance(self.pass_step, bool) or not isinstance(self.pass_step, (int, float)) \
+                or not 0 < self.pass_step <= 1:
+            raise InputError(f"pass_step must be a number in (0, 1], got {self.pass_step!r}")
+        if self.model != "voxelmorph" and (self.passes != 1 or self.pass_step != 0.4):
+            raise InputError(f"'passes' and 'pass_step' apply to voxelmorph stages, not {self.model}")
         if self.similarity.lower() not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
         if not isinstance(self.similarity_options, dict):

@@ -574,7 +574,8 @@ def _register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mas
                 raise InputError("a voxelmorph stage must come before any svf stage (which then refines it)")
             if cancel is not None and cancel():
                 raise RegistrationCancelled("registration cancelled")
-            svf, extra = predict_transform(stage.network, fixed_n, moving_n, affine, dev, stage.mirror_average)
+            svf, extra = predict_transform(stage.network, fixed_n, moving_n, affine, dev, stage.mirror_average,
+                                           stage.passes, stage.pass_step)
             loss = float("nan")
             if progress is not None:
                 progress({"stage": si, "model": "voxelmorph", "level": 0, "iteration": 0, "loss": None})  # no loss

@@ -73,6 +73,14 @@ def test_overrides():
         load_preset("voxelmorph-brain", ["voxelmorph.mirror_average=yes"])
     with pytest.raises(dr.InputError, match="'mirror_average' applies to voxelmorph stages"):
         load_preset("rigid", ["mirror_average=true"])
+    # two damped passes for the network alone, one before instance optimisation (which gains nothing from more)
+    assert (load_preset("voxelmorph-brain").stages[2].passes, vm.stages[2].passes) == (2, 1)
+    assert load_preset("voxelmorph-brain", ["voxelmorph.pass_step=1"]).stages[2].pass_step == 1.0
+    for bad in ("passes=0", "passes=9", "passes=1.5", "passes=true", "pass_step=0", "pass_step=1.5", "pass_step=x"):
+        with pytest.raises(dr.InputError, match="passes must be|pass_step must be"):
+            load_preset("voxelmorph-brain", [f"voxelmorph.{bad}"])
+    with pytest.raises(dr.InputError, match="'passes' and 'pass_step' apply to voxelmorph stages"):
+        load_preset("rigid", ["passes=2"])
     # new levels take the iterations of the nearest preset level, unless iterations are given too
     fast = load_preset("deformable-fast", ["levels_mm=[8, 3]"])
     assert [s.iterations for s in fast.stages] == [[60, 30], [40, 40], [40, 40]]
