@@ -18,7 +18,7 @@ from typing import Sequence
 
 from .errors import DeepRegError, InputError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -428,6 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="use these files instead of downloading (a folder with the template and warp)")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def run() -> None:
+    """The ``deepreg`` program (console script and ``python -m DeepRegistrationLib``): :func:`main` in a
+    process whose allocator keeps freed memory (:mod:`.runtime`)."""
+    from .runtime import retain_freed_memory
+
+    retain_freed_memory()
+    raise SystemExit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

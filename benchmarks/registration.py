@@ -16,6 +16,10 @@ intensities), and its labels mapped aseg -> seg35 (seg35 = aseg labels 2, 3, 4, 
 30, 31, 41-44, 46, 47, 49-54, 58, 60, 62, 63 numbered 1..35; the unambiguous ones agree with the largest
 overlap before registration).
 
+Every method's process keeps freed memory for reuse, as the ``deepreg`` command does
+(``DeepRegistrationLib.runtime``; page faults on fresh allocations otherwise cost this machine class up to a
+third of the wall time, and vary by the hour).
+
 Run:  .venv/bin/python benchmarks/registration.py [--pairs oasis vm] [--methods preset:deformable-fast sitk:demons ...]
       [--repeat N]  (each method N times per pair, in fresh processes: the median time, the mean Dice and its
       spread; ANTs SyN is randomised, our presets are deterministic on the CPU)
@@ -139,6 +143,9 @@ def main() -> None:
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
+        from DeepRegistrationLib.runtime import retain_freed_memory
+
+        retain_freed_memory()  # every method's process as `deepreg` runs (peers included: they allocate through glibc too)
         method, fixed, moving, out = args._child
         print(json.dumps(_run_method(method, fixed, moving, out)))
         return

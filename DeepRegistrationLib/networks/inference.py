@@ -40,6 +40,7 @@ from ..geometry import Grid
 from ..image import Image
 from ..transforms import DisplacementField, StationaryVelocityField, Transform
 from .model_input import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
+from .onednn import use_onednn
 
 __all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "left_right_axis",
            "mirror_field", "predict_transform"]
@@ -71,14 +72,16 @@ def find_model(name_or_path: str) -> Path:
 
 
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes)."""
+    """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes);
+    on the CPU its 3D convolutions run through oneDNN (:mod:`.onednn`)."""
     from .model_io import WEIGHTS, load_model
 
     folder = find_model(name_or_path)
     weights = folder / WEIGHTS
     key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
     if key not in _CACHE:
-        _CACHE[key] = load_model(folder, device)
+        net, card = load_model(folder, device)
+        _CACHE[key] = (use_onednn(net) if device.type == "cpu" else net), card
     return _CACHE[key]
 
 

@@ -442,3 +442,41 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     assert main(common[:2] + ["--images", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--grid-size", "72",
                               "80", "--orientation", "LA", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_onednn_inference_convolutions_match_and_skip_the_reference_kernel(oasis_t1):
+    """:func:`use_onednn` (what the inference cache applies on the CPU): the same velocity as the plain network
+    on a real pair, without PyTorch's slow reference ``conv3d`` kernel; training (autograd) keeps the usual path."""
+    import copy
+
+    from DeepRegistrationLib.networks.onednn import OneDNNConv3d, use_onednn
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    torch.manual_seed(0)
+    net = VoxelMorphNet(3, "vm1-lite-in", diffeomorphic=True).eval()
+    flow_head = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+    torch.nn.init.normal_(flow_head.weight, 0.0, 0.05)  # a trained-like head, not the near-zero start
+    fast = use_onednn(copy.deepcopy(net))
+    assert all(type(m) is OneDNNConv3d for m in fast.modules() if isinstance(m, torch.nn.Conv3d))
+    assert fast.state_dict().keys() == net.state_dict().keys()
+    grid = oblique_grid(oasis_t1.grid, spacing=(6.0, 6.0, 6.0))
+    image = oasis_t1.resample_to(grid).minmax().data.float()
+    shape = [n - n % 8 for n in image.shape[1:]]
+    fixed = image[None, :, : shape[0], : shape[1], : shape[2]]
+    moving = fixed.roll(2, dims=-1)
+
+    def kernels(model):
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            out = model.velocity(moving, fixed)
+        return out, {e.key for e in prof.key_averages()}
+
+    plain, plain_kernels = kernels(net)
+    ours, our_kernels = kernels(fast)
+    assert "aten::slow_conv3d_forward" in plain_kernels  # these shapes take the reference kernel by default
+    assert "aten::slow_conv3d_forward" not in our_kernels and "aten::mkldnn_convolution" in our_kernels
+    assert float(plain.abs().max()) > 0.1
+    assert float((ours - plain).abs().max()) < 1e-4 * float(plain.abs().max())
+    trained = fast.velocity(moving, fixed)  # autograd on: the usual path, differentiable
+    trained.abs().mean().backward()
+    assert torch.allclose(trained.detach(), plain, atol=1e-4 * float(plain.abs().max()))
