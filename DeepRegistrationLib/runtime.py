@@ -5,9 +5,9 @@ glibc serves every allocation above 32 MB (its largest adaptive mmap threshold) 
 it back with ``munmap`` when freed, so each new large tensor (a 16-channel feature map on a network's grid is
 55 MB, a 1 mm brain volume 27 MB and up) is paid for again in page faults while the kernel zeroes its pages.
 On this project's 2-core CI-class virtual machine that kernel time varies between hours and reached a third of
-the wall time: four forward passes of the bundled VoxelMorph model in a fresh process took 79 s of wall
-time with 21 s in the kernel, against 57 s with 0.9 s in the kernel with the setting below (same load on the
-machine, about 25 % more peak resident memory).
+the wall time: 26 forward passes of the bundled VoxelMorph model in a fresh process (beside another
+benchmark) took 79 s of wall time with 21 s in the kernel, against 57 s with 0.9 s in the kernel with the
+setting below, for about 25 % more peak resident memory.
 
 :func:`retain_freed_memory` sets ``M_MMAP_MAX = 0`` (large blocks come from the heap, which the process reuses)
 and ``M_TRIM_THRESHOLD`` to its maximum (freed heap stays with the process). It is called by the command line

@@ -1,6 +1,7 @@
 """The ``deepreg`` command line: real files in, exit status, one-line errors, no partial outputs."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -184,3 +185,32 @@ def test_landmark_count_mismatch(case, tmp_path):
     r = deepreg("evaluate", "--transform", d / "T.h5", "--fixed-landmarks", tmp_path / "a.csv",
                 "--moving-landmarks", tmp_path / "b.csv")
     assert r.returncode == 2 and "3 fixed vs 2 moving" in _error_line(r)
+
+
+_KEPT = """
+import os, sys
+import numpy as np
+if sys.argv[1] == "retain":
+    from DeepRegistrationLib.runtime import retain_freed_memory
+    assert retain_freed_memory()
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+a = np.ones(40_000_000, dtype=np.float32)  # 160 MB, far above glibc's largest mmap threshold (32 MB)
+held = resident_mb()
+del a
+print(held - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_deepreg_process_keeps_freed_memory_for_reuse():
+    """What ``deepreg`` sets at start (``runtime.retain_freed_memory``): a freed 160 MB block stays with the
+    process (to be reused without new page faults), where glibc's default returns it to the system at once."""
+    def released_mb(mode):
+        out = subprocess.run([sys.executable, "-c", _KEPT, mode], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+        return float(out.stdout.split()[-1])
+
+    assert released_mb("default") > 150
+    assert released_mb("retain") < 10
