@@ -38,6 +38,7 @@ import torch
 from ..errors import InputError
 from ..geometry import Grid
 from ..image import Image
+from ..registration.config import DEFAULT_PASS_STEP
 from ..transforms import DisplacementField, StationaryVelocityField, Transform
 from .model_input import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
 from .onednn import use_onednn
@@ -130,7 +131,7 @@ def mirror_field(field: torch.Tensor, axis: int) -> torch.Tensor:
 @torch.no_grad()
 def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
                       device: torch.device, mirror_average: bool = False, passes: int = 1,
-                      pass_step: float = 0.4) -> tuple[Transform, dict]:
+                      pass_step: float = DEFAULT_PASS_STEP) -> tuple[Transform, dict]:
     """The network's fixed -> moving deformation of ``moving_n`` (seen through ``linear``) onto ``fixed_n``.
 
     ``fixed_n``/``moving_n`` are the engine's normalised images (checked beforehand with

@@ -17,6 +17,7 @@ __all__ = ["StageConfig", "RegistrationConfig", "LINEAR_MODELS", "DEFORMABLE_MOD
 
 LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
 DEFORMABLE_MODELS = ("svf", "voxelmorph")
+DEFAULT_PASS_STEP = 0.4  # damping of the network passes after the first (networks/inference.py)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class StageConfig:
     network: str = ""
     mirror_average: bool = False
     passes: int = 1
-    pass_step: float = 0.4
+    pass_step: float = DEFAULT_PASS_STEP
     similarity: str = "ncc"
     similarity_options: dict = field(default_factory=dict)
     levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])
@@ -107,7 +108,7 @@ class StageConfig:
         if isinstance(self.pass_step, bool) or not isinstance(self.pass_step, (int, float)) \
                 or not 0 < self.pass_step <= 1:
             raise InputError(f"pass_step must be a number in (0, 1], got {self.pass_step!r}")
-        if self.model != "voxelmorph" and (self.passes != 1 or self.pass_step != 0.4):
+        if self.model != "voxelmorph" and (self.passes != 1 or self.pass_step != DEFAULT_PASS_STEP):
             raise InputError(f"'passes' and 'pass_step' apply to voxelmorph stages, not {self.model}")
         if self.similarity.lower() not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
