@@ -1,4 +1,4 @@
-"""VoxelMorph (Balakrishnan et al., CVPR 2018 / IEEE TMI 2019; Dalca et al., MICCAI 2018), built from MONAI.
+"""VoxelMorph (Balakrishnan et al., CVPR 2018 / IEEE TMI 2019; Dalca et al., MICCAI 2018): MONAI's design.
 
 ``VoxelMorphNet(dim, "vm1" | "vm2", diffeomorphic=..., half_res=...)`` takes ``moving`` and ``fixed``
 tensors ``(N, 1, *shape)`` on one grid and returns the warped moving image and the displacement
@@ -6,7 +6,12 @@ tensors ``(N, 1, *shape)`` on one grid and returns the warped moving image and t
 ``warped(x) = moving(x + u(x))`` (MONAI's ``Warp`` convention). :func:`voxel_field_to_physical` turns
 such a field into the library's :class:`DisplacementField` (LPS mm) on the images' grid.
 
-Differences from the papers (MONAI ``VoxelMorphUNet`` / ``VoxelMorph`` are used as they are):
+The U-Net is :class:`.unet.VoxelMorphUNet`, MONAI's ``VoxelMorphUNet`` restated in plain PyTorch with the
+same modules and state-dict keys (tested equal to MONAI's output), so that inference does not import MONAI
+(1.8-2.6 s of a cold run). :meth:`VoxelMorphNet.forward` (training) is MONAI's ``VoxelMorph`` on that U-Net:
+its scaling and squaring (``DVF2DDF``) and warp; MONAI is imported on the first call.
+
+Differences from the papers (those of MONAI's ``VoxelMorphUNet`` / ``VoxelMorph``):
 
 * encoder 16-32-32-32 with max pooling and nearest-neighbour upsampling as in the papers; MONAI's U-Net
   ends with ``unet_out_channels`` = 32 at full resolution followed by the final convolutions, so VM-1's
@@ -29,6 +34,7 @@ from torch import nn
 from ..errors import InputError
 from ..geometry import Grid
 from ..transforms.dense import DisplacementField
+from .unet import VoxelMorphUNet
 
 __all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical"]
 
@@ -53,8 +59,6 @@ class VoxelMorphNet(nn.Module):
     def __init__(self, dim: int = 3, architecture: str = "vm2", diffeomorphic: bool = True,
                  integration_steps: int = 7, half_res: bool = False) -> None:
         super().__init__()
-        from monai.networks.nets import VoxelMorph, VoxelMorphUNet
-
         if dim not in (2, 3):
             raise InputError(f"VoxelMorph is 2D or 3D, got dim={dim}")
         if architecture not in ARCHITECTURES:
@@ -63,23 +67,20 @@ class VoxelMorphNet(nn.Module):
             raise InputError("half_res applies to the diffeomorphic variant (integration at half resolution)")
         self.config = {"dim": dim, "architecture": architecture, "diffeomorphic": bool(diffeomorphic),
                        "integration_steps": int(integration_steps) if diffeomorphic else 0, "half_res": bool(half_res)}
-        backbone = VoxelMorphUNet(spatial_dims=dim, in_channels=2, **ARCHITECTURES[architecture])
-        self.net = VoxelMorph(backbone=backbone, integration_steps=self.config["integration_steps"],
-                              half_res=half_res, spatial_dims=dim)
-        head = backbone.net[1].final_conv_out
-        if hasattr(head, "adn"):  # MONAI normalises the flow head too: that would fix the field's spread per channel
-            head.adn = nn.Identity()
-        flow = [m for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.out_channels == dim][-1]
-        nn.init.normal_(flow.weight, 0.0, 1e-5)  # the papers' flow head: starts near the identity
-        if flow.bias is not None:
-            nn.init.zeros_(flow.bias)
+        backbone = VoxelMorphUNet(dim, in_channels=2, **ARCHITECTURES[architecture])
+        # the flow head has no normalisation (MONAI's would fix the field's spread per channel) and starts near
+        # the identity, as in the papers
+        flow = backbone.net[1].final_conv_out.conv
+        nn.init.normal_(flow.weight, 0.0, 1e-5)
+        nn.init.zeros_(flow.bias)
+        self.net = _Network(backbone, self.config["integration_steps"], bool(half_res), dim)
 
     @property
     def dim(self) -> int:
         return self.config["dim"]
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(warped moving, displacement in voxels)`` for ``(N, 1, *shape)`` inputs."""
+        """``(warped moving, displacement in voxels)`` for ``(N, 1, *shape)`` inputs (MONAI's ``VoxelMorph``)."""
         self.forward_check(moving, fixed)
         return self.net(moving, fixed)
 
@@ -97,6 +98,25 @@ class VoxelMorphNet(nn.Module):
         bad = [n for n in moving.shape[2:] if n % 8]
         if bad:
             raise InputError(f"every spatial size must be divisible by 8 (three poolings); got {tuple(moving.shape[2:])}")
+
+
+class _Network(nn.Module):
+    """Holds the U-Net as ``backbone`` (state-dict keys ``net.backbone.*``, as MONAI's ``VoxelMorph``); its
+    forward is MONAI's ``VoxelMorph`` around that same U-Net, built on the first call (it has no parameters or
+    buffers of its own, so it is kept out of the module tree)."""
+
+    def __init__(self, backbone: nn.Module, integration_steps: int, half_res: bool, dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.settings = {"integration_steps": integration_steps, "half_res": half_res, "spatial_dims": dim}
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        monai_net = self.__dict__.get("_monai")
+        if monai_net is None:
+            from monai.networks.nets import VoxelMorph
+
+            monai_net = self.__dict__["_monai"] = VoxelMorph(backbone=self.backbone, **self.settings)
+        return monai_net(moving, fixed)
 
 
 def voxel_field_to_physical(field: torch.Tensor, grid: Grid) -> DisplacementField:

@@ -480,3 +480,60 @@ def test_onednn_inference_convolutions_match_and_skip_the_reference_kernel(oasis
     trained = fast.velocity(moving, fixed)  # autograd on: the usual path, differentiable
     trained.abs().mean().backward()
     assert torch.allclose(trained.detach(), plain, atol=1e-4 * float(plain.abs().max()))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_unet_is_monai_voxelmorph_unet_key_for_key(dim, oasis_t1):
+    """The plain-PyTorch U-Net against MONAI's ``VoxelMorphUNet`` for every architecture: the same seed gives
+    the same initial weights (modules built in MONAI's order), the state dicts load into each other strictly,
+    and a real image pair gives the same output."""
+    from monai.networks.nets import VoxelMorphUNet as MonaiUNet
+
+    from DeepRegistrationLib.networks.unet import VoxelMorphUNet
+
+    grid = oblique_grid(oasis_t1.grid, spacing=(4.0,) * 3)
+    volume = oasis_t1.resample_to(grid).minmax().data.float()[0]
+    shape = [n - n % 8 for n in volume.shape]
+    volume = volume[: shape[0], : shape[1], : shape[2]]
+    image = volume if dim == 3 else volume[shape[0] // 2]
+    pair = torch.stack([image, image.roll(3, dims=-1)])[None]
+    for architecture, arch in ARCHITECTURES.items():
+        torch.manual_seed(7)
+        reference = MonaiUNet(spatial_dims=dim, in_channels=2, **arch)
+        torch.manual_seed(7)
+        ours = VoxelMorphUNet(dim, 2, **arch)
+        theirs = reference.state_dict()
+        assert list(ours.state_dict()) == list(theirs), architecture
+        assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items()), architecture
+        reference.net[1].final_conv_out.adn = torch.nn.Identity()  # VoxelMorphNet's flow head: no normalisation
+        with torch.no_grad():
+            for weight in theirs.values():  # a trained-like state: no layer near zero
+                weight.add_(0.02 * torch.randn_like(weight))
+            reference.load_state_dict(theirs)
+            ours.load_state_dict(theirs, strict=True)
+            expected, got = reference(pair), ours(pair)
+        assert float(expected.abs().max()) > 1e-3, architecture
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max())), architecture
+
+
+def test_inference_does_not_import_monai(tmp_path):
+    """Registering with the bundled model in a fresh process never imports MONAI (1.8-2.6 s of a cold run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys, torch\n"
+        "import DeepRegistrationLib as dr\n"
+        "from DeepRegistrationLib.networks.inference import cached_model, predict_transform\n"
+        "from DeepRegistrationLib.synthetic import oblique_grid\n"
+        f"image = dr.read_image({str(data_file('brain3d/oasis/OAS1_0001_MR1_aligned_norm.nii.gz'))!r})\n"
+        "image = image.resample_to(oblique_grid(image.grid, spacing=(3.0, 3.0, 3.0))).minmax()\n"
+        "t, fig = predict_transform('voxelmorph-brain', image, image, None, torch.device('cpu'), mirror_average=True)\n"
+        "print(fig['network'], fig['passes'], sorted(m for m in sys.modules if m.split('.')[0] == 'monai'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "voxelmorph-brain 1 []"
