@@ -217,6 +217,10 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         if stopping:
             figures["stopped"] = True
             break
+    if not figures and history:  # resumed at its last step (e.g. to write the model of a run stopped early)
+        figures = dict(history[-1])
+        if validation and "validation_dice" not in figures:
+            figures["validation_dice"] = validation_dice(net, validation, device)
     net.eval()
     return figures
 

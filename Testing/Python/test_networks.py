@@ -264,6 +264,11 @@ def test_training_is_reproducible_and_resumes_exactly(tmp_path):
                                stop=lambda: next(asked) >= 2)
     assert stopped["stopped"] and stopped["step"] == 3
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
+    # resumed with steps = the stopped step (to write the model as it is): no step, the last figures + validation
+    kept = train_voxelmorph(fresh(), subjects, TrainConfig(steps=3, **cfg), tmp_path / "b", resume=True,
+                            validation=[(subjects[1], subjects[0])])
+    assert kept["step"] == 3 and kept["loss"] == stopped["loss"] and 0 < kept["validation_dice"] <= 1
+    assert "stopped" not in kept  # so the train command writes the model
     resumed = fresh()
     train_voxelmorph(resumed, subjects, TrainConfig(steps=8, **cfg), tmp_path / "b", resume=True)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
