@@ -35,14 +35,11 @@ class ConvBlock(nn.Module):
         super().__init__()
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
         self.conv = conv(in_channels, out_channels, kernel_size=3, padding=1)
-        layers: dict[str, nn.Module] = {}
-        if norm:
-            layers["N"] = (nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d)(out_channels)
-        if act:
-            layers["A"] = nn.LeakyReLU(0.2, inplace=True)
         self.adn = nn.Sequential()
-        for name, layer in layers.items():
-            self.adn.add_module(name, layer)
+        if norm:  # no affine parameters, as MONAI's instance norm
+            self.adn.add_module("N", (nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d)(out_channels))
+        if act:
+            self.adn.add_module("A", nn.LeakyReLU(0.2, inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adn(self.conv(x))
