@@ -523,6 +523,7 @@ def test_unet_is_monai_voxelmorph_unet_key_for_key(dim, oasis_t1):
 
 def test_inference_does_not_import_monai(tmp_path):
     """Registering with the bundled model in a fresh process never imports MONAI (1.8-2.6 s of a cold run)."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -539,6 +540,6 @@ def test_inference_does_not_import_monai(tmp_path):
         "print(fig['network'], fig['passes'], sorted(m for m in sys.modules if m.split('.')[0] == 'monai'))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                         env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "voxelmorph-brain 1 []"
