@@ -262,7 +262,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not ensureDependencies():
                 return
             from DeepRegistrationLib.registration.presets import save_preset
-            from DeepRegistrationLib.slicer_logic import overrides_from_parameters
+            from DeepRegistrationLib.slicer.logic import overrides_from_parameters
 
             p = self._parameterNode
             path = save_preset(name, p.preset, overrides_from_parameters(self.logic.advancedParameters(p)),
@@ -409,7 +409,7 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         return params
 
     def _bridge(self):
-        from DeepRegistrationLib.slicer_logic import RegistrationLogic
+        from DeepRegistrationLib.slicer.logic import RegistrationLogic
 
         self.usePresetsFolder(userPresetsFolder())
         return RegistrationLogic(slicer.mrmlScene)

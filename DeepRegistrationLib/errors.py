@@ -18,3 +18,11 @@ class InputError(DeepRegError, ValueError):
 
 class UnsupportedTransformError(InputError):
     """A transform file holds a transform kind the library cannot represent."""
+
+
+class RegistrationCancelled(DeepRegError):
+    """Raised when a run's cancel flag is set; nothing is returned or written."""
+
+
+class RegistrationDiverged(DeepRegError):
+    """An optimisation produced a NaN or infinite loss (a step size or a weight out of range)."""

@@ -14,6 +14,10 @@ Conventions (used everywhere in the library):
   first voxel and ``+1`` at the centre of the last one.
 * A point is *inside* the grid when its continuous index lies in ``[-0.5, size - 0.5)`` along every
   axis; this is ITK's rule for ``ResampleImageFilter`` and ``DisplacementFieldTransform``.
+* **RAS** (Slicer, NIfTI/MGH headers, markups) meets LPS only through :data:`LPS_FROM_RAS`:
+  :func:`lps_from_ras_points` for points and vectors, :func:`lps_from_ras_matrix` for homogeneous matrices
+  (conjugation), and ``Grid.from_affine(..., ras=True)`` / ``Grid.to_affine(ras=True)`` for voxel -> world maps.
+  The flip is its own inverse, so the same helpers convert LPS to RAS.
 """
 
 from __future__ import annotations
@@ -26,7 +30,21 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["Grid"]
+__all__ = ["Grid", "LPS_FROM_RAS", "lps_from_ras_points", "lps_from_ras_matrix"]
+
+#: ``diag(-1, -1, 1)``: RAS -> LPS for points and vectors (and LPS -> RAS: it is its own inverse).
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+_FLIP_4X4 = np.diag([-1.0, -1.0, 1.0, 1.0])  # the same flip on homogeneous 3D points
+
+
+def lps_from_ras_points(points: np.ndarray) -> np.ndarray:
+    """Points or vectors ``(..., 3)`` flipped between RAS and LPS (either way)."""
+    return np.asarray(points, dtype=np.float64) @ LPS_FROM_RAS
+
+
+def lps_from_ras_matrix(matrix: np.ndarray) -> np.ndarray:
+    """A homogeneous ``4 x 4`` map between points (``y = M x``) conjugated between RAS and LPS (either way)."""
+    return _FLIP_4X4 @ np.asarray(matrix, dtype=np.float64) @ _FLIP_4X4
 
 
 def _as_tuple(values: Sequence[float], dim: int, name: str) -> tuple[float, ...]:
@@ -163,6 +181,69 @@ class Grid:
         spacing_t = _as_tuple(spacing, self.dim, "spacing")
         size = [max(1, int(round(e / s)) + 1) for e, s in zip(self.extent_mm(), spacing_t)]
         return Grid(size, self.origin, spacing_t, self.direction)
+
+    @classmethod
+    def centred(cls, center_mm: Sequence[float], size: Sequence[int], spacing: Sequence[float],
+                direction: Sequence[float] | np.ndarray | None = None) -> "Grid":
+        """The grid of ``size`` voxels of ``spacing`` mm along ``direction`` whose centre is ``center_mm`` (LPS)."""
+        dim = len(size)
+        dmat = np.eye(dim) if direction is None else np.asarray(direction, dtype=np.float64).reshape(dim, dim)
+        origin = np.asarray(center_mm, dtype=np.float64) - dmat @ (np.asarray(spacing, dtype=np.float64)
+                                                                   * (np.asarray(size) - 1) / 2)
+        return cls([int(n) for n in size], origin, spacing, dmat)
+
+    def centred_at_spacing(self, spacing: Sequence[float], min_size: int = 1) -> "Grid":
+        """Grid of the same centre, direction and extent (voxel centre to voxel centre, rounded to whole voxels)
+        at another ``spacing``, with at least ``min_size`` voxels per axis (pyramid levels use 2)."""
+        spacing_t = _as_tuple(spacing, self.dim, "spacing")
+        size = [max(min_size, int(round((n - 1) * s / t)) + 1) for n, s, t in zip(self.size, self.spacing, spacing_t)]
+        return Grid.centred(self.center(), size, spacing_t, self.direction_matrix())
+
+    def coarsened(self, factor: int) -> "Grid":
+        """Every ``factor``-th voxel of this grid (same origin and direction), extended by one node where the size
+        is not a multiple: the returned grid covers this one, and :meth:`subdivided` by ``factor`` contains it."""
+        f = int(factor)
+        if f < 1:
+            raise InputError(f"a coarsening factor must be a whole number >= 1, got {factor}")
+        size = [(n - 1 + f - 1) // f + 1 for n in self.size]
+        return Grid(size, self.origin, [s * f for s in self.spacing], self.direction)
+
+    def subdivided(self, factors: int | Sequence[int]) -> "Grid":
+        """This grid with ``factors - 1`` nodes inserted between neighbours along each axis (same origin and
+        direction): it holds every node of this grid, so linear interpolation on it is the same function."""
+        fs = [int(factors)] * self.dim if np.isscalar(factors) else [int(f) for f in factors]
+        if len(fs) != self.dim or any(f < 1 for f in fs):
+            raise InputError(f"subdivision factors must be {self.dim} whole numbers >= 1, got {factors}")
+        return Grid([(n - 1) * f + 1 for n, f in zip(self.size, fs)], self.origin,
+                    [s / f for s, f in zip(self.spacing, fs)], self.direction)
+
+    @classmethod
+    def from_affine(cls, matrix: np.ndarray, size: Sequence[int], ras: bool = False,
+                    start_index: Sequence[float] | None = None) -> "Grid":
+        """The grid of ``size`` voxels of a homogeneous voxel -> world matrix (``(d+1) x (d+1)``; world in LPS mm,
+        or RAS mm when ``ras``, as NIfTI/MGH headers and Slicer's ``IJKToRAS`` are). ``start_index``: the index
+        of the first voxel under that matrix (a VTK extent that does not start at 0)."""
+        m = np.asarray(matrix, dtype=np.float64)
+        if ras:
+            if m.shape != (4, 4):
+                raise InputError(f"an RAS voxel -> world matrix is 4 x 4, got {m.shape}")
+            m = _FLIP_4X4 @ m
+        d = m.shape[0] - 1
+        linear = m[:d, :d]
+        spacing = np.linalg.norm(linear, axis=0)
+        if np.any(spacing <= 0) or not np.all(np.isfinite(linear)):
+            raise InputError(f"the voxel -> world matrix is singular or not finite: {m.tolist()}")
+        origin = m[:d, d] if start_index is None else (m @ np.array([*start_index, 1.0]))[:d]
+        return cls(tuple(int(n) for n in size), origin, spacing, linear / spacing)
+
+    def to_affine(self, ras: bool = False) -> np.ndarray:
+        """Homogeneous voxel ``(i, j[, k], 1)`` -> world matrix: LPS mm, or RAS mm when ``ras`` (3D only)."""
+        m = self.index_to_physical_matrix()
+        if ras:
+            if self.dim != 3:
+                raise InputError("an RAS affine is defined for 3D grids only")
+            m = _FLIP_4X4 @ m
+        return m
 
     def same_as(self, other: "Grid", atol: float = 1e-4) -> bool:
         """True when both grids sample the same voxel centres (within ``atol`` mm / relative)."""

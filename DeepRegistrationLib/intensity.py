@@ -2,6 +2,11 @@
 
 Statistics are taken over ``mask`` (non-zero voxels, on the image's grid) when one is given, else over
 all voxels; the result is applied to every voxel.
+
+:func:`normalise_unit_range` is the one preprocessing every method shares (the iterative engine and the
+networks' model grid): clip the 0.5 / 99.5 percentiles, min-max to [0, 1]. :func:`smooth_gaussian` smooths with a
+physical sigma (mm) and :func:`center_of_mass` gives the intensity centre (LPS mm) used for initialisation and
+for placing a network's grid.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from .errors import InputError
 from .image import Image
 
-__all__ = ["clip_percentiles", "zscore", "minmax"]
+__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "smooth_gaussian", "center_of_mass"]
 
 
 def _values(image: Image, mask: Image | None) -> torch.Tensor:
@@ -61,3 +66,44 @@ def minmax(image: Image, out_range: Sequence[float] = (0.0, 1.0), mask: Image | 
     a, b = float(out_range[0]), float(out_range[1])
     scale = (b - a) / (hi - lo) if hi > lo else 0.0
     return image.with_data((image.data.float() - lo) * scale + a)
+
+
+def normalise_unit_range(image: Image, mask: Image | None = None) -> Image:
+    """Intensities to [0, 1] after clipping the 0.5 / 99.5 percentiles (statistics inside ``mask`` when it is
+    given and not empty; the mask must be on the image's grid)."""
+    if mask is not None and not bool(mask.data.ne(0).any()):
+        mask = None
+    return minmax(clip_percentiles(image.float(), 0.5, 99.5, mask), (0.0, 1.0), mask)
+
+
+def smooth_gaussian(image: Image, sigma_mm: float) -> Image:
+    """Gaussian smoothing with a physical sigma (mm) through SimpleITK's recursive Gaussian; axes whose spacing
+    is at least twice the sigma are left alone (the image unchanged when every axis is)."""
+    if sigma_mm <= 0:
+        return image
+    import SimpleITK as sitk
+
+    sigmas = [sigma_mm if sigma_mm > 0.5 * s else 0.0 for s in image.grid.spacing]
+    if not any(sigmas):
+        return image
+    out = sitk.SmoothingRecursiveGaussian(image.float().to_sitk(), [max(s, 1e-6) for s in sigmas])
+    return Image.from_sitk(out, name=image.name)
+
+
+def center_of_mass(image: Image) -> np.ndarray:
+    """Intensity-weighted centre (LPS mm) of the non-negative part of ``image``; its geometric centre when empty.
+
+    Computed from the marginal sums along each index axis (no per-voxel coordinates), then mapped to
+    physical space (the index -> physical map is affine, so it maps the centroid exactly).
+    """
+    w = image.data[0].double().clamp(min=0)
+    total = float(w.sum())
+    if total <= 0:
+        return image.grid.center()
+    dim = image.dim
+    index = []
+    for axis in range(dim):  # index axis a is array axis dim-1-a
+        other = tuple(d for d in range(dim) if d != dim - 1 - axis)
+        marginal = w.sum(dim=other)
+        index.append(float((marginal * torch.arange(marginal.numel(), dtype=torch.float64)).sum()) / total)
+    return image.grid.index_to_physical(np.array([index]))[0]

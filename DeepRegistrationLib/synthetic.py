@@ -23,8 +23,7 @@ def oblique_grid(reference: Grid, spacing: Sequence[float] = (0.9, 1.2, 2.5),
     rot = rotation_matrix(torch.tensor(angles, dtype=torch.float64), 3).numpy() @ reference.direction_matrix()
     extent = np.asarray(extent if extent is not None else reference.extent_mm(), dtype=np.float64)
     size = [max(2, int(e / s)) for e, s in zip(extent, spacing)]
-    origin = reference.center() - rot @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
-    return Grid(size, origin, spacing, rot)
+    return Grid.centred(reference.center(), size, spacing, rot)
 
 
 def smooth_field(center: np.ndarray, amplitude: float = 4.0, spacing: float = 12.0,
@@ -33,7 +32,7 @@ def smooth_field(center: np.ndarray, amplitude: float = 4.0, spacing: float = 12
     ``center``, tapered to zero at the grid border as a deformation of a bounded region is."""
     rot = rotation_matrix(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64), 3).numpy()
     size_a = np.asarray(size)
-    grid = Grid(size_a, np.asarray(center) - rot @ ((size_a - 1) / 2 * spacing), [spacing] * 3, rot)
+    grid = Grid.centred(center, size_a, [spacing] * 3, rot)
     p = grid.physical_points().reshape(-1, 3)
     u = torch.stack([amplitude * torch.sin(p[:, 1] / 25), 0.75 * amplitude * torch.cos(p[:, 2] / 30),
                      amplitude * torch.sin(p[:, 0] / 20 + p[:, 1] / 40)], -1)

@@ -26,7 +26,6 @@ _MGH_SUFFIXES = {".mgh", ".mgz"}
 _DETACHED_SUFFIXES = {".mhd", ".nhdr"}  # header + separate data file
 _2D_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 IMAGE_SUFFIXES = _SITK_SUFFIXES | _MGH_SUFFIXES
-_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def read_image(
@@ -192,10 +191,7 @@ def _read_mgh(path: Path) -> Image:
     data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 else data
     if data.ndim != 3:
         raise InputError(f"{path}: is a {data.ndim}D image; a 3D image is needed")
-    affine = _LPS_FROM_RAS @ img.affine  # voxel (i, j, k) -> LPS mm
-    linear = affine[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    grid = Grid(data.shape, affine[:3, 3], spacing, linear / spacing)
+    grid = Grid.from_affine(img.affine, data.shape, ras=True)
     return Image(np.ascontiguousarray(np.transpose(data)), grid, str(path))
 
 
@@ -208,7 +204,7 @@ def _write_mgh(image: Image, path: Path) -> None:
     allowed = {np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.float32)}
     if arr.dtype not in allowed:
         arr = arr.astype(np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int32)
-    affine = np.linalg.inv(_LPS_FROM_RAS) @ image.grid.index_to_physical_matrix()
+    affine = image.grid.to_affine(ras=True)
     nib.save(nib.MGHImage(arr, affine), str(path))
 
 

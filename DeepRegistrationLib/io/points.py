@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..geometry import Grid
+from ..geometry import Grid, lps_from_ras_points
 from .atomic import atomic_output, full_suffix
 
 __all__ = ["read_points", "write_points"]
@@ -128,7 +128,7 @@ def _read_fcsv(path: Path) -> np.ndarray:
             cells = line.split(",")
             rows.append([float(c) for c in cells[1:4]])
     pts = np.asarray(rows, dtype=np.float64)
-    return pts * np.array([-1.0, -1.0, 1.0]) if ras else pts
+    return lps_from_ras_points(pts) if ras else pts
 
 
 def _read_markups_json(path: Path) -> np.ndarray:
@@ -139,5 +139,5 @@ def _read_markups_json(path: Path) -> np.ndarray:
         lps = markup.get("coordinateSystem", "LPS").upper() == "LPS"
         for cp in markup.get("controlPoints", []):
             p = np.asarray(cp["position"], dtype=np.float64)
-            pts.append(p if lps else p * np.array([-1.0, -1.0, 1.0]))
+            pts.append(p if lps else lps_from_ras_points(p))
     return np.asarray(pts, dtype=np.float64)

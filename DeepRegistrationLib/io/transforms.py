@@ -204,9 +204,7 @@ def read_fsl_displacement_field(path: str | os.PathLike) -> DisplacementField:
         raise InputError(f"{path}: an FSL displacement field is X x Y x Z x 3, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: holds NaN or infinite vectors")
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine  # voxel (i, j, k) -> LPS mm
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    grid = Grid(data.shape[:3], affine[:3, 3], spacing, affine[:3, :3] / spacing)
+    grid = Grid.from_affine(img.affine, data.shape[:3], ras=True)
     lps = data * np.array([1.0, -1.0, 1.0], dtype=np.float32)
     field = torch.from_numpy(np.ascontiguousarray(np.transpose(lps, (3, 2, 1, 0))))  # (3, k, j, i)
     return DisplacementField(field, grid)

@@ -5,10 +5,10 @@ the user's presets folder there) and then in the extension's ``Resources/Presets
 a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as JSON, else a string):
 
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
-* ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage;
-* ``svf.FIELD=VALUE`` / ``linear.FIELD=VALUE`` / ``voxelmorph.FIELD=VALUE`` set a field of every SVF /
-  linear / network stage (e.g. ``voxelmorph.network=path/to/my-model`` runs a voxelmorph preset with a
-  fine-tuned model).
+* ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage that has it;
+* ``MODEL.FIELD=VALUE`` (``svf``, ``voxelmorph``, ``rigid``... any registered stage model) or ``linear.FIELD=VALUE``
+  sets a field of every stage of that model / of every linear stage (e.g. ``voxelmorph.network=path/to/my-model``
+  runs a voxelmorph preset with a fine-tuned model).
 
 When ``levels_mm`` of a stage changes but its per-level ``iterations`` are not overridden, each new
 level takes the iteration count of the preset level nearest in spacing.
@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
-from .config import LINEAR_MODELS, RegistrationConfig, StageConfig
+from ..io.atomic import atomic_output
+from ..methods.registry import stage_kind, stage_models
+from .config import RegistrationConfig
 
 __all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides", "save_preset"]
 
@@ -73,9 +75,10 @@ def _parse_value(text: str):
 
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """A copy of the preset dict ``data`` with ``key=value`` overrides applied (see module docstring)."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise InputError("a registration configuration needs a 'stages' list")
     data = copy.deepcopy(data)
-    original = copy.deepcopy(data.get("stages", []))
-    stage_fields = set(StageConfig.__dataclass_fields__)
+    original = copy.deepcopy(data["stages"])
     for item in overrides:
         if "=" not in item:
             raise InputError(f"override {item!r} must look like key=value")
@@ -89,26 +92,45 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             except (ValueError, IndexError):
                 raise InputError(f"override {key!r}: no stage {parts[1]} (the preset has {len(stages)})") from None
             targets, field = [stage], parts[2]
-        elif parts[0] in ("svf", "linear", "voxelmorph") and len(parts) == 2:
-            targets = [s for s in stages if (s.get("model") in LINEAR_MODELS if parts[0] == "linear"
+        elif len(parts) == 2 and (parts[0] == "linear" or parts[0] in stage_models()):
+            linear = stage_models("linear")
+            targets = [s for s in stages if (s.get("model", "affine") in linear if parts[0] == "linear"
                                              else s.get("model") == parts[0])]
             field = parts[1]
         elif len(parts) == 1 and parts[0] in _TOP_LEVEL:
             data[parts[0]] = value
             continue
         elif len(parts) == 1:
-            targets, field = stages, parts[0]
+            # every stage whose kind has the field (a network stage has no learning_rate, for instance)
+            targets = [s for s in stages if parts[0] in _fields_of(s)]
+            field = parts[0]
+            if not targets:
+                known = sorted(set().union(*(_fields_of(s) for s in stages))) if stages else []
+                raise InputError(f"override {key!r}: unknown stage field {field!r} (known: {known})")
         else:
-            raise InputError(f"override {key!r} not understood (use FIELD, stages.N.FIELD, svf.FIELD, linear.FIELD or voxelmorph.FIELD)")
-        if field not in stage_fields:
-            raise InputError(f"override {key!r}: unknown stage field {field!r} (known: {sorted(stage_fields)})")
+            raise InputError(f"override {key!r} not understood (use FIELD, stages.N.FIELD, linear.FIELD or "
+                             f"MODEL.FIELD with MODEL one of {', '.join(stage_models())})")
         if not targets:
             raise InputError(f"override {key!r}: the preset has no such stage")
         for stage in targets:
+            if field not in _fields_of(stage):
+                raise InputError(f"override {key!r}: unknown stage field {field!r} for a {stage.get('model')!r} "
+                                 f"stage (known: {sorted(_fields_of(stage))})")
             stage[field] = value
     for old, stage in zip(original, data.get("stages", [])):
         _remap_iterations(old, stage)
     return data
+
+
+def _fields_of(stage: dict) -> set[str]:
+    """The fields a stage object may set: those of its kind's settings (all kinds' for an unknown model, whose
+    error comes when the configuration is parsed)."""
+    if not isinstance(stage, dict):
+        raise InputError(f"a stage must be a JSON object with a 'model', got {stage!r}")
+    try:
+        return stage_kind(stage.get("model", "affine")).settings.field_names()
+    except InputError:
+        return set().union(*(stage_kind(m).settings.field_names() for m in stage_models()))
 
 
 def _remap_iterations(old: dict, new: dict) -> None:
@@ -138,8 +160,6 @@ def save_preset(name: str, base: str, overrides: Iterable[str], folder: str | os
 
     This is how user presets are made (the Slicer module saves them in its settings folder).
     """
-    from ..io.atomic import atomic_output
-
     if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
         raise InputError(f"preset name {name!r} is not a valid file name")
     path = _preset_path(base)

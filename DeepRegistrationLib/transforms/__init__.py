@@ -2,11 +2,12 @@
 
 from .base import Transform
 from .composite import CompositeTransform, IdentityTransform, compose, to_displacement_field
-from .dense import DisplacementField, StationaryVelocityField, sample_field
+from .dense import DisplacementField, StationaryVelocityField, integrate_velocity, sample_field, squaring_normalised
 from .linear import (AffineTransform, LinearTransform, RigidTransform, SimilarityTransform, TranslationTransform,
                      euler_angles_from_matrix, rotation_matrix)
 
 __all__ = ["Transform", "LinearTransform", "IdentityTransform", "TranslationTransform", "RigidTransform",
            "SimilarityTransform", "AffineTransform", "DisplacementField", "StationaryVelocityField",
-           "CompositeTransform", "compose", "to_displacement_field", "sample_field", "rotation_matrix",
+           "CompositeTransform", "compose", "to_displacement_field", "sample_field", "integrate_velocity",
+           "squaring_normalised", "rotation_matrix",
            "euler_angles_from_matrix"]

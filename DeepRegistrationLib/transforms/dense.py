@@ -17,7 +17,7 @@ from ..geometry import Grid
 from ..sampling import normalised_linear, sample, sample_normalised, to_normalised
 from .base import Transform
 
-__all__ = ["DisplacementField", "StationaryVelocityField", "sample_field"]
+__all__ = ["DisplacementField", "StationaryVelocityField", "sample_field", "integrate_velocity", "squaring_normalised"]
 
 
 def sample_field(field: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch.Tensor:
@@ -26,6 +26,42 @@ def sample_field(field: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch
     Returns ``(..., C)`` in the points' dtype; zero outside the grid (ITK rule; see :mod:`..sampling`).
     """
     return sample(field, grid, points).movedim(0, -1).to(points.dtype)
+
+
+def squaring_normalised(u_n: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` squarings ``u <- u + u o (Id + u)`` of a batch of fields ``(N, dim, *shape)`` in ``grid_sample``
+    units (components ``(x, y[, z])``, ``align_corners=True``); points pushed outside the grid take the border
+    value (a zero there, ITK's rule for *applying* a field, would tear the field at the edge)."""
+    dim = u_n.shape[1]
+    shape = u_n.shape[2:]
+    axes = [torch.linspace(-1.0, 1.0, n, dtype=u_n.dtype, device=u_n.device) for n in shape]
+    identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1).unsqueeze(0)  # (1, *shape, dim)
+    channels_last = (0, *range(2, dim + 2), 1)
+    for _ in range(steps):
+        grid = identity + u_n.permute(*channels_last)
+        u_n = u_n + F.grid_sample(u_n, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return u_n
+
+
+def integrate_velocity(velocity: torch.Tensor, grid: Grid, steps: int) -> torch.Tensor:
+    """Scaling and squaring: the displacement ``exp(v) - Id`` ``(dim, *grid.shape)`` (LPS mm) of a stationary
+    velocity ``(dim, *grid.shape)`` (LPS mm) on ``grid``: ``u = v / 2**steps``, then ``steps`` squarings.
+    No checks (the hot path of the SVF stages); differentiable in ``velocity``."""
+    dim = grid.dim
+    u_field = velocity / (2.0 ** steps)
+    if min(grid.size) > 1:  # in grid_sample units throughout: one grid_sample per squaring, nothing else
+        lin = normalised_linear(grid, torch.float64, velocity.device)
+        to_n, from_n = lin.to(u_field.dtype), torch.linalg.inv(lin).to(u_field.dtype)
+        u_n = torch.einsum("ij,j...->i...", to_n, u_field).unsqueeze(0)  # (1, dim, *shape), (x, y[, z])
+        u_n = squaring_normalised(u_n, steps)
+        return torch.einsum("ij,j...->i...", from_n, u_n[0])
+    base = to_normalised(grid, grid.physical_points(device=velocity.device).reshape(-1, dim), velocity.dtype)
+    lin = normalised_linear(grid, velocity.dtype, velocity.device)
+    for _ in range(steps):
+        u = u_field.reshape(dim, -1).T
+        u = u + sample_normalised(u_field, grid, base + u @ lin.T, extrapolate=True).T
+        u_field = u.T.reshape(dim, *grid.shape)
+    return u_field
 
 
 def _check_field(field: torch.Tensor, grid: Grid, what: str) -> torch.Tensor:
@@ -114,30 +150,7 @@ class StationaryVelocityField(Transform):
         """The displacement field ``exp(v) - Id`` on the velocity's grid (differentiable in ``v``)."""
         if self._cache is not None and not self.velocity.requires_grad:
             return self._cache
-        g = self.grid
-        u_field = self.velocity / (2.0 ** self.steps)
-        # u <- u + u o (Id + u); points pushed just outside the grid take the border value (a zero there,
-        # ITK's rule for *applying* a field, would tear the field at the edge).
-        if min(g.size) > 1:  # in grid_sample units throughout: one grid_sample per squaring, nothing else
-            lin = normalised_linear(g, torch.float64, self.velocity.device)
-            to_n, from_n = lin.to(u_field.dtype), torch.linalg.inv(lin).to(u_field.dtype)
-            u_n = torch.einsum("ij,j...->i...", to_n, u_field).unsqueeze(0)  # (1, dim, *shape), (x, y[, z])
-            axes = [torch.linspace(-1.0, 1.0, n, dtype=u_field.dtype, device=u_field.device) for n in g.shape]
-            identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1).unsqueeze(0)  # (1, *shape, dim)
-            channels_last = (0, *range(2, self.dim + 2), 1)
-            for _ in range(self.steps):
-                grid = identity + u_n.permute(*channels_last)
-                u_n = u_n + F.grid_sample(u_n, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            u_field = torch.einsum("ij,j...->i...", from_n, u_n[0])
-        else:
-            base = to_normalised(g, g.physical_points(device=self.velocity.device).reshape(-1, self.dim),
-                                 self.velocity.dtype)
-            lin = normalised_linear(g, self.velocity.dtype, self.velocity.device)
-            for _ in range(self.steps):
-                u = u_field.reshape(self.dim, -1).T
-                u = u + sample_normalised(u_field, g, base + u @ lin.T, extrapolate=True).T
-                u_field = u.T.reshape(self.dim, *g.shape)
-        result = DisplacementField(u_field, self.grid)
+        result = DisplacementField(integrate_velocity(self.velocity, self.grid, self.steps), self.grid)
         if not self.velocity.requires_grad:
             self._cache = result
         return result

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 import DeepRegistrationLib as dr
 from conftest import data_file
-from DeepRegistrationLib.demo import run_demo
+from DeepRegistrationLib.cli.demo import run_demo
 
 ICBM = "brain3d/icbm152_2009a/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 

@@ -12,7 +12,8 @@ import torch
 import DeepRegistrationLib as dr
 from conftest import data_file
 from DeepRegistrationLib.metrics import overlap
-from DeepRegistrationLib.networks import ARCHITECTURES, VoxelMorphNet, voxel_field_to_physical
+from DeepRegistrationLib.methods.voxelmorph.network import ARCHITECTURES, VoxelMorphNet
+from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
 from DeepRegistrationLib.synthetic import oblique_grid
 
 
@@ -33,8 +34,11 @@ def test_shapes_and_identity_at_start(architecture, dim):
 
 
 def test_voxel_field_matches_library_warp(oasis_t1):
-    """MONAI's Warp of a voxel field == the library's warp with the field converted to LPS mm (oblique grid)."""
+    """MONAI's Warp of a voxel field == the library's voxel warp (training) == the library's warp with the field
+    converted to LPS mm (oblique grid)."""
     from monai.networks.blocks import Warp
+
+    from DeepRegistrationLib.transforms.voxel import warp_voxels
 
     grid = oblique_grid(oasis_t1.grid, spacing=(2.0, 2.4, 3.0))
     image = oasis_t1.resample_to(grid).minmax()
@@ -42,6 +46,7 @@ def test_voxel_field_matches_library_warp(oasis_t1):
     coarse = torch.randn(1, 3, 4, 4, 4, generator=g) * 2.0
     field = torch.nn.functional.interpolate(coarse, size=grid.shape, mode="trilinear", align_corners=True)[0]
     monai_warped = Warp(mode="bilinear", padding_mode="zeros")(image.data[None].float(), field[None])[0]
+    assert float((warp_voxels(image.data[None].float(), field[None]) - monai_warped[None]).abs().max()) < 1e-5
     ours = dr.warp_image(image, voxel_field_to_physical(field.double(), grid), grid)
     inner = tuple(slice(3, -3) for _ in range(3))
     diff = (monai_warped[0][inner] - ours.data[0][inner]).abs().max()
@@ -52,16 +57,17 @@ def test_mirror_field_is_the_field_of_the_mirrored_pair(oasis_t1):
     """If ``u`` warps image I onto W, ``mirror_field`` of the field found for the mirrored pair is ``u`` again:
     warping mirror(I) by mirror_field(u) gives mirror(W), along every axis, and the scaling-and-squaring
     exponential commutes with the mirroring (so velocities may be averaged as fields are)."""
-    from monai.networks.blocks import DVF2DDF, Warp
-
-    from DeepRegistrationLib.networks.inference import mirror_field
+    from DeepRegistrationLib.methods.voxelmorph.inference import mirror_field
+    from DeepRegistrationLib.transforms.voxel import integrate_voxel_velocity, warp_voxels
 
     grid = oblique_grid(oasis_t1.grid, spacing=(3.0, 4.0, 5.0))  # voxel units: anisotropy must not matter
     image = oasis_t1.resample_to(grid).minmax().data[None].float()
     g = torch.Generator().manual_seed(1)
     coarse = torch.randn(1, 3, 4, 4, 4, generator=g) * 2.0
     u = torch.nn.functional.interpolate(coarse, size=grid.shape, mode="trilinear", align_corners=True)
-    warp = Warp(mode="bilinear", padding_mode="zeros")
+    def warp(img, field):
+        return warp_voxels(img, field)
+
     warped = warp(image, u)
     inner = (slice(None), slice(None)) + tuple(slice(3, -3) for _ in range(3))
     for axis in range(3):
@@ -69,7 +75,9 @@ def test_mirror_field_is_the_field_of_the_mirrored_pair(oasis_t1):
         assert float((mirrored - warped)[inner].abs().max()) < 1e-4, axis
         wrong = warp(image.flip(2 + axis), u.flip(2 + axis)).flip(2 + axis)  # component not negated
         assert float((wrong - warped)[inner].abs().max()) > 0.05
-        exp = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
+        def exp(v):
+            return integrate_voxel_velocity(v, 7)
+
         diff = (exp(mirror_field(u, axis)) - mirror_field(exp(u), axis))[inner].abs().max()
         assert float(diff) < 1e-4, (axis, float(diff))
     assert torch.equal(mirror_field(mirror_field(u, 1), 1), u)
@@ -78,8 +86,8 @@ def test_mirror_field_is_the_field_of_the_mirrored_pair(oasis_t1):
 def test_left_right_axis_of_model_grids():
     """The tensor axis of a model grid along the patient's left-right: found from its direction, whatever the
     orientation code; an oblique grid is refused with a message naming the setting to change."""
-    from DeepRegistrationLib.networks.inference import left_right_axis
-    from DeepRegistrationLib.networks.model_input import ModelInput
+    from DeepRegistrationLib.methods.voxelmorph.inference import left_right_axis
+    from DeepRegistrationLib.methods.voxelmorph.model_grid import ModelInput
 
     center = np.zeros(3)
     axes = {code: left_right_axis(ModelInput((16, 16, 16), (2.0,) * 3, code).grid_at(center))
@@ -93,7 +101,7 @@ def test_left_right_axis_of_model_grids():
 def test_short_training_on_real_slices_improves_overlap():
     """Unsupervised (LNCC + diffusion) training on one OASIS slice pair: seg24 Dice must rise."""
     from DeepRegistrationLib.metrics.similarity import LNCCLoss
-    from DeepRegistrationLib.registration import diffusion_regulariser
+    from DeepRegistrationLib.metrics import diffusion_regulariser
 
     base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
     fixed = dr.read_image(data_file(base.format("0001", "norm")), dim=2).minmax()
@@ -124,7 +132,7 @@ def test_instance_normalised_variant_learns_faster_on_real_slices():
     """vm1-lite-in vs vm1-lite, same seed, losses and 40 steps on the OASIS slice pair: the normalised network
     must gain seg24 Dice where the plain one has not started yet (measured: +0.10 against +0.00)."""
     from DeepRegistrationLib.metrics.similarity import LNCCLoss
-    from DeepRegistrationLib.registration import diffusion_regulariser
+    from DeepRegistrationLib.metrics import diffusion_regulariser
 
     base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
     fixed = dr.read_image(data_file(base.format("0001", "norm")), dim=2).minmax()
@@ -156,7 +164,7 @@ def test_instance_normalised_variant_learns_faster_on_real_slices():
 
 
 def test_model_folder_roundtrip_and_refusals(tmp_path):
-    from DeepRegistrationLib.networks.model_io import CARD, WEIGHTS, load_model, save_model
+    from DeepRegistrationLib.methods.voxelmorph.model_io import CARD, WEIGHTS, load_model, save_model
 
     torch.manual_seed(0)
     net = VoxelMorphNet(2, "vm1", diffeomorphic=True, integration_steps=5)
@@ -201,7 +209,7 @@ def test_model_folder_roundtrip_and_refusals(tmp_path):
 
 
 def _slice_subjects():
-    from DeepRegistrationLib.networks.training import Subject
+    from DeepRegistrationLib.methods.voxelmorph.training import Subject
 
     base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
     out = []
@@ -214,8 +222,8 @@ def _slice_subjects():
 
 def test_augmented_training_pairs_distinct_subjects_when_asked(tmp_path):
     """With augmentation a subject may meet a fresh deformation of itself; self_pairs=False never pairs it so."""
-    from DeepRegistrationLib.networks.augment import AugmentConfig
-    from DeepRegistrationLib.networks.training import TrainConfig, train_voxelmorph
+    from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig
+    from DeepRegistrationLib.methods.voxelmorph.training import TrainConfig, train_voxelmorph
 
     subjects = _slice_subjects()
     pairs = {}
@@ -234,7 +242,7 @@ def test_augmented_training_pairs_distinct_subjects_when_asked(tmp_path):
 def test_training_is_reproducible_and_resumes_exactly(tmp_path):
     """Same seed -> same weights; 3 steps (stopped early) + resume to 8 == 8 steps in one go (the checkpoint
     holds everything)."""
-    from DeepRegistrationLib.networks.training import TrainConfig, train_voxelmorph
+    from DeepRegistrationLib.methods.voxelmorph.training import TrainConfig, train_voxelmorph
 
     subjects = _slice_subjects()
     cfg = dict(learning_rate=1e-3, seed=3, checkpoint_every=4, validate_every=4, dice_weight=0.5)
@@ -280,7 +288,7 @@ def test_training_is_reproducible_and_resumes_exactly(tmp_path):
 
 
 def test_training_refuses_bad_subjects(tmp_path):
-    from DeepRegistrationLib.networks.training import Subject, TrainConfig, train_voxelmorph
+    from DeepRegistrationLib.methods.voxelmorph.training import Subject, TrainConfig, train_voxelmorph
 
     good = Subject(torch.rand(1, 16, 16), torch.zeros(1, 16, 16, dtype=torch.int32), "a")
     nan = Subject(torch.full((1, 16, 16), float("nan")), None, "scan-with-nan")
@@ -296,7 +304,7 @@ def test_training_refuses_bad_subjects(tmp_path):
 
 # ---------------------------------------------------------------------- model grid, augmentation, CLI training
 def test_model_grid_orientation_and_placement(oasis_t1):
-    from DeepRegistrationLib.networks.model_input import ModelInput, direction_from_code, orientation_code
+    from DeepRegistrationLib.methods.voxelmorph.model_grid import ModelInput, direction_from_code, orientation_code
 
     assert orientation_code(oasis_t1.grid.direction_matrix()) == "LIA"  # FreeSurfer's conformed orientation
     for code in ("LIA", "RAS", "LPS", "PIR", "LA", "RP"):
@@ -311,16 +319,16 @@ def test_model_grid_orientation_and_placement(oasis_t1):
     assert grid.size == (56, 64, 72) and np.allclose(grid.spacing, 3.0)
     assert np.allclose(grid.direction_matrix(), oasis_t1.grid.direction_matrix())
     # centred at the brain's intensity centre of mass, not at the field of view's centre
-    from DeepRegistrationLib.registration.engine import _center_of_mass
+    from DeepRegistrationLib.intensity import center_of_mass
 
-    assert np.allclose(grid.center(), _center_of_mass(oasis_t1.minmax()), atol=0.5)
+    assert np.allclose(grid.center(), center_of_mass(oasis_t1.minmax()), atol=0.5)
     assert ModelInput.from_dict(model.to_dict()) == model
     with pytest.raises(dr.InputError, match="not a model grid"):
         ModelInput.from_dict({"size": [56, 64, 72]})
 
 
 def test_network_input_checks(oasis_t1, oasis_seg_pair):
-    from DeepRegistrationLib.networks.model_input import ModelInput, check_network_input
+    from DeepRegistrationLib.methods.voxelmorph.model_grid import ModelInput, check_network_input
 
     model = ModelInput((56, 64, 72), (3.0,) * 3, "LIA")
     assert check_network_input(oasis_t1, model, "fixed") == []
@@ -342,7 +350,7 @@ def test_network_input_checks(oasis_t1, oasis_seg_pair):
 
 
 def test_augmentation_is_seeded_smooth_and_label_consistent():
-    from DeepRegistrationLib.networks.augment import AugmentConfig, augment_subject, random_displacement
+    from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig, augment_subject, random_displacement
 
     subject = _slice_subjects()[0]
     cfg = AugmentConfig(deformation_mm=3.0, synth_probability=0.5)
@@ -371,8 +379,8 @@ def test_augmentation_is_seeded_smooth_and_label_consistent():
 def test_augmentation_and_training_on_cuda_match_the_cpu(tmp_path):
     """On a GPU the augmentation runs on the device from the same CPU random stream: same images as on the
     CPU (to float precision); a short training run there works end to end."""
-    from DeepRegistrationLib.networks.augment import AugmentConfig, augment_subject
-    from DeepRegistrationLib.networks.training import TrainConfig, train_voxelmorph
+    from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig, augment_subject
+    from DeepRegistrationLib.methods.voxelmorph.training import TrainConfig, train_voxelmorph
 
     subjects = _slice_subjects()
     cfg = AugmentConfig(deformation_mm=3.0, synth_probability=0.5)
@@ -405,7 +413,7 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     """deepreg train voxelmorph on real 2D slices: the model folder has a complete card, loads, registers;
     --init fine-tunes it (card records the parent's checksum); --resume continues; bad input writes nothing."""
     from DeepRegistrationLib.cli import main
-    from DeepRegistrationLib.networks import load_model
+    from DeepRegistrationLib.methods.voxelmorph.model_io import load_model
 
     p = _write_2d_subjects(tmp_path)
     common = ["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
@@ -454,7 +462,7 @@ def test_onednn_inference_convolutions_match_and_skip_the_reference_kernel(oasis
     on a real pair, without PyTorch's slow reference ``conv3d`` kernel; training (autograd) keeps the usual path."""
     import copy
 
-    from DeepRegistrationLib.networks.onednn import OneDNNConv3d, use_onednn
+    from DeepRegistrationLib.methods.voxelmorph.onednn import OneDNNConv3d, use_onednn
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
@@ -494,7 +502,7 @@ def test_unet_is_monai_voxelmorph_unet_key_for_key(dim, oasis_t1):
     and a real image pair gives the same output."""
     from monai.networks.nets import VoxelMorphUNet as MonaiUNet
 
-    from DeepRegistrationLib.networks.unet import VoxelMorphUNet
+    from DeepRegistrationLib.methods.voxelmorph.unet import VoxelMorphUNet
 
     grid = oblique_grid(oasis_t1.grid, spacing=(4.0,) * 3)
     volume = oasis_t1.resample_to(grid).minmax().data.float()[0]
@@ -532,7 +540,7 @@ def test_inference_does_not_import_monai(tmp_path):
     script = (
         "import sys, torch\n"
         "import DeepRegistrationLib as dr\n"
-        "from DeepRegistrationLib.networks.inference import cached_model, predict_transform\n"
+        "from DeepRegistrationLib.methods.voxelmorph.inference import cached_model, predict_transform\n"
         "from DeepRegistrationLib.synthetic import oblique_grid\n"
         f"image = dr.read_image({str(data_file('brain3d/oasis/OAS1_0001_MR1_aligned_norm.nii.gz'))!r})\n"
         "image = image.resample_to(oblique_grid(image.grid, spacing=(3.0, 3.0, 3.0))).minmax()\n"

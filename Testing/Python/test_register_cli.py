@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 import DeepRegistrationLib as dr
 from conftest import ROOT, data_file
-from DeepRegistrationLib.registration import apply_overrides, fit_landmarks, list_presets, load_preset, register
+from DeepRegistrationLib.registration import RegistrationConfig, apply_overrides, fit_landmarks, list_presets, load_preset, register
 from test_cli import _error_line, deepreg
 
 PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimodal-rigid", "multimodal-affine",
@@ -64,14 +64,16 @@ def test_overrides():
     assert vm.stages[2].iterations_per_level() == [1]  # one network pass (for progress)
     with pytest.raises(dr.InputError, match="voxelmorph stage needs 'network'"):
         load_preset("voxelmorph-brain", ["voxelmorph.network="])
-    with pytest.raises(dr.InputError, match="'network' applies to voxelmorph stages"):
+    with pytest.raises(dr.InputError, match="unknown stage field 'network'"):  # a linear stage has no network
         load_preset("rigid", ["network=voxelmorph-brain"])
+    with pytest.raises(dr.InputError, match="unknown stage parameter.*'network'.*'rigid' stage"):
+        RegistrationConfig.from_dict({"stages": [{"model": "rigid", "network": "voxelmorph-brain"}]})
     # the network alone averages with the mirrored pair; before instance optimisation that gains nothing (README)
     assert load_preset("voxelmorph-brain").stages[2].mirror_average and not vm.stages[2].mirror_average
     assert not load_preset("voxelmorph-brain", ["voxelmorph.mirror_average=false"]).stages[2].mirror_average
     with pytest.raises(dr.InputError, match="mirror_average must be true or false"):
         load_preset("voxelmorph-brain", ["voxelmorph.mirror_average=yes"])
-    with pytest.raises(dr.InputError, match="'mirror_average' applies to voxelmorph stages"):
+    with pytest.raises(dr.InputError, match="unknown stage field 'mirror_average'"):
         load_preset("rigid", ["mirror_average=true"])
     # two damped passes for the network alone, one before instance optimisation (which gains nothing from more)
     assert (load_preset("voxelmorph-brain").stages[2].passes, vm.stages[2].passes) == (2, 1)
@@ -79,7 +81,7 @@ def test_overrides():
     for bad in ("passes=0", "passes=9", "passes=1.5", "passes=true", "pass_step=0", "pass_step=1.5", "pass_step=x"):
         with pytest.raises(dr.InputError, match="passes must be|pass_step must be"):
             load_preset("voxelmorph-brain", [f"voxelmorph.{bad}"])
-    with pytest.raises(dr.InputError, match="'passes' and 'pass_step' apply to voxelmorph stages"):
+    with pytest.raises(dr.InputError, match="unknown stage field 'passes'"):
         load_preset("rigid", ["passes=2"])
     # new levels take the iterations of the nearest preset level, unless iterations are given too
     fast = load_preset("deformable-fast", ["levels_mm=[8, 3]"])

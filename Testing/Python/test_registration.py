@@ -127,20 +127,20 @@ def test_landmark_counts_must_match():
 
 def test_gpu_out_of_memory(monkeypatch):
     """auto falls back to the CPU (and says so); an explicit cuda request gets a clear error."""
-    from DeepRegistrationLib.registration import engine
+    from DeepRegistrationLib.registration import pipeline
 
     fixed = _png("BrainProtonDensitySliceBorder20.png")
-    real = engine._register
+    real = pipeline.run_request
     devices = []
 
-    def fake(*args):
-        devices.append(args[-1].type)
-        if args[-1].type == "cuda":
+    def fake(request, device):
+        devices.append(device.type)
+        if device.type == "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args)
+        return real(request, device)
 
-    monkeypatch.setattr(engine, "_register", fake)
-    monkeypatch.setattr(engine, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(pipeline, "run_request", fake)
+    monkeypatch.setattr(pipeline, "resolve_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     result = register(fixed, fixed, _rigid(), device="auto")
     assert devices == ["cuda", "cpu"] and "ran on the CPU" in result.figures["note"]

@@ -19,7 +19,7 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 import DeepRegistrationLib as dr  # noqa: E402
 from conftest import data_file  # noqa: E402
-from DeepRegistrationLib import slicer_logic as sl  # noqa: E402
+from DeepRegistrationLib.slicer import logic as sl, nodes, transforms as slt  # noqa: E402
 from DeepRegistrationLib.synthetic import oblique_grid, smooth_field  # noqa: E402
 from DeepRegistrationLib.transforms import RigidTransform, compose  # noqa: E402
 
@@ -30,7 +30,7 @@ FAST = {"overrides": ["levels_mm=[8,4]"]}
 
 def add_volume(scene, image: dr.Image, name: str, cls: str = "vtkMRMLScalarVolumeNode"):
     node = scene.AddNewNodeByClass(cls, name)
-    sl.update_volume_node_from_image(node, image)
+    nodes.update_volume_node_from_image(node, image)
     return node
 
 
@@ -95,7 +95,7 @@ def library_transform_of(node, scene, tmp_path, reference: dr.Grid) -> dr.Transf
 def test_volume_node_roundtrip_oblique_anisotropic(oasis_oblique):
     scene = slicer.vtkMRMLScene()
     node = add_volume(scene, oasis_oblique, "t1")
-    back = sl.image_from_volume_node(node)
+    back = nodes.image_from_volume_node(node)
     assert back.grid.same_as(oasis_oblique.grid, atol=1e-9)
     assert back.data.dtype == oasis_oblique.data.dtype
     assert torch.equal(back.data, oasis_oblique.data)
@@ -130,7 +130,7 @@ def test_rigid_result_node_matches_library(pair, oasis_t1, tmp_path):
     assert node.GetNodeReference("spatialRegistrationMoving") is moving_node
     assert json.loads(node.GetAttribute("DeepRegistration.figures"))["jacobian_folding_percent"] == 0.0
     # Slicer's resampling through the node == the library's warp of the same transform
-    library = sl.transform_from_node(node)
+    library = slt.transform_from_node(node)
     np.testing.assert_allclose(library.map_points(pts), got, atol=1e-6)
     warped = dr.warp_image(moving, library, fixed.grid).numpy()
     vlogic = slicer.vtkSlicerVolumesLogic()
@@ -190,10 +190,10 @@ def test_deformable_result_node_matches_library(deformable_run, tmp_path):
     # hardening (Slicer's transform logic) moves the moving volume's voxels the same way
     tlogic = slicer.vtkSlicerTransformLogic()
     hardened = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "hardened")
-    sl.update_volume_node_from_image(hardened, moving)
+    nodes.update_volume_node_from_image(hardened, moving)
     hardened.SetAndObserveTransformNodeID(node.GetID())
     assert tlogic.hardenTransform(hardened)
-    again = sl.image_from_volume_node(hardened)
+    again = nodes.image_from_volume_node(hardened)
     check = again.resample_to(fixed.grid).numpy()
     assert np.abs(check - library)[inside].mean() < 0.02 * float(moving.data.max())
     moving_node.SetAndObserveTransformNodeID(None)
@@ -203,7 +203,7 @@ def test_deformable_result_node_matches_library(deformable_run, tmp_path):
 def test_deformable_outputs_on_fixed_grid(deformable_run):
     scene, fixed, moving, truth, out, fixed_node, moving_node = deformable_run
     for node in (out.volume_node, out.jacobian_node):
-        assert sl.image_from_volume_node(node).grid.same_as(fixed.grid, atol=1e-6)
+        assert nodes.image_from_volume_node(node).grid.same_as(fixed.grid, atol=1e-6)
     jac = slicer.util.arrayFromVolume(out.jacobian_node)
     assert jac.min() > 0 and abs(float(np.median(jac)) - 1.0) < 0.2
     assert out.figures["jacobian_folding_percent"] == 0.0 and out.figures["device"] == "cpu"
@@ -221,7 +221,7 @@ def test_scene_with_results_survives_mrb(deformable_run, tmp_path):
         node.AddDefaultStorageNode()
     # at the nodes of the field's grid: Slicer reloads grid transforms with cubic interpolation, which
     # agrees with ITK's linear one exactly there (and to a fraction of a mm between them)
-    field = sl._node_parts(out.transform, fixed.grid)[0]
+    field = slt.node_parts(out.transform, fixed.grid)[0]
     pts = field.grid.physical_points(dtype=torch.float64).reshape(-1, 3).numpy()[::101]
     expected = node_maps(out.transform_node, pts)
     path = str(tmp_path / "scene.mrb")
@@ -251,8 +251,8 @@ def test_scene_with_results_survives_mrb(deformable_run, tmp_path):
     print(f"reloaded grid (cubic) vs library (linear) between nodes: mean {gap.mean():.3f} max {gap.max():.3f} mm")
     assert gap.mean() < 0.1 and gap.max() < 0.5
     for name in ("fixed", "moving", "warped", "jacobian"):  # same voxels in the same place (Slicer's NRRD
-        a = sl.image_from_volume_node(loaded.GetFirstNodeByName(name))  # reader makes left-handed grids right-handed)
-        b = sl.image_from_volume_node(scene.GetFirstNodeByName(name))
+        a = nodes.image_from_volume_node(loaded.GetFirstNodeByName(name))  # reader makes left-handed grids right-handed)
+        b = nodes.image_from_volume_node(scene.GetFirstNodeByName(name))
         assert np.abs(a.resample_to(b.grid).numpy() - b.numpy()).max() < 1e-5 * float(b.data.abs().max()), name
     assert p.GetNodeReference("fixedVolume").GetName() == "fixed"
 
@@ -274,7 +274,7 @@ def test_background_reports_progress_and_completes(pair, oasis_t1, tmp_path):
     node = handle.outputs.transform_node
     assert node.IsLinear() and node.GetNodeReference("spatialRegistrationMoving") is moving_node
     assert handle.outputs.figures["device"] == "cpu"
-    assert sl.image_from_volume_node(warped_node).grid.same_as(fixed.grid, atol=1e-6)
+    assert nodes.image_from_volume_node(warped_node).grid.same_as(fixed.grid, atol=1e-6)
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
 
 
@@ -367,7 +367,7 @@ def test_segmentation_mask_is_used(small_scene):
     labels = add_volume(scene, fixed.with_data(torch.from_numpy(brain)[None]), "brain-labels", "vtkMRMLLabelMapVolumeNode")
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "brain")
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labels, seg)
-    mask = sl.mask_from_node(seg, fixed_node, "fixed")
+    mask = nodes.mask_from_node(seg, fixed_node, "fixed")
     assert mask.grid.same_as(fixed.grid, atol=1e-6)
     np.testing.assert_array_equal(mask.numpy() != 0, brain != 0)
 
@@ -416,19 +416,19 @@ def test_landmarks_and_initial_transform_nodes_convert():
     scene = slicer.vtkMRMLScene()
     m = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
     m.AddControlPoint(10.0, 20.0, 30.0)
-    np.testing.assert_allclose(sl.points_from_markups(m, "fixed"), [[-10.0, -20.0, 30.0]])
+    np.testing.assert_allclose(nodes.points_from_markups(m, "fixed"), [[-10.0, -20.0, 30.0]])
     t = scene.AddNewNodeByClass("vtkMRMLTransformNode", "init")
     truth = RigidTransform(np.radians([5.0, 10.0, -3.0]), [1.0, 2.0, 3.0], center=[10.0, 0.0, 0.0])
-    sl.update_transform_node(t, truth)
+    slt.update_transform_node(t, truth)
     assert t.IsLinear()
     pts = np.array([[0.0, 0.0, 0.0], [50.0, -20.0, 10.0]])
-    np.testing.assert_allclose(sl.transform_from_node(t).map_points(pts), truth.map_points(pts), atol=1e-9)
+    np.testing.assert_allclose(slt.transform_from_node(t).map_points(pts), truth.map_points(pts), atol=1e-9)
     np.testing.assert_allclose(node_maps(t, pts), truth.map_points(pts), atol=1e-9)
     grid_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
     c = np.zeros(3)
-    sl.update_transform_node(grid_node, smooth_field(c))
+    slt.update_transform_node(grid_node, smooth_field(c))
     with pytest.raises(dr.InputError, match="warp: only a linear"):
-        sl.transform_from_node(grid_node)
+        slt.transform_from_node(grid_node)
 
 
 def test_parameters_become_overrides():

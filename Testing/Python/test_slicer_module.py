@@ -140,7 +140,7 @@ def test_similarity_choices_are_the_library_metrics(module):
 
 def test_advanced_settings_become_valid_preset_overrides(module):
     from DeepRegistrationLib.registration import load_preset
-    from DeepRegistrationLib.slicer_logic import overrides_from_parameters
+    from DeepRegistrationLib.slicer.logic import overrides_from_parameters
 
     defaults = SimpleNamespace(similarity="(preset)", levels="", iterations=0, regularisationWeight=-1.0)
     assert module.DeepRegistrationLogic.advancedParameters(defaults) == {}

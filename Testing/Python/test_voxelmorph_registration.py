@@ -26,9 +26,9 @@ def oasis_pair():
 def test_network_stage_is_the_networks_own_field(oasis_pair, voxelmorph_model):
     """The physical transform the engine returns equals the network's scaling-and-squaring displacement
     (MONAI's, in voxels on the model grid) converted to mm, inside the model grid."""
-    from DeepRegistrationLib.networks.inference import cached_model, predict_transform
-    from DeepRegistrationLib.networks.model_input import normalised, to_model_grid
-    from DeepRegistrationLib.networks.voxelmorph import voxel_field_to_physical
+    from DeepRegistrationLib.methods.voxelmorph.inference import cached_model, predict_transform
+    from DeepRegistrationLib.methods.voxelmorph.model_grid import normalised, to_model_grid
+    from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
 
     fixed, moving = oasis_pair
     fixed_n, moving_n = normalised(fixed), normalised(moving)
@@ -123,8 +123,8 @@ def test_bundled_brain_model_card_and_weights():
     """The shipped model: loads with its checksum verified, under 10 MB, and its card says what the issue asks
     (architecture, input grid and normalisation, training data with checksums, command, steps, validation Dice,
     licence), with OASIS 0001 (the benchmarks' fixed subject) outside its training data."""
-    from DeepRegistrationLib.networks.model_io import WEIGHTS, load_model
-    from DeepRegistrationLib.networks.inference import find_model
+    from DeepRegistrationLib.methods.voxelmorph.model_io import WEIGHTS, load_model
+    from DeepRegistrationLib.methods.voxelmorph.inference import find_model
 
     folder = find_model("voxelmorph-brain")
     assert folder.parent.name == "Models" and folder.parent.parent.name == "Resources"  # the bundled one
@@ -148,7 +148,7 @@ def test_bundled_brain_model_registers_an_unseen_subject(oasis_pair, oasis_seg_p
     folding; averaging with the left-right mirrored pair must beat one pass, and the preset's second pass (which
     must be given the moving image as the first pass warped it: closer to the fixed one) must beat that."""
     from DeepRegistrationLib.metrics.similarity import make_similarity
-    from DeepRegistrationLib.networks.inference import cached_model
+    from DeepRegistrationLib.methods.voxelmorph.inference import cached_model
 
     fixed, moving = oasis_pair
     fixed_seg, moving_seg = (s.as_label_map() for s in oasis_seg_pair)

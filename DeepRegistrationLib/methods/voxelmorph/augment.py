@@ -22,6 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ...transforms.linear import rotation_matrix
+from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
+
 __all__ = ["AugmentConfig", "random_displacement", "augment_subject"]
 
 
@@ -70,43 +73,43 @@ def _smooth_noise(gen: torch.Generator, shape: tuple[int, ...], control: tuple[i
 
 def random_displacement(shape: tuple[int, ...], spacing_mm: float, config: AugmentConfig,
                         gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A random smooth displacement ``(1, dim, *shape)`` in voxels (pull-back, MONAI ``Warp`` convention):
-    affine part about the grid centre plus the exponential of a random stationary velocity."""
-    from monai.networks.blocks import DVF2DDF
-
+    """A random smooth displacement ``(1, dim, *shape)`` in voxels (pull-back, :mod:`~DeepRegistrationLib.transforms.voxel`
+    convention): affine part about the grid centre plus the exponential of a random stationary velocity."""
     dim = len(shape)
     axes = [torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2 for n in shape]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (dim, *shape), tensor axis order, voxels
     angles = torch.deg2rad(_uniform(gen, 3 if dim == 3 else 1, config.rotation_deg))
-    rotation = _rotation(angles, dim)
+    rotation = rotation_matrix(angles, dim).flip(0).flip(1)  # ITK's rotation of the index axes, in array order
     scale = torch.diag(1 + _uniform(gen, dim, config.scaling))
     translation = _uniform(gen, dim, config.translation_mm / spacing_mm)
     a = (rotation @ scale - torch.eye(dim, dtype=torch.float64)).to(device)
     affine = torch.einsum("ij,j...->i...", a, coords) + translation.to(device).reshape(dim, *([1] * dim))
     control = tuple(max(2, math.ceil(n * spacing_mm / config.control_spacing_mm) + 1) for n in shape)
     velocity = _smooth_noise(gen, shape, control, dim, config.deformation_mm / spacing_mm, device)
-    smooth = DVF2DDF(num_steps=5)(velocity)  # MONAI pads with zeros: the outermost voxels (background) may tear
+    smooth = integrate_voxel_velocity(velocity, 5)
     return affine.float().unsqueeze(0) + smooth
 
 
-def _rotation(angles: torch.Tensor, dim: int) -> torch.Tensor:
-    def rot(a, i, j):
-        r = torch.eye(dim, dtype=torch.float64)
-        c, s = torch.cos(a), torch.sin(a)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        return r
-
-    if dim == 2:
-        return rot(angles[0], 0, 1)
-    return rot(angles[0], 1, 2) @ rot(angles[1], 0, 2) @ rot(angles[2], 0, 1)
-
-
 def _blur(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, *shape)`` (sigma in voxels, kernel truncated at 4 sigma, zero padding)."""
     if sigma_voxels < 0.3:
         return image
-    from monai.networks.layers import GaussianFilter
-
-    return GaussianFilter(image.dim() - 2, sigma_voxels)(image)
+    radius = int(math.ceil(4.0 * sigma_voxels))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (x / sigma_voxels) ** 2)
+    kernel = kernel / kernel.sum()
+    dim = image.dim() - 2
+    conv = F.conv3d if dim == 3 else F.conv2d
+    channels = image.shape[1]
+    out = image
+    for axis in range(dim):
+        shape = [1] * dim
+        shape[axis] = kernel.numel()
+        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *([1] * dim))
+        padding = [0] * dim
+        padding[axis] = radius
+        out = conv(out, weight, padding=padding, groups=channels)
+    return out
 
 
 def synthesise(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -140,17 +143,15 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
     ``ddf`` ``(1, dim, *shape)`` (voxels) is the deformation applied: ``out(x) = in(x + ddf(x))``; with
     ``deform=False`` only the intensities change (``ddf`` is zero).
     """
-    from monai.networks.blocks import Warp
-
     shape = tuple(image.shape[1:])
     ddf = random_displacement(shape, spacing_mm, config, gen, image.device) if deform \
         else image.new_zeros(1, len(shape), *shape)
     synth = labels is not None and float(torch.rand(1, generator=gen)) < config.synth_probability
     warped_labels = None
     if labels is not None:
-        warped_labels = Warp(mode="nearest", padding_mode="zeros")(labels[None].float(), ddf)[0].round().to(labels.dtype)
+        warped_labels = warp_voxels(labels[None].float(), ddf, "nearest")[0].round().to(labels.dtype)
     if synth:
         source = synthesise(warped_labels, gen)
     else:
-        source = Warp(mode="bilinear", padding_mode="zeros")(image[None].float(), ddf)[0]
+        source = warp_voxels(image[None].float(), ddf)[0]
     return _intensity(source, config, gen), warped_labels, synth, ddf

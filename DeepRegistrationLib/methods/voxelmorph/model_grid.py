@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..geometry import Grid
-from ..image import Image
-from ..transforms import Transform
+from ...errors import InputError
+from ...geometry import Grid
+from ...image import Image
+from ...intensity import center_of_mass, normalise_unit_range, smooth_gaussian
+from ...transforms import Transform
+from ...warp import warp_image
 
 __all__ = ["ModelInput", "smoothed_for_grid", "to_model_grid", "normalised", "check_network_input"]
 
@@ -98,33 +100,23 @@ class ModelInput:
 
     def grid_at(self, center_mm: np.ndarray) -> Grid:
         """The model grid with its centre at ``center_mm`` (LPS)."""
-        direction = direction_from_code(self.orientation)
-        spacing = np.asarray(self.spacing, dtype=float)
-        size = np.asarray(self.size)
-        origin = np.asarray(center_mm, dtype=float) - direction @ (spacing * (size - 1) / 2)
-        return Grid([int(n) for n in size], origin, spacing, direction)
+        return Grid.centred(center_mm, self.size, self.spacing, direction_from_code(self.orientation))
 
     def grid_for(self, image_n: Image) -> Grid:
         """The model grid placed on ``image_n`` (a :func:`normalised` image): centred at its intensity centre of mass."""
-        from ..registration.engine import _center_of_mass
-
-        return self.grid_at(_center_of_mass(image_n))
+        return self.grid_at(center_of_mass(image_n))
 
 
 def normalised(image: Image) -> Image:
-    """The engine's intensity normalisation (clip 0.5 / 99.5 percentiles, min-max to [0, 1])."""
-    from ..registration.engine import _normalise
-
-    return _normalise(image, None)
+    """The shared intensity normalisation (clip 0.5 / 99.5 percentiles, min-max to [0, 1])."""
+    return normalise_unit_range(image)
 
 
 def smoothed_for_grid(image_n: Image, grid: Grid) -> Image:
     """``image_n`` smoothed with a Gaussian of 0.5 x the model spacing when the model grid is coarser than
     it (anti-aliasing before :func:`to_model_grid` samples it); unchanged otherwise."""
-    from ..registration.engine import _smoothed
-
     sigma = 0.5 * min(grid.spacing)
-    return _smoothed(image_n, sigma) if sigma > 0.6 * max(image_n.grid.spacing) else image_n
+    return smooth_gaussian(image_n, sigma) if sigma > 0.6 * max(image_n.grid.spacing) else image_n
 
 
 def to_model_grid(image_n: Image, grid: Grid, transform: Transform | None = None,
@@ -132,8 +124,6 @@ def to_model_grid(image_n: Image, grid: Grid, transform: Transform | None = None
     """``image_n`` (already :func:`normalised`, or a label map with ``interpolation="nearest"``) seen on the
     model ``grid`` through ``transform`` (model grid point -> image point, LPS mm), as a ``(1, *grid.shape)``
     float32 tensor. Intensity images are first :func:`smoothed_for_grid` (``smooth=False``: the caller did it)."""
-    from ..warp import warp_image
-
     if interpolation == "linear" and smooth:
         image_n = smoothed_for_grid(image_n, grid)
     return warp_image(image_n, transform, grid, interpolation).data.float()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DeepRegError, InputError
+from ..errors import DeepRegError, InputError
 
 __all__ = ["main", "run", "build_parser"]
 
@@ -30,7 +30,7 @@ def _refuse_overwrite(outputs, inputs) -> None:
 
 
 def _read_transform_for(path: str, reference_grid, inverse: bool):
-    from .io import read_transform
+    from ..io import read_transform
 
     transform = read_transform(path, reference=reference_grid)
     if inverse:
@@ -43,8 +43,8 @@ def _read_transform_for(path: str, reference_grid, inverse: bool):
 
 # ---------------------------------------------------------------------- apply
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from .io import read_image, read_points, write_image, write_points
-    from .warp import warp_image
+    from ..io import read_image, read_points, write_image, write_points
+    from ..warp import warp_image
 
     image_args = [args.moving, args.reference, args.output]
     if any(image_args) and not all(image_args):
@@ -106,8 +106,8 @@ def _print_report(report: dict) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import read_image, read_points
-    from .io.atomic import atomic_output
+    from ..io import read_image, read_points
+    from ..io.atomic import atomic_output
 
     if bool(args.fixed_labels) != bool(args.moving_labels):
         raise InputError("label evaluation needs --fixed-labels and --moving-labels together")
@@ -134,7 +134,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         fixed_points = read_points(args.fixed_landmarks, reference=grid)
         moving_points = read_points(args.moving_landmarks,
                                     reference=moving_labels.grid if moving_labels is not None else grid)
-    from .metrics.report import evaluate_transform
+    from ..metrics.report import evaluate_transform
 
     report = evaluate_transform(transform, fixed_labels, moving_labels, fixed_points, moving_points, reference,
                                 args.interpolation, surface=not args.no_surface)
@@ -148,8 +148,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- info
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .io.atomic import full_suffix
-    from .io.transforms import TRANSFORM_SUFFIXES, read_transform
+    from ..io.atomic import full_suffix
+    from ..io.transforms import TRANSFORM_SUFFIXES, read_transform
 
     path = Path(args.file)
     if not path.exists():
@@ -158,7 +158,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         info = read_transform(path).describe()
         info = {"file": str(path), **info}
     else:
-        from .io import read_image
+        from ..io import read_image
 
         image = read_image(path, allow_nonfinite=True)
         data = image.data
@@ -199,7 +199,13 @@ class _Progress:
 
     def __init__(self, mode: str, config) -> None:
         self.mode = mode
-        self.total = sum(sum(s.iterations_per_level()) for s in config.stages) or 1
+        self.offsets: dict[tuple[int, int], int] = {}  # steps before each (stage, level)
+        total = 0
+        for si, stage in enumerate(config.stages):
+            for li, steps in enumerate(stage.iterations_per_level()):
+                self.offsets[(si, li)] = total
+                total += steps
+        self.total = total or 1
         self.done = 0
         self.last = 0.0
         self.stages = len(config.stages)
@@ -207,7 +213,8 @@ class _Progress:
     def __call__(self, event: dict) -> None:
         import time
 
-        self.done += 1
+        # events may skip steps (a GPU run reports every few): count from the event's position
+        self.done = self.offsets.get((event["stage"], event["level"]), self.done) + event["iteration"] + 1
         fraction = min(1.0, self.done / self.total)
         if self.mode == "json":
             print(json.dumps({"event": "progress", "fraction": round(fraction, 4), **event}), flush=True)
@@ -230,8 +237,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     import signal
     import warnings
 
-    from .io import read_image, read_points, read_transform, write_transform
-    from .registration import RegistrationCancelled, load_preset, register
+    from ..io import read_image, read_points, read_transform, write_transform
+    from ..registration import RegistrationCancelled, load_preset, register
 
     outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
@@ -293,7 +300,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if warped is not None:
         warped.write(args.out_image)
     if args.out_jacobian:
-        from .image import Image
+        from ..image import Image
 
         Image(det.float()[None], grid, name="jacobian").write(args.out_jacobian)
     summary = {"event": "done", "preset": config.name or args.preset, "outputs": outputs, "figures": figures}
@@ -306,7 +313,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .registration import list_presets
+    from ..registration import list_presets
 
     presets = list_presets()
     if args.json:
@@ -329,14 +336,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .networks.train_command import run
+    from .train import run
 
     return run(args)
 
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="deepreg",
@@ -410,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Train (or fine-tune with --init) a VoxelMorph model on a folder, list or "
                                          "CSV of images, optionally with label maps; writes a model folder usable "
                                          "by the voxelmorph presets (set 'network' to its path).")
-    from .networks.train_command import add_arguments
+    from .train import add_arguments
 
     add_arguments(t)
     t.set_defaults(func=_cmd_train)
@@ -433,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run() -> None:
     """The ``deepreg`` program (console script and ``python -m DeepRegistrationLib``): :func:`main` in a
     process whose allocator keeps freed memory (:mod:`.runtime`)."""
-    from .runtime import retain_freed_memory
+    from ..runtime import retain_freed_memory
 
     retain_freed_memory()
     raise SystemExit(main())

@@ -24,11 +24,17 @@ from typing import Callable
 
 import torch
 
-from ..errors import InputError
-from ..geometry import Grid
-from ..io.atomic import atomic_output
+from ...errors import InputError
+from ...geometry import Grid
+from ...image import Image
+from ...io.atomic import atomic_output
+from ...metrics import overlap
+from ...metrics.regularisers import diffusion_regulariser_batch
+from ...metrics.similarity import LNCCLoss
+from ...transforms.voxel import voxel_field_to_physical, warp_voxels
+from ...warp import warp_image
 from .augment import AugmentConfig, augment_subject
-from .voxelmorph import VoxelMorphNet
+from .network import VoxelMorphNet
 
 __all__ = ["TrainConfig", "Subject", "train_voxelmorph", "CHECKPOINT"]
 
@@ -74,14 +80,6 @@ class TrainConfig:
         return d
 
 
-def _diffusion_voxels(u: torch.Tensor) -> torch.Tensor:
-    """The engine's diffusion regulariser of a batch of voxel-unit fields ``(N, dim, *shape)`` (unit spacing)."""
-    from ..registration import diffusion_regulariser
-
-    ones = (1.0,) * (u.dim() - 2)
-    return sum(diffusion_regulariser(field, ones) for field in u) / u.shape[0]
-
-
 def _one_hot(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.stack([(labels[:, 0] == v) for v in values], 1).float()
 
@@ -105,8 +103,6 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     when it answers True the run checkpoints and returns early, with ``figures["stopped"] = True`` (a time
     limit; ``resume`` continues it).
     """
-    from ..metrics.similarity import LNCCLoss
-
     if len(subjects) + (atlas is not None) < 2:
         raise InputError("training needs at least two subjects (or one subject and an atlas)")
     shapes = {tuple(s.image.shape) for s in subjects} | ({tuple(atlas.image.shape)} if atlas else set())
@@ -175,7 +171,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         opt.zero_grad()
         warped, u = net(m, f)
         sim = similarity(f, warped) if config.lncc_weight > 0 and not synthetic else warped.new_zeros(())
-        reg = _diffusion_voxels(u)
+        reg = diffusion_regulariser_batch(u)
         loss = config.lncc_weight * sim + config.regularisation_weight * reg
         supervised = None
         if known is not None and config.supervised_weight > 0:
@@ -183,11 +179,9 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             loss = loss + config.supervised_weight * supervised
         dice = None
         if label_values is not None:
-            from monai.networks.blocks import Warp
-
             ml = _one_hot(m_lab[None].to(device), label_values)
             fl = _one_hot(f_lab[None].to(device), label_values)
-            dice = _soft_dice(Warp(mode="bilinear", padding_mode="zeros")(ml, u), fl)
+            dice = _soft_dice(warp_voxels(ml, u), fl)
             loss = loss + config.dice_weight * (1 - dice)
         loss.backward()
         if config.max_grad_norm > 0:
@@ -229,11 +223,6 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
 def validation_dice(net: VoxelMorphNet, pairs: list[tuple[Subject, Subject]], device="cpu") -> float:
     """Mean over pairs of the library's mean Dice (:func:`~DeepRegistrationLib.metrics.overlap`) of the moving
     labels warped (nearest neighbour) by the predicted field onto the fixed labels."""
-    from ..image import Image
-    from ..metrics import overlap
-    from ..warp import warp_image
-    from .voxelmorph import voxel_field_to_physical
-
     net.eval()
     scores = []
     for moving, fixed in pairs:

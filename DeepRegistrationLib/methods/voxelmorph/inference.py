@@ -10,18 +10,14 @@ fixed -> moving resampling transform of the original images, at any resolution.
 With ``mirror_average`` the pair is also given to the network mirrored left-right (both images, about the
 model grid's centre plane across the patient's left-right axis) and the prediction is mirrored back
 (:func:`mirror_field`) and averaged with the direct one (two forward passes of one pair: half the peak memory
-of a batch of two, and on 2 CPU cores no slower, 2.1-2.3 s for both against 2.3-2.5 s).
+of a batch of two, and no slower on a CPU).
 
 With ``passes`` > 1 the prediction is refined recursively: the moving image is resampled (from the original,
 not the model-grid copy) through the deformation so far, the network predicts the remaining deformation of
 that nearly aligned pair, and ``pass_step`` x that prediction is composed before the deformation so far. The
 step is damped because the network, trained only on pairs that differ by a deformation, over-predicts on a
-nearly aligned pair: on two identical brains its velocity is 0.30 voxel on average, against 0.35 for a real
-pair. On the benchmark pairs (OASIS 0002 -> 0001, the voxelmorph subject -> 0001; mean label Dice, mirror
-average on) one pass gives 0.705 / 0.678; two passes with step 0.3 0.733 / 0.699, 0.4 0.734 / 0.701 (preset
-``voxelmorph-brain``), 0.5 0.732 / 0.700, 0.7 0.721 / 0.696, 1.0 0.696 / 0.680; three passes at 0.4 0.732 / 0.697.
-The step was chosen on these two pairs, the only labelled pairs with a subject outside the model's training
-data; anything in 0.3-0.5 is within 0.0015 of the best.
+nearly aligned pair (its prediction for two identical brains is not zero). The measured effect of the step and
+of the number of passes is in the README ("Learned registration").
 The passes after the first return the composition sampled on the model grid as one displacement field (a
 following ``svf`` stage takes it as its starting velocity, to first order).
 """
@@ -35,16 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..geometry import Grid
-from ..image import Image
-from ..registration.config import DEFAULT_PASS_STEP
-from ..transforms import DisplacementField, StationaryVelocityField, Transform
-from .model_input import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
+from ...errors import InputError
+from ...geometry import Grid
+from ...image import Image
+from ...transforms.voxel import voxel_field_to_physical
+from ...transforms import (AffineTransform, DisplacementField, StationaryVelocityField, Transform, compose,
+                          to_displacement_field)
+from ..stage import StageContext, StageOutcome, StageState
+from .kinds import DEFAULT_PASS_STEP, VoxelMorphSettings
+from .model_grid import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
+from .model_io import WEIGHTS, load_model
 from .onednn import use_onednn
 
-__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_network_stages", "left_right_axis",
-           "mirror_field", "predict_transform"]
+__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_stage_inputs", "left_right_axis",
+           "mirror_field", "predict_transform", "run_voxelmorph_stage"]
 
 _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
@@ -53,7 +53,7 @@ def models_dirs() -> list[Path]:
     """Where models are looked up by name: ``$DEEPREG_MODELS`` (``os.pathsep``-separated), then the bundled
     ``Resources/Models``."""
     folders = [Path(p) for p in os.environ.get("DEEPREG_MODELS", "").split(os.pathsep) if p]
-    folders.append(Path(__file__).resolve().parents[2] / "Resources" / "Models")
+    folders.append(Path(__file__).resolve().parents[3] / "Resources" / "Models")
     return folders
 
 
@@ -75,8 +75,6 @@ def find_model(name_or_path: str) -> Path:
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes);
     on the CPU its 3D convolutions run through oneDNN (:mod:`.onednn`)."""
-    from .model_io import WEIGHTS, load_model
-
     folder = find_model(name_or_path)
     weights = folder / WEIGHTS
     key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
@@ -94,17 +92,14 @@ def check_inputs(name_or_path: str, fixed: Image, moving: Image, device: torch.d
     return check_network_input(fixed, model, "fixed") + check_network_input(moving, model, "moving")
 
 
-def check_network_stages(config, fixed: Image, moving: Image, device: torch.device) -> list[str]:
-    """:func:`check_inputs` for every ``voxelmorph`` stage of a :class:`RegistrationConfig` (the engine and the
-    Slicer bridge call this before anything runs); the warnings of all of them."""
-    notes: list[str] = []
-    for stage in config.stages:
-        if stage.model == "voxelmorph":
-            notes += check_inputs(stage.network, fixed, moving, device)
-            if stage.mirror_average:  # the model grid must have a left-right axis to mirror along
-                _, card = cached_model(stage.network, device)
-                model = ModelInput.from_dict(card["input"])
-                left_right_axis(model.grid_at(np.zeros(model.dim)))
+def check_stage_inputs(settings: VoxelMorphSettings, fixed: Image, moving: Image, device: torch.device) -> list[str]:
+    """The registry's input check of a ``voxelmorph`` stage: :func:`check_inputs`, and with ``mirror_average`` a
+    model grid that has a left-right axis to mirror along; run before anything else. Returns the warnings."""
+    notes = check_inputs(settings.network, fixed, moving, device)
+    if settings.mirror_average:
+        _, card = cached_model(settings.network, device)
+        model = ModelInput.from_dict(card["input"])
+        left_right_axis(model.grid_at(np.zeros(model.dim)))
     return notes
 
 
@@ -143,9 +138,6 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     (for several passes, the composition sampled at the model grid's nodes), and figures: ``network`` (the
     model's name), its grid and times.
     """
-    from ..transforms import compose, to_displacement_field
-    from .voxelmorph import voxel_field_to_physical
-
     start = time.perf_counter()
     net, card = cached_model(name_or_path, device)
     model = ModelInput.from_dict(card["input"])
@@ -180,3 +172,14 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
                "resample_s": time.perf_counter() - start - network_s,  # everything but the forward passes
                "network_s": network_s}
     return transform, figures
+
+
+def run_voxelmorph_stage(settings: VoxelMorphSettings, context: StageContext, state: StageState) -> StageOutcome:
+    """The registry's runner: :func:`predict_transform` after ``state.linear`` (as an affine)."""
+    context.check_cancel()
+    linear = state.linear if isinstance(state.linear, AffineTransform) else state.linear.to_affine()
+    deformable, figures = predict_transform(settings.network, context.fixed, context.moving, linear,
+                                            context.device, settings.mirror_average, settings.passes,
+                                            settings.pass_step)
+    context.report({"model": "voxelmorph", "level": 0, "iteration": 0, "loss": None})  # a network has no loss
+    return StageOutcome(StageState(state.linear, deformable), float("nan"), figures)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.checksums import file_sha256
 
 __all__ = ["add_arguments", "run"]
 
@@ -114,17 +115,15 @@ def _from_csv(path: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _sha(path: Path) -> str:
-    from .model_io import _sha256
-
-    return _sha256(path)[:16]
+    return file_sha256(path)[:16]
 
 
 def load_subject(image_path: Path, labels_path: Path | None, model):
     """One :class:`~.training.Subject` on its model grid (a :class:`~.model_input.ModelInput` placed on the
     image): normalised, smoothed and resampled image; nearest-resampled labels."""
     from ..io import read_image
-    from .model_input import check_network_input, normalised, to_model_grid
-    from .training import Subject
+    from ..methods.voxelmorph.model_grid import check_network_input, normalised, to_model_grid
+    from ..methods.voxelmorph.training import Subject
 
     image = read_image(image_path)
     image.check_finite()
@@ -144,12 +143,12 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..registration.engine import resolve_device
-    from .augment import AugmentConfig
-    from .model_input import ModelInput
-    from .model_io import load_model, save_model
-    from .training import TrainConfig, train_voxelmorph
-    from .voxelmorph import VoxelMorphNet
+    from ..devices import resolve_device
+    from ..methods.voxelmorph.augment import AugmentConfig
+    from ..methods.voxelmorph.model_grid import ModelInput
+    from ..methods.voxelmorph.model_io import load_model, save_model
+    from ..methods.voxelmorph.network import VoxelMorphNet
+    from ..methods.voxelmorph.training import TrainConfig, train_voxelmorph
 
     if args.threads:
         torch.set_num_threads(args.threads)

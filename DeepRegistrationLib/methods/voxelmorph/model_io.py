@@ -9,16 +9,16 @@ checksum and the architecture and refuses a mismatch with a message naming the f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..io.atomic import atomic_output_dir
-from .voxelmorph import VoxelMorphNet
+from ...errors import InputError
+from ...io.atomic import atomic_output_dir
+from ...io.checksums import file_sha256
+from .network import VoxelMorphNet
 
 __all__ = ["save_model", "load_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES"]
 
@@ -27,14 +27,6 @@ CARD = "model.json"
 MAX_MODEL_BYTES = 10 * 1024 * 1024  # bundled models stay small
 _NETWORKS = {"VoxelMorphNet": VoxelMorphNet}
 _REQUIRED = ("name", "network", "architecture", "input", "training", "licence")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(net: torch.nn.Module, folder: str | os.PathLike, card: dict) -> Path:
@@ -50,7 +42,7 @@ def save_model(net: torch.nn.Module, folder: str | os.PathLike, card: dict) -> P
     with atomic_output_dir(folder) as tmp:
         torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp / WEIGHTS)
         size = (tmp / WEIGHTS).stat().st_size
-        card["sha256"] = _sha256(tmp / WEIGHTS)
+        card["sha256"] = file_sha256(tmp / WEIGHTS)
         card["weights_bytes"] = size
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return folder
@@ -70,7 +62,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     missing = [k for k in _REQUIRED + ("sha256",) if k not in card]
     if missing:
         raise InputError(f"{card_path}: the model card lacks {missing}")
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if actual != card["sha256"]:
         raise InputError(f"{weights}: checksum mismatch (sha256 {actual[:12]}..., the card says "
                          f"{str(card['sha256'])[:12]}...): the file is corrupt or not the one the card describes")

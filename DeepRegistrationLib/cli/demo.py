@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .geometry import Grid
-from .image import Image
-from .io import read_image, write_transform
-from .io.atomic import atomic_output_dir
-from .io.transforms import read_fsl_displacement_field
-from .registration import load_preset, register
-from .transforms import AffineTransform, DisplacementField, compose, rotation_matrix
-from .warp import warp_image
+from ..errors import InputError
+from ..geometry import Grid
+from ..image import Image
+from ..io import read_image, write_transform
+from ..io.atomic import atomic_output_dir
+from ..io.transforms import read_fsl_displacement_field
+from ..registration import load_preset, register
+from ..transforms import AffineTransform, DisplacementField, compose, rotation_matrix
+from ..warp import warp_image
 
 __all__ = ["run_demo", "fetch_demo_data", "DEMO_PRESET"]
 
@@ -93,8 +93,7 @@ def _moving_grid(fixed: Grid, transform_center: np.ndarray) -> Grid:
     rot = rotation_matrix(torch.tensor([0.12, -0.08, 0.15], dtype=torch.float64), 3).numpy() @ fixed.direction_matrix()
     spacing = np.array([1.2, 1.2, 2.0])
     size = np.ceil(np.asarray(fixed.extent_mm()) * 1.1 / spacing).astype(int) + 1
-    origin = transform_center - rot @ (spacing * (size - 1) / 2)
-    return Grid(size, origin, spacing, rot)
+    return Grid.centred(transform_center, size, spacing, rot)
 
 
 def _montage(panels: list[list[np.ndarray]]) -> np.ndarray:
@@ -160,7 +159,7 @@ def run_demo(output: Path, cache_dir: Path | None = None, data_dir: Path | None 
     before_wm = warp_image(moving_wm, None, fixed.grid).data
     after_gm = warp_image(moving_gm, estimate, fixed.grid).data
     after_wm = warp_image(moving_wm, estimate, fixed.grid).data
-    from .metrics import jacobian_determinant, jacobian_stats
+    from ..metrics import jacobian_determinant, jacobian_stats
 
     jac = jacobian_stats(jacobian_determinant(estimate, fixed.grid.with_spacing([2.0, 2.0, 2.0])))
 

@@ -3,21 +3,24 @@
 ``VoxelMorphNet(dim, "vm1" | "vm2", diffeomorphic=..., half_res=...)`` takes ``moving`` and ``fixed``
 tensors ``(N, 1, *shape)`` on one grid and returns the warped moving image and the displacement
 ``(N, dim, *shape)`` in **voxels**, channel ``k`` along tensor axis ``k`` (array order), pull-back:
-``warped(x) = moving(x + u(x))`` (MONAI's ``Warp`` convention). :func:`voxel_field_to_physical` turns
-such a field into the library's :class:`DisplacementField` (LPS mm) on the images' grid.
+``warped(x) = moving(x + u(x))`` (MONAI's ``Warp`` convention).
+:func:`~DeepRegistrationLib.transforms.voxel.voxel_field_to_physical` turns such a field into the library's
+:class:`DisplacementField` (LPS mm) on the images' grid.
 
 The U-Net is :class:`.unet.VoxelMorphUNet`, MONAI's ``VoxelMorphUNet`` restated in plain PyTorch with the
-same modules and state-dict keys (tested equal to MONAI's output), so that inference does not import MONAI
-(1.8-2.6 s of a cold run). :meth:`VoxelMorphNet.forward` (training) is MONAI's ``VoxelMorph`` on that U-Net:
-its scaling and squaring (``DVF2DDF``) and warp; MONAI is imported on the first call.
+same modules and state-dict keys (tested equal to MONAI's output), so that neither inference nor training
+imports MONAI. :meth:`VoxelMorphNet.forward` (training) integrates the velocity with the library's own scaling
+and squaring (:func:`~DeepRegistrationLib.transforms.voxel.integrate_voxel_velocity`, the one the inference's
+:class:`StationaryVelocityField` applies: the field is extended by its border values, where MONAI's ``DVF2DDF``
+pads with zeros) and warps with zero padding, as MONAI's ``VoxelMorph`` does.
 
 Differences from the papers (those of MONAI's ``VoxelMorphUNet`` / ``VoxelMorph``):
 
 * encoder 16-32-32-32 with max pooling and nearest-neighbour upsampling as in the papers; MONAI's U-Net
   ends with ``unet_out_channels`` = 32 at full resolution followed by the final convolutions, so VM-1's
   decoder is 32-32-32-32 + 8-8 (paper: 32-32-32-8-8) and VM-2's 32-32-32-32 + 16-16 (paper: 32-32-32-32-32-16-16);
-* the diffeomorphic variant integrates the velocity by ``integration_steps`` squarings (MONAI ``DVF2DDF``,
-  7 by default as in the paper), optionally at half resolution (``half_res``);
+* the diffeomorphic variant integrates the velocity by ``integration_steps`` squarings (7 by default as in the
+  paper), optionally at half resolution (``half_res``);
 * LeakyReLU slope 0.2 and the flow head's small-normal initialisation follow the papers.
 * ``vm1-lite-in`` (not in the papers) adds instance normalisation after every convolution except the flow
   head. Without it, a step moves the output by ~0.01 voxel (unnormalised activations are small), and on 2 CPU
@@ -27,16 +30,16 @@ Differences from the papers (those of MONAI's ``VoxelMorphUNet`` / ``VoxelMorph`
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..geometry import Grid
-from ..transforms.dense import DisplacementField
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 from .unet import VoxelMorphUNet
 
-__all__ = ["ARCHITECTURES", "VoxelMorphNet", "voxel_field_to_physical"]
+__all__ = ["ARCHITECTURES", "VoxelMorphNet"]
 
 ARCHITECTURES: dict[str, dict] = {
     "vm1": {"channels": (16, 32, 32, 32, 32, 32), "unet_out_channels": 32, "final_conv_channels": (8, 8)},
@@ -101,32 +104,21 @@ class VoxelMorphNet(nn.Module):
 
 
 class _Network(nn.Module):
-    """Holds the U-Net as ``backbone`` (state-dict keys ``net.backbone.*``, as MONAI's ``VoxelMorph``); its
-    forward is MONAI's ``VoxelMorph`` around that same U-Net, built on the first call (it has no parameters or
-    buffers of its own, so it is kept out of the module tree)."""
+    """Holds the U-Net as ``backbone`` (state-dict keys ``net.backbone.*``, as MONAI's ``VoxelMorph``) and runs
+    the training forward: velocity -> displacement -> warped moving image."""
 
     def __init__(self, backbone: nn.Module, integration_steps: int, half_res: bool, dim: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.settings = {"integration_steps": integration_steps, "half_res": half_res, "spatial_dims": dim}
+        self.integration_steps, self.half_res, self.spatial_dims = integration_steps, half_res, dim
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        monai_net = self.__dict__.get("_monai")
-        if monai_net is None:
-            from monai.networks.nets import VoxelMorph
-
-            monai_net = self.__dict__["_monai"] = VoxelMorph(backbone=self.backbone, **self.settings)
-        return monai_net(moving, fixed)
-
-
-def voxel_field_to_physical(field: torch.Tensor, grid: Grid) -> DisplacementField:
-    """A network displacement ``(dim, *grid.shape)`` in voxels (channel ``k`` along tensor axis ``k``) as
-    a :class:`DisplacementField` in LPS mm on ``grid`` (the grid the network saw)."""
-    dim = grid.dim
-    if field.dim() != dim + 1 or field.shape[0] != dim or tuple(field.shape[1:]) != tuple(grid.shape):
-        raise InputError(f"a {dim}D field on a grid of shape {grid.shape} must be ({dim}, *shape); got {tuple(field.shape)}")
-    index_to_mm = torch.as_tensor(grid.direction_matrix() @ np.diag(grid.spacing), dtype=field.dtype,
-                                  device=field.device)
-    index_disp = field.flip(0)  # tensor axes (k, j, i) -> index axes (i, j, k)
-    mm = torch.einsum("ij,j...->i...", index_to_mm, index_disp)
-    return DisplacementField(mm.contiguous(), grid)
+        x = self.backbone(torch.cat([moving, fixed], dim=1))
+        mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+        if self.half_res:
+            x = F.interpolate(x, scale_factor=0.5, mode=mode, align_corners=True) * 2.0
+        if self.integration_steps > 0:
+            x = integrate_voxel_velocity(x, self.integration_steps)
+        if self.half_res:
+            x = F.interpolate(x * 0.5, scale_factor=2.0, mode=mode, align_corners=True)
+        return warp_voxels(moving, x, "bilinear", "zeros"), x

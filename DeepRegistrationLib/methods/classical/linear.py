@@ -1,0 +1,133 @@
+"""The linear stages: a translation, rigid, similarity or affine transform optimised level by level.
+
+Parameters are those of ITK's centred transforms (``y = M (x - c) + c + t``, ``c`` the fixed image's centre),
+scaled so that Adam's steps mean the same at every level: step sizes are given for a 4 mm level and scaled
+with the level spacing (a fresh Adam's first steps have about its step size whatever the gradient, so a finer
+level must start with smaller steps than a coarse one, or it first undoes the precision already reached).
+Adam's moment estimates carry over from level to level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...metrics.similarity import make_similarity
+from ...transforms import AffineTransform, RigidTransform, SimilarityTransform, TranslationTransform
+from ...transforms.linear import LinearTransform, rotation_matrix
+from ..loop import optimise
+from ..optim import Adam
+from ..stage import StageContext, StageOutcome, StageState
+from .kinds import LinearSettings
+
+__all__ = ["LinearModel", "run_linear_stage"]
+
+
+class LinearModel(torch.nn.Module):
+    """Optimisable linear transform around ``center``, starting at ``start`` (any linear transform)."""
+
+    def __init__(self, model: str, dim: int, center: torch.Tensor, start: LinearTransform) -> None:
+        super().__init__()
+        self.model, self.dim = model, dim
+        # built on the CPU (the start transform may live there while the images are on a GPU); the caller moves
+        # the module to the images' device
+        self.register_buffer("center", center.detach().double().cpu())
+        a0 = start.matrix().detach().double().cpu()
+        # translation such that start(x) = A0 (x - c) + c + t0
+        t0 = start.offset().detach().double().cpu() + a0 @ self.center - self.center
+        self.translation = torch.nn.Parameter(t0.clone())
+        if model in ("rigid", "similarity"):
+            # start from the rotation nearest to the start matrix (polar decomposition), so that an affine
+            # initial transform can start a rigid stage
+            u, sv, vt = np.linalg.svd(a0.numpy())
+            rotation = u @ np.diag([1.0] * (dim - 1) + [np.sign(np.linalg.det(u @ vt))]) @ vt
+            s0 = float(np.prod(sv)) ** (1.0 / dim)
+            self.angles = torch.nn.Parameter(RigidTransform.from_matrix(rotation).angles.clone())
+            self.log_scale = torch.nn.Parameter(torch.tensor(np.log(s0) if model == "similarity" else 0.0,
+                                                             dtype=torch.float64), requires_grad=model == "similarity")
+        elif model == "affine":
+            self.matrix_param = torch.nn.Parameter(a0.clone())
+
+    def matrix(self) -> torch.Tensor:
+        """``M`` (float64, differentiable): built from the parameters directly, no transform object and no check
+        on the hot path."""
+        if self.model == "translation":
+            return torch.eye(self.dim, dtype=torch.float64, device=self.center.device)
+        if self.model in ("rigid", "similarity"):
+            rotation = rotation_matrix(self.angles, self.dim)
+            return torch.exp(self.log_scale) * rotation if self.model == "similarity" else rotation
+        return self.matrix_param
+
+    def matrix_and_offset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, b)`` of ``y = A x + b``."""
+        m = self.matrix()
+        if self.model == "translation":
+            return m, self.translation
+        return m, self.translation + self.center - m @ self.center
+
+    def transform(self) -> LinearTransform:
+        """The current transform, detached and on the CPU (results leave the optimisation device; later stages
+        move what they need back)."""
+        def c(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().cpu()
+
+        center = c(self.center)
+        if self.model == "translation":
+            return TranslationTransform(c(self.translation))
+        if self.model == "rigid":
+            return RigidTransform(c(self.angles), c(self.translation), center, dim=self.dim)
+        if self.model == "similarity":
+            return SimilarityTransform(torch.exp(c(self.log_scale)), c(self.angles), c(self.translation), center,
+                                       dim=self.dim)
+        return AffineTransform(c(self.matrix_param), c(self.translation), center).to_affine()  # y = A x + b
+
+    def param_groups(self, settings: LinearSettings, spacing_mm: float) -> list[dict]:
+        """Adam step sizes proportional to the level spacing (the values are those of a 4 mm level)."""
+        scale = spacing_mm / 4.0
+        groups = [{"params": [self.translation], "lr": settings.translation_step_mm * scale}]
+        if self.model in ("rigid", "similarity"):
+            groups.append({"params": [self.angles], "lr": settings.learning_rate * scale})
+            if self.model == "similarity":
+                groups.append({"params": [self.log_scale], "lr": settings.learning_rate * scale})
+        elif self.model == "affine":
+            groups.append({"params": [self.matrix_param], "lr": settings.learning_rate * scale})
+        return groups
+
+
+def run_linear_stage(settings: LinearSettings, context: StageContext, state: StageState) -> StageOutcome:
+    """Optimise ``settings.model`` from ``state.linear`` on the stage's pyramid levels."""
+    dim = context.dim
+    center = context.center
+    levels = context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor())
+    model = LinearModel(settings.model, dim, center, state.linear).to(levels[0].fixed.device)
+    similarity = make_similarity(settings.similarity, **settings.similarity_options)
+    loss = float("nan")
+    opt = None
+    for li, (level, iters) in enumerate(zip(levels, settings.iterations_per_level())):
+        groups = model.param_groups(settings, level.spacing_mm)
+        if opt is None:
+            opt = Adam(groups)
+        else:  # keep Adam's moment estimates across levels: a converged state takes small first steps
+            for group, new in zip(opt.groups, groups):
+                group["lr"] = new["lr"]
+            opt.factor = 1.0
+        decay = 1.0 - settings.final_lr_fraction
+        # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
+        # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
+        pts = (level.points.reshape(-1, dim) - center).float()
+        to_norm = torch.as_tensor(level.moving_grid.physical_to_normalised_matrix(), device=center.device)
+
+        def step(level=level, pts=pts, to_norm=to_norm):
+            a, b = model.matrix_and_offset()
+            m = to_norm[:dim, :dim] @ a
+            off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
+            coords = pts @ m.T.float() + off.float()
+            warped, weights = level.warp_moving(coords)
+            value = similarity(level.fixed, warped, weights)
+            return value, value, {}
+
+        def schedule(it: int, iters=iters) -> None:
+            opt.factor = 1.0 - decay * (it + 1) / max(iters, 1)
+
+        loss = optimise(context, opt, iters, step, model=settings.model, level=li, after_step=schedule)
+    return StageOutcome(StageState(model.transform(), state.deformable), loss)

@@ -1,0 +1,73 @@
+"""The diffeomorphic SVF stage: a stationary velocity field optimised level by level after the linear part.
+
+The velocity lives on a control grid (every ``control_spacing_factor``-th level voxel, same origin and
+direction: :meth:`~DeepRegistrationLib.geometry.Grid.coarsened`), so its displacement is brought to the level
+voxels exactly by ``F.interpolate(align_corners=True)`` onto the subdivided grid, much cheaper than
+``grid_sample``. Each level starts from the previous level's velocity; the first from the state's deformable
+part when there is one (a velocity field, or a displacement field taken as its own velocity to first order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...metrics.regularisers import diffusion_regulariser
+from ...metrics.similarity import make_similarity
+from ...sampling import normalised_linear, sample, to_normalised
+from ...transforms import StationaryVelocityField, integrate_velocity
+from ..loop import optimise
+from ..optim import Adam
+from ..stage import StageContext, StageOutcome, StageState
+from .kinds import SVFSettings
+
+__all__ = ["run_svf_stage"]
+
+
+def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageState) -> StageOutcome:
+    """Optimise a stationary velocity field applied before ``state.linear``."""
+    dim = context.dim
+    device = context.device
+    levels = context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor())
+    linear = state.linear
+    similarity = make_similarity(settings.similarity, **settings.similarity_options)
+    velocity = vgrid = None
+    start = state.deformable
+    if isinstance(start, StationaryVelocityField):
+        velocity, vgrid = start.velocity.to(device).float(), start.grid
+    elif start is not None:
+        velocity, vgrid = start.field.to(device).float(), start.grid
+    loss = float("nan")
+    factor = max(1, int(round(settings.control_spacing_factor)))
+    for li, (level, iters) in enumerate(zip(levels, settings.iterations_per_level())):
+        new_grid = level.grid.coarsened(factor)
+        up_shape = new_grid.subdivided(factor).shape
+        crop = tuple([slice(None), slice(None)] + [slice(0, n) for n in level.grid.shape])
+        if velocity is None:
+            v0 = torch.zeros(dim, *new_grid.shape, dtype=torch.float32, device=device)
+        else:  # upsample the previous level's velocity (LPS mm vectors) onto the new control grid
+            v0 = sample(velocity.detach(), vgrid, new_grid.physical_points(device=device)).float()
+        vgrid = new_grid
+        velocity = torch.nn.Parameter(v0)
+        opt = Adam([{"params": [velocity], "lr": settings.learning_rate * level.spacing_mm}])
+        # y = A (x + u(x)) = A x + A u(x): in the moving level's normalised coordinates both terms are linear,
+        # so only u changes between iterations (computed in float32 on precomputed coordinates).
+        pts = level.points.reshape(-1, dim)
+        a = linear.matrix().to(device)
+        moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
+        moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
+        mode = "trilinear" if dim == 3 else "bilinear"
+
+        def step(level=level, velocity=velocity, vgrid=vgrid, up_shape=up_shape, crop=crop,
+                 moving_base=moving_base, moving_lin=moving_lin):
+            u_field = integrate_velocity(velocity, vgrid, settings.integration_steps)
+            u = F.interpolate(u_field.unsqueeze(0), size=up_shape, mode=mode, align_corners=True)[crop]
+            coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
+            warped, weights = level.warp_moving(coords)
+            sim = similarity(level.fixed, warped, weights)
+            reg = diffusion_regulariser(velocity, vgrid.spacing)
+            return sim + settings.regularisation_weight * reg, sim, {"regularisation": reg}
+
+        loss = optimise(context, opt, iters, step, model="svf", level=li)
+    svf = StationaryVelocityField(velocity.detach().cpu(), vgrid, settings.integration_steps)
+    return StageOutcome(StageState(linear, svf), loss)

@@ -1,0 +1,127 @@
+"""Multi-resolution levels in physical space, shared by the iterative stages.
+
+A level holds both normalised images resampled to an isotropic spacing (never finer than the input along any
+axis, so anisotropic images keep their coarse axis), each on a grid with the same centre and direction as its
+image (:meth:`~DeepRegistrationLib.geometry.Grid.centred_at_spacing`), after a Gaussian smoothing of
+``factor x spacing`` mm. Levels are keyed by ``(spacing_mm, factor)`` and built fine to coarse; a level is made
+from the next finer one of the same factor where that is close enough (Gaussian variances add), which is much
+cheaper than smoothing the full-resolution images again.
+
+Every level samples the moving image *through the current transform at the fixed level's voxel centres*
+(:meth:`PyramidLevel.warp_moving`) with the same sampler as :func:`~DeepRegistrationLib.warp.warp_image`, so what
+is optimised is exactly what is applied afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ..geometry import Grid
+from ..image import Image
+from ..intensity import smooth_gaussian
+from ..sampling import gradient_stack, inside_normalised, sample_normalised, sample_with_gradient, to_normalised
+from ..transforms.linear import LinearTransform
+from ..warp import warp_image
+
+__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid"]
+
+
+def level_grid(grid: Grid, spacing_mm: float) -> Grid:
+    """``grid`` resampled to ``spacing_mm`` (never finer than the original along any axis), same centre."""
+    return grid.centred_at_spacing([max(float(spacing_mm), s) for s in grid.spacing], min_size=2)
+
+
+@dataclass
+class PyramidLevel:
+    """Both images at one spacing. Tensors live on the run's device."""
+
+    spacing_mm: float
+    fixed: torch.Tensor  # (1, 1, *shape)
+    grid: Grid
+    points: torch.Tensor  # (*shape, dim) float64 LPS mm of the level voxels
+    mask: torch.Tensor | None  # (1, 1, *shape), 1 inside the fixed mask
+    moving: torch.Tensor  # (1, *moving_level_shape)
+    moving_grid: Grid
+    moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
+    sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
+    _moving_stack: torch.Tensor | None = None
+
+    def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving level image at ``grid_sample`` coordinates ``(N, dim)`` as ``(1, 1, *fixed level shape)``
+        (differentiable in ``coords`` through the image gradient), and the similarity weights: fixed voxels
+        whose mapped point is inside the moving image (and inside both masks), same shape."""
+        if self._moving_stack is None:
+            self._moving_stack = gradient_stack(self.moving, self.moving_grid)
+        inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+        warped = sample_with_gradient(self._moving_stack, coords) * inside
+        if self.moving_mask is not None:
+            inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        inside = inside.reshape(1, 1, *self.grid.shape)
+        return warped.reshape(1, 1, *self.grid.shape), inside if self.mask is None else inside * self.mask
+
+    def overlap_fraction(self, transform: LinearTransform) -> float:
+        """Fraction of the level's fixed voxels (inside the fixed mask, if any) that ``transform`` maps into the
+        moving image."""
+        with torch.no_grad():
+            points = self.points.reshape(-1, self.grid.dim)
+            coords = to_normalised(self.moving_grid, transform.map_points(points), torch.float32)
+            inside = inside_normalised(self.moving_grid, coords).float()
+            if self.mask is not None:
+                m = self.mask.reshape(-1)
+                return float((inside * m).sum() / m.sum().clamp(min=1))
+            return float(inside.mean())
+
+
+def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                spacing_mm: float, sigma_mm: float, device: torch.device, finer: PyramidLevel | None = None) -> PyramidLevel:
+    """The images at ``spacing_mm`` after Gaussian smoothing of ``sigma_mm``; from ``finer`` (a level of the same
+    pyramid, already smoothed with ``finer.sigma_mm``) with the remaining ``sqrt(sigma^2 - sigma_finer^2)``."""
+    fgrid = level_grid(fixed.grid, spacing_mm)
+    mgrid = level_grid(moving.grid, spacing_mm)
+    sigma = sigma_mm
+    if finer is not None:
+        fixed = Image(finer.fixed[0].cpu(), finer.grid)
+        moving = Image(finer.moving.cpu(), finer.moving_grid)
+        sigma = float(np.sqrt(max(sigma_mm**2 - finer.sigma_mm**2, 0.0)))
+    f = smooth_gaussian(fixed, sigma).resample_to(fgrid)
+    m = smooth_gaussian(moving, sigma).resample_to(mgrid)
+    mask = mmask = None
+    if fixed_mask is not None:
+        mask = warp_image(fixed_mask, None, fgrid, "nearest").data.ne(0).float().unsqueeze(0).to(device)
+    if moving_mask is not None:
+        mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
+    return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
+                        fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid,
+                        mmask, sigma_mm=sigma_mm)
+
+
+class Pyramid:
+    """The levels of one run, keyed by ``(spacing_mm, smoothing factor)``."""
+
+    def __init__(self, levels: dict[tuple[float, float], PyramidLevel]) -> None:
+        self._levels = levels
+
+    def levels(self, spacings: Iterable[float], factor: float) -> list[PyramidLevel]:
+        """The levels of a stage, in the stage's order."""
+        return [self._levels[(float(sp), float(factor))] for sp in spacings]
+
+    def coarsest(self) -> PyramidLevel | None:
+        return self._levels[max(self._levels)] if self._levels else None
+
+
+def build_pyramid(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None,
+                  keys: Iterable[tuple[float, float]], device: torch.device) -> Pyramid:
+    """Every level in ``keys`` (``(spacing_mm, factor)``, sigma = factor x spacing), built fine to coarse."""
+    levels: dict[tuple[float, float], PyramidLevel] = {}
+    for spacing, factor in sorted(set(keys)):
+        finer = max((lv for (sp, fa), lv in levels.items() if fa == factor and sp < spacing),
+                    key=lambda lv: lv.spacing_mm, default=None)
+        if finer is not None and finer.spacing_mm * 1.25 > spacing:
+            finer = None  # too close to the finer level's resolution: smooth the originals instead
+        levels[(spacing, factor)] = build_level(fixed, moving, fixed_mask, moving_mask, spacing, factor * spacing,
+                                                device, finer)
+    return Pyramid(levels)

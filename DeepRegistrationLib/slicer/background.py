@@ -1,0 +1,164 @@
+"""A registration in a worker process (``python -m DeepRegistrationLib register ...``), polled from Slicer's main
+thread; the worker's progress arrives as JSON lines and its outputs as files read back when it has finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import DeepRegError
+
+if TYPE_CHECKING:  # the logic creates the handle; annotations only
+    from .logic import PreparedJob, RegistrationLogic, RegistrationOutputs
+
+__all__ = ["BackgroundRegistration", "default_python_executable"]
+
+
+def default_python_executable() -> str:
+    """``PythonSlicer`` inside Slicer (Slicer's Python without the GUI), else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class BackgroundRegistration:
+    """A registration running in a worker process (``python -m DeepRegistrationLib register ...``).
+
+    ``state`` is ``running``, ``completed``, ``failed`` or ``cancelled``. Call :meth:`poll` regularly
+    from the main thread (in Slicer a QTimer does it): it forwards progress and, when the worker has
+    finished, creates the result nodes. :meth:`cancel` kills the worker's process tree; the scene is
+    then left as it was.
+    """
+
+    def __init__(self, logic: RegistrationLogic, job: PreparedJob, args: list[str], folder: Path,
+                 on_progress, on_finished, python: str, keep_files: bool) -> None:
+        self.logic, self.job, self.folder = logic, job, folder
+        self.on_progress, self.on_finished, self.keep_files = on_progress, on_finished, keep_files
+        self.state = "running"
+        self.error = ""
+        self.outputs: RegistrationOutputs | None = None
+        self.last_progress: dict = {}
+        self.figures: dict = {}
+        self.log: list[str] = []
+        self._events: queue.Queue = queue.Queue()
+        self._cancel_requested = False
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONUNBUFFERED"] = "1"
+        self.command = [python, "-m", "DeepRegistrationLib"] + args
+        kwargs: dict = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        else:
+            kwargs["start_new_session"] = True  # own process group: cancel kills the whole tree
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env, **kwargs)
+        self._readers = [threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), daemon=True),
+                         threading.Thread(target=self._read, args=(self.process.stderr, "stderr"), daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, name: str) -> None:
+        for line in stream:
+            self._events.put((name, line.rstrip("\n")))
+        stream.close()
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def cancel(self) -> None:
+        """Stop the worker now (its whole process tree); nothing is added to the scene."""
+        if self.state != "running":
+            return
+        self._cancel_requested = True
+        try:
+            if os.name == "nt":
+                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+            else:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+        self.process.wait()
+        self.poll()
+
+    def poll(self) -> bool:
+        """Handle pending output; finish when the worker has exited. Returns True while running."""
+        if self.state != "running":
+            return False
+        self._drain()
+        if self.process.poll() is None:
+            return True
+        for reader in self._readers:  # the worker has exited: its pipes reach EOF at once
+            reader.join(timeout=5.0)
+        self._drain()
+        try:
+            if self._cancel_requested:
+                self.state = "cancelled"
+            elif self.process.returncode != 0:
+                self.state = "failed"
+                errors = [line for line in self.log if line.startswith("deepreg:")]
+                self.error = (errors[-1] if errors else (self.log[-1] if self.log else
+                              f"the registration process exited with code {self.process.returncode}"))
+                self.error = self.error.replace("deepreg: error: ", "")
+            else:
+                self.outputs = self._finish()
+                self.state = "completed"
+        except DeepRegError as err:
+            self.state, self.error = "failed", str(err)
+        finally:
+            if not self.keep_files:
+                shutil.rmtree(self.folder, ignore_errors=True)
+        if self.on_finished is not None:
+            self.on_finished(self)
+        return False
+
+    def wait(self, timeout_s: float | None = None, interval_s: float = 0.05) -> str:
+        """Poll until the worker has finished (or ``timeout_s`` passed, then cancel); returns ``state``."""
+        import time
+
+        start = time.monotonic()
+        while self.poll():
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                self.cancel()
+                break
+            time.sleep(interval_s)
+        return self.state
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                name, line = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if name == "stdout" and line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    self.log.append(line)
+                    continue
+                if event.get("event") == "progress":
+                    self.last_progress = event
+                    if self.on_progress is not None:
+                        self.on_progress(event)
+                elif event.get("event") == "done":
+                    self.figures = event.get("figures", {})
+            elif line.strip():
+                self.log.append(line)
+
+    def _finish(self) -> RegistrationOutputs:
+        from ..io import read_image, read_transform
+
+        folder, job = self.folder, self.job
+        transform = read_transform(folder / "transform.h5")
+        warped = read_image(folder / "warped.nrrd") if job.output_volume_node is not None else None
+        jacobian = read_image(folder / "jacobian.nrrd") if job.jacobian_node is not None else None
+        return self.logic.publish(job, transform, warped, jacobian, self.figures)
+

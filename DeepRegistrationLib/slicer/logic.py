@@ -1,0 +1,320 @@
+"""The registration logic of the MRML bridge: :class:`RegistrationRequest` (what to register, where the results
+go) and :class:`RegistrationLogic` (check, run here or in a worker process, publish native nodes).
+
+It needs only the ``slicer-core`` wheel (real MRML scenes, no Qt, no Slicer application), so it runs in pytest.
+
+Conventions:
+
+* Slicer is RAS, the library LPS: the conversions are those of :mod:`.nodes` and :mod:`.transforms`, through
+  :mod:`DeepRegistrationLib.geometry`'s one flip.
+* Volumes are used in their own (local) coordinates: ``IJKToRAS`` gives the library grid. When the
+  fixed volume sits under a transform, the output transform is placed under that same transform,
+  so the registered moving volume lines up with what the user sees.
+* The library's transform maps fixed -> moving points (resampling direction). In Slicer that is the
+  transform **from parent**: placing the moving volume under it shows it aligned with the fixed one.
+  Deformable results are stored from parent, so the node's ``.h5`` is a
+  ``DisplacementFieldTransform`` that ITK/SimpleITK read as the same mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..image import Image
+from ..transforms import Transform
+from .background import BackgroundRegistration, default_python_executable
+from .nodes import image_from_volume_node, mask_from_node, points_from_markups, slicer_module, update_volume_node_from_image
+from .transforms import set_vtk_transform, transform_from_node, vtk_transform
+
+__all__ = ["RegistrationRequest", "RegistrationLogic", "RegistrationOutputs", "PreparedJob",
+           "overrides_from_parameters"]
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    """One registration asked of the logic: the input and output nodes, the preset, the device and the preset
+    parameters (:func:`overrides_from_parameters`). The one description shared by :meth:`RegistrationLogic.process`,
+    :meth:`RegistrationLogic.processInBackground`, the worker's command line and the module's panel.
+
+    Keyword names are those of the panel's parameter node and of Slicer's scripting conventions (camelCase nodes).
+    """
+
+    fixedVolumeNode: Any
+    movingVolumeNode: Any
+    preset: str = "deformable-fast"
+    outputTransformNode: Any = None
+    outputVolumeNode: Any = None
+    fixedMaskNode: Any = None
+    movingMaskNode: Any = None
+    initialTransformNode: Any = None
+    fixedLandmarksNode: Any = None
+    movingLandmarksNode: Any = None
+    jacobianVolumeNode: Any = None
+    device: str = "auto"
+    parameters: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_keywords(cls, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast",
+                      **keywords) -> "RegistrationRequest":
+        """A request from keyword arguments: the node and device fields by name, everything else a preset
+        parameter (``similarity``, ``levels_mm``, ``iterations``, ``learning_rate``, ``regularisation_weight``,
+        ``seed``, ``initialise``, ``overrides``)."""
+        names = {f.name for f in fields(cls)} - {"parameters"}
+        nodes = {k: v for k, v in keywords.items() if k in names}
+        return cls(fixedVolumeNode, movingVolumeNode, preset, **nodes,
+                   parameters={k: v for k, v in keywords.items() if k not in names})
+
+    def overrides(self) -> list[str]:
+        return overrides_from_parameters(self.parameters)
+
+
+# ---------------------------------------------------------------------- registration
+@dataclass
+class RegistrationOutputs:
+    """The nodes a registration produced, its figures (time, device, folding, per stage loss), and the
+    library transform (fixed -> moving, LPS) that the transform node holds."""
+
+    transform_node: Any
+    volume_node: Any = None
+    jacobian_node: Any = None
+    figures: dict = field(default_factory=dict)
+    transform: Transform | None = None
+
+
+@dataclass
+class PreparedJob:
+    """A checked request and everything it needs, taken from the scene before anything runs."""
+
+    fixed_node: Any
+    moving_node: Any
+    preset: str
+    overrides: list[str]
+    device: str
+    fixed: Image
+    moving: Image
+    fixed_mask: Image | None = None
+    moving_mask: Image | None = None
+    fixed_points: np.ndarray | None = None
+    moving_points: np.ndarray | None = None
+    initial: Transform | None = None
+    output_transform_node: Any = None
+    output_volume_node: Any = None
+    jacobian_node: Any = None
+
+
+def overrides_from_parameters(parameters: dict) -> list[str]:
+    """Keyword parameters of :meth:`RegistrationLogic.process` as preset overrides (``key=value``).
+
+    ``similarity`` (every stage; resets ``similarity_options``), ``levels_mm``, ``iterations``,
+    ``learning_rate`` (every stage), ``regularisation_weight`` (deformable stages), ``seed``,
+    ``initialise``; ``overrides`` passes raw ``key=value`` strings (see ``registration.presets``).
+    """
+    parameters = dict(parameters)
+    out: list[str] = []
+    raw = parameters.pop("overrides", None) or []
+    if "similarity" in parameters and parameters["similarity"] not in (None, ""):
+        out.append(f"similarity={json.dumps(parameters.pop('similarity'))}")
+        out.append("similarity_options={}")
+    mapping = {"levels_mm": "levels_mm", "iterations": "iterations", "learning_rate": "learning_rate",
+               "regularisation_weight": "svf.regularisation_weight", "seed": "seed", "initialise": "initialise"}
+    for key, value in parameters.items():
+        if key not in mapping and key != "similarity":
+            raise InputError(f"unknown registration parameter {key!r} (known: {sorted(mapping) + ['overrides', 'similarity']})")
+        if value is None or value == "" or key == "similarity":
+            continue
+        out.append(f"{mapping[key]}={json.dumps(value)}")
+    return out + list(raw)
+
+
+class RegistrationLogic:
+    """Register two volume nodes of a scene and put the result in native Slicer nodes.
+
+    ``process`` runs in the calling thread (scripting); ``processInBackground`` runs ``deepreg
+    register`` in a separate Python process and returns a :class:`BackgroundRegistration` handle.
+    Input nodes are never modified, except that when no output volume is requested the moving
+    volume is placed under the output transform (that is how Slicer shows a registration result).
+    On any error or cancel, nothing is added to or changed in the scene.
+    """
+
+    def __init__(self, scene=None) -> None:
+        self.scene = scene if scene is not None else slicer_module().mrmlScene
+        if self.scene is None:
+            raise InputError("no MRML scene (pass one, or run inside Slicer)")
+
+    # ------------------------------------------------------------------ gathering inputs
+    def prepare(self, request: RegistrationRequest) -> PreparedJob:
+        """Check ``request`` against the scene and the preset and read its inputs (errors name the node)."""
+        from ..registration import load_preset
+
+        r = request
+        fixedVolumeNode, movingVolumeNode, preset = r.fixedVolumeNode, r.movingVolumeNode, r.preset
+        outputTransformNode, outputVolumeNode, jacobianVolumeNode = (r.outputTransformNode, r.outputVolumeNode,
+                                                                     r.jacobianVolumeNode)
+        fixedMaskNode, movingMaskNode, initialTransformNode = r.fixedMaskNode, r.movingMaskNode, r.initialTransformNode
+        fixedLandmarksNode, movingLandmarksNode, device = r.fixedLandmarksNode, r.movingLandmarksNode, r.device
+
+        if fixedVolumeNode is not None and fixedVolumeNode is movingVolumeNode:
+            raise InputError(f"{fixedVolumeNode.GetName()} is both the fixed and the moving volume; choose two volumes")
+        fixed = image_from_volume_node(fixedVolumeNode, "fixed")
+        moving = image_from_volume_node(movingVolumeNode, "moving")
+        for out_node, what in ((outputVolumeNode, "output volume"), (jacobianVolumeNode, "Jacobian volume")):
+            if out_node is not None and out_node in (fixedVolumeNode, movingVolumeNode):
+                raise InputError(f"{out_node.GetName()}: the {what} is an input volume; choose or create another node")
+        if outputVolumeNode is not None and outputVolumeNode is jacobianVolumeNode:
+            raise InputError("the output volume and the Jacobian volume must be different nodes")
+        if outputTransformNode is not None:
+            if not outputTransformNode.IsA("vtkMRMLTransformNode"):
+                raise InputError(f"{outputTransformNode.GetName()}: the output transform must be a transform node")
+            if outputTransformNode is initialTransformNode:
+                raise InputError(f"{outputTransformNode.GetName()} is both the initial and the output transform")
+            if fixedVolumeNode.GetParentTransformNode() is outputTransformNode:
+                raise InputError(f"the fixed volume is under the output transform {outputTransformNode.GetName()}; "
+                                 "choose another output transform")
+        overrides = r.overrides()
+        config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
+        import torch
+
+        from ..registration import check_stages
+
+        check_stages(config, fixed, moving, torch.device("cpu"))  # and on a model or volumes a stage refuses
+        job = PreparedJob(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
+                   output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
+                   jacobian_node=jacobianVolumeNode)
+        if fixedMaskNode is not None:
+            job.fixed_mask = mask_from_node(fixedMaskNode, fixedVolumeNode, "fixed")
+        if movingMaskNode is not None:
+            job.moving_mask = mask_from_node(movingMaskNode, movingVolumeNode, "moving")
+        if (fixedLandmarksNode is None) != (movingLandmarksNode is None):
+            raise InputError("landmarks need both a fixed and a moving markups node")
+        if fixedLandmarksNode is not None:
+            job.fixed_points = points_from_markups(fixedLandmarksNode, "fixed")
+            job.moving_points = points_from_markups(movingLandmarksNode, "moving")
+            if len(job.fixed_points) != len(job.moving_points):
+                raise InputError(f"landmark counts differ: {len(job.fixed_points)} fixed "
+                                 f"({fixedLandmarksNode.GetName()}) vs {len(job.moving_points)} moving "
+                                 f"({movingLandmarksNode.GetName()})")
+        if initialTransformNode is not None:
+            job.initial = transform_from_node(initialTransformNode)
+        return job
+
+    # ------------------------------------------------------------------ publishing results
+    def publish(self, job: PreparedJob, transform: Transform, warped: Image | None, jacobian: Image | None,
+                 figures: dict) -> RegistrationOutputs:
+        """Create or update the output nodes (the only place that changes the scene)."""
+        scene = self.scene
+        fixed_node, moving_node = job.fixed_node, job.moving_node
+        vtk_result = vtk_transform(transform, job.fixed.grid)  # everything that can fail, before the scene changes
+        for image in (warped, jacobian):
+            if image is not None and (image.dim != 3 or image.num_channels != 1):
+                raise InputError(f"{image.name}: expected a 3D single-channel result image")
+        node = job.output_transform_node
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLTransformNode",
+                                           scene.GenerateUniqueName(f"{moving_node.GetName()}-to-{fixed_node.GetName()}"))
+        set_vtk_transform(node, *vtk_result)
+        node.SetNodeReferenceID("spatialRegistrationFixed", fixed_node.GetID())
+        node.SetNodeReferenceID("spatialRegistrationMoving", moving_node.GetID())
+        node.SetAttribute("DeepRegistration.preset", job.preset)
+        node.SetAttribute("DeepRegistration.figures", json.dumps(figures))
+        node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        outputs = RegistrationOutputs(transform_node=node, figures=figures, transform=transform)
+        if job.output_volume_node is not None and warped is not None:
+            update_volume_node_from_image(job.output_volume_node, warped)
+            job.output_volume_node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
+            outputs.volume_node = job.output_volume_node
+        else:
+            moving_node.SetAndObserveTransformNodeID(node.GetID())
+        if job.jacobian_node is not None and jacobian is not None:
+            update_volume_node_from_image(job.jacobian_node, jacobian)
+            job.jacobian_node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
+            outputs.jacobian_node = job.jacobian_node
+        return outputs
+
+    # ------------------------------------------------------------------ synchronous
+    def process(self, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast", *,
+                request: RegistrationRequest | None = None, progress: Callable[[dict], None] | None = None,
+                cancel: Callable[[], bool] | None = None, **keywords) -> RegistrationOutputs:
+        """Register in this thread and return the output nodes (see the class docstring).
+
+        Give a :class:`RegistrationRequest`, or its fields as keywords (``outputTransformNode``,
+        ``outputVolumeNode``, ``fixedMaskNode``, ..., ``device``, and preset parameters such as ``similarity``,
+        ``levels_mm``, ``iterations``, ``regularisation_weight``, ``overrides``).
+        """
+        from ..registration import load_preset, register
+
+        request = request or RegistrationRequest.from_keywords(fixedVolumeNode, movingVolumeNode, preset, **keywords)
+        job = self.prepare(request)
+        device, preset = request.device, request.preset
+        config = load_preset(preset, job.overrides)
+        result = register(job.fixed, job.moving, config, fixed_mask=job.fixed_mask, moving_mask=job.moving_mask,
+                          fixed_points=job.fixed_points, moving_points=job.moving_points,
+                          initial_transform=job.initial, device=device, progress=progress, cancel=cancel,
+                          initialise="landmarks" if job.fixed_points is not None and job.initial is None else None)
+        # full resolution only when a Jacobian volume is asked for (as `deepreg register --out-jacobian`)
+        det, grid, _ = result.jacobian(**({"max_voxels": job.fixed.grid.num_voxels} if job.jacobian_node is not None else {}))
+        figures = result.figures
+        jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
+        warped = result.warped() if job.output_volume_node is not None else None
+        return self.publish(job, result.transform, warped, jacobian, figures)
+
+    # ------------------------------------------------------------------ background
+    def processInBackground(self, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast", *,
+                            request: RegistrationRequest | None = None,
+                            onProgress: Callable[[dict], None] | None = None,
+                            onFinished: Callable[["BackgroundRegistration"], None] | None = None,
+                            pythonExecutable: str | None = None, tempDirectory: str | None = None,
+                            keepTemporaryFiles: bool = False, **keywords) -> "BackgroundRegistration":
+        """Start ``deepreg register`` in a separate process; poll the returned handle from the main thread.
+
+        The request is given as in :meth:`process`. Inputs are checked and written to a temporary folder first
+        (errors are raised here, before anything starts). ``onProgress`` gets each JSON progress event;
+        ``onFinished`` the handle once it is ``completed``, ``failed`` or ``cancelled``. Nodes are created only by
+        :meth:`BackgroundRegistration.poll` (call it from the thread that owns the scene).
+        """
+        from ..io import write_points, write_transform
+
+        request = request or RegistrationRequest.from_keywords(fixedVolumeNode, movingVolumeNode, preset, **keywords)
+        job = self.prepare(request)
+        preset, device = request.preset, request.device
+        folder = Path(tempfile.mkdtemp(prefix="DeepRegistration-", dir=tempDirectory))
+        try:
+            args = ["register", "--preset", preset, "--device", device, "--progress", "json",
+                    "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
+                    "--out-transform", str(folder / "transform.h5")]
+            job.fixed.write(folder / "fixed.nrrd")
+            job.moving.write(folder / "moving.nrrd")
+            for image, name in ((job.fixed_mask, "fixed-mask"), (job.moving_mask, "moving-mask")):
+                if image is not None:
+                    image.write(folder / f"{name}.nrrd")
+                    args += [f"--{name}", str(folder / f"{name}.nrrd")]
+            if job.fixed_points is not None:
+                write_points(job.fixed_points, folder / "fixed-landmarks.csv")
+                write_points(job.moving_points, folder / "moving-landmarks.csv")
+                args += ["--fixed-landmarks", str(folder / "fixed-landmarks.csv"),
+                         "--moving-landmarks", str(folder / "moving-landmarks.csv")]
+            if job.initial is not None:
+                write_transform(job.initial, folder / "initial.h5")
+                args += ["--initial-transform", str(folder / "initial.h5")]
+            if job.output_volume_node is not None:
+                args += ["--out-image", str(folder / "warped.nrrd")]
+            if job.jacobian_node is not None:
+                args += ["--out-jacobian", str(folder / "jacobian.nrrd")]
+            for item in job.overrides:
+                args += ["--set", item]
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return BackgroundRegistration(self, job, args, folder, onProgress, onFinished,
+                                      pythonExecutable or default_python_executable(), keepTemporaryFiles)
+
+
