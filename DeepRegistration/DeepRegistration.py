@@ -2,8 +2,8 @@
 
 The module is thin: the panel binds its widgets to a parameter node and calls
 :class:`DeepRegistrationLogic`, which hands the work to ``DeepRegistrationLib`` (the MRML bridge in
-``DeepRegistrationLib/slicer_logic.py``; the registration itself runs in a separate ``PythonSlicer``
-process so Slicer stays responsive). Heavy packages (torch, MONAI) are imported only after
+``DeepRegistrationLib/slicer/``; the registration itself runs in a separate ``PythonSlicer``
+process so Slicer stays responsive). Heavy packages (torch) are imported only after
 :func:`ensureDependencies` has checked them.
 """
 
@@ -31,7 +31,7 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "DeepRegistrationLib")) and _SOURCE_
 
 SIMILARITY_CHOICES = ["(preset)", "ssd", "ncc", "lncc", "mi", "nmi", "mind"]
 # Installed on first use (torch comes from the SlicerPyTorch extension; SimpleITK, numpy and vtk are Slicer's own).
-PIP_REQUIREMENTS = ["monai>=1.4", "nibabel>=5.0"]
+PIP_REQUIREMENTS = ["nibabel>=5.0"]  # registering needs no MONAI (neither does training since the architecture rework)
 
 
 def userPresetsFolder() -> str:
@@ -41,7 +41,7 @@ def userPresetsFolder() -> str:
 
 
 def ensureDependencies(askConfirmation: bool = True) -> bool:
-    """Make torch (SlicerPyTorch) and MONAI/nibabel available, behind one confirmation. True when ready."""
+    """Make torch (SlicerPyTorch) and nibabel available, behind one confirmation. True when ready."""
     import importlib.util
 
     missingTorch = importlib.util.find_spec("torch") is None
@@ -104,7 +104,7 @@ Ashburner, NeuroImage 2007); local normalised cross-correlation as in VoxelMorph
 mutual information (Mattes et al., IEEE TMI 2003); MIND-SSC (Heinrich et al., MICCAI 2013); VoxelMorph (Balakrishnan
 et al., CVPR 2018 / IEEE TMI 2019; Dalca et al., MICCAI 2018) trained with SynthMorph-style synthesis (Hoffmann et al.,
 IEEE TMI 2022). The bundled brain model was trained on OASIS-1 data (Marcus et al. 2007; Hoopes et al. 2021).
-Built on PyTorch, MONAI, SimpleITK and 3D Slicer.
+Built on PyTorch, SimpleITK and 3D Slicer, after MONAI's VoxelMorph design.
 """)
 
 
@@ -322,12 +322,8 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setVisible(True)
             self.ui.statusLabel.text = _("Starting...")
             self._run = self.logic.processInBackground(
-                p.fixedVolume, p.movingVolume, p.preset, outputTransformNode=p.outputTransform,
-                outputVolumeNode=p.outputVolume, fixedMaskNode=p.fixedMask, movingMaskNode=p.movingMask,
-                initialTransformNode=p.initialTransform, fixedLandmarksNode=p.fixedLandmarks,
-                movingLandmarksNode=p.movingLandmarks, jacobianVolumeNode=p.jacobianVolume, device=p.device,
-                onProgress=self.onProgress, onFinished=self.onFinished,
-                keepTemporaryFiles=p.keepTemporaryFiles, **self.logic.advancedParameters(p))
+                request=self.logic.requestFromParameters(p), onProgress=self.onProgress, onFinished=self.onFinished,
+                keepTemporaryFiles=p.keepTemporaryFiles)
             self._timer.start()
         self._checkCanApply()
 
@@ -408,14 +404,25 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
             params["regularisation_weight"] = float(p.regularisationWeight)
         return params
 
+    def requestFromParameters(self, p: DeepRegistrationParameterNode):
+        """The panel's settings as the library's ``RegistrationRequest`` (the one description of a run)."""
+        from DeepRegistrationLib.slicer.logic import RegistrationRequest
+
+        return RegistrationRequest(
+            p.fixedVolume, p.movingVolume, p.preset, outputTransformNode=p.outputTransform,
+            outputVolumeNode=p.outputVolume, fixedMaskNode=p.fixedMask, movingMaskNode=p.movingMask,
+            initialTransformNode=p.initialTransform, fixedLandmarksNode=p.fixedLandmarks,
+            movingLandmarksNode=p.movingLandmarks, jacobianVolumeNode=p.jacobianVolume, device=p.device,
+            parameters=self.advancedParameters(p))
+
     def _bridge(self):
         from DeepRegistrationLib.slicer.logic import RegistrationLogic
 
         self.usePresetsFolder(userPresetsFolder())
         return RegistrationLogic(slicer.mrmlScene)
 
-    def process(self, fixedVolumeNode, movingVolumeNode, preset: str = "deformable-fast", outputTransformNode=None,
-                outputVolumeNode=None, **parameters):
+    def process(self, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast",
+                outputTransformNode=None, outputVolumeNode=None, **parameters):
         """Register now, in this thread (for scripts); returns ``RegistrationOutputs`` (nodes and figures).
 
         Other keyword parameters: ``fixedMaskNode``, ``movingMaskNode``, ``initialTransformNode``,
@@ -427,7 +434,8 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         return self._bridge().process(fixedVolumeNode, movingVolumeNode, preset, outputTransformNode=outputTransformNode,
                                       outputVolumeNode=outputVolumeNode, **parameters)
 
-    def processInBackground(self, fixedVolumeNode, movingVolumeNode, preset: str = "deformable-fast", **kwargs):
+    def processInBackground(self, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast",
+                            **kwargs):
         """Start the registration in a ``PythonSlicer`` process; returns the ``BackgroundRegistration`` handle."""
         kwargs.setdefault("tempDirectory", slicer.app.temporaryPath)
         return self._bridge().processInBackground(fixedVolumeNode, movingVolumeNode, preset, **kwargs)

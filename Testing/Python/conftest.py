@@ -31,6 +31,24 @@ def data_file(relative: str) -> Path:
 
 
 OASIS = "brain3d/oasis/OAS1_{}_MR1_aligned_{}.nii.gz"
+OASIS_SLICE = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
+
+
+def oasis_slice(subject: str, kind: str) -> dr.Image:
+    """An OASIS 2D slice as a 2D image: ``kind`` ``norm`` (intensities scaled to [0, 1]) or a label map
+    (``seg4``, ``seg24``...). The shared files are single-slice 3D volumes."""
+    image = dr.read_image(data_file(OASIS_SLICE.format(subject, kind)), dim=2)
+    return image.minmax() if kind == "norm" else image.as_label_map()
+
+
+#: Tests in these modules work on 3D volumes, train networks or start processes: ``-m "not slow"`` skips them.
+SLOW_MODULES = {"test_networks", "test_voxelmorph_registration", "test_demo", "test_cuda", "test_slicer_logic"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def mean_label_dice(fixed_seg: dr.Image, moving_seg: dr.Image, transform) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import data_file
+from conftest import OASIS_SLICE, data_file, oasis_slice
 from DeepRegistrationLib.metrics import overlap
 from DeepRegistrationLib.methods.voxelmorph.network import ARCHITECTURES, VoxelMorphNet
 from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
@@ -103,11 +103,8 @@ def test_short_training_on_real_slices_improves_overlap():
     from DeepRegistrationLib.metrics.similarity import LNCCLoss
     from DeepRegistrationLib.metrics import diffusion_regulariser
 
-    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
-    fixed = dr.read_image(data_file(base.format("0001", "norm")), dim=2).minmax()
-    moving = dr.read_image(data_file(base.format("0002", "norm")), dim=2).minmax()
-    fseg = dr.read_image(data_file(base.format("0001", "seg24")), dim=2).as_label_map()
-    mseg = dr.read_image(data_file(base.format("0002", "seg24")), dim=2).as_label_map()
+    fixed, moving = oasis_slice("0001", "norm"), oasis_slice("0002", "norm")
+    fseg, mseg = oasis_slice("0001", "seg24"), oasis_slice("0002", "seg24")
     assert fixed.shape == (192, 160)  # divisible by 8: the network sees the slices as they are
     torch.manual_seed(0)
     net = VoxelMorphNet(2, "vm1", diffeomorphic=True, integration_steps=5)
@@ -134,11 +131,8 @@ def test_instance_normalised_variant_learns_faster_on_real_slices():
     from DeepRegistrationLib.metrics.similarity import LNCCLoss
     from DeepRegistrationLib.metrics import diffusion_regulariser
 
-    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
-    fixed = dr.read_image(data_file(base.format("0001", "norm")), dim=2).minmax()
-    moving = dr.read_image(data_file(base.format("0002", "norm")), dim=2).minmax()
-    fseg = dr.read_image(data_file(base.format("0001", "seg24")), dim=2).as_label_map()
-    mseg = dr.read_image(data_file(base.format("0002", "seg24")), dim=2).as_label_map()
+    fixed, moving = oasis_slice("0001", "norm"), oasis_slice("0002", "norm")
+    fseg, mseg = oasis_slice("0001", "seg24"), oasis_slice("0002", "seg24")
     f, m = fixed.data[None].float(), moving.data[None].float()
 
     def mean_dice(net) -> float:
@@ -211,13 +205,8 @@ def test_model_folder_roundtrip_and_refusals(tmp_path):
 def _slice_subjects():
     from DeepRegistrationLib.methods.voxelmorph.training import Subject
 
-    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
-    out = []
-    for sid in ("0001", "0002"):
-        image = dr.read_image(data_file(base.format(sid, "norm")), dim=2).minmax()
-        labels = dr.read_image(data_file(base.format(sid, "seg4")), dim=2).as_label_map()
-        out.append(Subject(image.data.float(), labels.data, sid))
-    return out
+    return [Subject(oasis_slice(sid, "norm").data.float(), oasis_slice(sid, "seg4").data, sid)
+            for sid in ("0001", "0002")]
 
 
 def test_augmented_training_pairs_distinct_subjects_when_asked(tmp_path):
@@ -260,9 +249,7 @@ def test_training_is_reproducible_and_resumes_exactly(tmp_path):
     # the training's validation Dice is the library's: field -> LPS mm, nearest-neighbour warp, overlap
     with torch.no_grad():
         _, u = straight(subjects[1].image[None], subjects[0].image[None])
-    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
-    fseg = dr.read_image(data_file(base.format("0001", "seg4")), dim=2).as_label_map()
-    mseg = dr.read_image(data_file(base.format("0002", "seg4")), dim=2).as_label_map()
+    fseg, mseg = oasis_slice("0001", "seg4"), oasis_slice("0002", "seg4")
     warped = dr.warp_image(mseg, voxel_field_to_physical(u[0].double(), fseg.grid), fseg.grid, "nearest")
     library = np.mean([v["dice"] for v in overlap(fseg, warped).values()])
     assert abs(library - figures["validation_dice"]) < 2e-3, (library, figures["validation_dice"])
@@ -399,12 +386,11 @@ def test_augmentation_and_training_on_cuda_match_the_cpu(tmp_path):
 
 def _write_2d_subjects(folder):
     """The OASIS 2D slices as 2D NIfTI files (the shared files are single-slice 3D volumes)."""
-    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
     paths = {}
     for sid in ("0001", "0002"):
         for kind in ("norm", "seg4"):
             path = folder / f"{sid}_{kind}.nii.gz"
-            dr.read_image(data_file(base.format(sid, kind)), dim=2).write(path)
+            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
             paths[sid, kind] = path
     return paths
 
