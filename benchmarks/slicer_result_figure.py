@@ -38,13 +38,14 @@ def main() -> int:
 
     vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
     import DeepRegistrationLib as dr
-    from DeepRegistrationLib.slicer import logic as sl, nodes
+    from DeepRegistrationLib.slicer import logic as sl
+    from DeepRegistrationLib.slicer import nodes as slicer_nodes
 
     scene = slicer.vtkMRMLScene()
     nodes = {}
     for name, subject in (("fixed", "0001"), ("moving", "0002")):
         nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"OAS1_{subject}")
-        nodes.update_volume_node_from_image(nodes[name], dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_norm.nii.gz"))
+        slicer_nodes.update_volume_node_from_image(nodes[name], dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_norm.nii.gz"))
     jacobian = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Jacobian")
     start = time.perf_counter()
     out = sl.RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], args.preset, jacobianVolumeNode=jacobian)
@@ -54,7 +55,7 @@ def main() -> int:
     resampled = vlogic.ResampleVolumeToReferenceVolume(nodes["moving"], nodes["fixed"])  # moving is under the transform
 
     fixed = slicer.util.arrayFromVolume(nodes["fixed"])
-    moving = nodes.image_from_volume_node(nodes["moving"]).resample_to(nodes.grid_from_volume_node(nodes["fixed"])).numpy()
+    moving = slicer_nodes.image_from_volume_node(nodes["moving"]).resample_to(slicer_nodes.grid_from_volume_node(nodes["fixed"])).numpy()
     result = slicer.util.arrayFromVolume(resampled)
     jac = slicer.util.arrayFromVolume(jacobian)
     k = fixed.shape[0] // 2
