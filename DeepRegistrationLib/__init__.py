@@ -15,7 +15,7 @@ from ._lazy import lazy_attributes
 __version__ = "0.1.0"
 
 _LAZY = {
-    "errors": ["DeepRegError", "InputError", "UnsupportedTransformError"],
+    "errors": ["DeepRegError", "InputError", "OutputError", "UnsupportedTransformError"],
     "geometry": ["Grid"],
     "image": ["Image"],
     "io": ["read_image", "read_transform", "write_image", "write_points", "write_transform", "read_points"],

@@ -13,7 +13,20 @@ class DeepRegError(Exception):
 
 
 class InputError(DeepRegError, ValueError):
-    """An input (file, image, transform, argument) is missing, unreadable or unsuitable."""
+    """An input (file, image, transform, argument) is missing, unreadable or unsuitable.
+
+    ``reason`` is the message without the leading ``<file>: `` (when there is one)."""
+
+    @property
+    def reason(self) -> str:
+        text = str(self)
+        head, sep, tail = text.partition(": ")
+        return tail if sep and ("/" in head or "." in head) else text
+
+
+class OutputError(InputError):
+    """An output cannot be written (a missing or read-only folder, a full disk, an output that is an input);
+    nothing of it is left behind."""
 
 
 class UnsupportedTransformError(InputError):

@@ -21,6 +21,7 @@ from .geometry import Grid
 from .image import Image
 from .sampling import sample
 from .transforms.base import Transform
+from .transforms.dense import DisplacementField
 
 __all__ = ["warp_image", "INTERPOLATIONS"]
 
@@ -61,11 +62,16 @@ def warp_image(
         else moving.data.double().unsqueeze(0)
 
     rows = max(1, chunk_voxels // max(1, grid.num_voxels // grid.shape[0]))
+    on_grid = transform.field.detach() if isinstance(transform, DisplacementField) \
+        and transform.grid.same_as(grid, atol=1e-9) else None
     out_chunks = []
     with torch.no_grad():
         for start in range(0, grid.shape[0], rows):
             x = grid.physical_points(dtype=torch.float64, slices=slice(start, start + rows))
-            y = transform.map_points(x) if transform is not None else x
+            if on_grid is not None:  # a field sampled on this very grid: its vectors, no interpolation
+                y = x + on_grid[:, start:start + rows].movedim(0, -1).to(x.dtype)
+            else:
+                y = transform.map_points(x) if transform is not None else x
             if interpolation == "label":
                 values = _label_sample(source, moving.grid, y, default_value)
             else:
@@ -113,7 +119,13 @@ def _label_sample(source: torch.Tensor, grid: Grid, points: torch.Tensor, defaul
         corner_weights.append(weight)
     lab = torch.stack(corner_labels, 1)  # (P, 2^dim)
     wts = torch.stack(corner_weights, 1)
-    score = ((lab.unsqueeze(2) == lab.unsqueeze(1)).to(wts.dtype) * wts.unsqueeze(1)).sum(2)
-    best = lab.gather(1, score.argmax(1, keepdim=True))[:, 0]
+    best = lab[:, 0].clone()
+    mixed = torch.nonzero((lab != lab[:, :1]).any(1))[:, 0]  # only points among several labels need a vote
+    if mixed.numel():
+        lab_m, wts_m = lab[mixed], wts[mixed]
+        score = torch.zeros_like(wts_m)  # (M, 2^dim): summed weight of the corners sharing each corner's label
+        for other in range(lab_m.shape[1]):
+            score += (lab_m == lab_m[:, other: other + 1]) * wts_m[:, other: other + 1]
+        best[mixed] = lab_m.gather(1, score.argmax(1, keepdim=True))[:, 0]
     best = torch.where(inside, best, torch.as_tensor(default_value, dtype=best.dtype))
     return best.reshape(1, *lead)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +23,24 @@ __all__ = ["main", "run", "build_parser"]
 
 
 # ---------------------------------------------------------------------- helpers
-def _refuse_overwrite(outputs, inputs) -> None:
-    """Refuse any output path that is one of the input paths (inputs are never modified)."""
-    for out in (o for o in outputs if o):
-        if any(Path(out).resolve() == Path(p).resolve() for p in inputs if p):
-            raise InputError(f"{out}: output would overwrite an input")
+def _suffixes(kind: str, interpolation: str = "linear", linear_transform: bool = True) -> set[str]:
+    """File suffixes an output of ``kind`` may have (``image``: a warped float image cannot go to PNG/JPEG/BMP)."""
+    from ..io.images import IMAGE_SUFFIXES, TWO_D_ONLY_SUFFIXES
+    from ..io.transforms import DENSE_TRANSFORM_SUFFIXES, FIELD_IMAGE_SUFFIXES, TRANSFORM_SUFFIXES
+
+    if kind == "image":
+        return set(IMAGE_SUFFIXES) - (set(TWO_D_ONLY_SUFFIXES) if interpolation == "linear" else set())
+    if kind == "transform":
+        return (set(TRANSFORM_SUFFIXES) if linear_transform else set(DENSE_TRANSFORM_SUFFIXES)) | \
+            set(FIELD_IMAGE_SUFFIXES)
+    return {"points": {".csv"}, "json": {".json"}}[kind]
+
+
+def _check_outputs(outputs, inputs) -> None:
+    """Every output checked before any work (see :func:`..io.atomic.check_output_paths`)."""
+    from ..io.atomic import check_output_paths
+
+    check_output_paths(outputs, inputs)
 
 
 def _read_transform_for(path: str, reference_grid, inverse: bool):
@@ -34,11 +48,23 @@ def _read_transform_for(path: str, reference_grid, inverse: bool):
 
     transform = read_transform(path, reference=reference_grid)
     if inverse:
-        transform = transform.inverse()
+        try:
+            transform = transform.inverse()
+        except InputError as err:
+            raise InputError(f"{path}: --inverse: {err}") from None
         residual = getattr(transform, "inverse_residual_mm", None)
         if residual:
             print(f"numerical inverse: residual max {residual['max']:.4f} mm, p95 {residual['p95']:.4f} mm", file=sys.stderr)
     return transform
+
+
+def _check_output_dim(path: str | None, image_dim: int) -> None:
+    """PNG/JPEG/BMP hold 2D images: refuse a 3D output there before any work."""
+    from ..io.atomic import full_suffix
+    from ..io.images import TWO_D_ONLY_SUFFIXES
+
+    if path and image_dim != 2 and full_suffix(path) in TWO_D_ONLY_SUFFIXES:
+        raise InputError(f"{path}: {full_suffix(path)} files hold 2D images; the output is {image_dim}D")
 
 
 # ---------------------------------------------------------------------- apply
@@ -53,9 +79,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise InputError("mapping points needs --points-in and --points-out together")
     if not any(image_args) and not args.points_in:
         raise InputError("nothing to do: give --moving/--reference/--output and/or --points-in/--points-out")
-    _refuse_overwrite((args.output, args.points_out), (args.moving, args.reference, args.transform, args.points_in))
+    _check_outputs([(args.output, _suffixes("image", args.interpolation)), (args.points_out, _suffixes("points"))],
+                   (args.moving, args.reference, args.transform, args.points_in))
 
     reference = read_image(args.reference) if args.reference else None
+    if reference is not None:
+        _check_output_dim(args.output, reference.dim)
     transform = _read_transform_for(args.transform, reference.grid if reference else None, args.inverse)
     warped = points = None
     if reference is not None:
@@ -69,11 +98,16 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.points_in:
         pts = read_points(args.points_in, dim=transform.dim)
         points = transform.map_points(pts)
+    from ..io.atomic import output_transaction
+
+    with output_transaction():  # both outputs or neither
+        if warped is not None:
+            write_image(warped, args.output)
+        if points is not None:
+            write_points(points, args.points_out)
     if warped is not None:
-        write_image(warped, args.output)
         print(f"wrote {args.output}")
     if points is not None:
-        write_points(points, args.points_out)
         print(f"wrote {args.points_out} ({len(points)} points)")
     return 0
 
@@ -115,6 +149,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("landmark evaluation needs --fixed-landmarks and --moving-landmarks together")
     if not args.fixed_labels and not args.fixed_landmarks:
         raise InputError("nothing to evaluate: give label maps and/or landmarks")
+    _check_outputs([(args.json, _suffixes("json"))], (args.transform, args.fixed_labels, args.moving_labels,
+                                                       args.fixed_landmarks, args.moving_landmarks, args.reference))
     fixed_labels = moving_labels = reference = None
     if args.fixed_labels:
         fixed_labels = read_image(args.fixed_labels).as_label_map()
@@ -240,15 +276,32 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from ..io import read_image, read_points, read_transform, write_transform
     from ..registration import RegistrationCancelled, load_preset, register
 
+    from ..io.atomic import output_transaction
+    from ..io.images import single_slice_as_2d
+
     outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
                           args.fixed_landmarks, args.moving_landmarks) if p]
-    _refuse_overwrite(outputs, inputs)
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise InputError("landmarks need --fixed-landmarks and --moving-landmarks together")
     config = load_preset(args.preset, args.set or [])
+    transform_suffixes = _suffixes("transform", linear_transform=config.is_linear)
+    from ..io.atomic import full_suffix
+
+    if args.out_transform and full_suffix(args.out_transform) not in transform_suffixes \
+            and full_suffix(args.out_transform) in _suffixes("transform"):
+        raise InputError(f"{args.out_transform}: the preset {config.name or args.preset!r} gives a deformable "
+                         f"transform, which {full_suffix(args.out_transform)} files cannot hold; write .h5")
+    _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image")),
+                    (args.out_jacobian, _suffixes("image"))], inputs)
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
+    if fixed.dim == moving.dim == 3 and single_slice_as_2d(fixed) is not None \
+            and single_slice_as_2d(moving) is not None:
+        print("note: both images are single slices; registering them in 2D", file=sys.stderr)
+        fixed, moving = single_slice_as_2d(fixed), single_slice_as_2d(moving)
+    for path in (args.out_image, args.out_jacobian):
+        _check_output_dim(path, fixed.dim)
     images = []
     for img in (fixed, moving):
         if img.num_channels in (3, 4):
@@ -262,10 +315,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise InputError(f"{args.fixed} is {fixed.dim}D but {args.moving} is {moving.dim}D")
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    if fixed.dim == 2:  # masks stored as single slices, like their images
+        fixed_mask = single_slice_as_2d(fixed_mask) or fixed_mask if fixed_mask is not None else None
+        moving_mask = single_slice_as_2d(moving_mask) or moving_mask if moving_mask is not None else None
     fixed_points = moving_points = None
     if args.fixed_landmarks:
         fixed_points = read_points(args.fixed_landmarks, reference=fixed.grid, dim=fixed.dim)
         moving_points = read_points(args.moving_landmarks, reference=moving.grid, dim=moving.dim)
+        from ..registration.landmarks import check_landmarks
+
+        for pts, path in ((fixed_points, args.fixed_landmarks), (moving_points, args.moving_landmarks)):
+            check_landmarks(pts, "rigid", path)
         if len(fixed_points) != len(moving_points):
             raise InputError(f"landmark sets differ: {len(fixed_points)} fixed ({args.fixed_landmarks}) vs "
                              f"{len(moving_points)} moving ({args.moving_landmarks}) points")
@@ -296,13 +356,14 @@ def _cmd_register(args: argparse.Namespace) -> int:
     det, grid, _ = result.jacobian(max_voxels=fixed.grid.num_voxels if args.out_jacobian else 4_000_000)
     figures = result.figures
     warped = result.warped() if args.out_image else None
-    write_transform(result.transform, args.out_transform)
-    if warped is not None:
-        warped.write(args.out_image)
-    if args.out_jacobian:
-        from ..image import Image
+    with output_transaction():  # all outputs or none
+        write_transform(result.transform, args.out_transform)
+        if warped is not None:
+            warped.write(args.out_image)
+        if args.out_jacobian:
+            from ..image import Image
 
-        Image(det.float()[None], grid, name="jacobian").write(args.out_jacobian)
+            Image(det.float()[None], grid, name="jacobian").write(args.out_jacobian)
     summary = {"event": "done", "preset": config.name or args.preset, "outputs": outputs, "figures": figures}
     if args.progress == "json":
         print(json.dumps(summary), flush=True)
@@ -443,7 +504,14 @@ def run() -> None:
     from ..runtime import retain_freed_memory
 
     retain_freed_memory()
-    raise SystemExit(main())
+    code = main()
+    from ..io.transforms import HDF5_STATE
+
+    if HDF5_STATE["write_failed"]:  # see HDF5_STATE: skip the exit handlers that would crash on the open file
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

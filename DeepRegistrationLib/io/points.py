@@ -1,8 +1,8 @@
 """Read and write point sets (landmarks) as ``(N, dim)`` float64 arrays in **LPS millimetres**.
 
 Formats:
-* ``.csv``: one point per row, ``x,y[,z]`` physical LPS mm; an optional header row (e.g. ``x,y,z``)
-  and an optional leading ``label``/``id`` column are accepted.
+* ``.csv``: one point per row, ``x,y[,z]`` physical LPS mm; a header row names the columns (``x``, ``y``,
+  ``z``; others such as ``id`` or ``label`` are left out); without one, a non-numeric first column is a label.
 * ``.txt``: elastix/transformix point sets: first line ``point`` (physical LPS mm) or ``index``
   (voxel indices, needs ``reference`` to convert), second line the count, then one point per line.
 * ``.fcsv`` / ``.mrk.json``: 3D Slicer markups (RAS or LPS as their header says; converted to LPS).
@@ -41,7 +41,7 @@ def read_points(path: str | os.PathLike, reference: Grid | None = None, dim: int
             pts = _read_csv(path)
         else:
             raise InputError(f"{path}: unsupported point file type (use .csv, elastix .txt, .fcsv or .mrk.json)")
-    except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError) as err:
         if isinstance(err, InputError):
             raise
         raise InputError(f"{path}: cannot parse point file: {err}") from None
@@ -69,27 +69,49 @@ def write_points(points: np.ndarray, path: str | os.PathLike) -> None:
             writer.writerows([[repr(float(v)) for v in row] for row in pts])
 
 
+_COORDINATE_NAMES = ("x", "y", "z")
+_LABEL_NAMES = {"id", "label", "name", "index", "point", "landmark"}
+
+
 def _read_csv(path: Path) -> np.ndarray:
-    rows = []
+    """Rows of numbers; a header row names the columns: ``x``, ``y`` (and ``z``) are the coordinates and any
+    other column (``id``, ``label``...) is left out. Without a header, a non-numeric first column is a label."""
     with open(path, newline="") as fh:
-        for row in csv.reader(fh):
-            cells = [c.strip() for c in row if c.strip() != ""]
-            if not cells or cells[0].startswith("#"):
-                continue
-            try:
-                values = [float(c) for c in cells]
-            except ValueError:
-                if not rows and all(not _is_number(c) for c in cells):
-                    continue  # header row
-                try:  # leading label column
-                    values = [float(c) for c in cells[1:]]
-                except ValueError:
-                    raise InputError(f"{path}: row {row!r} is not numeric") from None
-            rows.append(values)
-    lengths = {len(r) for r in rows}
+        rows = [[c.strip() for c in row] for row in csv.reader(fh)]
+    rows = [r for r in rows if any(r) and not r[0].startswith("#")]
+    if not rows:
+        return np.zeros((0, 0))
+    columns = None
+    if not any(_is_number(c) for c in rows[0] if c):  # a header row
+        names = [c.lower() for c in rows[0]]
+        rows = rows[1:]
+        coords = [names.index(n) for n in _COORDINATE_NAMES if n in names]
+        if coords:
+            if [names[i] for i in coords] not in (["x", "y"], ["x", "y", "z"]):
+                raise InputError(f"{path}: header {names} names coordinates {[names[i] for i in coords]};"
+                                 " x, y (and z) are needed")
+            columns = coords
+        else:
+            unknown = [n for n in names if n not in _LABEL_NAMES and n]
+            columns = [i for i, n in enumerate(names) if n not in _LABEL_NAMES]
+            if len(unknown) != len(columns):
+                columns = None
+    out = []
+    for number, row in enumerate(rows, start=2 if columns is not None else 1):
+        if columns is not None:
+            cells = [row[i] if i < len(row) else "" for i in columns]
+        else:
+            cells = [c for c in row if c != ""]
+            if cells and not _is_number(cells[0]):
+                cells = cells[1:]  # a leading label column
+        try:
+            out.append([float(c) for c in cells])
+        except ValueError:
+            raise InputError(f"{path}: row {number} {row!r} is not numeric") from None
+    lengths = {len(r) for r in out}
     if len(lengths) > 1:
         raise InputError(f"{path}: rows have different numbers of coordinates {sorted(lengths)}")
-    return np.asarray(rows, dtype=np.float64)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _is_number(text: str) -> bool:
@@ -119,25 +141,42 @@ def _read_elastix(path: Path, reference: Grid | None) -> np.ndarray:
 def _read_fcsv(path: Path) -> np.ndarray:
     ras = True
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         if line.startswith("#"):
             if "CoordinateSystem" in line:
                 ras = not ("LPS" in line or "= 1" in line)
             continue
         if line.strip():
             cells = line.split(",")
-            rows.append([float(c) for c in cells[1:4]])
+            try:
+                rows.append([float(c) for c in cells[1:4]])
+            except ValueError:
+                raise InputError(f"{path}: line {number} is not an fcsv point (id,x,y,z,...)") from None
+            if len(rows[-1]) != 3:
+                raise InputError(f"{path}: line {number} is not an fcsv point (id,x,y,z,...)")
     pts = np.asarray(rows, dtype=np.float64)
-    return lps_from_ras_points(pts) if ras else pts
+    return lps_from_ras_points(pts) if ras and len(pts) else pts
 
 
 def _read_markups_json(path: Path) -> np.ndarray:
     doc = json.loads(path.read_text())
-    markups = doc["markups"]
+    markups = doc.get("markups") if isinstance(doc, dict) else None
+    if not isinstance(markups, list):
+        raise InputError(f"{path}: not a Slicer markups file (needs a 'markups' list at the top level)")
     pts = []
     for markup in markups:
-        lps = markup.get("coordinateSystem", "LPS").upper() == "LPS"
-        for cp in markup.get("controlPoints", []):
-            p = np.asarray(cp["position"], dtype=np.float64)
-            pts.append(p if lps else lps_from_ras_points(p))
+        if not isinstance(markup, dict):
+            raise InputError(f"{path}: each entry of 'markups' must be an object")
+        system = markup.get("coordinateSystem", "LPS")
+        if not isinstance(system, str) or system.upper() not in ("LPS", "RAS"):
+            raise InputError(f"{path}: coordinateSystem must be \"LPS\" or \"RAS\", got {system!r}")
+        points = markup.get("controlPoints", [])
+        if not isinstance(points, list):
+            raise InputError(f"{path}: controlPoints must be a list")
+        for cp in points:
+            position = cp.get("position") if isinstance(cp, dict) else None
+            if not isinstance(position, list) or len(position) != 3:
+                raise InputError(f"{path}: a control point needs a 3-number 'position'")
+            p = np.asarray(position, dtype=np.float64)
+            pts.append(p if system.upper() == "LPS" else lps_from_ras_points(p))
     return np.asarray(pts, dtype=np.float64)

@@ -24,11 +24,14 @@ from ..transforms import (AffineTransform, CompositeTransform, DisplacementField
                           SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
 from .atomic import atomic_output, full_suffix
+from .integrity import quiet_stderr
 
 __all__ = ["read_transform", "write_transform", "read_fsl_displacement_field", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
-           "FIELD_IMAGE_SUFFIXES"]
+           "DENSE_TRANSFORM_SUFFIXES", "FIELD_IMAGE_SUFFIXES"]
 
 TRANSFORM_SUFFIXES = {".h5", ".hdf5", ".tfm", ".txt", ".mat"}
+#: Transform files that can hold a dense (deformable) transform.
+DENSE_TRANSFORM_SUFFIXES = {".h5", ".hdf5"}
 FIELD_IMAGE_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
 
 
@@ -149,12 +152,38 @@ def read_transform(path: str | os.PathLike, reference: Grid | None = None) -> Tr
     if suffix not in TRANSFORM_SUFFIXES:
         raise InputError(f"{path}: unsupported transform file type {suffix!r} "
                          f"(use {sorted(TRANSFORM_SUFFIXES | FIELD_IMAGE_SUFFIXES)})")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
     try:
-        tx = sitk.ReadTransform(str(path))
+        with quiet_stderr():  # HDF5 prints its whole error stack for a damaged .h5
+            tx = sitk.ReadTransform(str(path))
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        raise InputError(f"{path}: cannot read transform (corrupt or unsupported file): {lines[-1][:200] if lines else ''}") from None
+        raise InputError(f"{path}: cannot read transform: {_transform_read_problem(path, err)}") from None
     return transform_from_sitk(tx, reference, str(path))
+
+
+def _transform_read_problem(path: Path, err: RuntimeError) -> str:
+    """One line on why ITK could not read a transform file."""
+    suffix = full_suffix(path)
+    if suffix in (".tfm", ".txt"):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        kinds = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Transform:")]
+        if not text.startswith("#Insight Transform File"):
+            return "not an ITK transform file (it must start with '#Insight Transform File')"
+        unknown = [k for k in kinds if f'"{k}"' in str(err)] or kinds
+        if "Could not create an instance of" in str(err) and unknown:
+            return f"unsupported transform type {unknown[0]} (ITK has no such transform)"
+        return "corrupt or truncated ITK text transform"
+    if suffix in (".h5", ".hdf5"):
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return "not an HDF5 file"
+        return "corrupt or truncated HDF5 transform file"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"corrupt or unsupported file ({lines[-1][:160] if lines else type(err).__name__})"
 
 
 def write_transform(transform: Transform, path: str | os.PathLike) -> None:
@@ -179,8 +208,19 @@ def write_transform(transform: Transform, path: str | os.PathLike) -> None:
     if suffix in (".tfm", ".txt", ".mat") and not transform.is_linear:
         raise InputError(f"{path}: ITK {suffix} files cannot hold a dense field; write .h5 instead")
     tx = transform_to_sitk(transform)
-    with atomic_output(path) as tmp:
-        sitk.WriteTransform(tx, str(tmp))
+    with atomic_output(path) as tmp:  # verified by reading it back before it takes the name
+        with quiet_stderr():
+            try:
+                sitk.WriteTransform(tx, str(tmp))
+            except RuntimeError:
+                if suffix in DENSE_TRANSFORM_SUFFIXES:
+                    HDF5_STATE["write_failed"] = True
+                raise
+
+
+#: ITK leaves an HDF5 file open when a write fails (a full disk); the HDF5 library then crashes at the
+#: process's exit as it flushes it. The command line ends such a process without the exit handlers.
+HDF5_STATE = {"write_failed": False}
 
 
 def read_fsl_displacement_field(path: str | os.PathLike) -> DisplacementField:

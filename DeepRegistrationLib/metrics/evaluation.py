@@ -22,7 +22,7 @@ import torch
 from ..errors import InputError
 from ..geometry import Grid
 from ..image import Image
-from ..transforms import Transform, to_displacement_field
+from ..transforms import DisplacementField, Transform, to_displacement_field
 
 __all__ = ["overlap", "surface_distances", "target_registration_error", "jacobian_determinant", "jacobian_stats",
            "label_values"]
@@ -119,8 +119,13 @@ def target_registration_error(transform: Transform, fixed_points: np.ndarray, mo
             "per_point": err.tolist()}
 
 
-def jacobian_determinant(transform: Transform, grid: Grid) -> torch.Tensor:
-    """``det(dT/dx)`` at every voxel of ``grid`` (array order), float64. Exact for linear transforms."""
+def jacobian_determinant(transform: Transform, grid: Grid, slab_voxels: int = 1 << 21) -> torch.Tensor:
+    """``det(dT/dx)`` at every voxel of ``grid`` (array order), float64. Exact for linear transforms.
+
+    Dense transforms are sampled and differentiated in slabs of about ``slab_voxels`` voxels along the first
+    array axis (one voxel of overlap each side), so memory stays near that of the result (8 bytes a voxel)
+    whatever the grid: the values are those of central differences over the whole grid (one-sided at its
+    borders)."""
     if transform.dim != grid.dim:
         raise InputError(f"a {transform.dim}D transform cannot be evaluated on a {grid.dim}D grid")
     if transform.is_linear:
@@ -128,13 +133,45 @@ def jacobian_determinant(transform: Transform, grid: Grid) -> torch.Tensor:
 
         lin = transform.collapse_linear() if isinstance(transform, CompositeTransform) else transform
         return torch.full(grid.shape, float(torch.linalg.det(lin.matrix().detach())), dtype=torch.float64)
-    u = to_displacement_field(transform, grid, dtype=torch.float64).field.double()  # (dim, *shape)
     dim = grid.dim
-    # d u_c / d index_a (index axes i, j, k are array axes dim-1, ..., 0)
-    grads = [torch.gradient(u[c], dim=tuple(range(dim))) for c in range(dim)]
-    du_dindex = torch.stack([torch.stack([grads[c][dim - 1 - a] for a in range(dim)], -1) for c in range(dim)], -2)
     index_to_mm = torch.as_tensor(grid.direction_matrix() @ np.diag(grid.spacing), dtype=torch.float64)
-    jac = torch.eye(dim, dtype=torch.float64) + du_dindex @ torch.linalg.inv(index_to_mm)
+    mm_from_index = torch.linalg.inv(index_to_mm)
+    n0 = grid.shape[0]
+    rows = max(1, slab_voxels // max(1, grid.num_voxels // n0))
+    on_grid = transform.field.detach() if isinstance(transform, DisplacementField) \
+        and transform.grid.same_as(grid, atol=1e-9) else None
+    det = torch.empty(grid.shape, dtype=torch.float64)
+    for start in range(0, n0, rows):
+        stop = min(n0, start + rows)
+        lo, hi = max(0, start - 1), min(n0, stop + 1)  # one row of halo for central differences
+        u = on_grid[:, lo:hi].double() if on_grid is not None else \
+            to_displacement_field(transform, _rows_of(grid, lo, hi), dtype=torch.float64).field.double()
+        det[start:stop] = _det_of_field(u, mm_from_index, dim)[start - lo: start - lo + stop - start]
+    return det
+
+
+def _rows_of(grid: Grid, lo: int, hi: int) -> Grid:
+    """The sub-grid of array rows ``lo:hi`` along the first array axis (the last index axis)."""
+    start = np.zeros(grid.dim)
+    start[-1] = lo
+    size = list(grid.size)
+    size[-1] = hi - lo
+    return Grid(size, grid.index_to_physical(start[None])[0], grid.spacing, grid.direction)
+
+
+def _det_of_field(u: torch.Tensor, mm_from_index: torch.Tensor, dim: int) -> torch.Tensor:
+    """det(I + du/dx) of a displacement field ``u`` (dim, *shape) in mm, by central differences in index space."""
+    if u.shape[1] == 1:  # a single row along the first axis: no derivative along it
+        grads = [[torch.zeros_like(u[c])] + list(torch.gradient(u[c], dim=tuple(range(1, dim))))
+                 for c in range(dim)]
+    else:
+        grads = [list(torch.gradient(u[c], dim=tuple(range(dim)))) for c in range(dim)]
+    # d u_c / d index_a (index axes i, j, k are array axes dim-1, ..., 0)
+    du_dindex = torch.stack([torch.stack([grads[c][dim - 1 - a] for a in range(dim)], -1) for c in range(dim)], -2)
+    del grads
+    jac = du_dindex @ mm_from_index
+    del du_dindex
+    jac += torch.eye(dim, dtype=torch.float64)
     return torch.linalg.det(jac)
 
 

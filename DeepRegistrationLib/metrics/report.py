@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..image import Image
-from ..transforms import Transform
+from ..transforms import Transform, to_displacement_field
 from .evaluation import jacobian_determinant, jacobian_stats, overlap, surface_distances, target_registration_error
 
 __all__ = ["evaluate_transform"]
@@ -25,6 +26,9 @@ def evaluate_transform(transform: Transform, fixed_labels: Image | None = None, 
 
     report: dict = {"transform": transform.describe().get("kind")}
     grid = fixed_labels.grid if fixed_labels is not None else (reference.grid if reference is not None else None)
+    if grid is not None and not transform.is_linear:
+        # sampled once on the evaluation grid, for the warp and the Jacobian (exact at the voxel centres)
+        transform = to_displacement_field(transform, grid, dtype=torch.float64)
     if fixed_labels is not None:
         warped = warp_image(moving_labels, transform, fixed_labels, interpolation)
         before = warp_image(moving_labels, None, fixed_labels, interpolation)

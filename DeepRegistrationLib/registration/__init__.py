@@ -9,7 +9,7 @@ _LAZY = {
     "config": ["RegistrationConfig", "INITIALISATIONS", "parse_stage"],
     "landmarks": ["fit_landmarks"],
     "presets": ["apply_overrides", "list_presets", "load_preset", "save_preset", "presets_dir"],
-    "pipeline": ["register", "RegistrationRequest", "check_stages"],
+    "pipeline": ["register", "RegistrationRequest", "check_image_pair", "check_stages"],
     "result": ["RegistrationResult"],
     ".errors": ["RegistrationCancelled", "RegistrationDiverged"],  # DeepRegistrationLib.errors, for convenience
 }

@@ -62,6 +62,13 @@ class RegistrationConfig:
         return {"name": self.name, "description": self.description, "initialise": self.initialise,
                 "seed": self.seed, "stages": [s.to_dict() for s in self.stages]}
 
+    @property
+    def is_linear(self) -> bool:
+        """Whether the result is a linear transform (every stage linear): a .tfm/.txt/.mat file can hold it."""
+        from ..methods.registry import stage_kind
+
+        return all(stage_kind(stage.model).role == "linear" for stage in self.stages)
+
     def uses(self, model: str) -> bool:
         return any(s.model == model for s in self.stages)
 

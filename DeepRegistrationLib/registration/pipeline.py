@@ -32,7 +32,7 @@ from .config import INITIALISATIONS, RegistrationConfig
 from .landmarks import fit_landmarks
 from .result import RegistrationResult
 
-__all__ = ["register", "RegistrationRequest", "check_stages", "run_request"]
+__all__ = ["register", "RegistrationRequest", "check_image_pair", "check_stages", "run_request"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,26 @@ def _check_mask(mask: Image, image: Image, what: str) -> Image:
                            "nearest").data.ne(0).any()):
         raise InputError(f"{mask.name}: the {what} mask does not overlap the {what} image (wrong grid?)")
     return mask
+
+
+def check_image_pair(fixed: Image, moving: Image) -> None:
+    """Refuse images that cannot be registered: NaN, several channels, constant, a single slice posing as a
+    3D volume, fewer than 4 voxels along an axis, or a fixed and a moving image of different dimensions."""
+    for img in (fixed, moving):
+        img.check_finite()
+        if img.num_channels != 1:
+            raise InputError(f"{img.name}: registration needs single-channel images (convert to grayscale)")
+        if float(img.data.max() - img.data.min()) == 0:
+            raise InputError(f"{img.name}: the image is constant; nothing to register")
+        if img.dim == 3 and 1 in img.grid.size:
+            raise InputError(f"{img.name}: a single slice ({'x'.join(map(str, img.grid.size))}) cannot be registered "
+                             "in 3D; read it as a 2D image (read_image(path, dim=2); 'deepreg register' does this "
+                             "when both images are single slices)")
+        if min(img.grid.size) < 4:
+            raise InputError(f"{img.name}: {'x'.join(map(str, img.grid.size))} voxels is too small to register "
+                             "(at least 4 along every axis)")
+    if fixed.dim != moving.dim:
+        raise InputError(f"cannot register a {moving.dim}D moving image to a {fixed.dim}D fixed image")
 
 
 def check_stages(config: RegistrationConfig, fixed: Image, moving: Image, device: torch.device) -> list[str]:
@@ -96,14 +116,7 @@ def register(fixed: Image, moving: Image, config: RegistrationConfig, fixed_mask
     """
     start_time = time.perf_counter()
     initialise = initialise or config.initialise
-    for img in (fixed, moving):
-        img.check_finite()
-        if img.num_channels != 1:
-            raise InputError(f"{img.name}: registration needs single-channel images (convert to grayscale)")
-        if float(img.data.max() - img.data.min()) == 0:
-            raise InputError(f"{img.name}: the image is constant; nothing to register")
-    if fixed.dim != moving.dim:
-        raise InputError(f"cannot register a {moving.dim}D moving image to a {fixed.dim}D fixed image")
+    check_image_pair(fixed, moving)
     if fixed_mask is not None:
         fixed_mask = _check_mask(fixed_mask, fixed, "fixed")
     if moving_mask is not None:

@@ -149,9 +149,15 @@ def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
     path = _preset_path(name)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON: {err}") from None
-    return RegistrationConfig.from_dict(apply_overrides(data, overrides))
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a preset is a JSON object with a 'stages' list, got a JSON {type(data).__name__}")
+    try:
+        return RegistrationConfig.from_dict(apply_overrides(data, overrides))
+    except InputError as err:
+        where = path if str(name).endswith(".json") or os.sep in str(name) else f"preset {name!r}"
+        raise InputError(f"{where}: {err}") from None
 
 
 def save_preset(name: str, base: str, overrides: Iterable[str], folder: str | os.PathLike,

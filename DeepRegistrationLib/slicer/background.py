@@ -32,8 +32,8 @@ class BackgroundRegistration:
 
     ``state`` is ``running``, ``completed``, ``failed`` or ``cancelled``. Call :meth:`poll` regularly
     from the main thread (in Slicer a QTimer does it): it forwards progress and, when the worker has
-    finished, creates the result nodes. :meth:`cancel` kills the worker's process tree; the scene is
-    then left as it was.
+    finished, creates the result nodes. :meth:`cancel` stops the worker (SIGTERM, then SIGKILL after a
+    grace period); the scene is then left as it was and no temporary file is left behind.
     """
 
     def __init__(self, logic: RegistrationLogic, job: PreparedJob, args: list[str], folder: Path,
@@ -74,19 +74,33 @@ class BackgroundRegistration:
     def running(self) -> bool:
         return self.state == "running"
 
-    def cancel(self) -> None:
-        """Stop the worker now (its whole process tree); nothing is added to the scene."""
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the worker; nothing is added to the scene.
+
+        SIGTERM first: the worker stops at its next step and removes its own temporary files. Only a worker
+        still alive after ``grace_s`` seconds (or on Windows) has its process tree killed, and then the
+        temporary files it may have left in the job folder are removed here."""
         if self.state != "running":
             return
         self._cancel_requested = True
+        killed = False
         try:
             if os.name == "nt":
                 subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+                killed = True
             else:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    killed = True
         except (ProcessLookupError, PermissionError, OSError):
             pass
         self.process.wait()
+        if killed:
+            for stale in self.folder.glob(".*.tmp*"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         self.poll()
 
     def poll(self) -> bool:

@@ -182,8 +182,9 @@ class RegistrationLogic:
         config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
         import torch
 
-        from ..registration import check_stages
+        from ..registration import check_image_pair, check_stages
 
+        check_image_pair(fixed, moving)  # constant, single-slice or tiny volumes: refused here, not in the worker
         check_stages(config, fixed, moving, torch.device("cpu"))  # and on a model or volumes a stage refuses
         job = PreparedJob(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
                    output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
@@ -201,6 +202,10 @@ class RegistrationLogic:
                 raise InputError(f"landmark counts differ: {len(job.fixed_points)} fixed "
                                  f"({fixedLandmarksNode.GetName()}) vs {len(job.moving_points)} moving "
                                  f"({movingLandmarksNode.GetName()})")
+            from ..registration.landmarks import check_landmarks
+
+            for pts, node in ((job.fixed_points, fixedLandmarksNode), (job.moving_points, movingLandmarksNode)):
+                check_landmarks(pts, "rigid", node.GetName())
         if initialTransformNode is not None:
             job.initial = transform_from_node(initialTransformNode)
         return job

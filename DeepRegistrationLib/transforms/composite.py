@@ -94,10 +94,9 @@ def to_displacement_field(transform: Transform, grid: Grid, dtype: torch.dtype =
     if isinstance(transform, StationaryVelocityField) and transform.grid.same_as(grid, atol=1e-9):
         return transform.exponential()
     rows = max(1, chunk_voxels // max(1, grid.num_voxels // grid.shape[0]))
-    chunks = []
+    field = torch.empty((grid.dim, *grid.shape), dtype=dtype)  # filled chunk by chunk: no second copy
     with torch.no_grad():
         for start in range(0, grid.shape[0], rows):
             x = grid.physical_points(dtype=torch.float64, slices=slice(start, start + rows))
-            chunks.append((transform.map_points(x) - x).to(dtype))
-    field = torch.cat(chunks, dim=0)  # (*shape, dim)
-    return DisplacementField(field.movedim(-1, 0).contiguous(), grid)
+            field[:, start:start + rows] = (transform.map_points(x) - x).movedim(-1, 0)
+    return DisplacementField(field, grid)

@@ -1,6 +1,8 @@
 """Shared fixtures: real data from ../shared/data (see its MANIFEST.md) and derived test images.
 
-Tests that need the shared data are skipped with a message naming the missing file; CI has the data.
+Without ../shared (a fresh clone) every file the tests read is built from pinned PyPI wheels instead
+(:mod:`fresh_data`: real images, checksummed and cached); a test that needs a file with no stand-in is
+skipped, and the run ends with one line saying how many tests did not run and why.
 """
 
 from __future__ import annotations
@@ -23,11 +25,36 @@ from DeepRegistrationLib.synthetic import known_transform, oblique_grid, smooth_
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+#: Where each data file a test used came from ("shared" or "wheels"), for the run's summary.
+DATA_SOURCES: dict[str, str] = {}
+SHARED_ONLY = "needs ../shared/data"
+
+
 def data_file(relative: str) -> Path:
+    """``../shared/data/<relative>`` when present, else its stand-in built from PyPI wheels (:mod:`fresh_data`),
+    else the test is skipped."""
     path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"shared test data missing: {path} (see ../shared/data/MANIFEST.md)")
-    return path
+    if path.exists():
+        DATA_SOURCES[relative] = "shared"
+        return path
+    from fresh_data import substitute
+
+    stand_in = substitute(relative)
+    if stand_in is None:
+        pytest.skip(f"{SHARED_ONLY}: {relative} has no stand-in from PyPI wheels (see ../shared/data/MANIFEST.md)")
+    DATA_SOURCES[relative] = "wheels"
+    return stand_in
+
+
+def from_shared(relative: str) -> bool:
+    """Whether the tests read ``relative`` from ../shared/data (not a stand-in): for figures of those files."""
+    return (DATA / relative).exists()
+
+
+def shared_only(what: str) -> None:
+    """Skip unless ../shared/data is present: for assertions about figures of the shared files themselves."""
+    if not DATA.is_dir():
+        pytest.skip(f"{SHARED_ONLY}: {what}")
 
 
 OASIS = "brain3d/oasis/OAS1_{}_MR1_aligned_{}.nii.gz"
@@ -43,6 +70,19 @@ def oasis_slice(subject: str, kind: str) -> dr.Image:
 
 #: Tests in these modules work on 3D volumes, train networks or start processes: ``-m "not slow"`` skips them.
 SLOW_MODULES = {"test_networks", "test_voxelmorph_registration", "test_demo", "test_cuda", "test_slicer_logic"}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line: which data the run used, and how many tests did not run for want of ../shared or a GPU."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = [str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped]
+    no_data = sum(SHARED_ONLY in r for r in reasons)
+    no_gpu = sum("CUDA" in r for r in reasons)
+    wheels = sorted(k for k, v in DATA_SOURCES.items() if v == "wheels")
+    source = f"{DATA} ({len(DATA_SOURCES) - len(wheels)} files)" if not wheels else \
+        f"stand-ins built from PyPI wheels for {len(wheels)} files (../shared/data absent)"
+    terminalreporter.write_line(f"test data: {source}; not run: {no_data} need ../shared/data, {no_gpu} need CUDA, "
+                                f"{len(skipped) - no_data - no_gpu} other")
 
 
 def pytest_collection_modifyitems(config, items):

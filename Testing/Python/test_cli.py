@@ -136,7 +136,7 @@ def test_4d_and_2d3d_mismatch(case, tmp_path):
     assert r4.returncode == 2 and "four.nii.gz: is a 4D image" in _error_line(r4)
     png = data_file("multimodal2d/BrainProtonDensitySlice.png")
     r2 = deepreg("apply", "--transform", d / "T.h5", "--moving", png, "--reference", png, "--output",
-                 tmp_path / "o.png")
+                 tmp_path / "o.nii.gz")
     assert r2.returncode == 2 and "2D but" in _error_line(r2) and "3D transform" in _error_line(r2)
     assert not list(tmp_path.glob("o.*"))
 

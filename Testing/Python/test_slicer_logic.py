@@ -412,6 +412,31 @@ def test_landmark_counts_must_match(small_scene):
              movingLandmarksNode=b)
 
 
+def test_degenerate_landmarks_refused(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    line = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "on-a-line")
+    same = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "all-at-one-place")
+    for i in range(4):
+        line.AddControlPoint(10.0 * i, 0.0, 0.0)
+        same.AddControlPoint(5.0, 5.0, 5.0)
+    _refused(scene, "on-a-line: the landmarks lie on one line", fixed_node, moving_node, "rigid",
+             fixedLandmarksNode=line, movingLandmarksNode=line)
+    _refused(scene, "all-at-one-place: the landmarks are all at the same position", fixed_node, moving_node, "rigid",
+             fixedLandmarksNode=same, movingLandmarksNode=same)
+
+
+def test_nonsense_parameter_values_and_single_slices_refused(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    _refused(scene, "learning_rate must be a number > 0, got -1", fixed_node, moving_node, "rigid", overrides=[
+        "learning_rate=-1"])
+    _refused(scene, "iterations must be a whole number", fixed_node, moving_node, "rigid", overrides=[
+        "iterations=abc"])
+    g = fixed.grid
+    one = dr.Image(fixed.data[:, :1], dr.Grid((*g.size[:2], 1), g.origin, g.spacing, g.direction), "slice")
+    slice_node = add_volume(scene, one, "one-slice")
+    _refused(scene, "one-slice: the fixed volume is a single slice", slice_node, moving_node, "rigid")
+
+
 def test_landmarks_and_initial_transform_nodes_convert():
     scene = slicer.vtkMRMLScene()
     m = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
