@@ -129,7 +129,8 @@ class Image:
     # ------------------------------------------------------------------ checks
     def check_finite(self) -> "Image":
         """Raise :class:`InputError` when any voxel is NaN or infinite."""
-        if self.data.is_floating_point():
+        # the sum is finite iff every voxel is (cheap, no temporary the size of the image); count only on failure
+        if self.data.is_floating_point() and not bool(torch.isfinite(self.data.sum(dtype=torch.float64))):
             bad = ~torch.isfinite(self.data)
             if bool(bad.any()):
                 raise InputError(f"{self.name}: {int(bad.sum())} voxels are NaN or infinite")

@@ -353,7 +353,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     progress.finish()
     for note in result.figures.get("warnings", []):
         print(f"deepreg: warning: {note}", file=sys.stderr)
-    det, grid, _ = result.jacobian(max_voxels=fixed.grid.num_voxels if args.out_jacobian else 4_000_000)
+    det, grid, _ = result.jacobian()  # on the fixed grid: the figure 'deepreg evaluate' gives
     figures = result.figures
     warped = result.warped() if args.out_image else None
     with output_transaction():  # all outputs or none

@@ -54,16 +54,32 @@ def overlap(fixed: Image, warped: Image, labels: list[int] | None = None) -> dic
     """Dice and Jaccard per label: ``{label: {"dice": .., "jaccard": ..}}``."""
     a, b = _check_pair(fixed, warped)
     labels = labels or label_values(fixed, warped)
-    a64, b64 = a.astype(np.int64).ravel(), b.astype(np.int64).ravel()
+    a, b = a.ravel(), b.ravel()
+    counts = _label_counts(a, b, labels)
     result = {}
     for label in labels:
-        in_a, in_b = a64 == label, b64 == label
-        inter = int(np.count_nonzero(in_a & in_b))
-        na, nb = int(np.count_nonzero(in_a)), int(np.count_nonzero(in_b))
+        na, nb, inter = counts[label]
         union = na + nb - inter
         result[label] = {"dice": 2.0 * inter / (na + nb) if na + nb else float("nan"),
                          "jaccard": inter / union if union else float("nan")}
     return result
+
+
+def _label_counts(a: np.ndarray, b: np.ndarray, labels: list[int]) -> dict[int, tuple[int, int, int]]:
+    """Voxels of each label in ``a``, in ``b`` and in both, in one pass (``bincount``) when the labels are
+    non-negative integers below 2^20, label by label otherwise."""
+    lo = min(int(a.min()), int(b.min()), *labels) if labels else 0
+    hi = max(int(a.max()), int(b.max()), *labels) if labels else 0
+    if lo >= 0 and hi < (1 << 20):
+        n = hi + 1
+        na, nb = np.bincount(a, minlength=n), np.bincount(b, minlength=n)
+        both = np.bincount(a[a == b], minlength=n)
+        return {label: (int(na[label]), int(nb[label]), int(both[label])) for label in labels}
+    out = {}
+    for label in labels:
+        in_a, in_b = a == label, b == label
+        out[label] = (int(np.count_nonzero(in_a)), int(np.count_nonzero(in_b)), int(np.count_nonzero(in_a & in_b)))
+    return out
 
 
 def _surface_and_distance(mask: np.ndarray, spacing_xyz: tuple[float, ...]):
@@ -119,7 +135,7 @@ def target_registration_error(transform: Transform, fixed_points: np.ndarray, mo
             "per_point": err.tolist()}
 
 
-def jacobian_determinant(transform: Transform, grid: Grid, slab_voxels: int = 1 << 21) -> torch.Tensor:
+def jacobian_determinant(transform: Transform, grid: Grid, slab_voxels: int = 1 << 20) -> torch.Tensor:
     """``det(dT/dx)`` at every voxel of ``grid`` (array order), float64. Exact for linear transforms.
 
     Dense transforms are sampled and differentiated in slabs of about ``slab_voxels`` voxels along the first
@@ -166,23 +182,27 @@ def _det_of_field(u: torch.Tensor, mm_from_index: torch.Tensor, dim: int) -> tor
                  for c in range(dim)]
     else:
         grads = [list(torch.gradient(u[c], dim=tuple(range(dim)))) for c in range(dim)]
-    # d u_c / d index_a (index axes i, j, k are array axes dim-1, ..., 0)
-    du_dindex = torch.stack([torch.stack([grads[c][dim - 1 - a] for a in range(dim)], -1) for c in range(dim)], -2)
+    # J[c][b] = delta_cb + sum_a d u_c / d index_a * (d index_a / d x_b); index axis a is array axis dim-1-a
+    m = mm_from_index.tolist()
+    jac = [[sum(grads[c][dim - 1 - a] * m[a][b] for a in range(dim)) + (1.0 if b == c else 0.0)
+            for b in range(dim)] for c in range(dim)]
     del grads
-    jac = du_dindex @ mm_from_index
-    del du_dindex
-    jac += torch.eye(dim, dtype=torch.float64)
-    return torch.linalg.det(jac)
+    if dim == 2:
+        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    (a, b, c), (d, e, f), (g, h, i) = jac
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def jacobian_stats(det: torch.Tensor, mask: np.ndarray | torch.Tensor | None = None) -> dict:
     """``folding_percent`` (det <= 0), ``std_log_jacobian``, min, max and mean over ``mask`` (all voxels if None)."""
-    d = det.reshape(-1).double()
+    d = det.reshape(-1)
     if mask is not None:
         m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).reshape(-1) != 0
         if not bool(m.any()):
             raise InputError("the Jacobian mask is empty")
         d = d[m]
-    log_j = torch.log(d.clamp(1e-9, 1e9))
-    return {"folding_percent": float((d <= 0).double().mean() * 100), "std_log_jacobian": float(log_j.std()),
-            "min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())}
+    d = d.double()
+    log_j = d.clamp(1e-9, 1e9).log_()
+    return {"folding_percent": float(torch.count_nonzero(d <= 0)) * 100.0 / d.numel(),
+            "std_log_jacobian": float(log_j.std()), "min": float(d.min()), "max": float(d.max()),
+            "mean": float(d.mean())}

@@ -12,9 +12,8 @@ from ..metrics.evaluation import jacobian_determinant, jacobian_stats
 from ..transforms import Transform
 from ..warp import warp_image
 
-__all__ = ["RegistrationResult", "JACOBIAN_MAX_VOXELS"]
+__all__ = ["RegistrationResult"]
 
-JACOBIAN_MAX_VOXELS = 4_000_000
 
 
 @dataclass
@@ -37,14 +36,14 @@ class RegistrationResult:
         """The moving image resampled through ``transform`` onto the fixed grid."""
         return warp_image(self.moving, self.transform, self.fixed_grid, interpolation)
 
-    def jacobian(self, max_voxels: int = JACOBIAN_MAX_VOXELS) -> tuple[torch.Tensor, Grid, dict]:
-        """Jacobian determinant of ``transform`` on the fixed grid (coarsened 2x per axis above
-        ``max_voxels``), that grid, and its figures: ``folding_percent`` (det <= 0), ``std_log_jacobian``,
-        min, max, mean. Also stored in ``figures`` as ``jacobian_*``."""
+    def jacobian(self) -> tuple[torch.Tensor, Grid, dict]:
+        """Jacobian determinant of ``transform`` on the fixed image's grid, that grid, and its figures:
+        ``folding_percent`` (det <= 0), ``std_log_jacobian``, min, max, mean. Also stored in ``figures`` as
+        ``jacobian_*``. The definition ``deepreg evaluate`` uses (same grid, same differences), computed in
+        slabs so that memory stays near 8 bytes a voxel."""
         grid = self.fixed_grid
-        if grid.num_voxels > max_voxels:
-            grid = grid.with_spacing([2 * s for s in grid.spacing])
         det = jacobian_determinant(self.transform, grid)
         stats = jacobian_stats(det)
         self.figures.update({f"jacobian_{k}": v for k, v in stats.items()})
+        self.figures["jacobian_grid"] = "fixed image grid"
         return det, grid, stats

@@ -266,7 +266,7 @@ class RegistrationLogic:
                           initial_transform=job.initial, device=device, progress=progress, cancel=cancel,
                           initialise="landmarks" if job.fixed_points is not None and job.initial is None else None)
         # full resolution only when a Jacobian volume is asked for (as `deepreg register --out-jacobian`)
-        det, grid, _ = result.jacobian(**({"max_voxels": job.fixed.grid.num_voxels} if job.jacobian_node is not None else {}))
+        det, grid, _ = result.jacobian()
         figures = result.figures
         jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
         warped = result.warped() if job.output_volume_node is not None else None

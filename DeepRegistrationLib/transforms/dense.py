@@ -71,7 +71,8 @@ def _check_field(field: torch.Tensor, grid: Grid, what: str) -> torch.Tensor:
         field = field.float()
     if tuple(field.shape) != (grid.dim, *grid.shape):
         raise InputError(f"{what} must have shape {(grid.dim, *grid.shape)} (components first), got {tuple(field.shape)}")
-    if not bool(torch.isfinite(field.detach()).all()):
+    # finite iff the sum is (NaN and +-inf propagate); no temporary the size of the field, as isfinite makes
+    if not bool(torch.isfinite(field.detach().sum(dtype=torch.float64))):
         raise InputError(f"{what} holds NaN or infinite vectors")
     return field
 

@@ -373,3 +373,28 @@ def test_temporary_file_refused_names_the_requested_path(tmp_path, monkeypatch):
     with pytest.raises(dr.OutputError, match=r"cannot write .*/T\.h5: permission denied") as info:
         dr.write_transform(dr.IdentityTransform(3), tmp_path / "T.h5")
     assert ".tmp" not in str(info.value)
+
+
+def test_register_and_evaluate_give_one_folding_figure(inputs, tmp_path, capsys):
+    """``register`` reports the Jacobian figures of the transform it writes on the fixed grid: ``evaluate`` of that
+    file on the same grid gives the same numbers (one definition, not a coarser estimate)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main([str(a) for a in ["register", "--fixed", inputs / "fixed.nii.gz", "--moving",
+                                      inputs / "moving.nii.gz", "--preset", "deformable-fast", "--set",
+                                      "iterations=10", "--set", "svf.learning_rate=0.5", "--out-transform",
+                                      tmp_path / "T.h5", "--progress", "json"]])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out = capsys.readouterr().out
+    assert code == 0
+    figures = json.loads(out.strip().splitlines()[-1])["figures"]
+    assert figures["jacobian_grid"] == "fixed image grid"
+    code = main([str(a) for a in ["evaluate", "--transform", tmp_path / "T.h5", "--fixed-landmarks",
+                                  inputs / "points.csv", "--moving-landmarks", inputs / "points.csv", "--reference",
+                                  inputs / "fixed.nii.gz", "--json", tmp_path / "r.json"]])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())["jacobian"]
+    assert figures["jacobian_min"] < 1 < figures["jacobian_max"]  # a deformation, not the identity
+    for key in ("folding_percent", "std_log_jacobian", "min", "max", "mean"):
+        assert report[key] == pytest.approx(figures[f"jacobian_{key}"], rel=1e-6, abs=1e-9), key
