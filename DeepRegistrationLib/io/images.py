@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..geometry import Grid
 from ..image import Image
 from .atomic import atomic_output, atomic_output_dir, full_suffix
@@ -113,6 +113,8 @@ def write_image(image: Image, path: str | os.PathLike) -> None:
     if suffix == "":
         _write_dicom_series(image, path)
         return
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unsupported image format {suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
     if suffix in _2D_ONLY_SUFFIXES:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, UnsupportedTransformError
+from ..errors import InputError, OutputError, UnsupportedTransformError
 from ..geometry import Grid
 from ..transforms import (AffineTransform, CompositeTransform, DisplacementField, IdentityTransform, RigidTransform,
                           SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
@@ -192,6 +192,8 @@ def write_transform(transform: Transform, path: str | os.PathLike) -> None:
 
     path = Path(path)
     suffix = full_suffix(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
     if suffix in FIELD_IMAGE_SUFFIXES:
         field = transform.exponential() if isinstance(transform, StationaryVelocityField) else transform
         if not isinstance(field, DisplacementField):

@@ -307,6 +307,9 @@ FULL_DISK = [
      "--preset", "deformable-fast", "--set", "iterations=1", "--out-transform", w / "T.h5"], "T.h5"),
     ("points-csv", lambda i, w: ["apply", "--transform", i / "T.tfm", "--points-in", i / "many.csv", "--points-out",
      w / "p.csv"], "p.csv"),
+    ("register-second-output-fails", lambda i, w: ["register", "--fixed", i / "fixed.nii.gz", "--moving",
+     i / "moving.nii.gz", "--preset", "rigid", "--set", "iterations=2", "--out-transform", w / "T.tfm", "--out-image",
+     w / "W.nii"], "W.nii"),
     ("report-json", lambda i, w: ["evaluate", "--transform", i / "T.tfm", "--fixed-landmarks", i / "many.csv",
      "--moving-landmarks", i / "many.csv", "--json", w / "r.json"], "r.json"),
 ]
@@ -398,3 +401,66 @@ def test_register_and_evaluate_give_one_folding_figure(inputs, tmp_path, capsys)
     assert figures["jacobian_min"] < 1 < figures["jacobian_max"]  # a deformation, not the identity
     for key in ("folding_percent", "std_log_jacobian", "min", "max", "mean"):
         assert report[key] == pytest.approx(figures[f"jacobian_{key}"], rel=1e-6, abs=1e-9), key
+
+
+# ---------------------------------------------------------------------- the Python API
+def _api_cases():
+    from DeepRegistrationLib.registration import load_preset, register
+    from DeepRegistrationLib.registration.landmarks import fit_landmarks
+
+    def reg(i, **kw):
+        return register(dr.read_image(i / "fixed.nii.gz"), dr.read_image(i / "moving.nii.gz"),
+                        load_preset("rigid", ["iterations=2"]), **kw)
+
+    line = np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0]])
+    return [
+        ("read-missing", lambda i, w: dr.read_image(w / "nope.nii.gz"), "nope.nii.gz: file not found"),
+        ("read-truncated", lambda i, w: dr.read_image(_truncate(i / "fixed_seg.nii.gz", w / "c.nii.gz")),
+         "c.nii.gz: cannot read image: truncated"),
+        ("read-pixdim-zero", lambda i, w: dr.read_image(_pixdim_zero(w)), "pixdim0.nii.gz: voxel size"),
+        ("read-transform-garbage", lambda i, w: dr.read_transform(_text(w, "g.tfm", "hello")),
+         "g.tfm: cannot read transform: not an ITK transform file"),
+        ("read-points-markups", lambda i, w: dr.read_points(_markups(w, {"markups": None})), "bad.mrk.json"),
+        ("read-points-text-row", lambda i, w: dr.read_points(_text(w, "p.csv", "x,y,z\n1,2,3\n4,five,6\n")),
+         "p.csv: row 3"),
+        ("write-missing-folder", lambda i, w: dr.read_image(i / "fixed.nii.gz").write(w / "no" / "x.nii.gz"),
+         "does not exist"),
+        ("write-png-3d", lambda i, w: dr.read_image(i / "fixed_seg.nii.gz").write(w / "x.png"), "2D images"),
+        ("write-png-float", lambda i, w: dr.read_image(i / "fixed2d.nii.gz").write(w / "x.png"), "without loss"),
+        ("write-folder", lambda i, w: dr.write_transform(dr.IdentityTransform(3), w), "is a folder"),
+        ("write-dense-tfm", lambda i, w: dr.write_transform(dr.read_transform(i / "T.h5"), w / "T.tfm"),
+         "cannot hold a dense field"),
+        ("register-nan", lambda i, w: register(dr.read_image(i / "fixed.nii.gz").with_data(
+            torch_nan(dr.read_image(i / "fixed.nii.gz"))), dr.read_image(i / "moving.nii.gz"), load_preset("rigid")),
+         "NaN or infinite"),
+        ("register-empty-mask", lambda i, w: reg(i, fixed_mask=dr.read_image(i / "fixed_seg.nii.gz").with_data(
+            np.zeros(dr.read_image(i / "fixed_seg.nii.gz").shape, np.uint8))), "empty"),
+        ("register-collinear", lambda i, w: reg(i, fixed_points=line, moving_points=line, initialise="landmarks"),
+         "lie on one line"),
+        ("fit-identical", lambda i, w: fit_landmarks(np.ones((4, 3)), np.ones((4, 3))), "same position"),
+        ("preset-negative", lambda i, w: load_preset("rigid", ["learning_rate=-1"]), "learning_rate must be"),
+        ("inverse-singular", lambda i, w: dr.read_transform(_text(w, "s.tfm", _SINGULAR)).inverse(), "singular"),
+    ]
+
+
+def torch_nan(image):
+    data = image.data.clone()
+    data.view(-1)[17] = float("nan")
+    return data
+
+
+API_CASES = _api_cases()
+
+
+@pytest.mark.parametrize("name,call,message", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_refuses_cleanly(name, call, message, inputs, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    before_inputs = _digest(inputs)
+    before_work = _digest(work)
+    with pytest.raises(dr.InputError) as info:
+        call(inputs, work)
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert _digest(inputs) == before_inputs
+    written = [p.name for p in work.rglob("*") if p.name.startswith(("x.", "T.", ".")) or p.is_dir()]
+    assert written == [] and _digest(work).keys() >= before_work.keys(), written

@@ -306,10 +306,17 @@ def test_background_failure_is_reported(pair, tmp_path):
     scene = slicer.vtkMRMLScene()
     fixed_node = add_volume(scene, fixed, "fixed")
     flat = add_volume(scene, fixed.with_data(torch.ones_like(fixed.data)), "flat")
+    g = fixed.grid
+    far = add_volume(scene, dr.Image(fixed.data, dr.Grid(g.size, np.asarray(g.origin) + 5000.0, g.spacing,
+                                                         g.direction)), "far")
     before = scene_state(scene)
-    handle = sl.RegistrationLogic(scene).processInBackground(fixed_node, flat, "rigid", tempDirectory=str(tmp_path))
+    with pytest.raises(dr.InputError, match="flat: the image is constant"):  # refused before a worker starts
+        sl.RegistrationLogic(scene).processInBackground(fixed_node, flat, "rigid", tempDirectory=str(tmp_path))
+    # found only by the worker: no overlap once the (absent) initialisation is applied
+    handle = sl.RegistrationLogic(scene).processInBackground(fixed_node, far, "rigid", tempDirectory=str(tmp_path),
+                                                             overrides=["initialise=none"])
     assert handle.wait(timeout_s=120) == "failed"
-    assert "constant" in handle.error
+    assert "do not overlap" in handle.error
     assert scene_state(scene) == before
 
 
