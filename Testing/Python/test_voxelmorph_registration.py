@@ -170,11 +170,12 @@ def test_bundled_brain_model_registers_an_unseen_subject(oasis_pair, oasis_seg_p
     one_mirrored = mean_label_dice(fixed_seg, moving_seg, mirrored.transform)
     two_passes = mean_label_dice(fixed_seg, moving_seg, net.transform)
     # The wheel-built stand-in pair (one real warp of the same anatomy) starts at 0.73 Dice, not OASIS's 0.46:
-    # less room to gain.
-    gain = BUNDLED_MODEL_GAIN if from_shared(OASIS.format("0001", "seg35")) else 0.05
-    assert one_pass > before + gain, (before, one_pass)
-    assert one_mirrored > one_pass + MIRROR_GAIN, (one_pass, one_mirrored)
-    assert two_passes > one_mirrored + SECOND_PASS_GAIN, (one_mirrored, two_passes)
+    # less room to gain (measured there: 0.728 -> 0.820 one pass -> 0.829 mirrored -> 0.844 two passes).
+    oasis = from_shared(OASIS.format("0001", "seg35"))
+    gains = (BUNDLED_MODEL_GAIN, MIRROR_GAIN, SECOND_PASS_GAIN) if oasis else (0.05, 0.003, 0.008)
+    assert one_pass > before + gains[0], (before, one_pass)
+    assert one_mirrored > one_pass + gains[1], (one_pass, one_mirrored)
+    assert two_passes > one_mirrored + gains[2], (one_mirrored, two_passes)
     figures = net.figures["stages"][-1]
     assert figures["mirror_average"] and figures["passes"] == 2 and not single.figures["stages"][-1]["mirror_average"]
     # four forward passes: direct and mirrored, twice; the second direct one sees a better aligned moving image
