@@ -115,7 +115,7 @@ Built on PyTorch, SimpleITK and 3D Slicer, after MONAI's VoxelMorph design.
 class DeepRegistrationParameterNode:
     """Every setting of the panel; saved with the scene.
 
-    preset: name of the preset (JSON in Resources/Presets or the user presets folder).
+    preset: name of the preset (JSON shipped in DeepRegistrationLib/resources/presets or in the user presets folder).
     similarity, levels, iterations, regularisationWeight: overrides of the preset ("(preset)", "", 0 and
         a negative weight mean "as in the preset"); levels are spacings in mm, coarse to fine, e.g. "4,2".
     """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe of the brain model Resources/Models/voxelmorph-brain (T1 brain MRI, affinely aligned input).
+# The recipe of the brain model DeepRegistrationLib/resources/models/voxelmorph-brain (T1 brain MRI, affinely aligned input).
 # Trains on OASIS 0002 and the voxelmorph subject (images + seg35 labels, from ../shared/data); OASIS 0001 is
 # held out (validation only), so every benchmark pair has a subject the model never saw in training.
 #
@@ -17,10 +17,10 @@
 # Environment: STEPS, THREADS, MAX_MINUTES (stop with a checkpoint; run again with RESUME=1 to continue),
 #   PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data/brain3d).
 # Usage: scripts/train_voxelmorph_brain.sh [OUT_DIR] [extra deepreg train voxelmorph arguments]
-#   (default OUT_DIR Resources/Models/voxelmorph-brain)
+#   (default OUT_DIR DeepRegistrationLib/resources/models/voxelmorph-brain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-Resources/Models/voxelmorph-brain}"
+OUT="${1:-DeepRegistrationLib/resources/models/voxelmorph-brain}"
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data/brain3d}"
 WORK=build/brain_data

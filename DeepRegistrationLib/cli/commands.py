@@ -375,8 +375,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     from ..registration import list_presets
+    from ..registration.presets import presets_dir
 
     presets = list_presets()
+    if not presets:
+        raise InputError("no preset found (looked in: " + ", ".join(str(p) for p in presets_dir()) + "); the "
+                         "installation is incomplete: reinstall the package, or set DEEPREG_PRESETS to a folder of "
+                         "preset .json files")
     if args.json:
         print(json.dumps(presets, indent=2))
     else:

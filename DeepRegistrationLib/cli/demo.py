@@ -32,7 +32,7 @@ from ..warp import warp_image
 
 __all__ = ["run_demo", "fetch_demo_data", "DEMO_PRESET"]
 
-#: The preset the demo runs (Resources/Presets/deformable-fast.json).
+#: The preset the demo runs (DeepRegistrationLib/resources/presets/deformable-fast.json).
 DEMO_PRESET = "deformable-fast"
 
 #: Demo file name -> :data:`~DeepRegistrationLib.io.wheel_data.WHEEL_FILES` key.

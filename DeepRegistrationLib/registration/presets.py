@@ -1,7 +1,8 @@
 """Registration presets: JSON files in the :class:`RegistrationConfig` format.
 
 Looked up by name in ``$DEEPREG_PRESETS`` (folders separated by ``os.pathsep``; the Slicer module puts
-the user's presets folder there) and then in the extension's ``Resources/Presets/``;
+the user's presets folder there) and then among the presets that ship in the package
+(``DeepRegistrationLib/resources/presets/``, see :mod:`..resources`);
 a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as JSON, else a string):
 
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
@@ -26,6 +27,7 @@ from typing import Iterable
 from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..methods.registry import stage_kind, stage_models
+from ..resources import bundled_presets_dir
 from .config import RegistrationConfig
 
 __all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides", "save_preset"]
@@ -36,7 +38,7 @@ _TOP_LEVEL = {"name", "description", "initialise", "seed"}
 def presets_dir() -> list[Path]:
     """Folders searched for presets, in order."""
     folders = [Path(p) for p in os.environ.get("DEEPREG_PRESETS", "").split(os.pathsep) if p]
-    folders.append(Path(__file__).resolve().parents[2] / "Resources" / "Presets")
+    folders.append(bundled_presets_dir())
     return folders
 
 

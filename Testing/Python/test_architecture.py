@@ -16,7 +16,7 @@ LIB = Path(__file__).resolve().parents[2] / "DeepRegistrationLib"
 
 #: Layer of each top-level unit of the library (a module or a package); imports must go to the same or a lower one.
 LAYERS = {
-    "errors": 0, "_lazy": 0, "runtime": 0, "devices": 0, "__init__": 0, "__main__": 9,
+    "errors": 0, "_lazy": 0, "runtime": 0, "devices": 0, "resources": 0, "__init__": 0, "__main__": 9,
     "geometry": 1,
     "image": 2, "intensity": 2, "sampling": 2,
     "transforms": 3, "warp": 3, "synthetic": 3,

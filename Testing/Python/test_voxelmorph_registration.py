@@ -1,5 +1,5 @@
 """A VoxelMorph brain model behind the common registration interface: the plumbing with untrained weights (the
-``voxelmorph_model`` fixture), and the bundled model ``Resources/Models/voxelmorph-brain`` on a subject it never
+``voxelmorph_model`` fixture), and the bundled model ``voxelmorph-brain`` (package data) on a subject it never
 saw in training (OASIS 0001).
 
 Each bad input is refused before anything runs or is written.
@@ -16,6 +16,7 @@ import torch
 import DeepRegistrationLib as dr
 from conftest import OASIS, data_file, from_shared, mean_label_dice
 from DeepRegistrationLib.registration import RegistrationCancelled, load_preset, register
+from DeepRegistrationLib.resources import bundled_models_dir
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_bundled_brain_model_card_and_weights():
     from DeepRegistrationLib.methods.voxelmorph.inference import find_model
 
     folder = find_model("voxelmorph-brain")
-    assert folder.parent.name == "Models" and folder.parent.parent.name == "Resources"  # the bundled one
+    assert folder.parent == bundled_models_dir()  # the bundled one, shipped in the package
     net, card = load_model(folder)
     assert (folder / WEIGHTS).stat().st_size < 10e6
     assert card["architecture"]["dim"] == 3 and card["architecture"]["diffeomorphic"]

@@ -51,9 +51,11 @@ _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
 def models_dirs() -> list[Path]:
     """Where models are looked up by name: ``$DEEPREG_MODELS`` (``os.pathsep``-separated), then the bundled
-    ``Resources/Models``."""
+    models shipped in the package (:mod:`DeepRegistrationLib.resources`)."""
+    from ...resources import bundled_models_dir
+
     folders = [Path(p) for p in os.environ.get("DEEPREG_MODELS", "").split(os.pathsep) if p]
-    folders.append(Path(__file__).resolve().parents[3] / "Resources" / "Models")
+    folders.append(bundled_models_dir())
     return folders
 
 
@@ -68,7 +70,7 @@ def find_model(name_or_path: str) -> Path:
         if (folder / name_or_path).is_dir():
             return folder / name_or_path
     raise InputError(f"model {name_or_path!r} not found in {[str(f) for f in models_dirs()]} "
-                     "(the bundled model is Resources/Models/voxelmorph-brain; train another with 'deepreg train voxelmorph', "
+                     "(the bundled model is voxelmorph-brain, in DeepRegistrationLib/resources/models; train another with 'deepreg train voxelmorph', "
                      "then put its folder there or give its path, e.g. --set voxelmorph.network=DIR)")
 
 

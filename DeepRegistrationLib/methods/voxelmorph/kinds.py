@@ -19,7 +19,7 @@ class VoxelMorphSettings(StageSettings):
     after it starts from the network's velocity (instance optimisation).
 
     Attributes:
-        network: a model name (``Resources/Models/<name>``, ``$DEEPREG_MODELS``) or a model folder.
+        network: a model name (a bundled model ``<name>``, ``$DEEPREG_MODELS``) or a model folder.
         mirror_average: also predict on the pair mirrored left-right (both images) and average the two fields
             (the mirrored one mirrored back). For near-symmetric anatomy (brain) the mirrored pair is as
             plausible as the original, so this halves the network's independent errors at the cost of a second
