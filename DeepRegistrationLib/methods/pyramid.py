@@ -63,6 +63,28 @@ class PyramidLevel:
         inside = inside.reshape(1, 1, *self.grid.shape)
         return warped.reshape(1, 1, *self.grid.shape), inside if self.mask is None else inside * self.mask
 
+    def sample_moving(self, coords: torch.Tensor, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+        """The fixed values at flat level ``voxels`` ``(P,)`` and the moving level image at their mapped
+        ``grid_sample`` coordinates ``(P, dim)`` (differentiable), with the similarity weights, each shaped as a
+        ``(1, 1, P, 1)`` image: the point-wise similarities then take them as they take whole levels."""
+        if self._moving_stack is None:
+            self._moving_stack = gradient_stack(self.moving, self.moving_grid)
+        inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+        warped = sample_with_gradient(self._moving_stack, coords) * inside
+        if self.moving_mask is not None:
+            inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        if self.mask is not None:
+            inside = inside * self.mask.reshape(-1)[voxels]
+        shape = (1, 1, -1, 1)
+        return self.fixed.reshape(-1)[voxels].reshape(shape), warped.reshape(shape), inside.reshape(shape)
+
+    def sampling_candidates(self) -> torch.Tensor:
+        """Flat indices of the level voxels that random sampling draws from (inside the fixed mask, if any)."""
+        if self.mask is None:
+            return torch.arange(self.grid.num_voxels, device=self.fixed.device)
+        return torch.nonzero(self.mask.reshape(-1) > 0)[:, 0]
+
     def overlap_fraction(self, transform: LinearTransform) -> float:
         """Fraction of the level's fixed voxels (inside the fixed mask, if any) that ``transform`` maps into the
         moving image."""

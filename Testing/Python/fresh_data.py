@@ -68,7 +68,7 @@ def _wheel(name: str) -> Path:
     return fetch_wheel_files([name])[name]
 
 
-def _icbm():
+def icbm_tissues():
     """T1, brain mask and tissue probabilities (CSF, GM, WM in [0, 1]) of ICBM152 2009a (RAS file, LPS grid)."""
     import SimpleITK as sitk
 
@@ -82,6 +82,13 @@ def _icbm():
     brain = torch.from_numpy(sitk.GetArrayFromImage(brain).astype(bool))
     csf = (brain.float() - gm - wm).clamp(0, 1) * brain
     return t1, brain, csf, gm, wm
+
+
+def pd_contrast(t1: torch.Tensor, brain: torch.Tensor, csf: torch.Tensor, gm: torch.Tensor,
+                wm: torch.Tensor) -> torch.Tensor:
+    """A proton-density-like contrast from tissue probabilities (CSF brightest, then grey, then white matter, as
+    BrainWeb simulates it); outside the brain, 0.9 x the T1 (scaled to about [0, 1])."""
+    return torch.where(brain > 0, 0.95 * csf + 0.75 * gm + 0.55 * wm, 0.9 * t1)
 
 
 def _lia_grid(center: np.ndarray):
@@ -105,7 +112,7 @@ def _subjects(out: Path) -> dict[str, Path]:
     import DeepRegistrationLib as dr
     from DeepRegistrationLib.io.transforms import read_fsl_displacement_field
 
-    t1, brain, csf, gm, wm = _icbm()
+    t1, brain, csf, gm, wm = icbm_tissues()
     center = t1.grid.index_to_physical(torch.nonzero(brain).double().mean(0).flip(0).numpy()[None])[0]
     grid = _lia_grid(center)
     stripped = t1.data[0] * brain
@@ -175,14 +182,14 @@ def _multimodal(out: Path) -> dict[str, Path]:
     """The BrainWeb-like 2D T1/PD set (see the module docstring)."""
     import DeepRegistrationLib as dr
 
-    t1, brain, csf, gm, wm = _icbm()
+    t1, brain, csf, gm, wm = icbm_tissues()
     k = int(round(float(t1.grid.physical_to_index(np.array([[0.0, 0.0, 12.0]]))[0, 2])))  # axial, 12 mm above AC
     t1s, csfs, gms, wms, brs = (v[k].float() for v in (t1.data[0], csf, gm, wm, brain))
     g = t1.grid
     grid2 = dr.Grid(g.size[:2], np.asarray(g.origin)[:2], g.spacing[:2], g.direction_matrix()[:2, :2])
     target = dr.Grid((181, 217), grid2.origin, (1.0, 1.0), grid2.direction_matrix())
     t1n = t1s / float(torch.quantile(t1s[brs > 0], 0.995))
-    pd = torch.where(brs > 0, 0.95 * csfs + 0.75 * gms + 0.55 * wms, 0.9 * t1n)
+    pd = pd_contrast(t1n, brs, csfs, gms, wms)
     images = {}
     for name, arr, top in (("BrainT1Slice", t1n, 210.0), ("BrainProtonDensitySlice", pd, 250.0)):
         img = dr.warp_image(dr.Image(arr, grid2), None, target)

@@ -55,6 +55,8 @@ def test_registry_knows_every_preset_model_and_its_settings():
     ([{"model": "rigid", "levels_mm": [-1]}], "levels_mm must be a number > 0"),
     ([{"model": "rigid", "network": "voxelmorph-brain"}], r"unknown stage parameter.*'network'"),
     (["rigid"], "a stage must be a JSON object"),
+    ([{"model": "rigid", "samples": -5}], "samples must be a whole number"),
+    ([{"model": "rigid", "similarity": "lncc", "samples": 1000}], "needs a point-wise similarity"),
 ])
 def test_configs_are_refused_when_parsed(stages, message):
     """Order, values and types are checked when the preset is parsed, before any image is read."""

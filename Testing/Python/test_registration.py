@@ -147,3 +147,25 @@ def test_gpu_out_of_memory(monkeypatch):
     assert result.figures["device"] == "cpu"
     with pytest.raises(dr.InputError, match="out of GPU memory"):
         register(fixed, fixed, _rigid(), device="cuda")
+
+
+def test_sampled_multimodal_rigid_3d_recovers_a_known_offset(oasis_t1):
+    """Random voxel sampling (a new draw each step): a 3D T1 against a PD-like remapping of it (non-monotonic
+    intensities) on an oblique 2.5 mm grid, under a known 8 deg / 9 mm offset, is recovered to a fraction of a
+    millimetre, and the same seed gives the same transform."""
+    from DeepRegistrationLib.registration import load_preset
+    from DeepRegistrationLib.synthetic import oblique_grid
+
+    fixed = oasis_t1.resample_to(oasis_t1.grid.with_spacing([2.0, 2.0, 2.0]))
+    c = fixed.grid.center()
+    truth = dr.RigidTransform(np.radians([8.0, -3.0, 5.0]), [9.0, -4.0, 3.0], center=c)
+    t = fixed.data / float(fixed.data.max())
+    pd = torch.where(t > 0.05, 1.0 - 0.8 * (t - 0.45).abs() / 0.55, torch.zeros_like(t))  # not monotonic in T1
+    moving = dr.warp_image(fixed.with_data(pd), truth.inverse(), oblique_grid(fixed.grid, spacing=(2.2, 2.2, 2.5)))
+    config = load_preset("multimodal-rigid", ["levels_mm=[6,4,2]", "iterations=[60,40,30]", "samples=3000"])
+    assert config.stages[0].samples == 3000 and 3000 * 4 < fixed.grid.num_voxels  # the 2 mm level is sampled
+    results = [register(fixed, moving, config) for _ in range(2)]
+    pts = fixed.grid.physical_points()[fixed.data[0] > 0.1 * float(fixed.data.max())][::10]
+    err = (results[0].transform.map_points(pts) - truth.map_points(pts)).norm(dim=-1)
+    assert float(err.mean()) < 0.5, float(err.mean())
+    torch.testing.assert_close(results[0].transform.map_points(pts), results[1].transform.map_points(pts))

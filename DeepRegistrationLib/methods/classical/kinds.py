@@ -12,7 +12,11 @@ from ...errors import InputError
 from ..registry import StageKind, register_stage_kind
 from ..stage import StageSettings, check_number
 
-__all__ = ["IterativeSettings", "LinearSettings", "SVFSettings", "LINEAR_MODELS", "MAX_ITERATIONS"]
+__all__ = ["IterativeSettings", "LinearSettings", "SVFSettings", "LINEAR_MODELS", "MAX_ITERATIONS",
+           "POINTWISE_SIMILARITIES"]
+
+#: Similarities of voxel values alone (no neighbourhood): they can be measured on randomly sampled voxels.
+POINTWISE_SIMILARITIES = ("ssd", "mse", "ncc", "mi", "nmi")
 
 LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
 MAX_ITERATIONS = 100_000  # per level; far above any useful count, below a typo's
@@ -86,10 +90,15 @@ class LinearSettings(IterativeSettings):
         translation_step_mm: Adam step for translations (mm) of a 4 mm level, scaled with the level spacing.
         final_lr_fraction: the step size decays linearly to this fraction within each level (the final step
             bounds the precision: 0.01 x 0.02 rad ~ 0.016 mm at 80 mm).
+        samples: fixed voxels drawn at random at every step (a new draw each step, inside the fixed mask when
+            there is one, as elastix's random sampler), so that time and memory per step do not grow with the
+            image; 0 = every voxel of the level, as is a level of fewer than 4 x ``samples`` voxels. For the
+            point-wise similarities (``ssd``, ``ncc``, ``mi``, ``nmi``).
     """
 
     translation_step_mm: float = 1.0
     final_lr_fraction: float = 0.1
+    samples: int = 0
 
     def validate(self) -> "LinearSettings":
         if self.model not in LINEAR_MODELS:
@@ -97,6 +106,10 @@ class LinearSettings(IterativeSettings):
         super().validate()
         check_number("translation_step_mm", self.translation_step_mm, 0.0, low_open=True)
         check_number("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0, low_open=True)
+        check_number("samples", self.samples, 0, 10_000_000, integer=True)
+        if self.samples and self.similarity.lower() not in POINTWISE_SIMILARITIES:
+            raise InputError(f"samples: random voxel sampling needs a point-wise similarity "
+                             f"({', '.join(POINTWISE_SIMILARITIES)}), not {self.similarity!r} (it needs neighbourhoods)")
         return self
 
 

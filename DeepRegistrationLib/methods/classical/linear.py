@@ -94,6 +94,22 @@ class LinearModel(torch.nn.Module):
         return groups
 
 
+class _Sampler:
+    """Draws ``samples`` of a level's fixed voxels (with replacement, inside the fixed mask) at every step, from
+    its own generator (seeded from the run's seed, the stage and the level: runs are reproducible). A level of
+    fewer than 4 x ``samples`` voxels is measured whole (exact, and as fast)."""
+
+    def __init__(self, level, samples: int, seed: int) -> None:
+        self.candidates = level.sampling_candidates() if samples else None
+        self.active = bool(samples) and self.candidates.numel() > 4 * samples  # small levels: every voxel
+        self.samples = samples
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() + seed)
+
+    def draw(self) -> torch.Tensor:
+        pick = torch.randint(self.candidates.numel(), (self.samples,), generator=self.generator)
+        return self.candidates[pick.to(self.candidates.device)]
+
+
 def run_linear_stage(settings: LinearSettings, context: StageContext, state: StageState) -> StageOutcome:
     """Optimise ``settings.model`` from ``state.linear`` on the stage's pyramid levels."""
     dim = context.dim
@@ -116,14 +132,21 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
         pts = (level.points.reshape(-1, dim) - center).float()
         to_norm = torch.as_tensor(level.moving_grid.physical_to_normalised_matrix(), device=center.device)
+        sampler = _Sampler(level, settings.samples, seed=7919 * context.index + li)
 
-        def step(level=level, pts=pts, to_norm=to_norm):
+        def step(level=level, pts=pts, to_norm=to_norm, sampler=sampler):
             a, b = model.matrix_and_offset()
             m = to_norm[:dim, :dim] @ a
             off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
-            coords = pts @ m.T.float() + off.float()
-            warped, weights = level.warp_moving(coords)
-            value = similarity(level.fixed, warped, weights)
+            if sampler.active:  # a new random set of fixed voxels each step
+                voxels = sampler.draw()
+                coords = pts[voxels] @ m.T.float() + off.float()
+                fixed, warped, weights = level.sample_moving(coords, voxels)
+            else:
+                coords = pts @ m.T.float() + off.float()
+                fixed = level.fixed
+                warped, weights = level.warp_moving(coords)
+            value = similarity(fixed, warped, weights)
             return value, value, {}
 
         def schedule(it: int, iters=iters) -> None:
