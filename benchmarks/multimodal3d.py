@@ -14,6 +14,7 @@ Run: ``.venv/bin/python benchmarks/multimodal3d.py [--presets multimodal-rigid .
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -63,8 +64,9 @@ def main() -> None:
     truth, pts = build(folder)
     before = float((pts - truth.map_points(pts)).norm(dim=-1).mean())
     print(f"known rigid offset: mean displacement {before:.1f} mm over {len(pts)} brain points in the slab")
-    print("| preset | time (s) | peak memory (GB) | mean error (mm) | 95th pct (mm) |")
-    print("|---|---|---|---|---|")
+    print("| preset | time (s) | peak memory (GB) | mean error (mm) | 95th pct (mm) | profile (per stage: time, "
+          "peak memory so far) |")
+    print("|---|---|---|---|---|---|")
     for preset in args.presets:
         out = folder / f"{preset}.h5"
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "DeepRegistrationLib", "register", "--fixed",
@@ -81,8 +83,12 @@ def main() -> None:
             continue
         estimate = dr.read_transform(out)
         err = (estimate.map_points(pts) - truth.map_points(pts)).norm(dim=-1)
+        figures = json.loads(result.stdout.strip().splitlines()[-1])["figures"]
+        profile = "; ".join(f"{s['model']} {s['time_s']:.1f} s, {s['peak_resident_gb']:.2f} GB"
+                            for s in figures["stages"])
         print(f"| {preset} | {wall:.1f} | {peak_gb:.2f} | {float(err.mean()):.2f} | "
-              f"{float(torch.quantile(err, 0.95)):.2f} |", flush=True)
+              f"{float(torch.quantile(err, 0.95)):.2f} | pyramid {figures['pyramid_time_s']:.1f} s; {profile} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ def _check_mask(mask: Image, image: Image, what: str) -> Image:
     return mask
 
 
+def _memory_figures(device: torch.device) -> dict:
+    """Peak memory so far (the process's resident memory; on CUDA also the GPU's allocated peak), in GB."""
+    from ..runtime import peak_resident_gb
+
+    out = {"peak_resident_gb": peak_resident_gb()}
+    if device.type == "cuda":
+        out["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    return out
+
+
 def check_image_pair(fixed: Image, moving: Image) -> None:
     """Refuse images that cannot be registered: NaN, several channels, constant, a single slice posing as a
     3D volume, fewer than 4 voxels along an axis, or a fixed and a moving image of different dimensions."""
@@ -207,7 +217,7 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
         state = outcome.state
         figures["stages"].append({"model": settings.model, "similarity": getattr(settings, "similarity", None),
                                   "final_loss": outcome.loss, "time_s": time.perf_counter() - stage_start,
-                                  **outcome.figures})
+                                  **_memory_figures(device), **outcome.figures})
     transform = compose(state.deformable, state.linear) if state.deformable is not None else state.linear
     figures["time_s"] = time.perf_counter() - request.start_time
     return RegistrationResult(transform=transform, fixed_grid=request.fixed.grid, moving=request.moving,
