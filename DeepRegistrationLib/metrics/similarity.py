@@ -268,16 +268,30 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
 
 
 class MINDSSCLoss(nn.Module):
-    """Mean squared difference of MIND-SSC descriptors (multimodal); optimum 0."""
+    """Mean squared difference of MIND-SSC descriptors (multimodal); optimum 0.
+
+    Optimisers call it many times with the same ``fixed`` tensor: its descriptors are kept for the last
+    ``fixed`` object seen (while unchanged and not requiring a gradient), so a call computes them for the
+    moving image only.
+    """
 
     def __init__(self, radius: int = 1, dilation: int = 2) -> None:
         super().__init__()
         self.radius, self.dilation = radius, dilation
+        self._fixed_mind: tuple | None = None  # (fixed tensor, its version, descriptors per channel)
+
+    def _fixed_descriptors(self, fixed: torch.Tensor) -> list[torch.Tensor]:
+        cached = self._fixed_mind
+        if cached is not None and cached[0] is fixed and cached[1] == fixed._version:
+            return cached[2]
+        descriptors = [mind_ssc(fixed[:, c:c + 1], self.radius, self.dilation) for c in range(fixed.shape[1])]
+        self._fixed_mind = None if fixed.requires_grad else (fixed, fixed._version, descriptors)
+        return descriptors
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = _check(fixed, moving, mask)
-        losses = [_masked_mean((mind_ssc(fixed[:, c:c + 1], self.radius, self.dilation)
-                                - mind_ssc(moving[:, c:c + 1], self.radius, self.dilation)) ** 2, mask)
+        fixed_mind = self._fixed_descriptors(fixed)
+        losses = [_masked_mean((fixed_mind[c] - mind_ssc(moving[:, c:c + 1], self.radius, self.dilation)) ** 2, mask)
                   for c in range(fixed.shape[1])]
         return torch.stack(losses).mean()
 

@@ -247,3 +247,16 @@ def test_mi_scatter_add_histogram_equals_dense_parzen_product(slices):
     g_ours, = torch.autograd.grad((ours * torch.log(ours + 1e-10)).sum(), m)
     g_ref, = torch.autograd.grad((reference * torch.log(reference + 1e-10)).sum(), m)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_mind_keeps_the_fixed_descriptors_only_while_the_fixed_image_is_unchanged(slices):
+    t1, shifted, inverted = slices
+    loss = MINDSSCLoss()
+    first = float(loss(t1, shifted))
+    assert loss._fixed_mind is not None and loss._fixed_mind[0] is t1
+    assert float(loss(t1, shifted)) == first == float(MINDSSCLoss()(t1, shifted))
+    other = t1.clone()
+    other[..., :10, :] = 0.5  # a new fixed image, then the same one changed in place
+    assert float(loss(other, shifted)) == pytest.approx(float(MINDSSCLoss()(other, shifted)), abs=1e-7)
+    other[..., 10:20, :] = 0.2
+    assert float(loss(other, shifted)) == pytest.approx(float(MINDSSCLoss()(other, shifted)), abs=1e-7)
