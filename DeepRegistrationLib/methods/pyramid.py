@@ -50,16 +50,22 @@ class PyramidLevel:
     sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
     _moving_stack: torch.Tensor | None = None
 
-    def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The moving level image at ``grid_sample`` coordinates ``(N, dim)`` as ``(1, 1, *fixed level shape)``
-        (differentiable in ``coords`` through the image gradient), and the similarity weights: fixed voxels
-        whose mapped point is inside the moving image (and inside both masks), same shape."""
+    def _moving_at(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving level image at ``grid_sample`` coordinates ``(N, dim)`` (differentiable in ``coords``
+        through the image gradient) and whether each point is inside the moving image and its mask; flat."""
         if self._moving_stack is None:
             self._moving_stack = gradient_stack(self.moving, self.moving_grid)
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
         warped = sample_with_gradient(self._moving_stack, coords) * inside
         if self.moving_mask is not None:
             inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        return warped.reshape(-1), inside.reshape(-1)
+
+    def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving level image at the coordinates ``(N, dim)`` of every fixed level voxel, as ``(1, 1, *fixed
+        level shape)``, and the similarity weights: fixed voxels whose mapped point is inside the moving image
+        (and inside both masks), same shape."""
+        warped, inside = self._moving_at(coords)
         inside = inside.reshape(1, 1, *self.grid.shape)
         return warped.reshape(1, 1, *self.grid.shape), inside if self.mask is None else inside * self.mask
 
@@ -68,12 +74,7 @@ class PyramidLevel:
         """The fixed values at flat level ``voxels`` ``(P,)`` and the moving level image at their mapped
         ``grid_sample`` coordinates ``(P, dim)`` (differentiable), with the similarity weights, each shaped as a
         ``(1, 1, P, 1)`` image: the point-wise similarities then take them as they take whole levels."""
-        if self._moving_stack is None:
-            self._moving_stack = gradient_stack(self.moving, self.moving_grid)
-        inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
-        warped = sample_with_gradient(self._moving_stack, coords) * inside
-        if self.moving_mask is not None:
-            inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+        warped, inside = self._moving_at(coords)
         if self.mask is not None:
             inside = inside * self.mask.reshape(-1)[voxels]
         shape = (1, 1, -1, 1)

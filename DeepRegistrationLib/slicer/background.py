@@ -99,8 +99,9 @@ class BackgroundRegistration:
             pass
         self.process.wait()
         if killed:
-            for stale in self.folder.glob(".*.tmp*"):
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            from ..io.atomic import remove_temporaries
+
+            remove_temporaries(self.folder)
         self.poll()
 
     def poll(self) -> bool:

@@ -29,7 +29,6 @@ The stand-ins (what each shared file becomes):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from DeepRegistrationLib.io.checksums import file_sha256
 
 #: Bump when a recipe changes: the cache folder is keyed by it.
 RECIPE = "v1"
@@ -55,10 +56,6 @@ def cache_root() -> Path:
     from DeepRegistrationLib.io.wheel_data import default_cache_dir
 
     return default_cache_dir() / "testdata" / RECIPE
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------- shared building blocks
@@ -238,7 +235,7 @@ def substitute(relative: str) -> Path | None:
     manifest = root / "MANIFEST.json"
     if manifest.is_file():
         sums = json.loads(manifest.read_text())
-        if all((root / rel).is_file() and _sha256(root / rel) == digest for rel, digest in sums.items()):
+        if all((root / rel).is_file() and file_sha256(root / rel) == digest for rel, digest in sums.items()):
             return root / relative if relative in sums else None
     import shutil
     import tempfile
@@ -247,7 +244,7 @@ def substitute(relative: str) -> Path | None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{builder}.", dir=root.parent))
     try:
         written = _BUILDERS[builder](tmp)
-        (tmp / "MANIFEST.json").write_text(json.dumps({rel: _sha256(p) for rel, p in written.items()}, indent=1))
+        (tmp / "MANIFEST.json").write_text(json.dumps({rel: file_sha256(p) for rel, p in written.items()}, indent=1))
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)

@@ -464,3 +464,24 @@ def test_api_refuses_cleanly(name, call, message, inputs, tmp_path):
     assert _digest(inputs) == before_inputs
     written = [p.name for p in work.rglob("*") if p.name.startswith(("x.", "T.", ".")) or p.is_dir()]
     assert written == [] and _digest(work).keys() >= before_work.keys(), written
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".mgz"])
+def test_one_pass_scan_counts_nonfinite_values_across_blocks(tmp_path, monkeypatch, suffix):
+    """The completeness check reads a file once, in blocks that split values (here 999 bytes): NaN and infinite
+    values are counted wherever they fall, and a cut-off file is refused."""
+    import DeepRegistrationLib.io.integrity as integrity
+
+    arr = np.random.default_rng(4).random((20, 21, 22)).astype(np.float32)
+    bad = [(0, 0, 0), (5, 7, 9), (19, 20, 21), (11, 3, 2)]
+    for k in bad:
+        arr[k] = np.nan if k[0] % 2 else np.inf
+    path = tmp_path / f"x{suffix}"
+    dr.Image(arr, dr.Grid((22, 21, 20), spacing=(1.0, 1.2, 2.0))).write(path)
+    monkeypatch.setattr(integrity, "_BLOCK", 999)
+    assert integrity.check_complete(path, count_nonfinite=True).nonfinite == len(bad)
+    with pytest.raises(dr.InputError, match=f"x{suffix}: {len(bad)} voxels are NaN or infinite"):
+        dr.read_image(path)
+    if suffix != ".mgz":
+        with pytest.raises(dr.InputError, match="truncated"):
+            integrity.check_complete(_truncate(path, tmp_path / f"cut{suffix}", 0.9))
