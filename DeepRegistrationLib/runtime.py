@@ -42,7 +42,16 @@ def retain_freed_memory() -> bool:
 
 
 def peak_resident_gb() -> float | None:
-    """The process's peak resident memory so far, in GB (``getrusage``; None where it is not available)."""
+    """The process's peak resident memory so far, in GB: ``VmHWM`` on Linux (reset by exec, unlike
+    ``ru_maxrss``, which a child started by fork + exec inherits from its parent), else ``getrusage``; None
+    where neither is available (Windows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -9,19 +9,17 @@ is; the transform: an affine followed by a smooth displacement field on a 2 mm g
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python")]
+sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python"), str(ROOT / "benchmarks")]
 
 import DeepRegistrationLib as dr  # noqa: E402
+from common import run_measured  # noqa: E402
 from DeepRegistrationLib.synthetic import smooth_field  # noqa: E402
 
 
@@ -48,20 +46,17 @@ def main() -> None:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deepreg-evaluate-"))
     folder.mkdir(parents=True, exist_ok=True)
     fixed, moving, transform = build(folder)
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "DeepRegistrationLib", "evaluate", "--transform",
+    cmd = [sys.executable, "-m", "DeepRegistrationLib", "evaluate", "--transform",
            str(transform), "--fixed-labels", str(fixed), "--moving-labels", str(moving),
            "--json", str(folder / "report.json")]
     for surface in (False, True):
         run = cmd + ([] if surface else ["--no-surface"])
-        start = time.perf_counter()
-        result = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
-        wall = time.perf_counter() - start
+        result, wall, peak_gb = run_measured(run, ROOT)
         if result.returncode != 0:
             raise SystemExit(result.stderr)
-        peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
         mean = [ln for ln in result.stdout.splitlines() if ln.strip().startswith("mean ")][0].split()
         print(f"evaluate 256^3 aseg pair ({'with' if surface else 'without'} HD95/ASSD): {wall:.1f} s, "
-              f"peak RSS {peak_kb / 1024**2:.2f} GB, mean Dice {mean[1]}")
+              f"peak RSS {peak_gb:.2f} GB, mean Dice {mean[1]}")
 
 
 if __name__ == "__main__":

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python")]
+sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python"), str(ROOT / "benchmarks")]
 
 import DeepRegistrationLib as dr  # noqa: E402
+from common import run_measured  # noqa: E402
 from DeepRegistrationLib.transforms import rotation_matrix  # noqa: E402
 
 
@@ -69,14 +67,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
         out = folder / f"{preset}.h5"
-        cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "DeepRegistrationLib", "register", "--fixed",
+        cmd = [sys.executable, "-m", "DeepRegistrationLib", "register", "--fixed",
                str(folder / "fixed.nii.gz"), "--moving", str(folder / "moving.nii.gz"), "--preset", preset,
                "--out-transform", str(out), "--progress", "json"] + [a for s in args.set for a in ("--set", s)]
-        start = time.perf_counter()
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        wall = time.perf_counter() - start
-        peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-        peak_gb = int(peak.group(1)) / 1024**2 if peak else float("nan")
+        result, wall, peak_gb = run_measured(cmd, ROOT)
         if result.returncode != 0:
             tail = [ln for ln in result.stderr.splitlines() if "deepreg" in ln or "Command" in ln][-2:]
             print(f"| {preset} | {wall:.1f} | {peak_gb:.2f} | failed: {tail} | |")

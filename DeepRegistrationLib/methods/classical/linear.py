@@ -130,9 +130,10 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         decay = 1.0 - settings.final_lr_fraction
         # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
         # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
-        pts = (level.points.reshape(-1, dim) - center).float()
         to_norm = torch.as_tensor(level.moving_grid.physical_to_normalised_matrix(), device=center.device)
         sampler = _Sampler(level, settings.samples, seed=7919 * context.index + li)
+        # centred float32 points of the whole level; a sampled level centres only the voxels drawn
+        pts = level.points.reshape(-1, dim) if sampler.active else (level.points.reshape(-1, dim) - center).float()
 
         def step(level=level, pts=pts, to_norm=to_norm, sampler=sampler):
             a, b = model.matrix_and_offset()
@@ -140,7 +141,7 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
             off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
             if sampler.active:  # a new random set of fixed voxels each step
                 voxels = sampler.draw()
-                coords = pts[voxels] @ m.T.float() + off.float()
+                coords = (pts[voxels] - center).float() @ m.T.float() + off.float()
                 fixed, warped, weights = level.sample_moving(coords, voxels)
             else:
                 coords = pts @ m.T.float() + off.float()
