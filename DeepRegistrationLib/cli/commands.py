@@ -280,7 +280,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from ..io.atomic import output_transaction
     from ..io.images import single_slice_as_2d
 
-    outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian) if p]
+    outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian, args.out_inverse) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
                           args.fixed_landmarks, args.moving_landmarks) if p]
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
@@ -293,8 +293,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
             and full_suffix(args.out_transform) in _suffixes("transform"):
         raise InputError(f"{args.out_transform}: the preset {config.name or args.preset!r} gives a deformable "
                          f"transform, which {full_suffix(args.out_transform)} files cannot hold; write .h5")
-    _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image")),
-                    (args.out_jacobian, _suffixes("image"))], inputs)
+    _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image", args.interpolation)),
+                    (args.out_jacobian, _suffixes("image")), (args.out_inverse, transform_suffixes)], inputs)
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
     if fixed.dim == moving.dim == 3 and single_slice_as_2d(fixed) is not None \
@@ -338,6 +338,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
     def on_signal(signum, frame):  # Cancel from the Slicer panel: stop at the next step, write nothing
         cancelled["flag"] = True
 
+    def cancel_requested() -> bool:
+        if args.cancel_file and not cancelled["flag"] and os.path.exists(args.cancel_file):
+            cancelled["flag"] = True
+        return cancelled["flag"]
+
     signal.signal(signal.SIGTERM, on_signal)
     progress = _Progress(args.progress, config)
     try:
@@ -345,7 +350,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", UserWarning)
             result = register(fixed, moving, config, fixed_mask=fixed_mask, moving_mask=moving_mask,
                               fixed_points=fixed_points, moving_points=moving_points, initial_transform=initial,
-                              device=args.device, progress=progress, cancel=lambda: cancelled["flag"],
+                              device=args.device, progress=progress, cancel=cancel_requested,
                               initialise=initialise)
     except (RegistrationCancelled, KeyboardInterrupt):
         progress.finish()
@@ -356,9 +361,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print(f"deepreg: warning: {note}", file=sys.stderr)
     det, grid, _ = result.jacobian()  # on the fixed grid: the figure 'deepreg evaluate' gives
     figures = result.figures
-    warped = result.warped() if args.out_image else None
+    warped = result.warped(args.interpolation) if args.out_image else None
+    inverse = result.inverse() if args.out_inverse else None  # figures["inverse"]: exact or not, consistency
     with output_transaction():  # all outputs or none
         write_transform(result.transform, args.out_transform)
+        if inverse is not None:
+            write_transform(inverse, args.out_inverse)
         if warped is not None:
             warped.write(args.out_image)
         if args.out_jacobian:
@@ -430,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-transform", required=True, help="transform file to write (.h5; .tfm for linear presets)")
     p.add_argument("--out-image", help="warped moving image to write (on the fixed grid)")
     p.add_argument("--out-jacobian", help="Jacobian determinant of the transform on the fixed grid to write")
+    p.add_argument("--out-inverse", help="inverse transform (moving -> fixed) to write: exact for linear and velocity-"
+                                          "field results, numerical for plain displacement fields (.h5)")
+    p.add_argument("--interpolation", choices=["linear", "nearest", "label"], default="linear",
+                   help="interpolation of --out-image (label: per-label linear weights, for label maps)")
     p.add_argument("--fixed-mask", help="label map: measure similarity only where it is non-zero")
     p.add_argument("--moving-mask", help="label map on the moving image, likewise")
     p.add_argument("--fixed-landmarks", help="landmarks in fixed space (initialise by a rigid fit)")
@@ -441,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. voxelmorph.network=MODEL_DIR; repeatable)")
     p.add_argument("--progress", choices=["text", "json"], default="text",
                    help="progress bar on stderr (text) or JSON lines on stdout (json)")
+    p.add_argument("--cancel-file", help="stop at the next step, writing nothing, once this file exists (how the "
+                                         "Slicer panel cancels on every platform)")
     p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("presets", help="list the registration presets")

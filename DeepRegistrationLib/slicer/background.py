@@ -19,7 +19,29 @@ from ..errors import DeepRegError
 if TYPE_CHECKING:  # the logic creates the handle; annotations only
     from .logic import PreparedJob, RegistrationLogic, RegistrationOutputs
 
-__all__ = ["BackgroundRegistration", "default_python_executable"]
+__all__ = ["BackgroundRegistration", "default_python_executable", "CANCEL_FILE", "worker_popen_options"]
+
+#: Created in the job folder to ask the worker to stop (``deepreg register --cancel-file``): works on every
+#: platform, and lets the worker remove its own temporary files before it exits.
+CANCEL_FILE = "cancel-requested"
+
+# Windows process-creation flags (``subprocess`` defines them only on Windows)
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
+_CREATE_NO_WINDOW = 0x08000000
+
+
+def worker_popen_options(os_name: str = os.name) -> dict:
+    """``subprocess.Popen`` keywords for the worker: its own process group (cancel stops the whole tree) and, on
+    Windows, no console window (``CREATE_NO_WINDOW`` and a hidden ``STARTUPINFO``, as SlicerElastix does)."""
+    if os_name != "nt":
+        return {"start_new_session": True}
+    options: dict = {"creationflags": _CREATE_NEW_PROCESS_GROUP | _CREATE_NO_WINDOW}
+    if hasattr(subprocess, "STARTUPINFO"):
+        info = subprocess.STARTUPINFO()
+        info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+        info.wShowWindow = 0  # SW_HIDE
+        options["startupinfo"] = info
+    return options
 
 
 def default_python_executable() -> str:
@@ -53,13 +75,8 @@ class BackgroundRegistration:
         env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONUNBUFFERED"] = "1"
         self.command = [python, "-m", "DeepRegistrationLib"] + args
-        kwargs: dict = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True  # own process group: cancel kills the whole tree
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=env, **kwargs)
+                                        env=env, **worker_popen_options())
         self._readers = [threading.Thread(target=self._read, args=(self.process.stdout, "stdout"), daemon=True),
                          threading.Thread(target=self._read, args=(self.process.stderr, "stderr"), daemon=True)]
         for reader in self._readers:
@@ -77,24 +94,26 @@ class BackgroundRegistration:
     def cancel(self, grace_s: float = 5.0) -> None:
         """Stop the worker; nothing is added to the scene.
 
-        SIGTERM first: the worker stops at its next step and removes its own temporary files. Only a worker
-        still alive after ``grace_s`` seconds (or on Windows) has its process tree killed, and then the
-        temporary files it may have left in the job folder are removed here."""
+        The worker is asked first (the cancel file, and SIGTERM where there are signals): it stops at its next
+        step and removes its own temporary files. Only a worker still alive after ``grace_s`` seconds has its
+        process tree killed, and then the temporary files it may have left in the job folder are removed here."""
         if self.state != "running":
             return
         self._cancel_requested = True
         killed = False
         try:
-            if os.name == "nt":
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-                killed = True
-            else:
+            (self.folder / CANCEL_FILE).touch()
+            if os.name != "nt":
                 os.killpg(self.process.pid, signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                if os.name == "nt":
+                    subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True,
+                                   **worker_popen_options())
+                else:
                     os.killpg(self.process.pid, signal.SIGKILL)
-                    killed = True
+                killed = True
         except (ProcessLookupError, PermissionError, OSError):
             pass
         self.process.wait()
@@ -175,5 +194,6 @@ class BackgroundRegistration:
         transform = read_transform(folder / "transform.h5")
         warped = read_image(folder / "warped.nrrd") if job.output_volume_node is not None else None
         jacobian = read_image(folder / "jacobian.nrrd") if job.jacobian_node is not None else None
-        return self.logic.publish(job, transform, warped, jacobian, self.figures)
+        inverse = read_transform(folder / "inverse.h5") if job.inverse_node is not None else None
+        return self.logic.publish(job, transform, warped, jacobian, self.figures, inverse)
 

@@ -30,12 +30,12 @@ import numpy as np
 from ..errors import InputError
 from ..image import Image
 from ..transforms import Transform
-from .background import BackgroundRegistration, default_python_executable
+from .background import CANCEL_FILE, BackgroundRegistration, default_python_executable
 from .nodes import image_from_volume_node, mask_from_node, points_from_markups, slicer_module, update_volume_node_from_image
 from .transforms import set_vtk_transform, transform_from_node, vtk_transform
 
-__all__ = ["RegistrationRequest", "RegistrationLogic", "RegistrationOutputs", "PreparedJob",
-           "overrides_from_parameters"]
+__all__ = ["RegistrationRequest", "RegistrationLogic", "RegistrationOutputs", "PreparedJob", "INTERPOLATIONS",
+           "overrides_from_parameters", "show_as_jacobian"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ class RegistrationRequest:
     :meth:`RegistrationLogic.processInBackground`, the worker's command line and the module's panel.
 
     Keyword names are those of the panel's parameter node and of Slicer's scripting conventions (camelCase nodes).
+
+    ``inverseTransformNode`` receives the inverse (moving -> fixed, *from parent*; exact for linear and velocity
+    field results); ``displacementFieldOnly`` stores each result as one displacement field (a grid transform node
+    that ``slicer.util.arrayFromGridTransform`` reads: the forward one on the fixed grid, the inverse on the moving
+    grid) instead of its linear and grid parts; ``interpolation`` (``linear``, ``nearest`` or ``label``) is that of
+    the output volume.
     """
 
     fixedVolumeNode: Any
@@ -58,6 +64,9 @@ class RegistrationRequest:
     fixedLandmarksNode: Any = None
     movingLandmarksNode: Any = None
     jacobianVolumeNode: Any = None
+    inverseTransformNode: Any = None
+    displacementFieldOnly: bool = False
+    interpolation: str = "linear"
     device: str = "auto"
     parameters: dict = field(default_factory=dict)
 
@@ -79,14 +88,15 @@ class RegistrationRequest:
 # ---------------------------------------------------------------------- registration
 @dataclass
 class RegistrationOutputs:
-    """The nodes a registration produced, its figures (time, device, folding, per stage loss), and the
-    library transform (fixed -> moving, LPS) that the transform node holds."""
+    """The nodes a registration produced, its figures (time, device, folding, per stage loss, inverse
+    consistency), and the library transform (fixed -> moving, LPS) that the transform node holds."""
 
     transform_node: Any
     volume_node: Any = None
     jacobian_node: Any = None
     figures: dict = field(default_factory=dict)
     transform: Transform | None = None
+    inverse_node: Any = None
 
 
 @dataclass
@@ -108,6 +118,12 @@ class PreparedJob:
     output_transform_node: Any = None
     output_volume_node: Any = None
     jacobian_node: Any = None
+    inverse_node: Any = None
+    displacement_field_only: bool = False
+    interpolation: str = "linear"
+
+
+INTERPOLATIONS = ("linear", "nearest", "label")
 
 
 def overrides_from_parameters(parameters: dict) -> list[str]:
@@ -132,6 +148,33 @@ def overrides_from_parameters(parameters: dict) -> list[str]:
             continue
         out.append(f"{mapping[key]}={json.dumps(value)}")
     return out + list(raw)
+
+
+def _describe_registration(node, fixed_node, moving_node, preset: str, figures: dict) -> None:
+    """What Slicer and the panel show of a result: the registered pair, the preset and the figures."""
+    node.SetNodeReferenceID("spatialRegistrationFixed", fixed_node.GetID())
+    node.SetNodeReferenceID("spatialRegistrationMoving", moving_node.GetID())
+    node.SetAttribute("DeepRegistration.preset", preset)
+    node.SetAttribute("DeepRegistration.figures", json.dumps(figures))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+
+
+JACOBIAN_WINDOW = (0.0, 2.0)  # det 1 (volume kept) mid-range; det <= 0 (folding) at the bottom
+
+
+def show_as_jacobian(volume_node) -> None:
+    """Display a Jacobian determinant volume: fixed window 0..2 around 1, a diverging colour table when the
+    scene has Slicer's (``ColdToHotRainbow``), so that shrinking, growth and folding read at a glance."""
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        volume_node.CreateDefaultDisplayNodes()
+        display = volume_node.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(*JACOBIAN_WINDOW)
+    color = volume_node.GetScene().GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+    if color is not None:
+        display.SetAndObserveColorNodeID(color.GetID())
 
 
 class RegistrationLogic:
@@ -170,6 +213,19 @@ class RegistrationLogic:
                 raise InputError(f"{out_node.GetName()}: the {what} is an input volume; choose or create another node")
         if outputVolumeNode is not None and outputVolumeNode is jacobianVolumeNode:
             raise InputError("the output volume and the Jacobian volume must be different nodes")
+        if r.interpolation not in INTERPOLATIONS:
+            raise InputError(f"interpolation {r.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        inverseNode = r.inverseTransformNode
+        if inverseNode is not None:
+            if not inverseNode.IsA("vtkMRMLTransformNode"):
+                raise InputError(f"{inverseNode.GetName()}: the inverse transform output must be a transform node")
+            if inverseNode in (outputTransformNode, initialTransformNode):
+                raise InputError(f"{inverseNode.GetName()}: the inverse transform must be a node of its own (it is "
+                                 f"also the {'output' if inverseNode is outputTransformNode else 'initial'} transform)")
+            for volume, what in ((fixedVolumeNode, "fixed"), (movingVolumeNode, "moving")):
+                if volume.GetParentTransformNode() is inverseNode:
+                    raise InputError(f"the {what} volume is under the inverse transform {inverseNode.GetName()}; "
+                                     "choose another node")
         if outputTransformNode is not None:
             if not outputTransformNode.IsA("vtkMRMLTransformNode"):
                 raise InputError(f"{outputTransformNode.GetName()}: the output transform must be a transform node")
@@ -187,8 +243,9 @@ class RegistrationLogic:
         check_image_pair(fixed, moving)  # constant, single-slice or tiny volumes: refused here, not in the worker
         check_stages(config, fixed, moving, torch.device("cpu"))  # and on a model or volumes a stage refuses
         job = PreparedJob(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
-                   output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
-                   jacobian_node=jacobianVolumeNode)
+                          output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
+                          jacobian_node=jacobianVolumeNode, inverse_node=inverseNode,
+                          displacement_field_only=bool(r.displacementFieldOnly), interpolation=r.interpolation)
         if fixedMaskNode is not None:
             job.fixed_mask = mask_from_node(fixedMaskNode, fixedVolumeNode, "fixed")
         if movingMaskNode is not None:
@@ -212,11 +269,21 @@ class RegistrationLogic:
 
     # ------------------------------------------------------------------ publishing results
     def publish(self, job: PreparedJob, transform: Transform, warped: Image | None, jacobian: Image | None,
-                 figures: dict) -> RegistrationOutputs:
-        """Create or update the output nodes (the only place that changes the scene)."""
+                figures: dict, inverse: Transform | None = None) -> RegistrationOutputs:
+        """Create or update the output nodes (the only place that changes the scene).
+
+        ``inverse`` (moving -> fixed) fills the request's inverse node. Everything that can fail (conversions to
+        VTK, checks of the result images) happens before the first change to the scene.
+        """
         scene = self.scene
         fixed_node, moving_node = job.fixed_node, job.moving_node
-        vtk_result = vtk_transform(transform, job.fixed.grid)  # everything that can fail, before the scene changes
+        field_only = job.displacement_field_only
+        vtk_result = vtk_transform(transform, job.fixed.grid, field_only=field_only)
+        vtk_inverse = None
+        if job.inverse_node is not None:
+            if inverse is None:
+                raise InputError("the registration gave no inverse transform")
+            vtk_inverse = vtk_transform(inverse, job.moving.grid, field_only=field_only)
         for image in (warped, jacobian):
             if image is not None and (image.dim != 3 or image.num_channels != 1):
                 raise InputError(f"{image.name}: expected a 3D single-channel result image")
@@ -225,14 +292,15 @@ class RegistrationLogic:
             node = scene.AddNewNodeByClass("vtkMRMLTransformNode",
                                            scene.GenerateUniqueName(f"{moving_node.GetName()}-to-{fixed_node.GetName()}"))
         set_vtk_transform(node, *vtk_result)
-        node.SetNodeReferenceID("spatialRegistrationFixed", fixed_node.GetID())
-        node.SetNodeReferenceID("spatialRegistrationMoving", moving_node.GetID())
-        node.SetAttribute("DeepRegistration.preset", job.preset)
-        node.SetAttribute("DeepRegistration.figures", json.dumps(figures))
+        _describe_registration(node, fixed_node, moving_node, job.preset, figures)
         node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
-        if node.GetDisplayNode() is None:
-            node.CreateDefaultDisplayNodes()
         outputs = RegistrationOutputs(transform_node=node, figures=figures, transform=transform)
+        if vtk_inverse is not None:
+            set_vtk_transform(job.inverse_node, *vtk_inverse)
+            _describe_registration(job.inverse_node, moving_node, fixed_node, job.preset, figures)
+            job.inverse_node.SetAttribute("DeepRegistration.inverseOf", node.GetID())
+            job.inverse_node.SetAndObserveTransformNodeID(moving_node.GetTransformNodeID())
+            outputs.inverse_node = job.inverse_node
         if job.output_volume_node is not None and warped is not None:
             update_volume_node_from_image(job.output_volume_node, warped)
             job.output_volume_node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
@@ -242,6 +310,7 @@ class RegistrationLogic:
         if job.jacobian_node is not None and jacobian is not None:
             update_volume_node_from_image(job.jacobian_node, jacobian)
             job.jacobian_node.SetAndObserveTransformNodeID(fixed_node.GetTransformNodeID())
+            show_as_jacobian(job.jacobian_node)
             outputs.jacobian_node = job.jacobian_node
         return outputs
 
@@ -269,8 +338,9 @@ class RegistrationLogic:
         det, grid, _ = result.jacobian()
         figures = result.figures
         jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
-        warped = result.warped() if job.output_volume_node is not None else None
-        return self.publish(job, result.transform, warped, jacobian, figures)
+        warped = result.warped(job.interpolation) if job.output_volume_node is not None else None
+        inverse = result.inverse() if job.inverse_node is not None else None
+        return self.publish(job, result.transform, warped, jacobian, figures, inverse)
 
     # ------------------------------------------------------------------ background
     def processInBackground(self, fixedVolumeNode=None, movingVolumeNode=None, preset: str = "deformable-fast", *,
@@ -314,6 +384,11 @@ class RegistrationLogic:
                 args += ["--out-image", str(folder / "warped.nrrd")]
             if job.jacobian_node is not None:
                 args += ["--out-jacobian", str(folder / "jacobian.nrrd")]
+            if job.inverse_node is not None:
+                args += ["--out-inverse", str(folder / "inverse.h5")]
+            if job.interpolation != "linear":
+                args += ["--interpolation", job.interpolation]
+            args += ["--cancel-file", str(folder / CANCEL_FILE)]
             for item in job.overrides:
                 args += ["--set", item]
         except BaseException:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..geometry import LPS_FROM_RAS, Grid, lps_from_ras_matrix
-from ..transforms import CompositeTransform, DisplacementField, StationaryVelocityField, Transform
+from ..transforms import CompositeTransform, DisplacementField, StationaryVelocityField, Transform, refined_grid
 from ..transforms.linear import AffineTransform, LinearTransform
 from .nodes import slicer_module
 
@@ -66,17 +66,9 @@ def _refined(field: DisplacementField, reference: Grid, max_voxels_factor: float
     The refined grid contains the original nodes and the field is piecewise (tri)linear between them, so
     linear interpolation on the refined grid is the same function: an exact change of representation.
     """
-    import math
-
-    same_axes = np.allclose(field.grid.direction_matrix(), reference.direction_matrix(), atol=1e-6)
-    target = reference.spacing if same_axes else [min(reference.spacing)] * 3
-    factors = [max(1, math.ceil(s / t - 1e-6)) for s, t in zip(field.grid.spacing, target)]
-    budget = max_voxels_factor * reference.num_voxels
-    while math.prod((n - 1) * f + 1 for n, f in zip(field.grid.size, factors)) > budget and max(factors) > 1:
-        factors = [max(1, f - 1) if f == max(factors) else f for f in factors]
-    if all(f == 1 for f in factors):
+    grid = refined_grid(field.grid, reference, max_voxels_factor)
+    if grid is field.grid:
         return field
-    grid = field.grid.subdivided(factors)
     with torch.no_grad():
         points = grid.physical_points(dtype=torch.float64).reshape(-1, 3)
         values = field.displacement_at(points.to(field.field.dtype)).T.reshape(3, *grid.shape)
@@ -119,12 +111,24 @@ def _vtk_grid(part: DisplacementField):
     return t
 
 
-def vtk_transform(transform: Transform, reference: Grid | None = None):
-    """``("linear", vtkMatrix4x4)`` or ``("general", vtkGeneralTransform)``: the RAS *from parent* of ``transform``."""
+def vtk_transform(transform: Transform, reference: Grid | None = None, field_only: bool = False):
+    """``("linear", vtkMatrix4x4)``, ``("general", vtkGeneralTransform)`` or, with ``field_only``,
+    ``("grid", vtkOrientedGridTransform)``: the RAS *from parent* of ``transform``.
+
+    ``field_only`` samples the whole mapping (linear parts included) as one displacement field on ``reference``
+    (exact at its voxel centres, linear interpolation between them): the form other tools and
+    ``slicer.util.arrayFromGridTransform`` expect.
+    """
     import vtk
 
     if transform.dim != 3:
         raise InputError("a Slicer transform node needs a 3D transform")
+    if field_only:
+        if reference is None:
+            raise InputError("a displacement-field-only transform needs the grid to sample it on")
+        from ..transforms import to_displacement_field
+
+        return "grid", _vtk_grid(to_displacement_field(transform, reference))
     parts = node_parts(transform, reference)
     if len(parts) == 1 and isinstance(parts[0], LinearTransform):
         return "linear", _ras_matrix(parts[0])

@@ -14,10 +14,10 @@ import torch
 from ..errors import InputError
 from ..geometry import Grid
 from .base import Transform
-from .dense import DisplacementField, StationaryVelocityField
+from .dense import DisplacementField, StationaryVelocityField, refined_grid
 from .linear import AffineTransform, LinearTransform
 
-__all__ = ["CompositeTransform", "compose", "to_displacement_field", "IdentityTransform"]
+__all__ = ["CompositeTransform", "compose", "to_displacement_field", "inverse_transform", "IdentityTransform"]
 
 
 class IdentityTransform(LinearTransform):
@@ -82,6 +82,34 @@ def compose(*transforms: Transform) -> Transform:
         parts.extend(t.parts if isinstance(t, CompositeTransform) else [t])
     parts = [p for p in parts if not isinstance(p, IdentityTransform)] or [IdentityTransform(transforms[0].dim)]
     return parts[0] if len(parts) == 1 else CompositeTransform(parts)
+
+
+def inverse_transform(transform: Transform, reference: Grid | None = None, tolerance_mm: float = 1e-3,
+                      max_voxels_factor: float = 1.0) -> Transform:
+    """The inverse of ``transform`` as the mapping it actually is (fields interpolated linearly on their grids).
+
+    Linear parts invert exactly. A dense part is inverted numerically (:meth:`DisplacementField.inverse`, to
+    ``tolerance_mm`` at the nodes) on its own grid refined towards ``reference``'s resolution (the grid the inverse
+    will be used on, e.g. the moving image's; at most ``max_voxels_factor`` times its voxels), starting, for a
+    velocity field, from ``exp(-v)``: the inverse of the continuous flow, which differs from the inverse of the
+    sampled ``exp(v)`` by up to a few mm where the field is coarse and large.
+    """
+    parts = transform.parts if isinstance(transform, CompositeTransform) else [transform]
+    inverted: list[Transform] = []
+    for part in reversed(parts):
+        if part.is_linear:
+            inverted.append(part.inverse())
+            continue
+        if isinstance(part, StationaryVelocityField):
+            field, start = part.exponential(), part.inverse()
+        elif isinstance(part, DisplacementField):
+            field, start = part, None
+        else:
+            inverted.append(part.inverse())
+            continue
+        grid = refined_grid(field.grid, reference, max_voxels_factor) if reference is not None else field.grid
+        inverted.append(field.inverse(tolerance_mm=tolerance_mm, grid=grid, initial=start))
+    return inverted[0] if len(inverted) == 1 else CompositeTransform(inverted)
 
 
 def to_displacement_field(transform: Transform, grid: Grid, dtype: torch.dtype = torch.float32,

@@ -17,7 +17,28 @@ from ..geometry import Grid
 from ..sampling import normalised_linear, sample, sample_normalised, to_normalised
 from .base import Transform
 
-__all__ = ["DisplacementField", "StationaryVelocityField", "sample_field", "integrate_velocity", "squaring_normalised"]
+__all__ = ["DisplacementField", "StationaryVelocityField", "sample_field", "integrate_velocity", "squaring_normalised",
+           "refined_grid"]
+
+
+def refined_grid(grid: Grid, reference: Grid, max_voxels_factor: float = 2.0) -> Grid:
+    """``grid`` subdivided by integer factors per axis towards ``reference``'s spacing (its smallest spacing when
+    the axes differ), within ``max_voxels_factor`` times ``reference``'s voxel count.
+
+    The refined grid contains the original nodes, so a field interpolated linearly onto it is the same function
+    (an exact change of representation), and a field computed on it resolves what the reference resolves.
+    """
+    import math
+
+    import numpy as np
+
+    same_axes = np.allclose(grid.direction_matrix(), reference.direction_matrix(), atol=1e-6)
+    target = reference.spacing if same_axes else [min(reference.spacing)] * grid.dim
+    factors = [max(1, math.ceil(s / t - 1e-6)) for s, t in zip(grid.spacing, target)]
+    budget = max_voxels_factor * reference.num_voxels
+    while math.prod((n - 1) * f + 1 for n, f in zip(grid.size, factors)) > budget and max(factors) > 1:
+        factors = [max(1, f - 1) if f == max(factors) else f for f in factors]
+    return grid if all(f == 1 for f in factors) else grid.subdivided(factors)
 
 
 def sample_field(field: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch.Tensor:
@@ -93,17 +114,22 @@ class DisplacementField(Transform):
     def _map(self, points: torch.Tensor) -> torch.Tensor:
         return points + self.displacement_at(points)
 
-    def inverse(self, iterations: int = 50, tolerance_mm: float = 1e-3) -> "DisplacementField":
-        """Numerical inverse on the same grid by fixed-point iteration ``v <- -u(x + v)``.
+    def inverse(self, iterations: int = 50, tolerance_mm: float = 1e-3, grid: Grid | None = None,
+                initial: Transform | None = None) -> "DisplacementField":
+        """Numerical inverse by fixed-point iteration ``v <- -u(x + v)`` at the voxels ``x`` of ``grid``
+        (default: this field's grid), starting from ``initial``'s displacement (e.g. ``exp(-v)`` for the
+        exponential of a velocity field) or from ``-u(x)``.
 
         Each update equals minus the current residual ``T(T^-1(x)) - x``, so voxels whose update is
         below ``tolerance_mm`` are converged and are not iterated further. The returned field carries
         ``inverse_residual_mm`` (``max``, ``p95``, ``mean`` of ``|T(T^-1(x)) - x|`` over the grid
         voxels, and the iterations used).
         """
-        x = self.grid.physical_points(dtype=self.field.dtype, device=self.field.device).reshape(-1, self.dim)
+        grid = grid or self.grid
+        x = grid.physical_points(dtype=self.field.dtype, device=self.field.device).reshape(-1, self.dim)
         u = self.field.detach()
-        v = -self.displacement_at(x).detach()
+        with torch.no_grad():
+            v = (initial.map_points(x) - x if initial is not None else -self.displacement_at(x)).detach()
         active = torch.arange(x.shape[0], device=x.device)
         iters = 0
         for iters in range(1, iterations + 1):
@@ -114,7 +140,7 @@ class DisplacementField(Transform):
             if active.numel() == 0:
                 break
         residual = (v + sample_field(u, self.grid, x + v)).norm(dim=-1)
-        inv = DisplacementField(v.T.reshape(self.dim, *self.grid.shape).contiguous(), self.grid)
+        inv = DisplacementField(v.T.reshape(self.dim, *grid.shape).contiguous(), grid)
         sub = residual.double()[:: max(1, residual.numel() // 4_000_000)]
         inv.inverse_residual_mm = {"max": float(residual.max()), "p95": float(torch.quantile(sub, 0.95)),
                                    "mean": float(residual.mean()), "iterations": iters}

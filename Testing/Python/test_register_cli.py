@@ -194,3 +194,55 @@ def test_every_preset_registers_a_real_pair(preset):
     error = (result.transform.map_points(pts) - pts - torch.tensor([13.0, 17.0], dtype=torch.float64)).norm(dim=-1)
     assert float(error.mean()) < 1.0, float(error.mean())
     assert jacobian_stats(jacobian_determinant(result.transform, fixed.grid))["folding_percent"] < 0.1
+
+
+def test_register_cli_cancel_file_writes_nothing(tmp_path):
+    """The cancel file (the panel's Cancel on every platform, Windows included) stops the worker at its next step."""
+    vol = data_file("brain3d/oasis/OAS1_0001_MR1_aligned_norm.nii.gz")
+    moving = data_file("brain3d/oasis/OAS1_0002_MR1_aligned_norm.nii.gz")
+    out, flag = tmp_path / "out", tmp_path / "cancel-requested"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "DeepRegistrationLib", "register", "--fixed", vol, "--moving",
+                             moving, "--preset", "deformable-accurate", "--out-transform", out / "T.h5",
+                             "--out-inverse", out / "T-inverse.h5", "--progress", "json", "--cancel-file", flag],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert json.loads(proc.stdout.readline())["event"] == "progress"
+    flag.touch()
+    sent = time.monotonic()
+    proc.wait(timeout=30)
+    assert time.monotonic() - sent < 1.5
+    assert proc.returncode == 130 and "cancelled" in proc.stderr.read()
+    assert not list(out.iterdir())
+
+
+def test_register_cli_inverse_and_interpolation(tmp_path, oasis_t1):
+    """``--out-inverse`` of a velocity-field result (exp(-v) refined to the inverse of the stored field): consistent
+    with the forward transform to a small fraction of a voxel in the brain, written as a file SimpleITK reads;
+    ``--interpolation nearest`` keeps the moving image's values."""
+    from DeepRegistrationLib.synthetic import smooth_field
+
+    fixed = oasis_t1.resample_to(oasis_t1.grid.with_spacing([4.0] * 3))
+    truth = smooth_field(fixed.grid.center(), amplitude=3.0)
+    moving = dr.warp_image(fixed, dr.to_displacement_field(truth, fixed.grid).inverse(), fixed.grid)
+    moving = moving.with_data((moving.data * 100).round())  # integer intensities: nearest must keep them
+    fixed.write(tmp_path / "F.nii.gz")
+    moving.write(tmp_path / "M.nii.gz")
+    r = deepreg("register", "--fixed", tmp_path / "F.nii.gz", "--moving", tmp_path / "M.nii.gz", "--preset",
+                "deformable-fast", "--set", "levels_mm=[8,4]", "--out-transform", tmp_path / "T.h5", "--out-inverse",
+                tmp_path / "I.h5", "--out-image", tmp_path / "W.nii.gz", "--interpolation", "nearest",
+                "--progress", "json")
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout.splitlines()[-1])["figures"]
+    assert not figures["inverse"]["exact"] and figures["inverse"]["checked_points"] > 1000
+    assert figures["inverse"]["consistency_mean_mm"] < 0.1, figures["inverse"]
+    forward, inverse = dr.read_transform(tmp_path / "T.h5"), dr.read_transform(tmp_path / "I.h5")
+    import torch
+
+    brain = torch.as_tensor(fixed.numpy() > 0.2 * float(fixed.data.max()))
+    points = fixed.grid.physical_points()[brain]
+    round_trip = (inverse.map_points(forward.map_points(points)) - points).norm(dim=-1)
+    # between the nodes of its grid (4 mm here, the moving image's) the inverse is interpolated: 1/20 of a voxel
+    assert float(round_trip.mean()) < 0.25, (round_trip.mean(), round_trip.max())
+    warped = dr.read_image(tmp_path / "W.nii.gz").numpy()
+    assert set(np.unique(warped)) <= set(np.unique(moving.numpy())) | {0.0}

@@ -493,3 +493,133 @@ def test_voxelmorph_preset_gives_a_native_node(pair):
     pts = brain_points(fixed, 2000, seed=2)
     diff = np.linalg.norm(node_maps(out.transform_node, pts) - out.transform.map_points(pts), axis=1)
     assert diff.max() < 0.01, diff.max()
+
+
+# ---------------------------------------------------------------------- displacement field only, inverse node
+@pytest.fixture(scope="module")
+def field_only_run(pair, oasis_t1):
+    """deformable-fast with ``displacementFieldOnly`` and an inverse node, on the oblique anisotropic fixed grid."""
+    fixed, center, _ = pair
+    truth = compose(RigidTransform(np.radians([2.0, -3.0, 4.0]), [2.0, 3.0, -2.0], center=center),
+                    smooth_field(center, amplitude=3.0))
+    grid = oasis_t1.grid.with_spacing([2.0, 2.0, 2.0])
+    moving = dr.warp_image(oasis_t1, dr.to_displacement_field(truth, grid).inverse(), grid)
+    moving.name = "moving"
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    inverse_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "inverse")
+    warped_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    out = sl.RegistrationLogic(scene).process(fixed_node, moving_node, "deformable-fast", outputVolumeNode=warped_node,
+                                              inverseTransformNode=inverse_node, displacementFieldOnly=True, **FAST)
+    return scene, fixed, moving, out, fixed_node, moving_node
+
+
+def test_displacement_field_only_node(field_only_run):
+    """One grid transform on the fixed grid: ``arrayFromGridTransform`` reads it, it equals the registration at the
+    fixed voxels, and Slicer's resampling through it gives the output volume."""
+    scene, fixed, moving, out, fixed_node, moving_node = field_only_run
+    node = out.transform_node
+    grid_tf = node.GetTransformFromParent()
+    assert grid_tf.IsA("vtkOrientedGridTransform")
+    vectors = slicer.util.arrayFromGridTransform(node)
+    assert vectors.shape == (*fixed.grid.shape, 3)
+    # RAS vectors at the fixed voxel centres == the library's mapping there (linear part included)
+    x = fixed.grid.physical_points(dtype=torch.float64).reshape(-1, 3)
+    expected = (out.transform.map_points(x) - x).numpy() * FLIP
+    np.testing.assert_allclose(vectors.reshape(-1, 3), expected, atol=1e-3)
+    pts = brain_points(fixed, 300)
+    gap = np.linalg.norm(node_maps(node, pts) - out.transform.map_points(pts), axis=1)
+    assert gap.mean() < 0.1, gap.mean()  # between voxel centres: linear interpolation of the whole mapping
+    moving_node.SetAndObserveTransformNodeID(node.GetID())
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    resampled_node = vlogic.ResampleVolumeToReferenceVolume(moving_node, fixed_node)
+    resampled = np.array(slicer.util.arrayFromVolume(resampled_node))
+    scene.RemoveNode(resampled_node)
+    moving_node.SetAndObserveTransformNodeID(None)
+    library = np.asarray(slicer.util.arrayFromVolume(out.volume_node))
+    inside = dr.warp_image(moving.with_data(torch.ones_like(moving.data)), out.transform, fixed.grid, "nearest").numpy() > 0
+    inside[[0, -1]] = inside[:, [0, -1]] = inside[:, :, [0, -1]] = False
+    assert np.abs(resampled - library)[inside].max() < 1e-3 * float(moving.data.max())
+
+
+def test_inverse_node(field_only_run):
+    """The inverse node maps moving -> fixed (from parent) on the moving grid: it undoes the forward node, agrees with
+    VTK's own iterative inverse of the forward node, and Slicer resamples the fixed volume through it onto the moving
+    grid as the library does."""
+    scene, fixed, moving, out, fixed_node, moving_node = field_only_run
+    inverse_node, forward_node = out.inverse_node, out.transform_node
+    assert inverse_node.GetTransformFromParent().IsA("vtkOrientedGridTransform")
+    assert slicer.util.arrayFromGridTransform(inverse_node).shape == (*moving.grid.shape, 3)
+    assert inverse_node.GetAttribute("DeepRegistration.inverseOf") == forward_node.GetID()
+    assert inverse_node.GetNodeReference("spatialRegistrationFixed") is moving_node
+    assert inverse_node.GetNodeReference("spatialRegistrationMoving") is fixed_node
+    inverse = out.figures["inverse"]
+    assert not inverse["exact"] and inverse["consistency_mean_mm"] < 0.1, inverse
+    pts = brain_points(fixed, 500)
+    y = node_maps(forward_node, pts)
+    back = node_maps(inverse_node, y)
+    err = np.linalg.norm(back - pts, axis=1)
+    assert err.mean() < 0.25 and np.percentile(err, 95) < 0.6, (err.mean(), err.max())
+    # VTK's inverse of the forward node (Newton iterations on the grid transform): the same mapping
+    to_parent = forward_node.GetTransformToParent()
+    vtk_back = np.array([np.array(to_parent.TransformPoint(*(p * FLIP))) * FLIP for p in y])
+    gap = np.linalg.norm(back - vtk_back, axis=1)
+    assert gap.mean() < 0.25, gap.mean()
+    # the fixed volume resampled by Slicer through the inverse node == the library's warp of fixed by the inverse
+    fixed_node.SetAndObserveTransformNodeID(inverse_node.GetID())
+    vlogic = slicer.vtkSlicerVolumesLogic()
+    vlogic.SetMRMLScene(scene)
+    resampled_node = vlogic.ResampleVolumeToReferenceVolume(fixed_node, moving_node)
+    resampled = np.array(slicer.util.arrayFromVolume(resampled_node))
+    scene.RemoveNode(resampled_node)
+    fixed_node.SetAndObserveTransformNodeID(None)
+    vectors = slicer.util.arrayFromGridTransform(inverse_node).reshape(-1, 3) * FLIP
+    field = dr.DisplacementField(torch.from_numpy(vectors.T.reshape(3, *moving.grid.shape).copy()).float(), moving.grid)
+    library = dr.warp_image(fixed, field, moving.grid).numpy()
+    inside = dr.warp_image(fixed.with_data(torch.ones_like(fixed.data)), field, moving.grid, "nearest").numpy() > 0
+    inside[[0, -1]] = inside[:, [0, -1]] = inside[:, :, [0, -1]] = False
+    assert np.abs(resampled - library)[inside].max() < 1e-3 * float(fixed.data.max())
+
+
+def test_background_inverse_and_nearest(pair, oasis_t1, tmp_path):
+    """The worker path: a rigid result's inverse node is the exact matrix inverse; nearest keeps the voxel values."""
+    fixed, center, _ = pair
+    truth = RigidTransform(np.radians([0.0, 3.0, 5.0]), [4.0, -2.0, 1.0], center=center)
+    moving = make_moving(oasis_t1, truth)
+    moving = moving.with_data((moving.data * 100).round().to(torch.int16))
+    scene = slicer.vtkMRMLScene()
+    fixed_node, moving_node = add_volume(scene, fixed, "fixed"), add_volume(scene, moving, "moving")
+    inverse_node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "inverse")
+    warped_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    handle = sl.RegistrationLogic(scene).processInBackground(
+        fixed_node, moving_node, "rigid", outputVolumeNode=warped_node, inverseTransformNode=inverse_node,
+        interpolation="nearest", tempDirectory=str(tmp_path), **FAST)
+    assert handle.wait(timeout_s=300) == "completed", handle.error or handle.log
+    assert inverse_node.IsLinear() and handle.outputs.figures["inverse"]["exact"]
+    forward = slicer.util.arrayFromTransformMatrix(handle.outputs.transform_node)
+    np.testing.assert_allclose(slicer.util.arrayFromTransformMatrix(inverse_node) @ forward, np.eye(4), atol=1e-9)
+    assert set(np.unique(slicer.util.arrayFromVolume(warped_node))) <= set(np.unique(moving.numpy())) | {0}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_outputs_refused_when_they_clash(small_scene):
+    scene, fixed, fixed_node, moving_node = small_scene
+    t = scene.AddNewNodeByClass("vtkMRMLTransformNode", "T")
+    _refused(scene, "T: the inverse transform must be a node of its own", fixed_node, moving_node, "rigid",
+             outputTransformNode=t, inverseTransformNode=t)
+    _refused(scene, "interpolation 'cubic' is not one of", fixed_node, moving_node, "rigid", interpolation="cubic")
+    moving_node.SetAndObserveTransformNodeID(t.GetID())
+    try:
+        _refused(scene, "the moving volume is under the inverse transform T", fixed_node, moving_node, "rigid",
+                 inverseTransformNode=t)
+    finally:
+        moving_node.SetAndObserveTransformNodeID(None)
+
+
+def test_worker_has_no_console_window_on_windows():
+    from DeepRegistrationLib.slicer.background import worker_popen_options
+
+    flags = worker_popen_options("nt")["creationflags"]
+    assert flags & 0x08000000 and flags & 0x00000200  # CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP
+    assert worker_popen_options("posix") == {"start_new_session": True}
