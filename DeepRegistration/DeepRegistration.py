@@ -9,6 +9,7 @@ process so Slicer stays responsive). Heavy packages (torch) are imported only af
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Annotated, Optional, Union
@@ -19,7 +20,7 @@ import slicer
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
                     vtkMRMLSegmentationNode, vtkMRMLTransformNode)
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -29,9 +30,7 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "DeepRegistrationLib")) and _SOURCE_ROOT not in sys.path:
     sys.path.insert(0, _SOURCE_ROOT)
 
-SIMILARITY_CHOICES = ["(preset)", "ssd", "ncc", "lncc", "mi", "nmi", "mind"]
-# Installed on first use (torch comes from the SlicerPyTorch extension; SimpleITK, numpy and vtk are Slicer's own).
-PIP_REQUIREMENTS = ["nibabel>=5.0"]  # registering needs no MONAI (neither does training since the architecture rework)
+INTERPOLATION_CHOICES = ["linear", "nearest", "label"]
 
 
 def userPresetsFolder() -> str:
@@ -40,15 +39,29 @@ def userPresetsFolder() -> str:
     return os.path.join(settingsDir, "DeepRegistration", "Presets")
 
 
-def ensureDependencies(askConfirmation: bool = True) -> bool:
-    """Make torch (SlicerPyTorch) and nibabel available, behind one confirmation. True when ready."""
-    import importlib.util
+def requirementsFile() -> str:
+    """The Python packages the module installs on first use (torch aside: it comes from the PyTorch extension)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
 
-    missingTorch = importlib.util.find_spec("torch") is None
-    missingPip = [r for r in PIP_REQUIREMENTS if importlib.util.find_spec(r.split(">")[0].split("=")[0]) is None]
+
+def ensureDependencies(askConfirmation: bool = True) -> bool:
+    """Make torch (PyTorch extension) and the packages of ``Resources/requirements.txt`` available, behind one
+    confirmation. True when ready.
+
+    Never installs anything in testing mode (``--testing``, where confirmations answer themselves): the self-test
+    then fails at once, naming what is missing, instead of downloading packages."""
+    from DeepRegistrationLib.slicer.dependencies import (TORCH_REQUIREMENT, missing_requirements, read_requirements,
+                                                         slicer_pip_module)
+
+    missingTorch = missing_requirements([TORCH_REQUIREMENT])
+    missingPip = missing_requirements(read_requirements(requirementsFile()))
     if not missingTorch and not missingPip:
         return True
-    what = (["PyTorch (through the PyTorch extension)"] if missingTorch else []) + missingPip
+    if slicer.app.testingEnabled():
+        raise RuntimeError("DeepRegistration: missing Python packages ({what}); the self-test does not install "
+                           "packages: install them first (PyTorch extension, then pip)".format(
+                               what=", ".join(missingTorch + missingPip)))
+    what = ([_("PyTorch (through the PyTorch extension)")] if missingTorch else []) + missingPip
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
             _("DeepRegistration needs these Python packages, which are not installed yet:\n\n{what}\n\n"
               "Install them now? This can take a few minutes.").format(what="\n".join(what)),
@@ -62,15 +75,16 @@ def ensureDependencies(askConfirmation: bool = True) -> bool:
                                        "and try again."))
             return False
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=False) is None:
+        version = TORCH_REQUIREMENT[len("torch"):]
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=version) is None:
             slicer.util.errorDisplay(_("PyTorch could not be installed; see the PyTorch Utils module."))
             return False
     if missingPip:
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer >= 5.12
+        pip = slicer_pip_module()
+        if pip is not None:
             from packaging.requirements import Requirement
 
-            packaging.pip_ensure([Requirement(r) for r in missingPip], prompt_install=False, requester="DeepRegistration")
+            pip.pip_ensure([Requirement(r) for r in missingPip], prompt_install=False, requester="DeepRegistration")
         else:
             slicer.util.pip_install(missingPip)
     return True
@@ -87,7 +101,7 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.title = _("DeepRegistration")
         self.parent.categories = [_("Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["DeepRegistration developers"]
+        self.parent.contributors = ["DeepRegistration maintainers (DeepRegistration project)"]
         self.parent.helpText = _("""
 Register a moving volume to a fixed volume: rigid, affine and diffeomorphic deformable registration by
 iterative optimisation on the GPU or CPU, or by a trained VoxelMorph network for T1 brain MRI (presets
@@ -116,8 +130,9 @@ class DeepRegistrationParameterNode:
     """Every setting of the panel; saved with the scene.
 
     preset: name of the preset (JSON shipped in DeepRegistrationLib/resources/presets or in the user presets folder).
-    similarity, levels, iterations, regularisationWeight: overrides of the preset ("(preset)", "", 0 and
-        a negative weight mean "as in the preset"); levels are spacings in mm, coarse to fine, e.g. "4,2".
+    stageOverrides: the stage table's edits of that preset, a JSON list of ``stages.N.FIELD=VALUE`` overrides
+        ("" = the preset as it is); cleared when another preset is chosen.
+    inverseTransform, displacementFieldOnly, interpolation: see ``RegistrationRequest`` in DeepRegistrationLib.slicer.logic.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -128,13 +143,13 @@ class DeepRegistrationParameterNode:
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     preset: str = "deformable-fast"
+    stageOverrides: str = ""
     outputTransform: vtkMRMLTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
     jacobianVolume: vtkMRMLScalarVolumeNode
-    similarity: Annotated[str, Choice(SIMILARITY_CHOICES)] = "(preset)"
-    levels: str = ""
-    iterations: Annotated[int, WithinRange(0, 100000)] = 0
-    regularisationWeight: Annotated[float, WithinRange(-1.0, 1000.0)] = -1.0
+    inverseTransform: vtkMRMLTransformNode
+    interpolation: Annotated[str, Choice(INTERPOLATION_CHOICES)] = "linear"
+    displacementFieldOnly: bool = False
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     keepTemporaryFiles: bool = False
     showLog: bool = False
@@ -154,6 +169,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._timer = None
+        self._stagesError = ""
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -175,6 +191,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetSelected)
         self.ui.savePresetButton.connect("clicked(bool)", self.onSavePreset)
         self.ui.showLogCheckBox.connect("toggled(bool)", self.ui.logTextEdit.setVisible)
+        self.ui.stagesTable.connect("itemChanged(QTableWidgetItem*)", self.onStageEdited)
         self.ui.logTextEdit.setVisible(False)
         self.ui.progressBar.setVisible(False)
         self._showDeviceChoice()
@@ -221,6 +238,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
+            self._fillStagesTable()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         index = self.ui.presetComboBox.findText(self._parameterNode.preset) if self._parameterNode else -1
@@ -228,7 +246,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.presetComboBox.setCurrentIndex(index)
         self._checkCanApply()
 
-    # ------------------------------------------------------------------ presets and device
+    # ------------------------------------------------------------------ presets, stage table and device
     def refreshPresets(self) -> None:
         from DeepRegistrationLib.registration.presets import list_presets
 
@@ -249,24 +267,87 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.presetComboBox.itemText(index)
         self.ui.presetDescriptionLabel.text = self.ui.presetComboBox.itemData(index, 3) or ""
         if self._parameterNode and name and self._parameterNode.preset != name:
-            self._parameterNode.preset = name
+            with slicer.util.NodeModify(self._parameterNode):
+                self._parameterNode.preset = name
+                self._parameterNode.stageOverrides = ""  # the edits belong to the previous preset
+        self._fillStagesTable()
+
+    def _fillStagesTable(self) -> None:
+        """The preset's stages (with the saved edits) as rows; cells a stage does not have are greyed out."""
+        import qt
+
+        from DeepRegistrationLib.registration.stage_table import STAGE_COLUMNS, stage_rows
+
+        table = self.ui.stagesTable
+        wasBlocked = table.blockSignals(True)
+        table.clear()
+        table.setColumnCount(len(STAGE_COLUMNS))
+        table.setHorizontalHeaderLabels([_(heading) for _field, heading in STAGE_COLUMNS])
+        rows = []
+        self._stagesError = ""
+        if self._parameterNode and self._parameterNode.preset:
+            try:
+                rows = stage_rows(self._parameterNode.preset, self.logic.stageOverrides(self._parameterNode))
+            except Exception as err:  # a broken user preset: say so, do not break the panel
+                self._stagesError = str(err)
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, (field, _heading) in enumerate(STAGE_COLUMNS):
+                item = qt.QTableWidgetItem(row[field] if row[field] is not None else "")
+                if field == "model" or row[field] is None:
+                    item.setFlags(qt.Qt.ItemIsEnabled if field == "model" else qt.Qt.NoItemFlags)
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+        table.blockSignals(wasBlocked)
+        self._showStagesStatus()
+
+    def _tableRows(self) -> list:
+        from DeepRegistrationLib.registration.stage_table import STAGE_COLUMNS
+
+        table = self.ui.stagesTable
+        rows = []
+        for r in range(table.rowCount):
+            row = {}
+            for c, (field, _heading) in enumerate(STAGE_COLUMNS):
+                item = table.item(r, c)
+                editable = item is not None and (int(item.flags()) & 2)  # Qt.ItemIsEditable
+                row[field] = item.text() if item is not None and (editable or field == "model") else None
+            rows.append(row)
+        return rows
+
+    def onStageEdited(self, item=None) -> None:
+        """Check the table's edits and keep them in the parameter node; a bad value disables Apply, named."""
+        if not self._parameterNode:
+            return
+        self._stagesError = ""
+        try:
+            overrides = self.logic.stageOverridesFromRows(self._parameterNode.preset, self._tableRows())
+            self._parameterNode.stageOverrides = json.dumps(overrides) if overrides else ""
+        except Exception as err:
+            self._stagesError = str(err)
+        self._showStagesStatus()
+        self._checkCanApply()
+
+    def _showStagesStatus(self) -> None:
+        label = self.ui.stagesStatusLabel
+        if self._stagesError:
+            label.text = _("Not valid: {error}").format(error=self._stagesError)
+            label.styleSheet = "color: red"
+        else:
+            edits = self.logic.stageOverrides(self._parameterNode) if self._parameterNode else []
+            label.text = (_("{n} edit(s) of the preset; Save as user preset keeps them.").format(n=len(edits))
+                          if edits else _("The preset as it is."))
+            label.styleSheet = ""
 
     def onSavePreset(self) -> None:
         import qt
 
         name = qt.QInputDialog.getText(slicer.util.mainWindow(), _("Save preset"),
-                                       _("Name of the new preset (the current preset with the Advanced settings):"))
+                                       _("Name of the new preset (the current preset with the stage table's edits):"))
         if not name:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to save the preset."), waitCursor=True):
-            if not ensureDependencies():
-                return
-            from DeepRegistrationLib.registration.presets import save_preset
-            from DeepRegistrationLib.slicer.logic import overrides_from_parameters
-
-            p = self._parameterNode
-            path = save_preset(name, p.preset, overrides_from_parameters(self.logic.advancedParameters(p)),
-                               userPresetsFolder())
+            path = self.logic.savePreset(name, self._parameterNode)
             self.refreshPresets()
             self.ui.presetComboBox.setCurrentIndex(self.ui.presetComboBox.findText(name))
             self.ui.statusLabel.text = _("Saved preset {name} in {path}").format(name=name, path=path)
@@ -292,18 +373,9 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = True
             return
         button.text = _("Apply")
-        p = self._parameterNode
-        missing = []
-        if not p or not p.fixedVolume:
-            missing.append(_("select a fixed volume"))
-        if not p or not p.movingVolume:
-            missing.append(_("select a moving volume"))
-        if p and p.fixedVolume and p.fixedVolume is p.movingVolume:
-            missing.append(_("choose different fixed and moving volumes"))
-        if p and bool(p.fixedLandmarks) != bool(p.movingLandmarks):
-            missing.append(_("select both fixed and moving landmarks, or neither"))
-        if p and p.outputVolume and p.outputVolume in (p.fixedVolume, p.movingVolume):
-            missing.append(_("the output volume must not be an input volume"))
+        missing = self.logic.whatIsMissing(self._parameterNode)
+        if self._stagesError:
+            missing.append(_("correct the stage table ({error})").format(error=self._stagesError))
         button.enabled = not missing
         button.toolTip = (_("Register the moving volume to the fixed volume.") if not missing
                           else _("To register: ") + "; ".join(missing) + ".")
@@ -312,20 +384,28 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None and self._run.running:
             self._run.cancel()
             return
-        with slicer.util.tryWithErrorDisplay(_("The registration could not start."), waitCursor=True):
-            if not ensureDependencies():
-                return
-            self._showDeviceChoice()
-            p = self._parameterNode
-            self.ui.logTextEdit.clear()
-            self.ui.progressBar.setValue(0)
-            self.ui.progressBar.setVisible(True)
-            self.ui.statusLabel.text = _("Starting...")
-            self._run = self.logic.processInBackground(
-                request=self.logic.requestFromParameters(p), onProgress=self.onProgress, onFinished=self.onFinished,
-                keepTemporaryFiles=p.keepTemporaryFiles)
-            self._timer.start()
-        self._checkCanApply()
+        started = False
+        try:
+            with slicer.util.tryWithErrorDisplay(_("The registration could not start."), waitCursor=True):
+                if not ensureDependencies():
+                    return
+                self._showDeviceChoice()
+                p = self._parameterNode
+                self.ui.logTextEdit.clear()
+                self.ui.progressBar.setValue(0)
+                self.ui.progressBar.setVisible(True)
+                self.ui.statusLabel.text = _("Starting...")
+                self._run = self.logic.processInBackground(
+                    request=self.logic.requestFromParameters(p), onProgress=self.onProgress,
+                    onFinished=self.onFinished, keepTemporaryFiles=p.keepTemporaryFiles)
+                self._timer.start()
+                started = True
+        finally:
+            if not started:  # refused or failed before the worker started: no progress bar left behind
+                self.ui.progressBar.setVisible(False)
+                if self.ui.statusLabel.text == _("Starting..."):
+                    self.ui.statusLabel.text = _("Not started.")
+            self._checkCanApply()
 
     def onPoll(self) -> None:
         if self._run is not None:
@@ -346,12 +426,14 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self.ui.logTextEdit.setPlainText("\n".join([" ".join(run.command)] + run.log))
         if run.state == "completed":
-            figures = run.outputs.figures
+            outputs = run.outputs
+            figures = outputs.figures
             if self._parameterNode and not self._parameterNode.outputTransform:
-                self._parameterNode.outputTransform = run.outputs.transform_node
-            self.ui.statusLabel.text = _("Done in {t:.1f} s on {device}; folded voxels {fold:.3f} %.").format(
+                self._parameterNode.outputTransform = outputs.transform_node
+            shown = self.logic.showResults(run.job.fixed_node, run.job.moving_node, outputs)
+            self.ui.statusLabel.text = _("Done in {t:.1f} s on {device}; folded voxels {fold:.3f} %. Shown: {shown}.").format(
                 t=figures.get("time_s", 0.0), device=figures.get("device", "?"),
-                fold=figures.get("jacobian_folding_percent", 0.0))
+                fold=figures.get("jacobian_folding_percent", 0.0), shown=shown)
         elif run.state == "cancelled":
             self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
         else:
@@ -388,21 +470,48 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
             os.environ["DEEPREG_PRESETS"] = os.pathsep.join([folder] + current)
 
     @staticmethod
-    def advancedParameters(p: DeepRegistrationParameterNode) -> dict:
-        """The Advanced settings that differ from the preset, as ``process`` keyword parameters."""
-        params: dict = {}
-        if p.similarity and p.similarity != "(preset)":
-            params["similarity"] = p.similarity
-        if p.levels.strip():
-            try:
-                params["levels_mm"] = [float(v) for v in p.levels.replace(";", ",").split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(_("Levels must be spacings in mm separated by commas, e.g. 4,2")) from None
-        if p.iterations > 0:
-            params["iterations"] = int(p.iterations)
-        if p.regularisationWeight >= 0:
-            params["regularisation_weight"] = float(p.regularisationWeight)
-        return params
+    def whatIsMissing(p) -> list:
+        """What the user must still do before Apply (empty when ready), in the words of the Apply tooltip."""
+        missing = []
+        if not p or not p.fixedVolume:
+            missing.append(_("select a fixed volume"))
+        if not p or not p.movingVolume:
+            missing.append(_("select a moving volume"))
+        if p and p.fixedVolume and p.fixedVolume is p.movingVolume:
+            missing.append(_("choose different fixed and moving volumes"))
+        if p and bool(p.fixedLandmarks) != bool(p.movingLandmarks):
+            missing.append(_("select both fixed and moving landmarks, or neither"))
+        if p and p.outputVolume and p.outputVolume in (p.fixedVolume, p.movingVolume):
+            missing.append(_("the output volume must not be an input volume"))
+        if p and p.inverseTransform and p.inverseTransform in (p.outputTransform, p.initialTransform):
+            missing.append(_("the inverse transform must be a node of its own"))
+        return missing
+
+    @staticmethod
+    def stageOverrides(p) -> list:
+        """The stage table's edits kept in the parameter node, as preset overrides."""
+        text = p.stageOverrides.strip() if p and p.stageOverrides else ""
+        return list(json.loads(text)) if text else []
+
+    @staticmethod
+    def stageOverridesFromRows(preset: str, rows: list) -> list:
+        """The table's rows as overrides; validated by the engine when torch is there (else at Apply)."""
+        import importlib.util
+
+        from DeepRegistrationLib.registration.stage_table import check_stage_overrides, overrides_from_rows
+
+        overrides = overrides_from_rows(preset, rows)
+        if importlib.util.find_spec("torch") is not None:
+            check_stage_overrides(preset, overrides)
+        return overrides
+
+    def savePreset(self, name: str, p) -> str:
+        """Save the parameter node's preset with the stage table's edits as user preset ``name``; returns its path."""
+        from DeepRegistrationLib.registration.presets import save_preset
+
+        if not ensureDependencies():
+            raise RuntimeError(_("the dependencies are needed to check the preset"))
+        return str(save_preset(name, p.preset, self.stageOverrides(p), userPresetsFolder()))
 
     def requestFromParameters(self, p: DeepRegistrationParameterNode):
         """The panel's settings as the library's ``RegistrationRequest`` (the one description of a run)."""
@@ -412,8 +521,24 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
             p.fixedVolume, p.movingVolume, p.preset, outputTransformNode=p.outputTransform,
             outputVolumeNode=p.outputVolume, fixedMaskNode=p.fixedMask, movingMaskNode=p.movingMask,
             initialTransformNode=p.initialTransform, fixedLandmarksNode=p.fixedLandmarks,
-            movingLandmarksNode=p.movingLandmarks, jacobianVolumeNode=p.jacobianVolume, device=p.device,
-            parameters=self.advancedParameters(p))
+            movingLandmarksNode=p.movingLandmarks, jacobianVolumeNode=p.jacobianVolume,
+            inverseTransformNode=p.inverseTransform, displacementFieldOnly=p.displacementFieldOnly,
+            interpolation=p.interpolation, device=p.device, parameters={"overrides": self.stageOverrides(p)})
+
+    @staticmethod
+    def showResults(fixedNode, movingNode, outputs) -> str:
+        """Show what a run produced in the slice views; returns what is shown, in words.
+
+        The fixed volume in the background and the registered moving volume (the output volume, else the moving
+        volume under the transform) in the foreground at half opacity; a Jacobian volume, when one was asked for,
+        takes the foreground instead (its colours: shrinking below 1, growth above, folding at 0 and below) over
+        the registered volume."""
+        from DeepRegistrationLib.slicer.logic import result_layers
+
+        layers = result_layers(fixedNode, movingNode, outputs)
+        slicer.util.setSliceViewerLayers(background=layers["background"], foreground=layers["foreground"],
+                                         foregroundOpacity=layers["opacity"])
+        return layers["description"]
 
     def _bridge(self):
         from DeepRegistrationLib.slicer.logic import RegistrationLogic
@@ -426,8 +551,9 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
         """Register now, in this thread (for scripts); returns ``RegistrationOutputs`` (nodes and figures).
 
         Other keyword parameters: ``fixedMaskNode``, ``movingMaskNode``, ``initialTransformNode``,
-        ``fixedLandmarksNode``, ``movingLandmarksNode``, ``jacobianVolumeNode``, ``device``, and preset
-        overrides ``similarity``, ``levels_mm``, ``iterations``, ``regularisation_weight``, ``overrides``.
+        ``fixedLandmarksNode``, ``movingLandmarksNode``, ``jacobianVolumeNode``, ``inverseTransformNode``,
+        ``displacementFieldOnly``, ``interpolation``, ``device``, and preset overrides ``similarity``,
+        ``levels_mm``, ``iterations``, ``regularisation_weight``, ``overrides``.
         """
         if not ensureDependencies():
             raise RuntimeError("DeepRegistration's dependencies are not installed")
@@ -445,7 +571,8 @@ class DeepRegistrationLogic(ScriptedLoadableModuleLogic):
 # DeepRegistrationTest
 #
 class DeepRegistrationTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: real registrations of a sample brain, checked against the known answer."""
+    """Runs inside Slicer, offline and without installing anything: real registrations of a head phantom made
+    here (no sample data download), checked against the known answer."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -457,21 +584,34 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         self.test_scripted_deformable()
 
     def _pair(self):
-        """MRHead (fixed) and a copy moved by a known rigid transform (moving)."""
+        """A head phantom (fixed, 2.5 x 2.5 x 3 mm) and the same head moved by a known rigid transform (moving);
+        returns the nodes and the RAS matrix that moved it (moving point = matrix @ fixed point)."""
+        if not ensureDependencies(askConfirmation=False):  # in testing mode: raises, naming what is missing
+            raise RuntimeError("DeepRegistration's dependencies are not installed")
         import numpy as np
-        import SampleData
+        import torch
 
-        fixed = SampleData.downloadSample("MRHead")
-        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead moved")
-        known = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", "known")
+        from DeepRegistrationLib.geometry import Grid
+        from DeepRegistrationLib.image import Image
+        from DeepRegistrationLib.slicer.nodes import update_volume_node_from_image
+        from DeepRegistrationLib.synthetic import head_phantom
+        from DeepRegistrationLib.transforms import AffineTransform
+        from DeepRegistrationLib.warp import warp_image
+
+        grid = Grid.centred([0.0, 0.0, 0.0], [64, 76, 60], [2.5, 2.5, 3.0], np.eye(3))
+        fixedImage = Image(torch.from_numpy(head_phantom(grid))[None], grid, name="phantom")
         angle = np.radians(8.0)
         matrix = np.array([[np.cos(angle), -np.sin(angle), 0, 6.0], [np.sin(angle), np.cos(angle), 0, -4.0],
                            [0, 0, 1, 3.0], [0, 0, 0, 1]])
-        slicer.util.updateTransformMatrixFromArray(known, matrix)  # to parent: moves the moving volume by `matrix`
-        moving.SetAndObserveTransformNodeID(known.GetID())
-        moving.HardenTransform()
-        slicer.mrmlScene.RemoveNode(known)
-        return fixed, moving, matrix
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        lps = flip @ matrix @ flip  # the same motion in LPS; the moving volume shows the head moved by it
+        movingImage = warp_image(fixedImage, AffineTransform(lps[:3, :3], lps[:3, 3]).inverse(), grid)
+        nodes = []
+        for image, name in ((fixedImage, "phantom"), (movingImage, "phantom moved")):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+            update_volume_node_from_image(node, image)
+            nodes.append(node)
+        return nodes[0], nodes[1], matrix
 
     def test_rigid_in_background(self):
         import numpy as np
@@ -480,7 +620,8 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         fixed, moving, matrix = self._pair()
         logic = DeepRegistrationLogic()
         events = []
-        run = logic.processInBackground(fixed, moving, "rigid", onProgress=events.append,
+        inverse = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTransformNode", "inverse")
+        run = logic.processInBackground(fixed, moving, "rigid", onProgress=events.append, inverseTransformNode=inverse,
                                         overrides=["levels_mm=[8,4]"])
         while run.poll():
             slicer.app.processEvents()
@@ -494,6 +635,8 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         point = np.array([10.0, 20.0, 30.0, 1.0])
         error = np.linalg.norm((toParent @ matrix @ point)[:3] - point[:3])
         self.assertLess(error, 1.0)
+        inverseMatrix = slicer.util.arrayFromTransformMatrix(inverse)  # to parent of the inverse = from parent of T
+        self.assertLess(np.abs(inverseMatrix @ toParent - np.eye(4)).max(), 1e-6)
         self.delayDisplay(f"Rigid registration recovered the known motion within {error:.2f} mm")
 
     def test_scripted_deformable(self):
@@ -501,9 +644,11 @@ class DeepRegistrationTest(ScriptedLoadableModuleTest):
         fixed, moving, _matrix = self._pair()
         warped = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
         out = DeepRegistrationLogic().process(fixed, moving, "deformable-fast", outputVolumeNode=warped,
-                                              overrides=["levels_mm=[8,4]"])
+                                              displacementFieldOnly=True, overrides=["levels_mm=[8,4]"])
         self.assertFalse(out.transform_node.IsLinear())
-        self.assertEqual(out.figures["jacobian_folding_percent"], 0.0)
+        self.assertEqual(slicer.util.arrayFromGridTransform(out.transform_node).shape[:3],
+                         slicer.util.arrayFromVolume(fixed).shape)
+        self.assertLess(out.figures["jacobian_folding_percent"], 0.01)
         self.assertIs(out.volume_node, warped)
         self.assertIsNone(moving.GetTransformNodeID())
         self.assertEqual(out.transform_node.GetNodeReference("spatialRegistrationFixed"), fixed)

@@ -13,7 +13,7 @@ import torch
 from .geometry import Grid
 from .transforms import AffineTransform, DisplacementField, RigidTransform, Transform, compose, rotation_matrix
 
-__all__ = ["oblique_grid", "smooth_field", "known_transform"]
+__all__ = ["oblique_grid", "smooth_field", "known_transform", "head_phantom"]
 
 
 def oblique_grid(reference: Grid, spacing: Sequence[float] = (0.9, 1.2, 2.5),
@@ -47,3 +47,26 @@ def known_transform(center: np.ndarray) -> Transform:
     affine = AffineTransform(np.array([[1.05, 0.03, -0.02], [0.01, 0.97, 0.04], [-0.03, 0.02, 1.02]]),
                              [1.0, 2.0, -1.0], center=center)
     return compose(rigid, affine, smooth_field(center))
+
+
+def head_phantom(grid: Grid, seed: int = 0) -> np.ndarray:
+    """A head-like test volume on ``grid`` (array order ``(k, j, i)``, float32, about 0..1): scalp, a textured
+    brain with two ventricles, in LPS mm around the grid's centre. For registration tests that need anatomy-like
+    structure without any data file (the Slicer self-test runs offline); the texture is low-pass noise
+    (``seed``), so that no two offsets look alike."""
+    rng = np.random.default_rng(seed)
+    p = grid.physical_points(dtype=torch.float64).numpy() - grid.center()  # (k, j, i, 3) LPS mm from the centre
+
+    def inside(center, radii, soft=1.5):
+        r = np.sqrt((((p - np.asarray(center)) / np.asarray(radii)) ** 2).sum(-1))
+        return 1.0 / (1.0 + np.exp((r - 1.0) * min(radii) / soft))  # a smooth edge ~``soft`` mm wide
+
+    noise = rng.standard_normal(grid.shape)
+    freq = np.meshgrid(*[np.fft.fftfreq(n, d=s) for n, s in zip(grid.shape, grid.spacing[::-1])], indexing="ij")
+    lowpass = np.exp(-2.0 * (np.pi * 6.0) ** 2 * sum(f ** 2 for f in freq))  # Gaussian, sigma 6 mm
+    texture = np.real(np.fft.ifftn(np.fft.fftn(noise) * lowpass))
+    texture /= np.abs(texture).max() + 1e-12
+    volume = 0.35 * inside((0, 0, 0), (72, 88, 66)) + 0.3 * inside((0, 0, 0), (62, 78, 56)) * (1.0 + 0.5 * texture)
+    for x in (-9.0, 9.0):
+        volume -= 0.45 * inside((x, -6.0, 6.0), (6.0, 22.0, 9.0))
+    return np.clip(volume, 0.0, None).astype(np.float32)

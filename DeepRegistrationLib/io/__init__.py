@@ -1,8 +1,15 @@
-"""File input/output: images, transforms, point sets; all writes atomic."""
+"""File input/output: images, transforms, point sets; all writes atomic.
 
-from .images import IMAGE_SUFFIXES, read_image, write_image
-from .points import read_points, write_points
-from .transforms import read_transform, transform_from_sitk, transform_to_sitk, write_transform
+Names load their module on first use, so that light modules (``io.atomic``, used by the presets) never pull in torch.
+"""
 
-__all__ = ["read_image", "write_image", "read_transform", "write_transform", "transform_to_sitk",
-           "transform_from_sitk", "read_points", "write_points", "IMAGE_SUFFIXES"]
+from __future__ import annotations
+
+from .._lazy import lazy_attributes
+
+_LAZY = {
+    "images": ["IMAGE_SUFFIXES", "read_image", "write_image"],
+    "points": ["read_points", "write_points"],
+    "transforms": ["read_transform", "transform_from_sitk", "transform_to_sitk", "write_transform"],
+}
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, globals(), _LAZY)

@@ -35,7 +35,7 @@ from .nodes import image_from_volume_node, mask_from_node, points_from_markups, 
 from .transforms import set_vtk_transform, transform_from_node, vtk_transform
 
 __all__ = ["RegistrationRequest", "RegistrationLogic", "RegistrationOutputs", "PreparedJob", "INTERPOLATIONS",
-           "overrides_from_parameters", "show_as_jacobian"]
+           "overrides_from_parameters", "show_as_jacobian", "result_layers"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,22 @@ def show_as_jacobian(volume_node) -> None:
     color = volume_node.GetScene().GetNodeByID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
     if color is not None:
         display.SetAndObserveColorNodeID(color.GetID())
+
+
+def result_layers(fixed_node, moving_node, outputs: "RegistrationOutputs") -> dict:
+    """What the panel shows after a run (slice-view layers): ``background``, ``foreground`` (nodes), ``opacity``
+    and a ``description`` in words.
+
+    The fixed volume behind the registered moving volume (the output volume, else the moving volume, which is
+    then under the result transform) at half opacity; a Jacobian volume, when one was asked for, takes the
+    foreground over the registered volume (or over the fixed one when there is no output volume)."""
+    registered = outputs.volume_node if outputs.volume_node is not None else moving_node
+    if outputs.jacobian_node is not None:
+        background = outputs.volume_node if outputs.volume_node is not None else fixed_node
+        return {"background": background, "foreground": outputs.jacobian_node, "opacity": 0.5,
+                "description": f"{outputs.jacobian_node.GetName()} over {background.GetName()}"}
+    return {"background": fixed_node, "foreground": registered, "opacity": 0.5,
+            "description": f"{registered.GetName()} over {fixed_node.GetName()}"}
 
 
 class RegistrationLogic:

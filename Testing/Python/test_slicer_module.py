@@ -11,6 +11,7 @@ import importlib.util
 import re
 import sys
 import types
+import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,9 +68,10 @@ def test_every_slicer_parameter_name_maps_to_a_field_of_the_right_type():
                 assert param in fields, f"{name}: SlicerParameterName {param!r} is not a parameter node field"
                 assert WIDGET_TYPES[widget.get("class")] == kind_of(fields[param]), (name, fields[param])
                 bound[param] = widget
-    # every field is bound to a widget, except the preset (its list is dynamic: synchronised in code)
-    assert set(fields) - set(bound) == {"preset"}
-    assert "_parameterNode.preset" in SOURCE
+    # every field is bound to a widget, except the preset (its list is dynamic) and the stage table's edits
+    # (a table of the preset's stages): both synchronised in code
+    assert set(fields) - set(bound) == {"preset", "stageOverrides"}
+    assert "_parameterNode.preset" in SOURCE and "_parameterNode.stageOverrides" in SOURCE
     # node selectors offer exactly the node classes the field accepts
     for param, widget in bound.items():
         if widget.get("class") == "qMRMLNodeComboBox":
@@ -88,7 +90,8 @@ def test_mrml_combo_boxes_receive_the_scene():
 def test_cmake_lists_the_module_files():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
-    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui"):
+    for resource in ("Resources/Icons/${MODULE_NAME}.png", "Resources/UI/${MODULE_NAME}.ui",
+                     "Resources/requirements.txt"):
         assert resource in cmake
         assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "DeepRegistration")).is_file()
     top = (ROOT / "CMakeLists.txt").read_text()
@@ -101,9 +104,10 @@ def module():
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
     saved = {k: sys.modules.get(k) for k in ("slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n")}
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-                 "ScriptedLoadableModuleTest"):
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
         setattr(slm, name, type(name, (), {"__init__": lambda self, parent=None, *a, **k: setattr(self, "parent", parent)}))
+    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,),
+                                          {"delayDisplay": lambda self, message, msec=0: print(message)})
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
     pnw.parameterNodeWrapper = lambda cls: cls
     pnw.Choice = lambda choices: SimpleNamespace(choices=choices)
@@ -132,28 +136,6 @@ def test_module_metadata(module):
     assert "from parent" in parent.helpText and "VoxelMorph" in parent.acknowledgementText
 
 
-def test_similarity_choices_are_the_library_metrics(module):
-    from DeepRegistrationLib.metrics.similarity import SIMILARITIES
-
-    assert set(module.SIMILARITY_CHOICES) - {"(preset)"} <= set(SIMILARITIES)
-
-
-def test_advanced_settings_become_valid_preset_overrides(module):
-    from DeepRegistrationLib.registration import load_preset
-    from DeepRegistrationLib.slicer.logic import overrides_from_parameters
-
-    defaults = SimpleNamespace(similarity="(preset)", levels="", iterations=0, regularisationWeight=-1.0)
-    assert module.DeepRegistrationLogic.advancedParameters(defaults) == {}
-    p = SimpleNamespace(similarity="mi", levels="6, 3", iterations=12, regularisationWeight=0.3)
-    params = module.DeepRegistrationLogic.advancedParameters(p)
-    assert params == {"similarity": "mi", "levels_mm": [6.0, 3.0], "iterations": 12, "regularisation_weight": 0.3}
-    config = load_preset("deformable-fast", overrides_from_parameters(params))
-    assert all(s.similarity == "mi" and s.levels_mm == [6.0, 3.0] and s.iterations == 12 for s in config.stages)
-    assert config.stages[-1].regularisation_weight == 0.3
-    with pytest.raises(ValueError, match="Levels must be spacings"):
-        module.DeepRegistrationLogic.advancedParameters(SimpleNamespace(**{**vars(defaults), "levels": "4,x"}))
-
-
 def test_user_presets_folder_is_searched_first(module, monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPREG_PRESETS", "")
     module.DeepRegistrationLogic.usePresetsFolder(str(tmp_path))
@@ -161,3 +143,107 @@ def test_user_presets_folder_is_searched_first(module, monkeypatch, tmp_path):
     from DeepRegistrationLib.registration import presets_dir
 
     assert presets_dir()[0] == tmp_path and len(presets_dir()) == 2
+
+
+def test_stage_table_edits_become_checked_overrides(module):
+    """The Advanced stage table: the preset's stages as text, edits back as ``stages.N.FIELD`` overrides that the
+    engine accepts; a bad value is refused naming the stage and the column."""
+    from DeepRegistrationLib.registration import load_preset
+    from DeepRegistrationLib.registration.stage_table import stage_rows
+
+    logic = module.DeepRegistrationLogic
+    rows = stage_rows("deformable-fast")
+    assert [r["model"] for r in rows] == ["rigid", "affine", "svf"]
+    assert rows[0]["regularisation_weight"] is None and rows[2]["regularisation_weight"] == "0.05"
+    assert logic.stageOverridesFromRows("deformable-fast", rows) == []
+    rows[2].update(similarity="mi", levels_mm="6, 3", iterations="12, 4", regularisation_weight="0.3")
+    overrides = logic.stageOverridesFromRows("deformable-fast", rows)
+    config = load_preset("deformable-fast", overrides)
+    svf = config.stages[2]
+    assert (svf.similarity, svf.levels_mm, svf.iterations, svf.regularisation_weight) == ("mi", [6.0, 3.0], [12, 4], 0.3)
+    assert config.stages[0].similarity == "ncc"  # the other stages as in the preset
+    assert stage_rows("deformable-fast", overrides)[2]["levels_mm"] == "6, 3"  # a saved scene shows its edits
+    rows[2]["iterations"] = "12, x"
+    with pytest.raises(Exception, match=r"stage 3 \(svf\), Iterations: '12, x' is not whole numbers"):
+        logic.stageOverridesFromRows("deformable-fast", rows)
+    rows[2].update(iterations="12, 4", similarity="nonsense")
+    with pytest.raises(Exception, match="unknown similarity 'nonsense'"):
+        logic.stageOverridesFromRows("deformable-fast", rows)
+    vm = stage_rows("voxelmorph-brain-io")
+    assert vm[2]["model"] == "voxelmorph (voxelmorph-brain)" and vm[2]["levels_mm"] is None  # the network: read-only
+
+
+def test_stage_edits_are_saved_as_a_user_preset(module, monkeypatch, tmp_path):
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(slicerUserSettingsFilePath=str(tmp_path / "Slicer.ini"),
+                                                       testingEnabled=lambda: True), raising=False)
+    p = SimpleNamespace(preset="rigid", stageOverrides='["stages.0.iterations=[5, 3]"]')
+    path = module.DeepRegistrationLogic().savePreset("my-rigid", p)
+    assert path == str(tmp_path / "DeepRegistration" / "Presets" / "my-rigid.json")
+    from DeepRegistrationLib.registration import load_preset
+
+    assert load_preset(path).stages[0].iterations == [5, 3]
+
+
+def test_apply_tooltip_names_what_is_missing(module):
+    fixed, moving, t = object(), object(), object()
+    p = SimpleNamespace(fixedVolume=fixed, movingVolume=fixed, fixedLandmarks=None, movingLandmarks=object(),
+                        outputVolume=moving, inverseTransform=t, outputTransform=t, initialTransform=None)
+    missing = module.DeepRegistrationLogic.whatIsMissing(p)
+    assert missing == ["choose different fixed and moving volumes", "select both fixed and moving landmarks, or neither",
+                       "the inverse transform must be a node of its own"]
+    assert module.DeepRegistrationLogic.whatIsMissing(None)[:2] == ["select a fixed volume", "select a moving volume"]
+
+
+def test_requirements_match_the_package():
+    """What the module pip-installs is what the library declares (torch aside: the PyTorch extension's job)."""
+    import tomllib
+
+    from DeepRegistrationLib.slicer.dependencies import TORCH_REQUIREMENT, missing_requirements, read_requirements
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    module_requirements = read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    assert module_requirements and set(module_requirements) <= set(declared)
+    assert TORCH_REQUIREMENT in declared
+    assert missing_requirements(module_requirements + [TORCH_REQUIREMENT]) == []  # this environment has them
+    assert missing_requirements(["no-such-package-xyz>=1", "numpy>=999"]) == ["no-such-package-xyz>=1", "numpy>=999"]
+
+
+def test_testing_mode_never_installs(module, monkeypatch, tmp_path):
+    """Under --testing a missing package fails the self-test at once, named; nothing is installed."""
+    import slicer
+    import slicer.util
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# test\nno-such-package-xyz>=1\n")
+    monkeypatch.setattr(module, "requirementsFile", lambda: str(requirements))
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install called"), raising=False)
+    with pytest.raises(RuntimeError, match=r"missing Python packages \(no-such-package-xyz>=1\).*does not install"):
+        module.ensureDependencies()
+
+
+@pytest.mark.slow
+def test_self_test_runs_offline_without_installing(module, monkeypatch, tmp_path):
+    """The module's own self-test (what Slicer's CTest runs) on real MRML scenes, with the network cut and pip
+    forbidden: its data is made locally and its dependencies are only checked."""
+    import socket
+
+    import slicer
+    import slicer.util
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the self-test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install called"), raising=False)
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", SimpleNamespace(
+        testingEnabled=lambda: True, temporaryPath=str(tmp_path), processEvents=lambda: None,
+        slicerUserSettingsFilePath=str(tmp_path / "Slicer.ini")), raising=False)
+    result = unittest.TestResult()
+    module.DeepRegistrationTest("runTest").run(result)
+    assert result.testsRun == 1 and not result.errors and not result.failures, result.errors + result.failures
+    assert list(tmp_path.iterdir()) == []  # the worker's temporary folder is gone
