@@ -170,6 +170,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self._timer = None
         self._stagesError = ""
+        self._stageRows = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -290,6 +291,7 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 rows = stage_rows(self._parameterNode.preset, self.logic.stageOverrides(self._parameterNode))
             except Exception as err:  # a broken user preset: say so, do not break the panel
                 self._stagesError = str(err)
+        self._stageRows = rows
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, (field, _heading) in enumerate(STAGE_COLUMNS):
@@ -302,16 +304,16 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showStagesStatus()
 
     def _tableRows(self) -> list:
+        """The table's text, row by row, with ``None`` where the stage has no such field (as ``stage_rows``)."""
         from DeepRegistrationLib.registration.stage_table import STAGE_COLUMNS
 
         table = self.ui.stagesTable
         rows = []
-        for r in range(table.rowCount):
+        for r, template in enumerate(self._stageRows):
             row = {}
             for c, (field, _heading) in enumerate(STAGE_COLUMNS):
                 item = table.item(r, c)
-                editable = item is not None and (int(item.flags()) & 2)  # Qt.ItemIsEditable
-                row[field] = item.text() if item is not None and (editable or field == "model") else None
+                row[field] = None if template[field] is None or item is None else item.text()
             rows.append(row)
         return rows
 

@@ -247,3 +247,57 @@ def test_self_test_runs_offline_without_installing(module, monkeypatch, tmp_path
     module.DeepRegistrationTest("runTest").run(result)
     assert result.testsRun == 1 and not result.errors and not result.failures, result.errors + result.failures
     assert list(tmp_path.iterdir()) == []  # the worker's temporary folder is gone
+
+
+def test_results_are_shown_in_the_slice_views(module, monkeypatch):
+    """After a run the panel shows the registered volume over the fixed one, or the Jacobian (window 0..2, so that
+    folding sits at the bottom of the colour scale) when one was asked for: set on real slice composite nodes."""
+    import numpy as np
+    import slicer
+    import torch
+
+    from DeepRegistrationLib.geometry import Grid
+    from DeepRegistrationLib.image import Image
+    from DeepRegistrationLib.slicer.logic import RegistrationOutputs, show_as_jacobian
+    from DeepRegistrationLib.slicer.nodes import update_volume_node_from_image
+    from DeepRegistrationLib.synthetic import head_phantom
+
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    grid = Grid.centred([0.0, 0.0, 0.0], [24, 28, 20], [8.0, 8.0, 9.0], np.eye(3))
+    image = Image(torch.from_numpy(head_phantom(grid))[None], grid)
+    nodes = {}
+    for name in ("fixed", "moving", "warped", "jacobian"):
+        nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        update_volume_node_from_image(nodes[name], image)
+    show_as_jacobian(nodes["jacobian"])
+    display = nodes["jacobian"].GetDisplayNode()
+    assert not display.GetAutoWindowLevel() and (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 2.0)
+    transform = scene.AddNewNodeByClass("vtkMRMLTransformNode", "T")
+    logic = module.DeepRegistrationLogic
+    shown = logic.showResults(nodes["fixed"], nodes["moving"], RegistrationOutputs(transform_node=transform))
+    assert shown == "moving over fixed"
+    assert all((v.GetBackgroundVolumeID(), v.GetForegroundVolumeID(), v.GetForegroundOpacity())
+               == (nodes["fixed"].GetID(), nodes["moving"].GetID(), 0.5) for v in views)
+    outputs = RegistrationOutputs(transform_node=transform, volume_node=nodes["warped"])
+    assert logic.showResults(nodes["fixed"], nodes["moving"], outputs) == "warped over fixed"
+    outputs.jacobian_node = nodes["jacobian"]
+    assert logic.showResults(nodes["fixed"], nodes["moving"], outputs) == "jacobian over warped"
+    assert all((v.GetBackgroundVolumeID(), v.GetForegroundVolumeID()) == (nodes["warped"].GetID(),
+                                                                         nodes["jacobian"].GetID()) for v in views)
+
+
+def test_ui_offers_what_the_new_parameters_hold():
+    """The outputs section binds the inverse node, the interpolation (choices filled by the parameter node from
+    INTERPOLATION_CHOICES) and the displacement-field-only switch; the Advanced section holds the stage table."""
+    widgets = ui_widgets()
+    assert widgets["stagesTable"].get("class") == "QTableWidget"
+    assert widgets["stagesStatusLabel"].get("class") == "QLabel"
+    assert widgets["interpolationComboBox"].findall("item") == []  # no static items to disagree with the choices
+    fields = parameter_fields()
+    assert "INTERPOLATION_CHOICES" in fields["interpolation"] and fields["displacementFieldOnly"] == "bool"
+    from DeepRegistrationLib.slicer.logic import INTERPOLATIONS
+
+    assert re.search(r'INTERPOLATION_CHOICES = \["linear", "nearest", "label"\]', SOURCE)
+    assert list(INTERPOLATIONS) == ["linear", "nearest", "label"]
