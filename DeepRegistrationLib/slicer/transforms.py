@@ -8,11 +8,11 @@ change of representation); a composite a ``vtkGeneralTransform`` of those in app
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..geometry import LPS_FROM_RAS, Grid, lps_from_ras_matrix
-from ..transforms import CompositeTransform, DisplacementField, StationaryVelocityField, Transform, refined_grid
+from ..transforms import (CompositeTransform, DisplacementField, StationaryVelocityField, Transform, refined_grid,
+                          to_displacement_field)
 from ..transforms.linear import AffineTransform, LinearTransform
 from .nodes import slicer_module
 
@@ -69,10 +69,7 @@ def _refined(field: DisplacementField, reference: Grid, max_voxels_factor: float
     grid = refined_grid(field.grid, reference, max_voxels_factor)
     if grid is field.grid:
         return field
-    with torch.no_grad():
-        points = grid.physical_points(dtype=torch.float64).reshape(-1, 3)
-        values = field.displacement_at(points.to(field.field.dtype)).T.reshape(3, *grid.shape)
-    return DisplacementField(values.float().contiguous(), grid)
+    return to_displacement_field(field, grid)  # sampled slab by slab: no full-size temporaries
 
 
 def _ras_matrix(part: LinearTransform):
@@ -94,8 +91,10 @@ def _vtk_grid(part: DisplacementField):
     from vtk.util import numpy_support
 
     grid = part.grid
-    u_ras = part.field.detach().float().cpu().numpy() * np.array([-1.0, -1.0, 1.0], dtype=np.float32).reshape(3, 1, 1, 1)
-    vectors = np.ascontiguousarray(np.moveaxis(u_ras, 0, -1).reshape(-1, 3))  # float32: 1e-6 mm, half the memory
+    u = part.field.detach().float().cpu().numpy()
+    vectors = np.empty((grid.num_voxels, 3), dtype=np.float32)  # float32: 1e-6 mm, half the memory
+    for c, sign in enumerate((-1.0, -1.0, 1.0)):  # LPS -> RAS, one component at a time (no full-size temporary)
+        np.multiply(u[c].reshape(-1), sign, out=vectors[:, c])
     image = vtk.vtkImageData()
     image.SetDimensions(*grid.size)
     image.SetSpacing(*grid.spacing)

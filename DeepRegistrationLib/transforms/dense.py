@@ -114,36 +114,47 @@ class DisplacementField(Transform):
     def _map(self, points: torch.Tensor) -> torch.Tensor:
         return points + self.displacement_at(points)
 
-    def inverse(self, iterations: int = 50, tolerance_mm: float = 1e-3, grid: Grid | None = None,
+    def inverse(self, iterations: int = 200, tolerance_mm: float = 1e-3, grid: Grid | None = None,
                 initial: Transform | None = None) -> "DisplacementField":
-        """Numerical inverse by fixed-point iteration ``v <- -u(x + v)`` at the voxels ``x`` of ``grid``
-        (default: this field's grid), starting from ``initial``'s displacement (e.g. ``exp(-v)`` for the
-        exponential of a velocity field) or from ``-u(x)``.
+        """Numerical inverse at the voxels ``x`` of ``grid`` (default: this field's grid): the ``w`` with
+        ``x + w + u(x + w) = x``, starting from ``initial``'s displacement (e.g. ``exp(-v)`` for the exponential
+        of a velocity field) or from ``-u(x)``.
 
-        Each update equals minus the current residual ``T(T^-1(x)) - x``, so voxels whose update is
-        below ``tolerance_mm`` are converged and are not iterated further. The returned field carries
-        ``inverse_residual_mm`` (``max``, ``p95``, ``mean`` of ``|T(T^-1(x)) - x|`` over the grid
-        voxels, and the iterations used).
+        Each step moves ``w`` against the residual ``r = w + u(x + w)`` (``T(T^-1(x)) - x``): ``w <- w - a r``,
+        the plain fixed-point step ``w <- -u(x + w)`` when ``a = 1``. A step is kept only where it lowers the
+        residual; elsewhere ``a`` is halved (and doubled again after a success, up to 1), so that the iteration
+        also converges where the field compresses or stretches strongly (``|grad u| >= 1``, where the plain
+        fixed point diverges). Voxels whose residual is below ``tolerance_mm`` stop. The returned field carries
+        ``inverse_residual_mm`` (``max``, ``p95``, ``mean`` of ``|T(T^-1(x)) - x|`` over the grid voxels, and
+        the iterations used).
         """
         grid = grid or self.grid
         x = grid.physical_points(dtype=self.field.dtype, device=self.field.device).reshape(-1, self.dim)
         u = self.field.detach()
         with torch.no_grad():
-            v = (initial.map_points(x) - x if initial is not None else -self.displacement_at(x)).detach()
-        active = torch.arange(x.shape[0], device=x.device)
-        iters = 0
-        for iters in range(1, iterations + 1):
-            v_new = -sample_field(u, self.grid, x[active] + v[active])
-            change = (v_new - v[active]).norm(dim=-1)
-            v[active] = v_new
-            active = active[change >= tolerance_mm]
-            if active.numel() == 0:
-                break
-        residual = (v + sample_field(u, self.grid, x + v)).norm(dim=-1)
-        inv = DisplacementField(v.T.reshape(self.dim, *grid.shape).contiguous(), grid)
-        sub = residual.double()[:: max(1, residual.numel() // 4_000_000)]
-        inv.inverse_residual_mm = {"max": float(residual.max()), "p95": float(torch.quantile(sub, 0.95)),
-                                   "mean": float(residual.mean()), "iterations": iters}
+            w = (initial.map_points(x) - x if initial is not None else -self.displacement_at(x)).detach()
+            residual = w + sample_field(u, self.grid, x + w)
+            norm = residual.norm(dim=-1)
+            step = torch.ones_like(norm)
+            active = torch.nonzero(norm >= tolerance_mm).flatten()
+            iters = 0
+            for iters in range(1, iterations + 1):
+                if active.numel() == 0:
+                    iters -= 1
+                    break
+                candidate = w[active] - step[active, None] * residual[active]
+                r_new = candidate + sample_field(u, self.grid, x[active] + candidate)
+                n_new = r_new.norm(dim=-1)
+                better = n_new < norm[active]
+                kept = active[better]
+                w[kept], residual[kept], norm[kept] = candidate[better], r_new[better], n_new[better]
+                step[kept] = (step[kept] * 2.0).clamp(max=1.0)
+                step[active[~better]] *= 0.5
+                active = active[(norm[active] >= tolerance_mm) & (step[active] > 1e-4)]
+        inv = DisplacementField(w.T.reshape(self.dim, *grid.shape).contiguous(), grid)
+        sub = norm.double()[:: max(1, norm.numel() // 4_000_000)]
+        inv.inverse_residual_mm = {"max": float(norm.max()), "p95": float(torch.quantile(sub, 0.95)),
+                                   "mean": float(norm.mean()), "iterations": iters}
         return inv
 
     def parameters_dict(self) -> dict:

@@ -154,3 +154,22 @@ def test_parsing_every_preset_imports_no_network_and_no_monai():
             "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=LIB.parent)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_panel_setup_needs_no_torch():
+    """What the Slicer panel does before its dependencies are installed (list presets, fill the stage table, check
+    the requirements) works in a Python without torch: a fresh Slicer can open the module, and the generic
+    widget test can build it."""
+    code = ("import sys\n"
+            "sys.modules['torch'] = None  # import torch now fails, as in a Slicer without the PyTorch extension\n"
+            "from DeepRegistrationLib.registration.presets import list_presets\n"
+            "from DeepRegistrationLib.registration.stage_table import overrides_from_rows, stage_rows\n"
+            "from DeepRegistrationLib.slicer.dependencies import TORCH_REQUIREMENT, missing_requirements\n"
+            "names = list_presets()\n"
+            "assert len(names) >= 9, names\n"
+            "for name in names:\n"
+            "    rows = stage_rows(name)\n"
+            "    assert overrides_from_rows(name, rows) == []\n"
+            "assert missing_requirements(['nibabel>=5.0']) == []\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=LIB.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
