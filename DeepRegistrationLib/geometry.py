@@ -23,12 +23,16 @@ Conventions (used everywhere in the library):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+import sys
 
 import numpy as np
-import torch
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so that Grid works without it
+    import torch
 
 __all__ = ["Grid", "LPS_FROM_RAS", "lps_from_ras_points", "lps_from_ras_matrix"]
 
@@ -155,18 +159,24 @@ class Grid:
         """Map LPS mm points ``(..., d)`` to ``grid_sample`` coordinates ``(x, y[, z]) = (i, j[, k])``."""
         return _apply_homogeneous(self.physical_to_normalised_matrix(), points)
 
-    def inside(self, index: torch.Tensor) -> torch.Tensor:
+    def inside(self, index: "torch.Tensor") -> "torch.Tensor":
         """Boolean mask of continuous indices ``(..., d)`` inside ``[-0.5, size - 0.5)`` on every axis."""
+        import torch
+
         size = torch.as_tensor(self.size, dtype=index.dtype, device=index.device)
         return ((index >= -0.5) & (index < size - 0.5)).all(dim=-1)
 
     def physical_points(
-        self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, slices: slice | None = None
-    ) -> torch.Tensor:
-        """LPS mm position of every voxel centre, shape ``(*shape, d)`` (array order, xyz components).
+        self, dtype: "torch.dtype | None" = None, device: "torch.device | str | None" = None, slices: slice | None = None
+    ) -> "torch.Tensor":
+        """LPS mm position of every voxel centre, shape ``(*shape, d)`` (array order, xyz components), a torch
+        tensor of ``dtype`` (default float64).
 
         ``slices`` restricts the first array axis (``k`` in 3D, ``j`` in 2D) for chunked processing.
         """
+        import torch
+
+        dtype = torch.float64 if dtype is None else dtype
         axes = [torch.arange(n, dtype=dtype, device=device) for n in self.shape]
         if slices is not None:
             axes[0] = axes[0][slices]
@@ -281,7 +291,8 @@ class Grid:
 def _apply_homogeneous(matrix: np.ndarray, points):
     """Apply a homogeneous matrix to points ``(..., d)``; keeps numpy/torch type, dtype and device."""
     d = matrix.shape[0] - 1
-    if isinstance(points, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only come from an imported torch: geometry never imports it first
+    if torch is not None and isinstance(points, torch.Tensor):
         m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
         return points @ m[:d, :d].T + m[:d, d]
     pts = np.asarray(points, dtype=np.float64)

@@ -11,24 +11,26 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError, OutputError
 from ..geometry import Grid
-from ..image import Image
+from .formats import (DETACHED_SUFFIXES, IMAGE_SUFFIXES, MGH_SUFFIXES, SITK_IMAGE_SUFFIXES,  # noqa: F401 (re-exported)
+                      TWO_D_ONLY_SUFFIXES)
 from .atomic import atomic_output, atomic_output_dir, full_suffix
 from .integrity import check_complete, quiet_stderr
 
+if TYPE_CHECKING:  # the Image class (torch) is imported where images are made: describe_image_file needs neither
+    from ..image import Image
+
 __all__ = ["read_image", "write_image", "single_slice_as_2d", "IMAGE_SUFFIXES", "TWO_D_ONLY_SUFFIXES"]
 
-_SITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-_MGH_SUFFIXES = {".mgh", ".mgz"}
-_DETACHED_SUFFIXES = {".mhd", ".nhdr"}  # header + separate data file
-_2D_ONLY_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-#: Formats that hold only 2D images of 8/16-bit integers.
-TWO_D_ONLY_SUFFIXES = frozenset(_2D_ONLY_SUFFIXES)
-IMAGE_SUFFIXES = _SITK_SUFFIXES | _MGH_SUFFIXES
+_SITK_SUFFIXES = SITK_IMAGE_SUFFIXES
+_MGH_SUFFIXES = MGH_SUFFIXES
+_DETACHED_SUFFIXES = DETACHED_SUFFIXES
+_2D_ONLY_SUFFIXES = TWO_D_ONLY_SUFFIXES
 
 
 def read_image(
@@ -84,6 +86,36 @@ def read_image(
     return image
 
 
+def describe_image_file(path: str | os.PathLike) -> dict | None:
+    """Geometry, voxel type and value range of an image file, as ``deepreg info`` prints them, without torch
+    (the same checks as :func:`read_image`: missing, empty, truncated, zero spacing, unreadable). ``None`` for
+    what only :func:`read_image` reads (DICOM folders, MGH/MGZ)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    suffix = full_suffix(path)
+    if path.is_dir() or suffix in _MGH_SUFFIXES:
+        return None
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    if suffix in (".nii", ".nii.gz"):
+        try:
+            scan = check_complete(path)
+        except InputError as err:
+            raise InputError(f"{path}: cannot read image: {err.reason}") from None
+        _check_nifti_spacing(scan.header, path)
+    import SimpleITK as sitk
+
+    image = _read_sitk_image(path)
+    try:
+        grid = Grid.from_sitk(image)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    array = sitk.GetArrayViewFromImage(image)
+    return {"kind": "image", **grid.describe(), "channels": image.GetNumberOfComponentsPerPixel(),
+            "dtype": array.dtype.name, "range": [float(array.min()), float(array.max())] if array.size else None}
+
+
 def _check_nifti_spacing(header, path: Path) -> None:
     """ITK turns a voxel size (pixdim) of 0 into 1 mm without a word; refuse it instead."""
     ndim = min(3, len(header.get_data_shape()))
@@ -131,6 +163,17 @@ def _write_detached(image: Image, path: Path) -> None:
 
 
 def _read_sitk(path: Path) -> Image:
+    image = _read_sitk_image(path)
+    try:
+        from ..image import Image
+
+        return Image.from_sitk(image, name=str(path))
+    except InputError as err:  # e.g. a non-orthonormal direction or a zero spacing in the header
+        raise InputError(f"{path}: {err}") from None
+
+
+def _read_sitk_image(path: Path):
+    """The ``SimpleITK.Image`` of a 2D or 3D file, real-valued; unreadable files refused in one line."""
     import SimpleITK as sitk
 
     try:
@@ -149,10 +192,7 @@ def _read_sitk(path: Path) -> Image:
                          f"{_first_line(err)}") from None
     if "complex" in image.GetPixelIDTypeAsString():
         raise InputError(f"{path}: complex-valued images are not supported")
-    try:
-        return Image.from_sitk(image, name=str(path))
-    except InputError as err:  # e.g. a non-orthonormal direction or a zero spacing in the header
-        raise InputError(f"{path}: {err}") from None
+    return image
 
 
 def _first_line(err: Exception) -> str:
@@ -173,6 +213,8 @@ def single_slice_as_2d(image: Image) -> Image | None:
     if not np.isclose(abs(d3[p, 2]), 1.0, atol=1e-6):
         return None
     keep = [a for a in range(3) if a != p]
+    from ..image import Image
+
     g = image.grid
     grid = Grid(g.size[:2], np.asarray(g.origin)[keep], g.spacing[:2], d3[np.ix_(keep, [0, 1])])
     return Image(image.data[:, 0], grid, image.name)
@@ -206,6 +248,8 @@ def _as_8_or_16_bit(image: Image, path: Path) -> Image:
     if dtype == np.uint8 and hi > 255:
         raise InputError(f"{path}: values up to {hi} do not fit an 8-bit {full_suffix(path)} file")
     arr = data.cpu().numpy().astype(dtype)
+    from ..image import Image
+
     return Image(arr, image.grid, image.name) if image.num_channels == 1 else Image.from_numpy(arr, image.grid)
 
 
@@ -222,6 +266,8 @@ def _read_mgh(path: Path) -> Image:
     if data.ndim != 3:
         raise InputError(f"{path}: is a {data.ndim}D image; a 3D image is needed")
     grid = Grid.from_affine(img.affine, data.shape, ras=True)
+    from ..image import Image
+
     return Image(np.ascontiguousarray(np.transpose(data)), grid, str(path))
 
 
@@ -258,6 +304,8 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> Image:
         image = reader.Execute()
     except RuntimeError as err:
         raise InputError(f"{folder}: cannot read DICOM series: {_first_line(err)}") from None
+    from ..image import Image
+
     result = Image.from_sitk(image, name=str(folder))
     if result.data.dtype == __import__("torch").float64:
         result = result.float()

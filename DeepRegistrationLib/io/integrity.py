@@ -26,12 +26,12 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import InputError
+from .formats import TRANSFORM_SUFFIXES
 
 __all__ = ["check_complete", "quiet_stderr", "nifti_header", "FileScan"]
 
 _GZIP_SUFFIXES = (".nii.gz", ".mgz", ".gz")
 _SITK_CHECKED = (".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
 _BLOCK = 1 << 22  # bytes read at a time
 
 
@@ -148,7 +148,7 @@ def check_complete(path: str | os.PathLike, count_nonfinite: bool = False) -> Fi
         return _scan(path, suffix, count_nonfinite)
     if suffix in _SITK_CHECKED:
         _read_back(path, "ReadImage", "file")
-    elif suffix in _TRANSFORM_SUFFIXES:
+    elif suffix in TRANSFORM_SUFFIXES:
         _read_back(path, "ReadTransform", "transform file")
     return None
 

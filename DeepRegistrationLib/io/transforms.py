@@ -24,16 +24,11 @@ from ..transforms import (AffineTransform, CompositeTransform, DisplacementField
                           SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
 from .atomic import atomic_output, full_suffix
+from .formats import DENSE_TRANSFORM_SUFFIXES, FIELD_IMAGE_SUFFIXES, TRANSFORM_SUFFIXES
 from .integrity import quiet_stderr
 
 __all__ = ["read_transform", "write_transform", "read_fsl_displacement_field", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
            "DENSE_TRANSFORM_SUFFIXES", "FIELD_IMAGE_SUFFIXES"]
-
-TRANSFORM_SUFFIXES = {".h5", ".hdf5", ".tfm", ".txt", ".mat"}
-#: Transform files that can hold a dense (deformable) transform.
-DENSE_TRANSFORM_SUFFIXES = {".h5", ".hdf5"}
-FIELD_IMAGE_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
-
 
 # ---------------------------------------------------------------------- library -> SimpleITK
 def transform_to_sitk(transform: Transform):

@@ -109,6 +109,29 @@ def test_info_image_and_transform(case):
     assert tx.returncode == 0 and "CompositeTransform" in tx.stdout and "RigidTransform" in tx.stdout
 
 
+def test_info_on_an_image_needs_no_torch(case, tmp_path):
+    """``deepreg info IMAGE`` reads the header and the values with SimpleITK alone (torch takes about 1 s to
+    import): it runs with torch made unimportable and prints what the full reader gives."""
+    d, _, _ = case
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from DeepRegistrationLib.cli import main\n"
+            "raise SystemExit(main(sys.argv[1:]))\n")
+    for path in (d / "fixed.nii.gz", data_file("multimodal2d/BrainT1SliceBorder20.png")):
+        light = subprocess.run([sys.executable, "-c", code, "info", str(path), "--json"], capture_output=True,
+                               text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert light.returncode == 0, light.stderr
+        info = json.loads(light.stdout)
+        image = dr.read_image(path)
+        assert info["size"] == list(image.grid.size) and info["channels"] == image.num_channels
+        assert info["range"] == pytest.approx([float(image.data.min()), float(image.data.max())])
+        assert info["spacing_mm"] == pytest.approx(list(image.grid.spacing))
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes((d / "fixed.nii.gz").read_bytes()[:-2000])
+    bad = subprocess.run([sys.executable, "-c", code, "info", str(truncated)], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 2 and "cannot read image: truncated" in bad.stderr, bad.stderr
+
+
 # ---------------------------------------------------------------------- bad input
 def test_missing_file(case, tmp_path):
     d, _, _ = case
