@@ -218,6 +218,16 @@ class Grid:
         size = [(n - 1 + f - 1) // f + 1 for n in self.size]
         return Grid(size, self.origin, [s * f for s in self.spacing], self.direction)
 
+    def cropped(self, start: Sequence[int], stop: Sequence[int]) -> "Grid":
+        """The voxels ``start <= index < stop`` of this grid (``(i, j[, k])`` order), in place: same spacing and
+        direction, origin at voxel ``start``; an image's data sliced likewise lies on it exactly."""
+        start_a, stop_a = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
+        if len(start_a) != self.dim or len(stop_a) != self.dim or (start_a < 0).any() or \
+                (stop_a > np.asarray(self.size)).any() or (stop_a <= start_a).any():
+            raise InputError(f"crop {list(start_a)}..{list(stop_a)} is not inside a grid of size {list(self.size)}")
+        origin = self.index_to_physical(start_a.astype(np.float64))
+        return Grid((stop_a - start_a).tolist(), origin, self.spacing, self.direction)
+
     def subdivided(self, factors: int | Sequence[int]) -> "Grid":
         """This grid with ``factors - 1`` nodes inserted between neighbours along each axis (same origin and
         direction): it holds every node of this grid, so linear interpolation on it is the same function."""

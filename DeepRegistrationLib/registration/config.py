@@ -37,12 +37,14 @@ class RegistrationConfig:
     description: str = ""
     initialise: str = "moments"
     seed: int = 0
+    #: Crop both images to their foreground (plus a margin) before the pyramid (see ``registration.foreground``).
+    crop_to_foreground: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegistrationConfig":
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             raise InputError("a registration configuration needs a 'stages' list")
-        unknown = set(data) - {"stages", "name", "description", "initialise", "seed"}
+        unknown = set(data) - {"stages", "name", "description", "initialise", "seed", "crop_to_foreground"}
         if unknown:
             raise InputError(f"unknown configuration field(s) {sorted(unknown)}")
         stages = [parse_stage(s) for s in data["stages"]]
@@ -55,12 +57,16 @@ class RegistrationConfig:
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"seed must be a whole number, got {seed!r}")
+        crop = data.get("crop_to_foreground", True)
+        if not isinstance(crop, bool):
+            raise InputError(f"crop_to_foreground must be true or false, got {crop!r}")
         return cls(stages=stages, name=str(data.get("name", "")), description=str(data.get("description", "")),
-                   initialise=initialise, seed=seed)
+                   initialise=initialise, seed=seed, crop_to_foreground=crop)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "initialise": self.initialise,
-                "seed": self.seed, "stages": [s.to_dict() for s in self.stages]}
+                "seed": self.seed, "crop_to_foreground": self.crop_to_foreground,
+                "stages": [s.to_dict() for s in self.stages]}
 
     @property
     def is_linear(self) -> bool:

@@ -25,10 +25,12 @@ from ..intensity import center_of_mass, normalise_unit_range
 from ..methods.pyramid import build_level, build_pyramid
 from ..methods.registry import stage_kind
 from ..methods.stage import ProgressCallback, StageContext, StageState
-from ..transforms import CompositeTransform, IdentityTransform, Transform, TranslationTransform, compose
+from ..transforms import (CompositeTransform, IdentityTransform, StationaryVelocityField, Transform,
+                          TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
 from .config import INITIALISATIONS, RegistrationConfig
+from .foreground import extend_to_zero, foreground_crops
 from .landmarks import fit_landmarks
 from .result import RegistrationResult
 
@@ -201,6 +203,16 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     center = torch.as_tensor(request.fixed.grid.center(), dtype=torch.float64, device=device)
     state = StageState(_initial_linear(request, fixed_n, moving_n))
     figures: dict = {"device": str(device), "stages": []}
+    fixed_crop = moving_crop = None
+    if config.crop_to_foreground:  # work on the anatomy only; the transform stays in physical space
+        fixed_crop, moving_crop = foreground_crops(fixed_n, moving_n, request.fixed_mask, request.moving_mask,
+                                                   state.linear)
+        if fixed_crop is not None:
+            figures["fixed_crop"] = fixed_crop.describe(fixed_n.grid)
+            fixed_n = fixed_crop.apply(fixed_n)
+        if moving_crop is not None:
+            figures["moving_crop"] = moving_crop.describe(moving_n.grid)
+            moving_n = moving_crop.apply(moving_n)
     keys = {(sp, s.smoothing_factor()) for s in config.stages for sp in s.pyramid_levels()}
     pyramid = build_pyramid(fixed_n, moving_n, request.fixed_mask, request.moving_mask, keys, device)
     figures["pyramid_time_s"] = time.perf_counter() - request.start_time
@@ -218,7 +230,10 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
         figures["stages"].append({"model": settings.model, "similarity": getattr(settings, "similarity", None),
                                   "final_loss": outcome.loss, "time_s": time.perf_counter() - stage_start,
                                   **_memory_figures(device), **outcome.figures})
-    transform = compose(state.deformable, state.linear) if state.deformable is not None else state.linear
+    deformable = state.deformable
+    if fixed_crop is not None and isinstance(deformable, StationaryVelocityField):
+        deformable = extend_to_zero(deformable, fixed_crop)  # continuous to the identity beyond the crop
+    transform = compose(deformable, state.linear) if deformable is not None else state.linear
     figures["time_s"] = time.perf_counter() - request.start_time
     return RegistrationResult(transform=transform, fixed_grid=request.fixed.grid, moving=request.moving,
                               figures=figures)

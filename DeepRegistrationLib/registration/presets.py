@@ -32,7 +32,7 @@ from .config import RegistrationConfig
 
 __all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides", "save_preset"]
 
-_TOP_LEVEL = {"name", "description", "initialise", "seed"}
+_TOP_LEVEL = {"name", "description", "initialise", "seed", "crop_to_foreground"}
 
 
 def presets_dir() -> list[Path]:
