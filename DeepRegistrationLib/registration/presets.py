@@ -6,7 +6,8 @@ the user's presets folder there) and then among the presets that ship in the pac
 a path to a ``.json`` file works too. Overrides ``key=value`` (value parsed as JSON, else a string):
 
 * ``stages.N.FIELD=VALUE`` sets a field of stage ``N`` (0-based);
-* ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``...), or a stage field of every stage that has it;
+* ``FIELD=VALUE`` sets a top-level field (``seed``, ``initialise``, ``crop_to_foreground``...), or a stage field of
+  every stage that has it;
 * ``MODEL.FIELD=VALUE`` (``svf``, ``voxelmorph``, ``rigid``... any registered stage model) or ``linear.FIELD=VALUE``
   sets a field of every stage of that model / of every linear stage (e.g. ``voxelmorph.network=path/to/my-model``
   runs a voxelmorph preset with a fine-tuned model).
