@@ -85,7 +85,7 @@ def compose(*transforms: Transform) -> Transform:
 
 
 def inverse_transform(transform: Transform, reference: Grid | None = None, tolerance_mm: float = 1e-3,
-                      max_voxels_factor: float = 1.0) -> Transform:
+                      max_voxels_factor: float = 0.5) -> Transform:
     """The inverse of ``transform`` as the mapping it actually is (fields interpolated linearly on their grids).
 
     Linear parts invert exactly. A dense part is inverted numerically (:meth:`DisplacementField.inverse`, to
