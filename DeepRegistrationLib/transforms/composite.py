@@ -85,12 +85,13 @@ def compose(*transforms: Transform) -> Transform:
 
 
 def inverse_transform(transform: Transform, reference: Grid | None = None, tolerance_mm: float = 1e-3,
-                      max_voxels_factor: float = 0.5) -> Transform:
+                      max_voxels_factor: float = 1.0, max_voxels: int = 8_000_000) -> Transform:
     """The inverse of ``transform`` as the mapping it actually is (fields interpolated linearly on their grids).
 
     Linear parts invert exactly. A dense part is inverted numerically (:meth:`DisplacementField.inverse`, to
     ``tolerance_mm`` at the nodes) on its own grid refined towards ``reference``'s resolution (the grid the inverse
-    will be used on, e.g. the moving image's; at most ``max_voxels_factor`` times its voxels), starting, for a
+    will be used on, e.g. the moving image's; at most ``max_voxels_factor`` times its voxels and ``max_voxels``:
+    8 million nodes, about 1.3 mm for a whole head, keep time and memory bounded), starting, for a
     velocity field, from ``exp(-v)``: the inverse of the continuous flow, which differs from the inverse of the
     sampled ``exp(v)`` by up to a few mm where the field is coarse and large.
     """
@@ -107,7 +108,8 @@ def inverse_transform(transform: Transform, reference: Grid | None = None, toler
         else:
             inverted.append(part.inverse())
             continue
-        grid = refined_grid(field.grid, reference, max_voxels_factor) if reference is not None else field.grid
+        grid = (refined_grid(field.grid, reference, max_voxels_factor, max_voxels) if reference is not None
+                else field.grid)
         inverted.append(field.inverse(tolerance_mm=tolerance_mm, grid=grid, initial=start))
     return inverted[0] if len(inverted) == 1 else CompositeTransform(inverted)
 

@@ -21,9 +21,9 @@ __all__ = ["DisplacementField", "StationaryVelocityField", "sample_field", "inte
            "refined_grid"]
 
 
-def refined_grid(grid: Grid, reference: Grid, max_voxels_factor: float = 2.0) -> Grid:
+def refined_grid(grid: Grid, reference: Grid, max_voxels_factor: float = 2.0, max_voxels: int | None = None) -> Grid:
     """``grid`` subdivided by integer factors per axis towards ``reference``'s spacing (its smallest spacing when
-    the axes differ), within ``max_voxels_factor`` times ``reference``'s voxel count.
+    the axes differ), within ``max_voxels_factor`` times ``reference``'s voxel count (and ``max_voxels``).
 
     The refined grid contains the original nodes, so a field interpolated linearly onto it is the same function
     (an exact change of representation), and a field computed on it resolves what the reference resolves.
@@ -36,6 +36,8 @@ def refined_grid(grid: Grid, reference: Grid, max_voxels_factor: float = 2.0) ->
     target = reference.spacing if same_axes else [min(reference.spacing)] * grid.dim
     factors = [max(1, math.ceil(s / t - 1e-6)) for s, t in zip(grid.spacing, target)]
     budget = max_voxels_factor * reference.num_voxels
+    if max_voxels is not None:
+        budget = min(budget, max_voxels)
     while math.prod((n - 1) * f + 1 for n, f in zip(grid.size, factors)) > budget and max(factors) > 1:
         factors = [max(1, f - 1) if f == max(factors) else f for f in factors]
     return grid if all(f == 1 for f in factors) else grid.subdivided(factors)
