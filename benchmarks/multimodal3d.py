@@ -30,7 +30,7 @@ from common import run_measured  # noqa: E402
 from DeepRegistrationLib.transforms import rotation_matrix  # noqa: E402
 
 
-def build(folder: Path) -> tuple[dr.Transform, torch.Tensor]:
+def build(folder: Path, angles_deg=(10.0, -4.0, 6.0)) -> tuple[dr.Transform, torch.Tensor]:
     """Write fixed.nii.gz and moving.nii.gz; return the known transform (fixed -> moving) and the evaluation
     points (LPS mm)."""
     from fresh_data import icbm_tissues, pd_contrast
@@ -40,7 +40,7 @@ def build(folder: Path) -> tuple[dr.Transform, torch.Tensor]:
     pd = dr.Image(pd_contrast(t1n, brain, csf, gm, wm), t1.grid, "PD-like")
     t1.write(folder / "fixed.nii.gz")
     center = t1.grid.index_to_physical(torch.nonzero(brain).double().mean(0).flip(0).numpy()[None])[0]
-    truth = dr.RigidTransform(np.radians([10.0, -4.0, 6.0]), [10.0, -6.0, 5.0], center=center)
+    truth = dr.RigidTransform(np.radians(list(angles_deg)), [10.0, -6.0, 5.0], center=center)
     tilt = rotation_matrix(torch.tensor(np.radians([12.0, 0.0, -8.0]), dtype=torch.float64), 3).numpy()
     slab = dr.Grid.centred(truth.map_points(center[None] + np.array([[0.0, 0.0, 15.0]]))[0], (200, 240, 50),
                            (0.9, 0.9, 2.4), tilt)
@@ -56,10 +56,12 @@ def main() -> None:
                                                           "multimodal-deformable"])
     parser.add_argument("--set", action="append", default=[], help="override passed to every run")
     parser.add_argument("--keep", help="folder to keep the files in")
+    parser.add_argument("--angles", type=float, nargs=3, default=[10.0, -4.0, 6.0],
+                        help="the known rotation (degrees, ITK Euler angles about the brain's centre)")
     args = parser.parse_args()
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deepreg-mm3d-"))
     folder.mkdir(parents=True, exist_ok=True)
-    truth, pts = build(folder)
+    truth, pts = build(folder, args.angles)
     before = float((pts - truth.map_points(pts)).norm(dim=-1).mean())
     print(f"known rigid offset: mean displacement {before:.1f} mm over {len(pts)} brain points in the slab")
     print("| preset | time (s) | peak memory (GB) | mean error (mm) | 95th pct (mm) | profile (per stage: time, "
