@@ -152,6 +152,11 @@ def test_parsing_every_preset_imports_no_network_and_no_monai():
             "bad = [m for m in sys.modules if m.startswith(('monai', 'DeepRegistrationLib.methods.voxelmorph.network',"
             " 'DeepRegistrationLib.methods.voxelmorph.training', 'DeepRegistrationLib.methods.voxelmorph.inference'))]\n"
             "assert not bad, bad\n")
+    _run_fresh(code)
+
+
+def _run_fresh(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); it must succeed."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=LIB.parent)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -171,5 +176,4 @@ def test_panel_setup_needs_no_torch():
             "    rows = stage_rows(name)\n"
             "    assert overrides_from_rows(name, rows) == []\n"
             "assert missing_requirements(['nibabel>=5.0']) == []\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=LIB.parent)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _run_fresh(code)
