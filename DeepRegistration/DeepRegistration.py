@@ -268,9 +268,8 @@ class DeepRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.presetComboBox.itemText(index)
         self.ui.presetDescriptionLabel.text = self.ui.presetComboBox.itemData(index, 3) or ""
         if self._parameterNode and name and self._parameterNode.preset != name:
-            with slicer.util.NodeModify(self._parameterNode):
-                self._parameterNode.preset = name
-                self._parameterNode.stageOverrides = ""  # the edits belong to the previous preset
+            self._parameterNode.stageOverrides = ""  # the edits belong to the previous preset
+            self._parameterNode.preset = name
         self._fillStagesTable()
 
     def _fillStagesTable(self) -> None:

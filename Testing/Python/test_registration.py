@@ -241,3 +241,21 @@ def test_cropped_grid_holds_the_same_voxels(oasis_oblique):
     assert torch.equal(part.data[0, 5, 20, 10], oasis_oblique.data[0, 7, 25, 13])
     with pytest.raises(dr.InputError, match="not inside a grid"):
         oasis_oblique.grid.cropped((0, 0, 0), (10**4, 5, 5))
+
+
+def test_foreground_crop_follows_the_masks(oasis_t1):
+    """With masks, the crop is the masks' box (plus the margin and the other image's box), not the intensities'."""
+    from DeepRegistrationLib.intensity import normalise_unit_range
+    from DeepRegistrationLib.registration.foreground import foreground_crops
+    from DeepRegistrationLib.transforms import IdentityTransform
+
+    image = normalise_unit_range(_padded(oasis_t1.resample_to(oasis_t1.grid.with_spacing([4.0] * 3)), 20))
+    mask = torch.zeros_like(image.data, dtype=torch.uint8)
+    mask[0, 30:50, 30:50, 30:50] = 1  # a 20-voxel cube (80 mm) in the middle of the brain
+    labels = image.with_data(mask)
+    fixed_crop, moving_crop = foreground_crops(image, image, labels, labels, IdentityTransform(3), margin_mm=8.0)
+    for crop in (fixed_crop, moving_crop):
+        assert crop.start == (28, 28, 28) and crop.stop == (52, 52, 52), crop  # 20 voxels + 2 of margin each side
+        assert all(low and high for low, high in crop.faces)
+    unmasked, _ = foreground_crops(image, image, None, None, IdentityTransform(3), margin_mm=8.0)
+    assert np.prod(np.subtract(unmasked.stop, unmasked.start)) > 4 * 24 ** 3  # the whole head
