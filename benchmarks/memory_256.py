@@ -22,14 +22,15 @@ from common import peak_memory_gb  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "brain3d" / "oasis"
 
 
-def padded(subject: str):
+def padded(subject: str, kind: str = "norm"):
+    """OASIS ``subject``'s ``kind`` image (``norm`` T1 or ``seg35`` labels) zero-padded to 256^3, voxels in place."""
     import numpy as np
     import torch
 
     import DeepRegistrationLib as dr
 
-    image = dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_norm.nii.gz")
-    out = np.zeros((256, 256, 256), dtype=np.float32)
+    image = dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_{kind}.nii.gz")
+    out = np.zeros((256, 256, 256), dtype=image.numpy().dtype)
     shape = image.shape
     start = [(256 - n) // 2 for n in shape]
     out[tuple(slice(s, s + n) for s, n in zip(start, shape))] = image.numpy()

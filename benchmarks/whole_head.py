@@ -20,27 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_memory_gb  # noqa: E402
-from memory_256 import DATA  # noqa: E402
+from memory_256 import DATA, padded as pad_to_256  # noqa: E402
 
 
 def _pair(padded: bool, kind: str):
-    import numpy as np
-    import torch
-
     import DeepRegistrationLib as dr
 
-    images = []
-    for subject in ("0001", "0002"):
-        image = dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_{kind}.nii.gz")
-        if padded:
-            out = np.zeros((256, 256, 256), dtype=image.numpy().dtype)
-            start = [(256 - n) // 2 for n in image.shape]
-            out[tuple(slice(s, s + n) for s, n in zip(start, image.shape))] = image.numpy()
-            origin = image.grid.index_to_physical([[-start[2], -start[1], -start[0]]])[0]
-            grid = dr.Grid((256, 256, 256), origin, image.grid.spacing, image.grid.direction_matrix())
-            image = dr.Image(torch.from_numpy(out)[None], grid, name=image.name)
-        images.append(image)
-    return images
+    if padded:
+        return [pad_to_256(subject, kind) for subject in ("0001", "0002")]
+    return [dr.read_image(DATA / f"OAS1_{subject}_MR1_aligned_{kind}.nii.gz") for subject in ("0001", "0002")]
 
 
 def run_one(preset: str, padded: bool, crop: bool) -> dict:

@@ -192,25 +192,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    described = None if path.is_file() and full_suffix(path) in TRANSFORM_SUFFIXES else describe_image_file(path)
-    if described is not None:  # image files: read by SimpleITK alone (no torch: about 0.3 s)
-        info = {"file": str(path), **described}
-        if info["channels"] == info["dimension"] and info["dtype"].startswith("float"):
-            info["note"] = f"{info['dimension']} components per voxel: usable as a displacement field (LPS mm)"
-    elif path.is_file() and full_suffix(path) in TRANSFORM_SUFFIXES:
+    if path.is_file() and full_suffix(path) in TRANSFORM_SUFFIXES:
         from ..io.transforms import read_transform
 
         info = {"file": str(path), **read_transform(path).describe()}
     else:
-        from ..io import read_image
+        described = describe_image_file(path)  # image files: SimpleITK alone (no torch: about 0.3 s)
+        if described is None:  # DICOM folders and MGH/MGZ: the full reader
+            from ..io import read_image
 
-        image = read_image(path, allow_nonfinite=True)
-        data = image.data
-        info = {"file": str(path), "kind": "image", **image.grid.describe(), "channels": image.num_channels,
-                "dtype": str(data.dtype).replace("torch.", ""),
-                "range": [float(data.min()), float(data.max())] if data.numel() else None}
-        if image.num_channels == image.dim and data.is_floating_point():
-            info["note"] = f"{image.dim} components per voxel: usable as a displacement field (LPS mm)"
+            image = read_image(path, allow_nonfinite=True)
+            data = image.data
+            described = {"kind": "image", **image.grid.describe(), "channels": image.num_channels,
+                         "dtype": str(data.dtype).replace("torch.", ""),
+                         "range": [float(data.min()), float(data.max())] if data.numel() else None}
+        info = {"file": str(path), **described}
+        if info["channels"] == info["dimension"] and info["dtype"].startswith("float"):
+            info["note"] = f"{info['dimension']} components per voxel: usable as a displacement field (LPS mm)"
     print(json.dumps(info, indent=2) if args.json else _format_info(info))
     return 0
 

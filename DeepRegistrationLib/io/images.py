@@ -59,19 +59,8 @@ def read_image(
     if path.is_dir():
         image = _read_dicom_series(path, series_id)
     else:
-        suffix = full_suffix(path)
-        if path.stat().st_size == 0:
-            raise InputError(f"{path}: empty file")
-        if suffix in (".nii", ".nii.gz", ".mgh", ".mgz"):
-            # one pass over the raw bytes: ITK reads a truncated NIfTI as valid (zeros for the missing part) and
-            # its NaN voxels as 0 (checked with SimpleITK 2.5.7), so both are found here
-            try:
-                scan = check_complete(path, count_nonfinite=not allow_nonfinite)
-            except InputError as err:
-                raise InputError(f"{path}: cannot read image: {err.reason}") from None
-        if suffix in (".nii", ".nii.gz"):
-            _check_nifti_spacing(scan.header, path)
-        if suffix in _MGH_SUFFIXES:
+        scan = _check_file(path, count_nonfinite=not allow_nonfinite)
+        if full_suffix(path) in _MGH_SUFFIXES:
             image = _read_mgh(path)
         else:
             image = _read_sitk(path)
@@ -93,17 +82,9 @@ def describe_image_file(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    suffix = full_suffix(path)
-    if path.is_dir() or suffix in _MGH_SUFFIXES:
+    if path.is_dir() or full_suffix(path) in _MGH_SUFFIXES:
         return None
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file")
-    if suffix in (".nii", ".nii.gz"):
-        try:
-            scan = check_complete(path)
-        except InputError as err:
-            raise InputError(f"{path}: cannot read image: {err.reason}") from None
-        _check_nifti_spacing(scan.header, path)
+    _check_file(path, count_nonfinite=False)
     import SimpleITK as sitk
 
     image = _read_sitk_image(path)
@@ -114,6 +95,24 @@ def describe_image_file(path: str | os.PathLike) -> dict | None:
     array = sitk.GetArrayViewFromImage(image)
     return {"kind": "image", **grid.describe(), "channels": image.GetNumberOfComponentsPerPixel(),
             "dtype": array.dtype.name, "range": [float(array.min()), float(array.max())] if array.size else None}
+
+
+def _check_file(path: Path, count_nonfinite: bool):
+    """The checks of an existing image file before any reader sees it: not empty and, for NIfTI and MGH, complete
+    (one pass over the raw bytes: ITK reads a truncated NIfTI as valid, zeros for the missing part, and its NaN
+    voxels as 0, checked with SimpleITK 2.5.7) with a known voxel size. Returns the scan (None for other formats)."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+    suffix = full_suffix(path)
+    if suffix not in (".nii", ".nii.gz", ".mgh", ".mgz"):
+        return None
+    try:
+        scan = check_complete(path, count_nonfinite=count_nonfinite)
+    except InputError as err:
+        raise InputError(f"{path}: cannot read image: {err.reason}") from None
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_spacing(scan.header, path)
+    return scan
 
 
 def _check_nifti_spacing(header, path: Path) -> None:

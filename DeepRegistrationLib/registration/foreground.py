@@ -49,25 +49,33 @@ class Crop:
         return {"size": [b - a for a, b in zip(self.start, self.stop)], "of": list(grid.size)}
 
 
+def _index_box(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """First and last array index ``(k, j[, i])`` of the ``True`` voxels of ``mask`` (per-axis projections: no list
+    of voxels), or None when there is none."""
+    lo, hi = [], []
+    for axis in range(mask.dim()):
+        hits = torch.nonzero(mask.any(dim=tuple(a for a in range(mask.dim()) if a != axis))).flatten()
+        if hits.numel() == 0:
+            return None
+        lo.append(int(hits[0]))
+        hi.append(int(hits[-1]))
+    return np.array(lo), np.array(hi)
+
+
 def _foreground_box(image: Image, mask: Image | None) -> np.ndarray | None:
     """Physical corners ``(2**dim, dim)`` of the index box of the image's foreground (or of its mask)."""
     grid = image.grid
     if mask is not None:
-        fg = warp_image(mask, None, grid, "nearest").data[0] != 0
-    else:
-        block = [max(1, int(round(4.0 / s))) for s in grid.spacing][::-1]  # array order
-        pool = F.avg_pool3d if image.dim == 3 else F.avg_pool2d
-        pooled = pool(image.data[None].float(), kernel_size=block, stride=block, ceil_mode=True)[0, 0]
-        small = torch.nonzero(pooled > 0.05)
-        if small.numel() == 0:
-            return None
-        lo = small.min(dim=0).values.numpy() * np.array(block)
-        hi = np.minimum((small.max(dim=0).values.numpy() + 1) * np.array(block), np.array(grid.shape)) - 1
-        return _corners(grid, lo[::-1], hi[::-1])
-    index = torch.nonzero(fg)
-    if index.numel() == 0:
+        box = _index_box(warp_image(mask, None, grid, "nearest").data[0] != 0)
+        return None if box is None else _corners(grid, box[0][::-1], box[1][::-1])
+    block = np.array([max(1, int(round(4.0 / s))) for s in grid.spacing][::-1])  # array order
+    pool = F.avg_pool3d if image.dim == 3 else F.avg_pool2d
+    pooled = pool(image.data[None].float(), kernel_size=block.tolist(), stride=block.tolist(), ceil_mode=True)[0, 0]
+    box = _index_box(pooled > 0.05)
+    if box is None:
         return None
-    return _corners(grid, index.min(dim=0).values.numpy()[::-1], index.max(dim=0).values.numpy()[::-1])
+    lo, hi = box[0] * block, np.minimum((box[1] + 1) * block, np.array(grid.shape)) - 1
+    return _corners(grid, lo[::-1], hi[::-1])
 
 
 def _corners(grid: Grid, lo_ijk: np.ndarray, hi_ijk: np.ndarray) -> np.ndarray:
@@ -121,23 +129,20 @@ def extend_to_zero(svf: StationaryVelocityField, crop: Crop, ramp_mm: float = 15
         pads.append((n if low else 0, n if high else 0))
     if not any(a or b for a, b in pads):
         return svf
+    def ramp(field: torch.Tensor, t_axis: int, index: int, count: int) -> torch.Tensor:
+        """``count`` copies of the face ``index`` scaled from 0 (outermost) towards 1 (next to the crop)."""
+        shape = [1] * field.dim()
+        shape[t_axis] = count
+        weights = (torch.arange(count, dtype=field.dtype) / count).reshape(shape)
+        if index != 0:
+            weights = weights.flip(t_axis)
+        return field.select(t_axis, index).unsqueeze(t_axis) * weights
+
     out = v
     for axis, (low, high) in enumerate(pads):  # axis in (i, j, k); tensor axis = 1 + (dim - 1 - axis)
         t_axis = 1 + (dim - 1 - axis)
-        pieces = []
-        if low:
-            edge = out.select(t_axis, 0).unsqueeze(t_axis)
-            weights = torch.arange(low, dtype=out.dtype) / low  # 0 at the outermost node, rising towards the crop
-            shape = [1] * out.dim()
-            shape[t_axis] = low
-            pieces.append(edge * weights.reshape(shape))
-        pieces.append(out)
-        if high:
-            edge = out.select(t_axis, out.shape[t_axis] - 1).unsqueeze(t_axis)
-            weights = torch.arange(high - 1, -1, -1, dtype=out.dtype) / high  # falling to 0 at the outermost
-            shape = [1] * out.dim()
-            shape[t_axis] = high
-            pieces.append(edge * weights.reshape(shape))
+        pieces = ([ramp(out, t_axis, 0, low)] if low else []) + [out] + \
+                 ([ramp(out, t_axis, out.shape[t_axis] - 1, high)] if high else [])
         out = torch.cat(pieces, dim=t_axis)
     start = [-a for a, _ in pads]
     origin = grid.index_to_physical(np.array(start, dtype=np.float64))

@@ -31,7 +31,7 @@ from ..methods.registry import stage_kind, stage_models
 from ..resources import bundled_presets_dir
 from .config import RegistrationConfig
 
-__all__ = ["presets_dir", "list_presets", "load_preset", "apply_overrides", "save_preset"]
+__all__ = ["presets_dir", "list_presets", "load_preset", "preset_data", "apply_overrides", "save_preset"]
 
 _TOP_LEVEL = {"name", "description", "initialise", "seed", "crop_to_foreground"}
 
@@ -147,8 +147,8 @@ def _remap_iterations(old: dict, new: dict) -> None:
                          if float(v) > 0 else its[-1] for v in levels]
 
 
-def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
-    """The preset ``name`` (or ``.json`` path) with ``overrides`` applied, validated."""
+def preset_data(name: str) -> tuple[dict, Path]:
+    """The preset ``name`` (or ``.json`` path) as it is written (a JSON object, not yet validated), and its file."""
     path = _preset_path(name)
     try:
         data = json.loads(path.read_text())
@@ -156,6 +156,12 @@ def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
         raise InputError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a preset is a JSON object with a 'stages' list, got a JSON {type(data).__name__}")
+    return data, path
+
+
+def load_preset(name: str, overrides: Iterable[str] = ()) -> RegistrationConfig:
+    """The preset ``name`` (or ``.json`` path) with ``overrides`` applied, validated."""
+    data, path = preset_data(name)
     try:
         return RegistrationConfig.from_dict(apply_overrides(data, overrides))
     except InputError as err:
@@ -171,8 +177,7 @@ def save_preset(name: str, base: str, overrides: Iterable[str], folder: str | os
     """
     if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
         raise InputError(f"preset name {name!r} is not a valid file name")
-    path = _preset_path(base)
-    data = apply_overrides(json.loads(path.read_text()), overrides)
+    data = apply_overrides(preset_data(base)[0], overrides)
     data["name"] = name
     if description:
         data["description"] = description

@@ -12,7 +12,7 @@ import json
 from typing import Iterable
 
 from ..errors import InputError
-from .presets import _preset_path, apply_overrides
+from .presets import apply_overrides, preset_data
 
 __all__ = ["STAGE_COLUMNS", "stage_rows", "overrides_from_rows", "check_stage_overrides"]
 
@@ -30,21 +30,12 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-def _preset_stages(preset: str, overrides: Iterable[str] = ()) -> list[dict]:
-    path = _preset_path(preset)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON: {err}") from None
-    return apply_overrides(data, overrides)["stages"]
-
-
 def stage_rows(preset: str, overrides: Iterable[str] = ()) -> list[dict[str, str | None]]:
     """One row per stage of ``preset`` (with ``overrides`` applied): ``{field: text}`` for :data:`STAGE_COLUMNS`;
     ``None`` marks a field the stage does not have (a network stage has no similarity, a linear one no
     regularisation), shown greyed out."""
     rows = []
-    for stage in _preset_stages(preset, overrides):
+    for stage in apply_overrides(preset_data(preset)[0], overrides)["stages"]:
         model = stage.get("model", "affine")
         network = "network" in stage
         row: dict[str, str | None] = {"model": model + (f" ({stage['network']})" if network else "")}

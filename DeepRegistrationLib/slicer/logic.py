@@ -46,8 +46,8 @@ class RegistrationRequest:
 
     Keyword names are those of the panel's parameter node and of Slicer's scripting conventions (camelCase nodes).
 
-    ``inverseTransformNode`` receives the inverse (moving -> fixed, *from parent*; exact for linear and velocity
-    field results); ``displacementFieldOnly`` stores each result as one displacement field (a grid transform node
+    ``inverseTransformNode`` receives the inverse (moving -> fixed, *from parent*; exact for linear results, the
+    numerical inverse of the stored field, 0.001 mm at its nodes, for deformable ones); ``displacementFieldOnly`` stores each result as one displacement field (a grid transform node
     that ``slicer.util.arrayFromGridTransform`` reads: the forward one on the fixed grid, the inverse on the moving
     grid) instead of its linear and grid parts; ``interpolation`` (``linear``, ``nearest`` or ``label``) is that of
     the output volume.

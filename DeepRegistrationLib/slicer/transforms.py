@@ -125,8 +125,6 @@ def vtk_transform(transform: Transform, reference: Grid | None = None, field_onl
     if field_only:
         if reference is None:
             raise InputError("a displacement-field-only transform needs the grid to sample it on")
-        from ..transforms import to_displacement_field
-
         return "grid", _vtk_grid(to_displacement_field(transform, reference))
     parts = node_parts(transform, reference)
     if len(parts) == 1 and isinstance(parts[0], LinearTransform):

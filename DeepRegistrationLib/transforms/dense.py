@@ -9,6 +9,9 @@ is used: exactly ITK's ``DisplacementFieldTransform``.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,10 +31,6 @@ def refined_grid(grid: Grid, reference: Grid, max_voxels_factor: float = 2.0, ma
     The refined grid contains the original nodes, so a field interpolated linearly onto it is the same function
     (an exact change of representation), and a field computed on it resolves what the reference resolves.
     """
-    import math
-
-    import numpy as np
-
     same_axes = np.allclose(grid.direction_matrix(), reference.direction_matrix(), atol=1e-6)
     target = reference.spacing if same_axes else [min(reference.spacing)] * grid.dim
     factors = [max(1, math.ceil(s / t - 1e-6)) for s, t in zip(grid.spacing, target)]
@@ -140,10 +139,8 @@ class DisplacementField(Transform):
             step = torch.ones_like(norm)
             active = torch.nonzero(norm >= tolerance_mm).flatten()
             iters = 0
-            for iters in range(1, iterations + 1):
-                if active.numel() == 0:
-                    iters -= 1
-                    break
+            while active.numel() and iters < iterations:
+                iters += 1
                 candidate = w[active] - step[active, None] * residual[active]
                 r_new = candidate + sample_field(u, self.grid, x[active] + candidate)
                 n_new = r_new.norm(dim=-1)

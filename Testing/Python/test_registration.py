@@ -259,3 +259,22 @@ def test_foreground_crop_follows_the_masks(oasis_t1):
         assert all(low and high for low, high in crop.faces)
     unmasked, _ = foreground_crops(image, image, None, None, IdentityTransform(3), margin_mm=8.0)
     assert np.prod(np.subtract(unmasked.stop, unmasked.start)) > 4 * 24 ** 3  # the whole head
+
+
+def test_extend_to_zero_keeps_the_mapping_on_an_oblique_anisotropic_grid(oasis_oblique):
+    """The extended field is the same function at the original nodes' physical positions (the new origin is placed
+    along the grid's own oblique axes) and zero on its outermost nodes."""
+    from DeepRegistrationLib.registration.foreground import Crop, extend_to_zero
+    from DeepRegistrationLib.transforms import sample_field
+
+    g = oasis_oblique.grid
+    grid = dr.Grid([9, 7, 5], g.origin, [3.0, 4.5, 7.5], g.direction_matrix())
+    velocity = torch.randn(3, *grid.shape, dtype=torch.float64)
+    out = extend_to_zero(dr.StationaryVelocityField(velocity, grid), Crop((2, 2, 2), (11, 9, 7),
+                                                                           faces=[(True, True)] * 3), ramp_mm=10.0)
+    nodes = grid.physical_points()
+    np.testing.assert_allclose(sample_field(out.velocity, out.grid, nodes).numpy(),
+                               velocity.movedim(0, -1).numpy(), atol=1e-9)
+    for t_axis in (1, 2, 3):
+        assert float(out.velocity.select(t_axis, 0).abs().max()) == 0.0
+        assert float(out.velocity.select(t_axis, out.velocity.shape[t_axis] - 1).abs().max()) == 0.0
