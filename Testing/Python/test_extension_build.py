@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STUB = ROOT / "Testing" / "CMake" / "SlicerStub"
 MODULES_DIR = "lib/Slicer-5.8/qt-scripted-modules"  # the stub's Slicer_QTSCRIPTEDMODULES_LIB_DIR
 
-pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
+#: cmake from the test extra (the ``cmake`` wheel, beside this interpreter), else the system's
+CMAKE = shutil.which("cmake", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+pytestmark = pytest.mark.skipif(CMAKE is None or shutil.which("c++") is None,
                                 reason="cmake and a C++ compiler are needed to configure a Slicer extension")
 
 
@@ -33,9 +35,9 @@ def _run(*args, cwd=None) -> subprocess.CompletedProcess:
 def build(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("extension")
     build_dir, install_dir = base / "build", base / "install"
-    _run("cmake", "-S", ROOT, "-B", build_dir, f"-DSlicer_DIR={STUB}", "-DCMAKE_BUILD_TYPE=Release")
-    _run("cmake", "--build", build_dir, "-j2")
-    _run("cmake", "--install", build_dir, "--prefix", install_dir)
+    _run(CMAKE, "-S", ROOT, "-B", build_dir, f"-DSlicer_DIR={STUB}", "-DCMAKE_BUILD_TYPE=Release")
+    _run(CMAKE, "--build", build_dir, "-j2")
+    _run(CMAKE, "--install", build_dir, "--prefix", install_dir)
     return {"build": build_dir / MODULES_DIR, "install": install_dir / MODULES_DIR, "root": build_dir}
 
 
