@@ -73,12 +73,15 @@ def sample(data: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "bi
 
 
 def gradient_stack(data: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """``(1, 1 + dim, *shape)``: a single-channel ``data`` ``(1, *shape)`` and its derivatives along the
-    ``grid_sample`` coordinates ``(x, y[, z])`` (central differences; per unit of normalised coordinate)."""
+    """``(1, C * (1 + dim), *shape)``: ``data`` ``(C, *shape)`` (C channels: an image, or feature maps) followed
+    by its derivatives along the ``grid_sample`` coordinates ``(x, y[, z])``, C channels each (central
+    differences; per unit of normalised coordinate)."""
     dim = grid.dim
-    grads = torch.gradient(data[0], dim=tuple(range(dim)))  # along array axes (k, j, i)
-    chans = [data[0]] + [grads[dim - 1 - c] * (0.5 * (grid.size[c] - 1)) for c in range(dim)]
-    return torch.stack(chans).unsqueeze(0).contiguous()
+    chans = [data]
+    for c in range(dim):
+        axis = dim - c  # array axis of coordinate c in (C, k, j, i)
+        chans.append(torch.gradient(data, dim=axis)[0] * (0.5 * (grid.size[c] - 1)))
+    return torch.cat(chans).unsqueeze(0).contiguous()
 
 
 class _SampleWithGradient(torch.autograd.Function):
@@ -92,20 +95,21 @@ class _SampleWithGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, normalised: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
         dim = normalised.shape[-1]
+        channels = stack.shape[1] // (1 + dim)
         flat = normalised.reshape(1, -1, *([1] * (dim - 1)), dim).to(stack.dtype)
         out = F.grid_sample(stack, flat, mode="bilinear", padding_mode="border", align_corners=True)
         out = out.reshape(stack.shape[1], -1)
-        ctx.save_for_backward(out[1:])
-        return out[0]
+        ctx.save_for_backward(out[channels:].reshape(dim, channels, -1))
+        return out[:channels]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (gradient,) = ctx.saved_tensors
-        return (grad.unsqueeze(0) * gradient).T, None
+        (gradient,) = ctx.saved_tensors  # (dim, C, N)
+        return (grad.unsqueeze(0) * gradient).sum(1).T, None
 
 
 def sample_with_gradient(stack: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
-    """The image of ``stack`` (from :func:`gradient_stack`) at ``normalised`` ``(N, dim)``: ``(N,)``, border
+    """The C channels of ``stack`` (from :func:`gradient_stack`) at ``normalised`` ``(N, dim)``: ``(C, N)``, border
     clamped (multiply by :func:`inside_normalised` for ITK's zero outside); differentiable in ``normalised``
     through the image gradient."""
     return _SampleWithGradient.apply(normalised, stack)

@@ -421,6 +421,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_train_metric(args: argparse.Namespace) -> int:
+    from .train_metric import run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
@@ -496,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the full report as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a registration network (deepreg train voxelmorph --help)")
+    p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|metric --help)")
     train_sub = p.add_subparsers(dest="network", required=True, metavar="NETWORK")
     t = train_sub.add_parser("voxelmorph", help="unsupervised VoxelMorph (LNCC + diffusion, optional Dice, "
                              "augmentation and SynthMorph-style synthesis)",
@@ -507,6 +513,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(t)
     t.set_defaults(func=_cmd_train)
+    t = train_sub.add_parser("supervised", help="supervised registration network: CNN regression of known "
+                             "displacements (synthetic deformations and teacher registrations)",
+                             description="Train the VoxelMorph network by regression of known displacements only: "
+                                         "random deformations of each image (--known-pairs) and teacher pairs "
+                                         "(--teacher MOVING FIXED TRANSFORM, e.g. from 'deepreg register --preset "
+                                         "deformable-accurate'); writes a model folder usable by the voxelmorph "
+                                         "stage (the supervised-brain presets).")
+    from .train import add_supervised_arguments
+
+    add_supervised_arguments(t)
+    t.set_defaults(func=_cmd_train)
+    t = train_sub.add_parser("metric", help="a learned similarity metric (similarity: learned:<model>)",
+                             description="Train a learned similarity metric on images of any modality (random "
+                                         "intensity mappings make the second modality); writes a model folder.")
+    from .train_metric import add_arguments as metric_arguments
+
+    metric_arguments(t)
+    t.set_defaults(func=_cmd_train_metric)
 
     p = sub.add_parser("info", help="geometry of an image, or kind and parameters of a transform file")
     p.add_argument("file", help="image file, DICOM folder or transform file")

@@ -1,6 +1,6 @@
 """``deepreg train voxelmorph``: read images (files, folders or a CSV), put them on the model grid, train, save.
 
-The result is a model folder (``weights.pt`` + ``model.json``, see :mod:`.model_io`) whose card records the
+The result is a model folder (``weights.pt`` + ``model.json``, see :mod:`..methods.models`) whose card records the
 model grid, the training data (file names and sha256), the exact command, the steps, the augmentation and
 the final validation Dice. Checkpoints go to ``<out>.checkpoints/`` while training; ``--resume`` continues
 from there exactly; ``--init MODEL`` fine-tunes an existing model (its architecture and grid are kept).
@@ -87,6 +87,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
 
 
+def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
+    """``deepreg train supervised``: the VoxelMorph network trained by regression of known displacements only
+    (no image similarity): known pairs (a subject and a random deformation of it) and teacher pairs (two
+    subjects and the displacement the engine's best preset found between them)."""
+    add_arguments(p)
+    p.add_argument("--teacher", nargs=3, action="append", default=[], metavar=("MOVING", "FIXED", "TRANSFORM"),
+                   help="a teacher pair: two training images and the registration result between them (a transform "
+                        "file written by 'deepreg register': FIXED -> MOVING); repeat for more pairs")
+    p.add_argument("--teacher-probability", type=float, default=0.5,
+                   help="share of steps on teacher pairs (the rest: known pairs; default 0.5)")
+    p.set_defaults(lncc_weight=0.0, dice_weight=0.0, supervised_weight=1.0, known_pairs=1.0, reg=0.01,
+                   objective="supervised")
+
+
 def _expand(paths: list[str] | None) -> list[Path]:
     out: list[Path] = []
     for p in paths or []:
@@ -112,6 +126,35 @@ def _from_csv(path: Path) -> tuple[list[Path], list[Path]]:
     if labels and len(labels) != len(images):
         raise InputError(f"{path}: 'labels' is given for {len(labels)} of {len(images)} rows (all or none)")
     return images, labels
+
+
+def _load_teachers(triplets: list, images: list[Path], labels: list[Path], subjects: list, model) -> list:
+    """Teacher pairs (:class:`~..methods.voxelmorph.training.Teacher`) of ``--teacher MOVING FIXED TRANSFORM``:
+    both images must be training images (their subjects are reused); the transform is read and put on the model
+    grids."""
+    if not triplets:
+        return []
+    from ..io import read_image, read_transform
+    from ..methods.voxelmorph.model_grid import normalised
+    from ..methods.voxelmorph.training import Teacher, teacher_displacement
+
+    by_path = {p.resolve(): k for k, p in enumerate(images)}
+    teachers = []
+    for moving, fixed, transform in triplets:
+        ks = []
+        for path in (Path(moving), Path(fixed)):
+            if path.resolve() not in by_path:
+                raise InputError(f"--teacher: {path} is not one of the training images (--images)")
+            ks.append(by_path[path.resolve()])
+        if ks[0] == ks[1]:
+            raise InputError(f"--teacher: {moving} is both the moving and the fixed image")
+        t = read_transform(transform)
+        grids = [model.grid_for(normalised(read_image(images[k]))) for k in ks]
+        u = teacher_displacement(t, grids[1], grids[0])
+        if not bool(u.isfinite().all()):
+            raise InputError(f"{transform}: the teacher transform gives non-finite displacements on the model grid")
+        teachers.append(Teacher(subjects[ks[0]], subjects[ks[1]], u, Path(transform).name))
+    return teachers
 
 
 def _sha(path: Path) -> str:
@@ -146,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..methods.voxelmorph.augment import AugmentConfig
     from ..methods.voxelmorph.model_grid import ModelInput
-    from ..methods.voxelmorph.model_io import load_model, save_model
+    from ..methods.models import load_model, save_model
     from ..methods.voxelmorph.network import VoxelMorphNet
     from ..methods.voxelmorph.training import TrainConfig, train_voxelmorph
 
@@ -203,9 +246,14 @@ def run(args: argparse.Namespace) -> int:
         augment = AugmentConfig(deformation_mm=args.deformation_mm, rotation_deg=args.rotation_deg,
                                 scaling=args.scaling, translation_mm=args.translation_mm, synth_probability=args.synth,
                                 known_pair_probability=args.known_pairs)
+    teachers = _load_teachers(getattr(args, "teacher", []), images, labels, subjects, model)
+    objective = getattr(args, "objective", "unsupervised")
+    if objective == "supervised" and not (teachers or (augment and augment.known_pair_probability > 0)):
+        raise InputError("supervised training needs known pairs (--known-pairs > 0) or teacher pairs (--teacher)")
     config = TrainConfig(steps=args.steps, learning_rate=args.lr, lncc_window=args.lncc_window,
                          lncc_weight=args.lncc_weight, regularisation_weight=args.reg, dice_weight=args.dice_weight,
                          supervised_weight=args.supervised_weight, max_grad_norm=args.max_grad_norm,
+                         teacher_probability=getattr(args, "teacher_probability", 0.0) if teachers else 0.0,
                          self_pairs=not args.no_self_pairs,
                          seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps)
@@ -215,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     figures = train_voxelmorph(net, subjects, config, checkpoints, atlas=atlas,
                                validation=validation or None, resume=args.resume, device=device, progress=bar,
                                augment=augment, spacing_mm=float(model.spacing[0]),
-                               stop=(lambda: time.perf_counter() > deadline) if deadline else None)
+                               stop=(lambda: time.perf_counter() > deadline) if deadline else None,
+                               teachers=teachers or None)
     bar.finish()
     if figures.get("stopped"):
         print(f"stopped at step {figures['step']} of {args.steps} after {args.max_minutes:g} min; checkpoint in "
@@ -227,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
         "input": model.to_dict(),
         "training": {
             **base,
+            "objective": objective,
+            "teachers": [{"moving": Path(m).name, "fixed": Path(f).name, "transform": Path(t).name,
+                          "sha256_16": _sha(Path(t))} for m, f, t in getattr(args, "teacher", [])],
             "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
             "images": [{"file": p.name, "sha256_16": _sha(p)} for p in images],
             "labels": [{"file": p.name, "sha256_16": _sha(p)} for p in labels],

@@ -27,7 +27,7 @@ from ..sampling import gradient_stack, inside_normalised, sample_normalised, sam
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
 
-__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid"]
+__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels"]
 
 
 def level_grid(grid: Grid, spacing_mm: float) -> Grid:
@@ -37,48 +37,73 @@ def level_grid(grid: Grid, spacing_mm: float) -> Grid:
 
 @dataclass
 class PyramidLevel:
-    """Both images at one spacing. Tensors live on the run's device."""
+    """Both images at one spacing (or their feature maps: :meth:`with_features`). Tensors live on the run's
+    device."""
 
     spacing_mm: float
-    fixed: torch.Tensor  # (1, 1, *shape)
+    fixed: torch.Tensor  # (1, C, *shape); C = 1 for the images
     grid: Grid
     points: torch.Tensor  # (*shape, dim) float64 LPS mm of the level voxels
     mask: torch.Tensor | None  # (1, 1, *shape), 1 inside the fixed mask
-    moving: torch.Tensor  # (1, *moving_level_shape)
+    moving: torch.Tensor  # (C, *moving_level_shape)
     moving_grid: Grid
     moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
     sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
     _moving_stack: torch.Tensor | None = None
+    _features: dict | None = None  # feature levels made from this one, by extractor key
+
+    @property
+    def channels(self) -> int:
+        return int(self.fixed.shape[1])
 
     def _moving_at(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The moving level image at ``grid_sample`` coordinates ``(N, dim)`` (differentiable in ``coords``
-        through the image gradient) and whether each point is inside the moving image and its mask; flat."""
+        """The moving level image (its C channels) at ``grid_sample`` coordinates ``(N, dim)`` (differentiable in
+        ``coords`` through the image gradient), ``(C, N)``, and whether each point is inside the moving image and
+        its mask, ``(N,)``."""
         if self._moving_stack is None:
             self._moving_stack = gradient_stack(self.moving, self.moving_grid)
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
         warped = sample_with_gradient(self._moving_stack, coords) * inside
         if self.moving_mask is not None:
             inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
-        return warped.reshape(-1), inside.reshape(-1)
+        return warped, inside.reshape(-1)
 
     def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The moving level image at the coordinates ``(N, dim)`` of every fixed level voxel, as ``(1, 1, *fixed
-        level shape)``, and the similarity weights: fixed voxels whose mapped point is inside the moving image
-        (and inside both masks), same shape."""
+        """The moving level image at the coordinates ``(N, dim)`` of every fixed level voxel, as ``(1, C, *fixed
+        level shape)``, and the similarity weights ``(1, 1, *fixed level shape)``: fixed voxels whose mapped point
+        is inside the moving image (and inside both masks)."""
         warped, inside = self._moving_at(coords)
         inside = inside.reshape(1, 1, *self.grid.shape)
-        return warped.reshape(1, 1, *self.grid.shape), inside if self.mask is None else inside * self.mask
+        return warped.reshape(1, -1, *self.grid.shape), inside if self.mask is None else inside * self.mask
 
     def sample_moving(self, coords: torch.Tensor, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
         """The fixed values at flat level ``voxels`` ``(P,)`` and the moving level image at their mapped
-        ``grid_sample`` coordinates ``(P, dim)`` (differentiable), with the similarity weights, each shaped as a
-        ``(1, 1, P, 1)`` image: the point-wise similarities then take them as they take whole levels."""
+        ``grid_sample`` coordinates ``(P, dim)`` (differentiable), ``(1, C, P, 1)`` each, with the similarity
+        weights ``(1, 1, P, 1)``: the point-wise similarities then take them as they take whole levels."""
         warped, inside = self._moving_at(coords)
         if self.mask is not None:
             inside = inside * self.mask.reshape(-1)[voxels]
-        shape = (1, 1, -1, 1)
-        return self.fixed.reshape(-1)[voxels].reshape(shape), warped.reshape(shape), inside.reshape(shape)
+        fixed = self.fixed.reshape(self.channels, -1)[:, voxels]
+        return fixed.reshape(1, self.channels, -1, 1), warped.reshape(1, self.channels, -1, 1), inside.reshape(1, 1, -1, 1)
+
+    def with_features(self, key: str, extractor, support=None) -> "PyramidLevel":
+        """This level with both images replaced by ``extractor(image)`` ``(1, 1, ...) -> (1, C, ...)`` (a learned
+        metric's feature maps), made once per ``key`` and kept with the level; grids, points and moving mask
+        shared. ``support(fixed image) -> (1, 1, ...)`` restricts the fixed mask to where the measure is defined
+        (a learned metric: the fixed image's content)."""
+        if self._features is None:
+            self._features = {}
+        if key not in self._features:
+            with torch.no_grad():
+                fixed = extractor(self.fixed[:, :1])
+                moving = extractor(self.moving[:1].unsqueeze(0))[0]
+                mask = self.mask
+                if support is not None:
+                    mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
+            self._features[key] = PyramidLevel(self.spacing_mm, fixed, self.grid, self.points, mask, moving,
+                                               self.moving_grid, self.moving_mask, self.sigma_mm)
+        return self._features[key]
 
     def sampling_candidates(self) -> torch.Tensor:
         """Flat indices of the level voxels that random sampling draws from (inside the fixed mask, if any)."""
@@ -120,6 +145,14 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
     return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
                         fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid,
                         mmask, sigma_mm=sigma_mm)
+
+
+def feature_levels(levels: list[PyramidLevel], similarity) -> list[PyramidLevel]:
+    """``levels`` as a stage's ``similarity`` compares them: their feature maps for a similarity that extracts
+    features (a learned metric), the levels themselves otherwise."""
+    if not getattr(similarity, "extracts_features", False):
+        return levels
+    return [level.with_features(similarity.key, similarity.features, similarity.support) for level in levels]
 
 
 class Pyramid:

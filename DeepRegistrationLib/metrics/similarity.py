@@ -13,6 +13,8 @@ optional ``mask`` ``(N, 1, ...)`` whose non-zero voxels restrict the measure. Th
   which assumes [0, 1]) and a constant image gives MI = 0, not NaN.
 * :class:`MINDSSCLoss`: mean squared difference of MIND-SSC descriptors (Heinrich et al. 2013),
   invariant to intensity inversion and robust across modalities; optimum 0.
+* ``learned:<model>``: a trained network's misalignment score (:mod:`.learned`); it compares feature maps,
+  which the optimisers make first; optimum 0.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 
 __all__ = ["MSELoss", "NCCLoss", "LNCCLoss", "MutualInformationLoss", "MINDSSCLoss", "mind_ssc", "box_filter",
-           "make_similarity", "SIMILARITIES"]
+           "make_similarity", "similarity_names", "SIMILARITIES"]
 
 
 def _check(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -300,9 +302,20 @@ SIMILARITIES = {"ssd": MSELoss, "mse": MSELoss, "ncc": NCCLoss, "lncc": LNCCLoss
                 "nmi": lambda **kw: MutualInformationLoss(normalised=True, **kw), "mind": MINDSSCLoss}
 
 
+def similarity_names() -> list[str]:
+    """The names :func:`make_similarity` takes (``learned:<model>`` for any learned metric model)."""
+    return sorted(SIMILARITIES) + ["learned:<model>"]
+
+
 def make_similarity(name: str, **kwargs) -> nn.Module:
-    """Similarity loss by name: ``ssd``/``mse``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``mind``."""
+    """Similarity loss by name: ``ssd``/``mse``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``mind``, ``learned:<model>``."""
+    from .learned import PREFIX, LearnedSimilarity
+
+    if not isinstance(name, str):
+        raise InputError(f"a similarity is named by a string, got {name!r}")
+    if name.lower().startswith(PREFIX):
+        return LearnedSimilarity(name[len(PREFIX):], **kwargs)
     key = name.lower()
     if key not in SIMILARITIES:
-        raise InputError(f"unknown similarity {name!r} (choose from {sorted(SIMILARITIES)})")
+        raise InputError(f"unknown similarity {name!r} (choose from {similarity_names()})")
     return SIMILARITIES[key](**kwargs)

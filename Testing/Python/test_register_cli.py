@@ -16,7 +16,7 @@ from DeepRegistrationLib.registration import RegistrationConfig, apply_overrides
 from test_cli import _error_line, deepreg
 
 PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimodal-rigid", "multimodal-affine",
-           "multimodal-deformable"]
+           "multimodal-deformable", "multimodal-rigid-learned"]
 
 
 def test_every_preset_loads():

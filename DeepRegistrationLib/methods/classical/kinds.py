@@ -13,10 +13,18 @@ from ..registry import StageKind, register_stage_kind
 from ..stage import StageSettings, check_number
 
 __all__ = ["IterativeSettings", "LinearSettings", "SVFSettings", "LINEAR_MODELS", "MAX_ITERATIONS",
-           "POINTWISE_SIMILARITIES"]
+           "POINTWISE_SIMILARITIES", "is_pointwise"]
 
-#: Similarities of voxel values alone (no neighbourhood): they can be measured on randomly sampled voxels.
-POINTWISE_SIMILARITIES = ("ssd", "mse", "ncc", "mi", "nmi")
+#: Similarities of voxel values alone (no neighbourhood): they can be measured on randomly sampled voxels. A
+#: learned metric (``learned:<model>``) is one too: it compares feature maps made once per level.
+POINTWISE_SIMILARITIES = ("ssd", "mse", "ncc", "mi", "nmi", "learned:<model>")
+
+
+
+def is_pointwise(similarity: str) -> bool:
+    """Whether ``similarity`` can be measured on randomly sampled voxels (:data:`POINTWISE_SIMILARITIES`)."""
+    return similarity.lower() in POINTWISE_SIMILARITIES or similarity.lower().startswith("learned:")
+
 
 LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
 MAX_ITERATIONS = 100_000  # per level; far above any useful count, below a typo's
@@ -27,7 +35,8 @@ class IterativeSettings(StageSettings):
     """What every iterative stage has.
 
     Attributes:
-        similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi`` or ``mind``.
+        similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``mind`` or ``learned:<model>`` (a learned metric
+            model: :mod:`DeepRegistrationLib.metrics.learned`).
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
         iterations: optimiser steps per level (one value, or one per level).
@@ -59,10 +68,8 @@ class IterativeSettings(StageSettings):
         return [int(i) for i in its]
 
     def validate(self) -> "IterativeSettings":
-        from ...metrics.similarity import SIMILARITIES, make_similarity  # torch: only when a config is used
+        from ...metrics.similarity import make_similarity  # torch: only when a config is used
 
-        if not isinstance(self.similarity, str) or self.similarity.lower() not in SIMILARITIES:
-            raise InputError(f"unknown similarity {self.similarity!r} (choose from {sorted(SIMILARITIES)})")
         if not isinstance(self.similarity_options, dict):
             raise InputError(f"similarity_options must be a mapping, got {self.similarity_options!r}")
         try:  # the options must fit the similarity (e.g. 'window' is LNCC's, not SSD's)
@@ -107,7 +114,7 @@ class LinearSettings(IterativeSettings):
         check_number("translation_step_mm", self.translation_step_mm, 0.0, low_open=True)
         check_number("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0, low_open=True)
         check_number("samples", self.samples, 0, 10_000_000, integer=True)
-        if self.samples and self.similarity.lower() not in POINTWISE_SIMILARITIES:
+        if self.samples and not is_pointwise(self.similarity):
             raise InputError(f"samples: random voxel sampling needs a point-wise similarity "
                              f"({', '.join(POINTWISE_SIMILARITIES)}), not {self.similarity!r} (it needs neighbourhoods)")
         return self

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...metrics.similarity import make_similarity
+from ..pyramid import feature_levels
 from ...transforms import AffineTransform, RigidTransform, SimilarityTransform, TranslationTransform
 from ...transforms.linear import LinearTransform, rotation_matrix
 from ..loop import optimise
@@ -114,9 +115,9 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
     """Optimise ``settings.model`` from ``state.linear`` on the stage's pyramid levels."""
     dim = context.dim
     center = context.center
-    levels = context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor())
-    model = LinearModel(settings.model, dim, center, state.linear).to(levels[0].fixed.device)
     similarity = make_similarity(settings.similarity, **settings.similarity_options)
+    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity)
+    model = LinearModel(settings.model, dim, center, state.linear).to(levels[0].fixed.device)
     loss = float("nan")
     opt = None
     for li, (level, iters) in enumerate(zip(levels, settings.iterations_per_level())):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
+from ..pyramid import feature_levels
 from ...sampling import normalised_linear, sample, to_normalised
 from ...transforms import StationaryVelocityField, integrate_velocity
 from ..loop import optimise
@@ -28,9 +29,9 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
     """Optimise a stationary velocity field applied before ``state.linear``."""
     dim = context.dim
     device = context.device
-    levels = context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor())
-    linear = state.linear
     similarity = make_similarity(settings.similarity, **settings.similarity_options)
+    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity)
+    linear = state.linear
     velocity = vgrid = None
     start = state.deformable
     if isinstance(start, StationaryVelocityField):

@@ -24,9 +24,7 @@ following ``svf`` stage takes it as its starting velocity, to first order).
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,51 +35,26 @@ from ...image import Image
 from ...transforms.voxel import voxel_field_to_physical
 from ...transforms import (AffineTransform, DisplacementField, StationaryVelocityField, Transform, compose,
                           to_displacement_field)
+from ..models import WEIGHTS, find_model, load_model
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import DEFAULT_PASS_STEP, VoxelMorphSettings
 from .model_grid import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
-from .model_io import WEIGHTS, load_model
 from .onednn import use_onednn
 
-__all__ = ["models_dirs", "find_model", "cached_model", "check_inputs", "check_stage_inputs", "left_right_axis",
+__all__ = ["cached_model", "check_inputs", "check_stage_inputs", "left_right_axis",
            "mirror_field", "predict_transform", "run_voxelmorph_stage"]
 
 _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
 
-def models_dirs() -> list[Path]:
-    """Where models are looked up by name: ``$DEEPREG_MODELS`` (``os.pathsep``-separated), then the bundled
-    models shipped in the package (:mod:`DeepRegistrationLib.resources`)."""
-    from ...resources import bundled_models_dir
-
-    folders = [Path(p) for p in os.environ.get("DEEPREG_MODELS", "").split(os.pathsep) if p]
-    folders.append(bundled_models_dir())
-    return folders
-
-
-def find_model(name_or_path: str) -> Path:
-    """The model folder of a name (``voxelmorph-brain``) or a path; a clear error when there is none."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() or any(sep in name_or_path for sep in ("/", os.sep)):
-        if not path.is_dir():
-            raise InputError(f"{path}: model folder not found")
-        return path
-    for folder in models_dirs():
-        if (folder / name_or_path).is_dir():
-            return folder / name_or_path
-    raise InputError(f"model {name_or_path!r} not found in {[str(f) for f in models_dirs()]} "
-                     "(the bundled model is voxelmorph-brain, in DeepRegistrationLib/resources/models; train another with 'deepreg train voxelmorph', "
-                     "then put its folder there or give its path, e.g. --set voxelmorph.network=DIR)")
-
-
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """:func:`~.model_io.load_model` of a name or path, kept for the process (reloaded when the file changes);
+    """:func:`~..models.load_model` of a name or path, kept for the process (reloaded when the file changes);
     on the CPU its 3D convolutions run through oneDNN (:mod:`.onednn`)."""
     folder = find_model(name_or_path)
     weights = folder / WEIGHTS
     key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
     if key not in _CACHE:
-        net, card = load_model(folder, device)
+        net, card = load_model(folder, device, network="VoxelMorphNet")
         _CACHE[key] = (use_onednn(net) if device.type == "cpu" else net), card
     return _CACHE[key]
 

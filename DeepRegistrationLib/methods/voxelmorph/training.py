@@ -36,7 +36,7 @@ from ...warp import warp_image
 from .augment import AugmentConfig, augment_subject
 from .network import VoxelMorphNet
 
-__all__ = ["TrainConfig", "Subject", "train_voxelmorph", "CHECKPOINT"]
+__all__ = ["TrainConfig", "Subject", "Teacher", "teacher_displacement", "train_voxelmorph", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,12 +51,40 @@ class Subject:
 
 
 @dataclass
+class Teacher:
+    """A pair of distinct subjects whose displacement is given by a teacher (the engine's best preset):
+    ``displacement`` ``(1, dim, *shape)`` in voxels of the model grid (channel ``k`` along tensor axis ``k``), the
+    network's own convention: ``moving(x + u(x))`` matches ``fixed(x)``."""
+
+    moving: Subject
+    fixed: Subject
+    displacement: torch.Tensor
+    name: str = ""
+
+
+def teacher_displacement(transform, fixed_grid: Grid, moving_grid: Grid) -> torch.Tensor:
+    """A registration result (``transform``: fixed -> moving, LPS mm) as the network's target on the model grids:
+    ``u(x) = index_moving(T(point_fixed(x))) - x`` in voxels, ``(1, dim, *fixed_grid.shape)`` float32, channel ``k``
+    along tensor axis ``k`` (the subjects' model grids differ by their placement, which this accounts for)."""
+    import numpy as np
+
+    points = fixed_grid.physical_points(dtype=torch.float64)  # (*shape, dim), LPS
+    mapped = transform.map_points(points.reshape(-1, fixed_grid.dim))
+    index = np.asarray(moving_grid.physical_to_index(np.asarray(mapped)), dtype=np.float64)  # (N, dim) as (i, j, k)
+    base = np.asarray(fixed_grid.physical_to_index(points.reshape(-1, fixed_grid.dim).numpy()), dtype=np.float64)
+    u = torch.as_tensor(index - base, dtype=torch.float32).flip(-1)  # array order (k, j, i)
+    return u.T.reshape(1, fixed_grid.dim, *fixed_grid.shape).contiguous()
+
+
+@dataclass
 class TrainConfig:
     """Training parameters. ``regularisation_weight`` multiplies the mean squared voxel gradient of the
     displacement (voxel units); ``dice_weight`` > 0 adds ``1 - soft Dice`` of the warped one-hot labels
     (the papers' semi-supervised variant) when every subject has labels. ``supervised_weight`` multiplies
     the mean squared error (voxels^2) between the predicted and the known displacement of augmented
-    known pairs (:attr:`AugmentConfig.known_pair_probability`). ``max_grad_norm`` > 0 clips the gradient
+    known pairs (:attr:`AugmentConfig.known_pair_probability`) and of teacher pairs (drawn with probability
+    ``teacher_probability`` when teachers are given; with augmentation the fixed image of a teacher pair is
+    deformed by a random ``psi`` and the target becomes ``psi + u_T o (id + psi)``). ``max_grad_norm`` > 0 clips the gradient
     norm (a rare large gradient otherwise throws the network back to its near-zero output). ``self_pairs``: with
     augmentation, a subject may be paired with (a fresh deformation of) itself; False pairs distinct subjects only."""
 
@@ -67,6 +95,7 @@ class TrainConfig:
     regularisation_weight: float = 1.0
     dice_weight: float = 0.0
     supervised_weight: float = 0.1
+    teacher_probability: float = 0.0
     max_grad_norm: float = 0.0
     self_pairs: bool = True
     seed: int = 0
@@ -93,9 +122,12 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
                      atlas: Subject | None = None, validation: list[tuple[Subject, Subject]] | None = None,
                      resume: bool = False, device: str | torch.device = "cpu",
                      progress: Callable[[dict], None] | None = None, augment: AugmentConfig | None = None,
-                     spacing_mm: float = 1.0, stop: Callable[[], bool] | None = None) -> dict:
+                     spacing_mm: float = 1.0, stop: Callable[[], bool] | None = None,
+                     teachers: list[Teacher] | None = None) -> dict:
     """Train ``net`` in place; checkpoints go to ``out_dir/checkpoint.pt``. Returns the last figures.
 
+    ``teachers``: pairs with a known inter-subject displacement (:class:`Teacher`), drawn with probability
+    ``config.teacher_probability`` and trained with the supervised term.
     ``validation``: (moving, fixed) pairs with labels; their mean Dice is measured every ``validate_every``
     steps and at the end. ``resume``: continue from the checkpoint in ``out_dir`` (its step and random state).
     ``augment``: random deformations / intensities / synthesis of every training image (``spacing_mm``: the
@@ -158,7 +190,15 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             i, j = torch.randperm(len(subjects), generator=gen)[:2].tolist()
             moving, fixed = subjects[i], subjects[j]
         m_img, m_lab, f_img, f_lab, synthetic, known = moving.image, moving.labels, fixed.image, fixed.labels, False, None
-        if augment is not None:
+        if teachers and float(torch.rand(1, generator=gen)) < config.teacher_probability:
+            teacher = teachers[int(torch.randint(len(teachers), (1,), generator=gen))]
+            moving, fixed, known = teacher.moving, teacher.fixed, teacher.displacement.to(device)
+            m_img, m_lab, f_img, f_lab = moving.image, moving.labels, fixed.image, fixed.labels
+            if augment is not None:  # re-contrast both; deform the fixed one by psi: target psi + u_T(x + psi)
+                m_img, m_lab, _, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
+                f_img, f_lab, _, psi = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
+                known = psi + warp_voxels(known, psi)
+        elif augment is not None:
             if float(torch.rand(1, generator=gen)) < augment.known_pair_probability:
                 fixed = moving  # fixed = the moving subject deformed: the answer is that deformation
                 m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)

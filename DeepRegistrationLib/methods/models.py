@@ -1,4 +1,5 @@
-"""Model folders: ``weights.pt`` (a state dict, loaded with ``torch.load(weights_only=True)``) + ``model.json``.
+"""Model folders of every family: ``weights.pt`` (a state dict, loaded with ``torch.load(weights_only=True)``) +
+``model.json``; and where a model name is looked up.
 
 The model card (``model.json``) holds what is needed to use the weights correctly and to know where they
 come from: ``name``, ``architecture`` (the network's constructor parameters, e.g. ``VoxelMorphNet.config``),
@@ -9,31 +10,33 @@ checksum and the architecture and refuses a mismatch with a message naming the f
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from ...errors import InputError
-from ...io.atomic import atomic_output_dir
-from ...io.checksums import file_sha256
-from .network import VoxelMorphNet
+from ..errors import InputError
+from ..io.atomic import atomic_output_dir
+from ..io.checksums import file_sha256
 
-__all__ = ["save_model", "load_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES"]
+__all__ = ["save_model", "load_model", "models_dirs", "find_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES", "NETWORKS"]
 
 WEIGHTS = "weights.pt"
 CARD = "model.json"
 MAX_MODEL_BYTES = 10 * 1024 * 1024  # bundled models stay small
-_NETWORKS = {"VoxelMorphNet": VoxelMorphNet}
+#: The network classes a card may name, as ``module:class`` (imported when a model of that network is loaded).
+NETWORKS = {"VoxelMorphNet": "DeepRegistrationLib.methods.voxelmorph.network:VoxelMorphNet",
+            "LearnedMetricNet": "DeepRegistrationLib.methods.learned_metric.network:LearnedMetricNet"}
 _REQUIRED = ("name", "network", "architecture", "input", "training", "licence")
 
 
 def save_model(net: torch.nn.Module, folder: str | os.PathLike, card: dict) -> Path:
     """Write ``net``'s weights and its card (``sha256`` and ``architecture`` filled in) to ``folder``, atomically."""
     network = type(net).__name__
-    if network not in _NETWORKS:
-        raise InputError(f"cannot save a {network}: known networks are {sorted(_NETWORKS)}")
+    if network not in NETWORKS:
+        raise InputError(f"cannot save a {network}: known networks are {sorted(NETWORKS)}")
     card = {**card, "network": network, "architecture": dict(net.config)}
     missing = [k for k in _REQUIRED if k not in card]
     if missing:
@@ -48,8 +51,36 @@ def save_model(net: torch.nn.Module, folder: str | os.PathLike, card: dict) -> P
     return folder
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The network of a model folder (in eval mode) and its card; every inconsistency is a clear error."""
+def models_dirs() -> list[Path]:
+    """Where models are looked up by name: ``$DEEPREG_MODELS`` (``os.pathsep``-separated), then the bundled
+    models shipped in the package (:mod:`DeepRegistrationLib.resources`)."""
+    from ..resources import bundled_models_dir
+
+    folders = [Path(p) for p in os.environ.get("DEEPREG_MODELS", "").split(os.pathsep) if p]
+    folders.append(bundled_models_dir())
+    return folders
+
+
+def find_model(name_or_path: str) -> Path:
+    """The model folder of a name (``voxelmorph-brain``) or a path; a clear error when there is none."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or any(sep in name_or_path for sep in ("/", os.sep)):
+        if not path.is_dir():
+            raise InputError(f"{path}: model folder not found")
+        return path
+    for folder in models_dirs():
+        if (folder / name_or_path).is_dir():
+            return folder / name_or_path
+    bundled = sorted(p.name for p in models_dirs()[-1].iterdir() if (p / CARD).is_file())
+    raise InputError(f"model {name_or_path!r} not found in {[str(f) for f in models_dirs()]} (bundled models: "
+                     f"{', '.join(bundled)}; train another with 'deepreg train', then put its folder in "
+                     "$DEEPREG_MODELS or give its path)")
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
+               network: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The network of a model folder (in eval mode) and its card; every inconsistency is a clear error, and so
+    is a model of another ``network`` than the one asked for (e.g. a VoxelMorph model given as a metric)."""
     folder = Path(folder)
     weights, card_path = folder / WEIGHTS, folder / CARD
     for path in (card_path, weights):
@@ -66,11 +97,15 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     if actual != card["sha256"]:
         raise InputError(f"{weights}: checksum mismatch (sha256 {actual[:12]}..., the card says "
                          f"{str(card['sha256'])[:12]}...): the file is corrupt or not the one the card describes")
-    network = _NETWORKS.get(card["network"])
-    if network is None:
-        raise InputError(f"{card_path}: unknown network {card['network']!r} (known: {sorted(_NETWORKS)})")
+    if network is not None and card["network"] != network:
+        raise InputError(f"{folder}: a {card['network']} model ({card.get('name')!r}), not a {network}: "
+                         "wrong model for this use")
+    target = NETWORKS.get(card["network"])
+    if target is None:
+        raise InputError(f"{card_path}: unknown network {card['network']!r} (known: {sorted(NETWORKS)})")
+    module, _, cls = target.partition(":")
     try:
-        net = network(**card["architecture"])
+        net = getattr(importlib.import_module(module), cls)(**card["architecture"])
     except TypeError as err:
         raise InputError(f"{card_path}: architecture parameters not understood ({err})") from None
     try:

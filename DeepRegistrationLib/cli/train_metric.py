@@ -1,0 +1,99 @@
+"""``deepreg train metric``: train a learned similarity metric (:mod:`..methods.learned_metric`) on images of one
+modality or more, write a model folder (``weights.pt`` + ``model.json`` with the command, data checksums and the
+validation losses) usable as ``similarity: "learned:<folder>"``.
+
+Any image works: the second "modality" of each training example is a random intensity mapping of the first
+(:func:`~..methods.learned_metric.pairs.random_contrast`), so no aligned multimodal pairs are needed. 3D images
+give 2D slices (along all three axes) to a ``--dim 2`` model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.checksums import file_sha256
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", nargs="+", required=True, help="training images (2D or 3D files)")
+    p.add_argument("--val-images", nargs="+", default=[], help="validation images (held-out loss)")
+    p.add_argument("--dim", type=int, choices=(2, 3), required=True, help="the network's dimension")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--name", help="model name (default: the folder's name)")
+    p.add_argument("--description", default="")
+    p.add_argument("--licence", default="Apache-2.0 (weights); see the training data's terms")
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 16, 16], help="hidden encoder widths")
+    p.add_argument("--features", type=int, default=8, help="feature channels per image")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64, help="crop size in voxels")
+    p.add_argument("--spacings", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0],
+                   help="pyramid spacings (mm) the examples are drawn at")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..devices import resolve_device
+    from ..io import read_image
+    from ..methods.learned_metric.network import LearnedMetricNet
+    from ..methods.learned_metric.pairs import PairConfig, level_images
+    from ..methods.learned_metric.training import MetricTrainConfig, train_learned_metric
+    from ..methods.models import save_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings))
+    paths = [Path(p) for p in args.images]
+    val_paths = [Path(p) for p in args.val_images]
+    items, val_items = [], []
+    for path, target in [(p, items) for p in paths] + [(p, val_items) for p in val_paths]:
+        image = read_image(path, grayscale=True)
+        if image.dim < args.dim:
+            raise InputError(f"{path}: a {image.dim}D image cannot train a {args.dim}D metric")
+        target.append(level_images(image, pairs.spacings_mm, pairs.smoothing))
+    device = resolve_device(args.device)
+    net = LearnedMetricNet(dim=args.dim, channels=args.channels, features=args.features)
+    config = MetricTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                               validate_every=args.validate_every, max_minutes=args.max_minutes, pairs=pairs)
+    if device.type != "cpu":
+        print("note: the metric trains on the CPU (examples are drawn there; the network is small)", file=sys.stderr)
+    start = time.perf_counter()
+    figures = train_learned_metric(net, items, val_items, config,
+                                   progress=lambda h: print(" ".join(f"{k} {v}" for k, v in h.items()),
+                                                            file=sys.stderr, flush=True))
+    out = Path(args.out)
+    card = {
+        "name": args.name or out.name,
+        "description": args.description,
+        "input": {"dim": args.dim, "intensity": "each image to [0, 1] between its 0.5 / 99.5 percentiles",
+                  "scale_voxels": pairs.scale_voxels, "spacings_mm": list(pairs.spacings_mm),
+                  "receptive_field_voxels": net.receptive_field},
+        "training": {
+            "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
+            "images": [{"file": p.name, "sha256_16": file_sha256(p)[:16]} for p in paths],
+            "validation": [p.name for p in val_paths],
+            "config": config.to_dict(),
+            **figures,
+            "time_s": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__,
+        },
+        "licence": args.licence,
+    }
+    save_model(net, out, card)
+    print(f"wrote {out} (validation loss {figures['initial_validation_loss']:.4f} -> "
+          f"{figures['final_validation_loss']:.4f})")
+    return 0

@@ -1,0 +1,74 @@
+"""The learned metric's network: a shared convolutional encoder and a point-wise head.
+
+Simonovsky et al. (2016) score a pair of patches with a 2-channel CNN. Here the two patches go through one
+*shared* encoder (a pseudo-Siamese network in Zagoruyko and Komodakis' terms, with tied weights) whose
+receptive field is the patch (17 voxels across), and a head of 1x1 convolutions compares the two feature
+vectors at each point. The split is what makes it usable inside an optimiser at the cost of MI: each image's
+features are computed once per pyramid level, the moving features are resampled through the transform like an
+image (so the score is differentiable in the transform through the feature gradients), and a step costs one
+resampling of ``features`` channels plus the head at the sampled points.
+
+Convention: images ``(N, 1, [D,] H, W)`` with intensities in [0, 1] (the pipeline's normalisation); the score
+``(N, 1, ...)`` estimates ``1 - exp(-|u| / s)`` where ``u`` is the local misalignment in voxels of the level
+the images are on and ``s`` the card's ``scale_voxels``: 0 when aligned, rising with the offset, 1 far away. The head is symmetric in its two inputs, so the score does not depend on which image is fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["LearnedMetricNet"]
+
+
+class LearnedMetricNet(nn.Module):
+    """Encoder ``features(image)`` and head ``score(features_a, features_b)``.
+
+    Args:
+        dim: 2 or 3 (spatial dimensions of the images it takes).
+        channels: output channels of the encoder's hidden 3x3(x3) convolutions.
+        dilations: dilation of each encoder convolution (len(channels) + 1 of them; the last one makes the
+            ``features`` output); the receptive field is ``1 + 2 * sum(dilations)`` voxels.
+        features: channels of the feature map each image is reduced to.
+        head: hidden channels of the head.
+    """
+
+    def __init__(self, dim: int = 2, channels: Sequence[int] = (16, 16, 16), dilations: Sequence[int] = (1, 1, 2, 4),
+                 features: int = 8, head: int = 32) -> None:
+        super().__init__()
+        if dim not in (2, 3):
+            raise ValueError(f"dim must be 2 or 3, got {dim}")
+        if len(dilations) != len(channels) + 1:
+            raise ValueError(f"{len(channels)} hidden layers need {len(channels) + 1} dilations, got {len(dilations)}")
+        self.config = {"dim": dim, "channels": list(channels), "dilations": list(dilations), "features": features,
+                       "head": head}
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        layers: list[nn.Module] = []
+        widths = [1, *channels, features]
+        for i, d in enumerate(dilations):
+            layers.append(conv(widths[i], widths[i + 1], 3, padding=d, dilation=d))
+            if i < len(dilations) - 1:
+                layers.append(nn.LeakyReLU(0.1))
+        self.encoder = nn.Sequential(*layers)
+        # point-wise: 1x1 convolutions over the flattened points, so it takes feature maps and feature samples alike
+        self.head = nn.Sequential(nn.Conv1d(3 * features, head, 1), nn.LeakyReLU(0.1), nn.Conv1d(head, 1, 1))
+
+    @property
+    def dim(self) -> int:
+        return int(self.config["dim"])
+
+    @property
+    def receptive_field(self) -> int:
+        """Voxels across the neighbourhood one feature vector sees."""
+        return 1 + 2 * sum(self.config["dilations"])
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, features, ...)`` of ``image`` ``(N, 1, ...)`` (same spatial size; zero padding: the background)."""
+        return self.encoder(image)
+
+    def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Misalignment score in (0, 1) of feature maps (or feature samples) ``(N, features, ...)``: ``(N, 1, ...)``."""
+        pair = torch.cat([(a - b).abs(), a * b, a + b], dim=1)
+        return torch.sigmoid(self.head(pair.flatten(2))).reshape(a.shape[0], 1, *a.shape[2:])

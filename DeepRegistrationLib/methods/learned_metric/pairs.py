@@ -1,0 +1,206 @@
+"""Training pairs of the learned metric: two renderings of one real image, one of them misaligned by a known,
+smooth displacement.
+
+Everything is in voxel units of the level an example is drawn from. A training image is first brought to the
+pyramid levels the optimisers use (:func:`~DeepRegistrationLib.methods.pyramid.level_grid` after the same
+Gaussian smoothing, ``smoothing x spacing`` mm), so the network sees at training what it sees in a
+registration. An example is a crop of one level image ``A``, a second rendering ``B`` of the same crop
+(a random intensity mapping: a "modality" with the same geometry, or the same contrast), and a displacement
+``u`` (voxels): a smooth random field, in half of the examples plus a rotation of up to 30 degrees about a
+point of the crop (so that a neighbourhood seen rotated but not displaced still counts as aligned: the features
+must tolerate rotation, which the optimisers meet at every coarse level). The moving features are read at
+``x + u(x)``. The target is ``1 - exp(-|u| / s)``: 0 when aligned, with a slope at 0 (sub-voxel offsets carry
+weight in the loss, which makes the minimum precise), 1 far away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ...image import Image
+from ...intensity import normalise_unit_range, smooth_gaussian
+from ..pyramid import level_grid
+
+__all__ = ["PairConfig", "LevelImages", "level_images", "random_contrast", "random_displacement", "random_rotation",
+           "make_batch", "target_score"]
+
+
+@dataclass
+class PairConfig:
+    """How examples are drawn.
+
+    Attributes:
+        crop: crop size in voxels (each axis).
+        spacings_mm: pyramid spacings the level images are made at.
+        smoothing: Gaussian sigma of a level = this x its spacing (the presets' ``smoothing_sigma_mm``).
+        scale_voxels: ``s`` of the target (voxels).
+        max_rotation_deg: largest rotation drawn (half of the examples have one).
+        max_offset_voxels: largest RMS displacement drawn (log-uniform from 0.03 voxel).
+        aligned_fraction: share of examples with no displacement.
+        contrast_probability: share of examples whose second image is a random intensity mapping of the first.
+        noise: largest Gaussian noise sigma added to each image (intensities in [0, 1]).
+    """
+
+    crop: int = 96
+    spacings_mm: Sequence[float] = (1.0, 2.0, 4.0)
+    smoothing: float = 0.5
+    scale_voxels: float = 3.0
+    max_offset_voxels: float = 12.0
+    max_rotation_deg: float = 30.0
+    aligned_fraction: float = 0.2
+    contrast_probability: float = 0.8
+    noise: float = 0.03
+
+
+@dataclass
+class LevelImages:
+    """One training image at every spacing: tensors ``(*shape)`` in [0, 1] (2D, or 3D volumes)."""
+
+    name: str
+    levels: list[torch.Tensor]
+
+
+def level_images(image: Image, spacings_mm: Sequence[float], smoothing: float) -> LevelImages:
+    """``image`` normalised as the pipeline does (0.5 / 99.5 percentiles to [0, 1]) and brought to each level."""
+    image = normalise_unit_range(image)
+    levels = [smooth_gaussian(image, smoothing * sp).resample_to(level_grid(image.grid, sp)).data[0].float()
+              for sp in spacings_mm]
+    return LevelImages(image.name, levels)
+
+
+def _slice(volume: torch.Tensor, dim: int, g: torch.Generator) -> torch.Tensor:
+    """A 2D slice along a random axis of a 3D ``volume`` when ``dim`` is 2 (through its middle 60 %)."""
+    if volume.dim() == dim:
+        return volume
+    axis = int(torch.randint(3, (1,), generator=g))
+    n = volume.shape[axis]
+    index = int(n * 0.2 + torch.rand(1, generator=g) * n * 0.6)
+    return volume.select(axis, min(index, n - 1))
+
+
+def _crop(image: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """A ``size``-wide crop centred on a random voxel brighter than 0.05 (zero padded where the image is smaller)."""
+    fg = torch.nonzero(image > 0.05)
+    centre = fg[int(torch.randint(len(fg), (1,), generator=g))] if len(fg) else torch.tensor(image.shape) // 2
+    pads, slices = [], []
+    for c, n in zip(centre.tolist(), image.shape):
+        lo = c - size // 2
+        slices.append(slice(max(lo, 0), min(lo + size, n)))
+        pads.append((max(-lo, 0), max(lo + size - n, 0)))
+    out = image[tuple(slices)]
+    flat = [p for pair in reversed(pads) for p in pair]
+    return F.pad(out, flat)
+
+
+def random_contrast(image: torch.Tensor, g: torch.Generator, knots: int = 4) -> torch.Tensor:
+    """A random piecewise-linear intensity mapping of ``image`` (values in [0, 1]): a different "modality" of the
+    same geometry (the functional relation MI assumes), background kept at 0 in 80 % of the draws."""
+    values = torch.rand(knots, generator=g)
+    if float(torch.rand(1, generator=g)) < 0.8:
+        values[0] = 0.0
+    values = values / values.max().clamp(min=1e-3)
+    x = image.clamp(0, 1) * (knots - 1)
+    i = x.floor().clamp(max=knots - 2).long()
+    w = x - i
+    return values[i] * (1 - w) + values[i + 1] * w
+
+
+def random_displacement(shape: Sequence[int], amplitude: float, g: torch.Generator) -> torch.Tensor:
+    """A smooth random displacement ``(dim, *shape)`` in voxels (array axis order) whose RMS length is
+    ``amplitude``: noise on 3 nodes per axis, linearly upsampled, plus a translation."""
+    dim = len(shape)
+    coarse = torch.randn(1, dim, *([3] * dim), generator=g)
+    mode = "trilinear" if dim == 3 else "bilinear"
+    field = F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)[0]
+    field = field + torch.randn(dim, *([1] * dim), generator=g)
+    rms = field.pow(2).sum(0).mean().sqrt().clamp(min=1e-6)
+    return field * (amplitude / rms)
+
+
+def random_rotation(shape: Sequence[int], max_deg: float, g: torch.Generator) -> torch.Tensor:
+    """The displacement ``R (x - c) + c - x`` ``(dim, *shape)`` (voxels, array order) of a rotation by up to
+    ``max_deg`` about a random point ``c`` of the middle half of the crop (about a random axis in 3D)."""
+    dim = len(shape)
+    angle = float((torch.rand(1, generator=g) * 2 - 1) * max_deg) * torch.pi / 180
+    if dim == 2:
+        c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+        rot = torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
+    else:
+        axis = torch.randn(3, generator=g)
+        axis = axis / axis.norm()
+        k = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+        rot = torch.linalg.matrix_exp(angle * k)
+    centre = torch.tensor([n * (0.25 + 0.5 * float(torch.rand(1, generator=g))) for n in shape])
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    x = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(dim, -1) - centre[:, None]
+    return (rot @ x - x).reshape(dim, *shape)
+
+
+def target_score(displacement: torch.Tensor, scale_voxels: float) -> torch.Tensor:
+    """``1 - exp(-|u| / s)`` of a displacement ``(dim, ...)`` (voxels): ``(1, ...)``."""
+    return 1.0 - torch.exp(-displacement.pow(2).sum(0, keepdim=True).sqrt() / scale_voxels)
+
+
+def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` coordinates ``(1, *shape, dim)`` (align_corners=True) of ``x + u(x)``."""
+    dim = displacement.shape[0]
+    shape = displacement.shape[1:]
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    index = torch.stack(torch.meshgrid(*axes, indexing="ij")) + displacement  # (dim, *shape), array order
+    norm = torch.stack([2 * index[a] / max(shape[a] - 1, 1) - 1 for a in range(dim)])
+    return norm.flip(0).movedim(0, -1).unsqueeze(0)  # grid_sample wants (x, y[, z])
+
+
+def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConfig,
+               g: torch.Generator, contrast_probability: float | None = None) -> dict[str, torch.Tensor]:
+    """``batch`` examples: ``fixed``, ``moving`` ``(B, 1, *crop)``, ``grid`` (where the moving features are read),
+    ``target`` ``(B, 1, *crop)`` and ``weight`` (1 on voxels with content, away from the crop border).
+    ``contrast_probability`` overrides the config's (a curriculum)."""
+    p_contrast = config.contrast_probability if contrast_probability is None else contrast_probability
+    fixed, moving, grids, targets, weights = [], [], [], [], []
+    border = 8
+    for _ in range(batch):
+        item = images[int(torch.randint(len(images), (1,), generator=g))]
+        level = item.levels[int(torch.randint(len(item.levels), (1,), generator=g))]
+        a = _crop(_slice(level, dim, g), config.crop, g)
+        b = a.clone()
+        if float(torch.rand(1, generator=g)) < p_contrast:
+            b = random_contrast(a, g)
+            if float(torch.rand(1, generator=g)) < 0.3:
+                a = random_contrast(a, g)
+        pair = []
+        for x in (a, b):
+            gamma = float(torch.exp((torch.rand(1, generator=g) - 0.5) * 0.7))
+            x = x.clamp(0, 1) ** gamma
+            x = x + torch.randn(x.shape, generator=g) * float(torch.rand(1, generator=g)) * config.noise
+            pair.append(x.clamp(0, 1))
+        if float(torch.rand(1, generator=g)) < 0.5:
+            pair.reverse()
+        if float(torch.rand(1, generator=g)) < config.aligned_fraction:
+            amplitude = 0.0
+        else:
+            lo, hi = torch.log(torch.tensor(0.03)), torch.log(torch.tensor(config.max_offset_voxels))
+            amplitude = float(torch.exp(lo + torch.rand(1, generator=g) * (hi - lo)))
+        u = random_displacement(a.shape, amplitude, g)
+        if amplitude > 0 and float(torch.rand(1, generator=g)) < 0.5:
+            u = u + random_rotation(a.shape, config.max_rotation_deg, g)
+        grid = sampling_grid(u)
+        seen = F.grid_sample(pair[1][None, None], grid, align_corners=True)[0]
+        content = ((pair[0][None] > 0.02) | (seen > 0.02)).float()
+        inside = torch.ones_like(content)
+        for axis, n in enumerate(a.shape):
+            index = torch.arange(n, dtype=torch.float32).view(*([1] * axis), n, *([1] * (dim - axis - 1)))
+            moved = index + u[axis]
+            inside = inside * ((index >= border) & (index <= n - 1 - border)
+                               & (moved >= border) & (moved <= n - 1 - border)).float()
+        fixed.append(pair[0][None])
+        moving.append(pair[1][None])
+        grids.append(grid)
+        targets.append(target_score(u, config.scale_voxels))
+        weights.append(content * inside)
+    return {"fixed": torch.stack(fixed), "moving": torch.stack(moving), "grid": torch.cat(grids),
+            "target": torch.stack(targets), "weight": torch.stack(weights)}

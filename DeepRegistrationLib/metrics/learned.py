@@ -1,0 +1,116 @@
+"""The learned similarity (``similarity: "learned:<model>"`` in any iterative stage): a trained network's mean
+misalignment score, lower is better (:mod:`DeepRegistrationLib.methods.learned_metric`).
+
+Unlike the other similarities it does not compare intensities: the optimisers first turn both level images into
+the network's feature maps (:meth:`LearnedSimilarity.features`, once per level, through
+:meth:`~DeepRegistrationLib.methods.pyramid.PyramidLevel.with_features`), resample the moving *features* through
+the transform, and call the similarity on feature tensors ``(N, C, ...)``: the score of each point, averaged over
+the mask and the fixed image's *content* (:meth:`LearnedSimilarity.support`: intensity above 2 % of its range,
+dilated by a quarter of the network's receptive field). Where both images are background the network has
+nothing to compare, and averaging such points would reward whatever overlap of backgrounds a transform makes. The moving features are resampled like an image, so the similarity is point-wise: random voxel
+sampling (``samples``) applies, and a step costs one resampling of C channels plus the network's head.
+
+A model name ``<name>`` is a model folder of a ``LearnedMetricNet`` (bundled, ``$DEEPREG_MODELS``, or a path);
+where there is no folder ``<name>``, ``<name>-2d`` or ``<name>-3d`` is taken by the images' dimension, so one
+preset serves 2D and 3D.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+
+__all__ = ["LearnedSimilarity", "learned_model_folder", "PREFIX"]
+
+PREFIX = "learned:"
+_NETS: dict[tuple[str, str, float], tuple[nn.Module, dict]] = {}
+
+
+def learned_model_folder(name: str, dim: int | None = None):
+    """The model folder of ``name`` (for ``dim`` when given: ``<name>`` or ``<name>-<dim>d``); a clear error."""
+    from ..methods.models import find_model
+
+    try:
+        return find_model(name)
+    except InputError:
+        candidates = [f"{name}-{d}d" for d in ((dim,) if dim else (2, 3))]
+        for candidate in candidates:
+            try:
+                return find_model(candidate)
+            except InputError:
+                continue
+        raise
+
+
+def _network(name: str, dim: int, device: torch.device):
+    from ..methods.models import WEIGHTS, load_model
+
+    folder = learned_model_folder(name, dim)
+    weights = folder / WEIGHTS
+    key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
+    if key not in _NETS:
+        _NETS[key] = load_model(folder, device, network="LearnedMetricNet")
+    net, card = _NETS[key]
+    if net.dim != dim:
+        raise InputError(f"learned metric {name!r} ({folder}) is a {net.dim}D network; the images are {dim}D "
+                         f"(train one with 'deepreg train metric --dim {dim}')")
+    return net, card
+
+
+class LearnedSimilarity(nn.Module):
+    """Mean misalignment score of a learned metric network over the (masked) points; 0 = aligned.
+
+    ``features(image)`` turns a level image ``(1, 1, ...)`` into feature maps; ``forward(fixed, moving, mask)``
+    takes feature tensors ``(N, C, ...)`` (the fixed features and the moving features resampled at the fixed
+    points) and an optional mask ``(N, 1, ...)``.
+    """
+
+    extracts_features = True
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        if not isinstance(model, str) or not model:
+            raise InputError("a learned similarity needs a model name: 'learned:<model>'")
+        learned_model_folder(model)  # refuse a missing model when the configuration is read
+        self.model = model
+        self._net: nn.Module | None = None
+
+    def network(self, dim: int, device: torch.device) -> nn.Module:
+        net, _ = _network(self.model, dim, device)
+        self._net = net
+        return net
+
+    @property
+    def key(self) -> str:
+        """Names the feature maps this similarity needs (levels keep them under this key)."""
+        return PREFIX + self.model
+
+    def support(self, image: torch.Tensor) -> torch.Tensor:
+        """Where the score is measured: ``image`` ``(N, 1, ...)`` (in [0, 1]) above 0.02, dilated by a quarter of
+        the receptive field; ``(N, 1, ...)`` float. Refuses an image without content."""
+        import torch.nn.functional as F
+
+        net = self.network(image.dim() - 2, image.device)
+        r = max(1, net.receptive_field // 4)
+        pool = F.max_pool3d if image.dim() == 5 else F.max_pool2d
+        content = pool((image > 0.02).float(), 2 * r + 1, stride=1, padding=r)
+        if not bool(content.any()):
+            raise InputError("the fixed image has no content (every voxel below 2 % of its range) for a learned metric")
+        return content
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() not in (4, 5) or image.shape[1] != 1:
+            raise InputError(f"a learned metric takes (N, 1, [D,] H, W) images, got {tuple(image.shape)}")
+        net = self.network(image.dim() - 2, image.device)
+        with torch.no_grad():
+            return net.features(image.float())
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        from .similarity import _check, _masked_mean
+
+        mask = _check(fixed, moving, mask)
+        if self._net is None:
+            raise InputError("the learned similarity compares feature maps: call features() on both images first")
+        return _masked_mean(self._net.score(fixed, moving), mask)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The recipe of the bundled learned metric DeepRegistrationLib/resources/models/metric-mr-{2d,3d}
+# (similarity "learned:metric-mr"; the 2D or 3D network is taken by the images' dimension).
+# Trains on OASIS 0002 (3D T1, skull-stripped; 2D: its slices along all three axes, plus the six ANTs example
+# T1 slices, which show skull and scalp) and, for 3D, the voxelmorph sample subject; OASIS 0001 is the validation
+# image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
+# the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
+# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 1000 steps (batch 4,
+#   40^3 crops); the minutes and validation losses are on each model card.
+# PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
+# Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
+# Usage: scripts/train_learned_metric.sh [OUT_PREFIX]   (default DeepRegistrationLib/resources/models/metric-mr)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX="${1:-DeepRegistrationLib/resources/models/metric-mr}"
+PY="${PYTHON:-.venv/bin/python}"
+DATA="${DEEPREG_DATA:-../shared/data}"
+WORK=build/brain_data
+case "${PROFILE:-cpu}" in
+  cpu) S2=4000; S3=1000 ;;
+  gpu) S2=16000; S3=6000 ;;
+  *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
+esac
+OASIS="$DATA/brain3d/oasis"
+LICENCE="Apache-2.0 (weights). Trained on OASIS-1 derived data (OASIS data use agreement; cite Marcus et al. 2007 and Hoopes et al. 2021), ANTsPy example slices (Apache-2.0) and the voxelmorph sample subject (Apache-2.0)"
+for DIM in ${DIMS:-2 3}; do
+  if [ "$DIM" = 2 ]; then
+    IMAGES=("$OASIS/OAS1_0002_MR1_aligned_norm.nii.gz" "$DATA"/brain2d/antspy_slices/r*slice.jpg)
+    ARGS=(--steps "${STEPS:-$S2}" --batch 24 --crop 64 --channels 24 24 24)
+  else
+    [ -f "$WORK/vm_norm.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA/brain3d" >/dev/null
+    IMAGES=("$OASIS/OAS1_0002_MR1_aligned_norm.nii.gz" "$WORK/vm_norm.nii.gz")
+    ARGS=(--steps "${STEPS:-$S3}" --batch 4 --crop 40 --channels 16 16 16)
+  fi
+  "$PY" -m DeepRegistrationLib train metric --dim "$DIM" --images "${IMAGES[@]}" \
+    --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" \
+    --spacings 1 2 4 8 --lr 1e-3 --seed 0 --validate-every 100 --threads "${THREADS:-2}" \
+    --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-${DIM}d" \
+    --description "Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality); recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+    --licence "$LICENCE" --out "${PREFIX}-${DIM}d"
+done
