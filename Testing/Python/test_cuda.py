@@ -1,4 +1,4 @@
-"""The GPU path: what the engine and the bundled VoxelMorph model give on a CUDA device equals what they give on
+"""The GPU path: what the engine, the learned metric and the bundled networks give on a CUDA device equals what they give on
 the CPU. Skipped without CUDA (CI has none); run on a CUDA machine with
 ``pytest Testing/Python/test_cuda.py``. Training on CUDA is tested in test_networks.py.
 """
@@ -40,7 +40,7 @@ def test_rigid_2d_on_cuda_gives_the_cpu_answer():
     assert gpu_result.transform.offset().device.type == "cpu"
 
 
-@pytest.mark.parametrize("preset", ["affine", "deformable-fast", "voxelmorph-brain", "voxelmorph-brain-io"])
+@pytest.mark.parametrize("preset", ["affine", "deformable-fast", "voxelmorph-brain", "voxelmorph-brain-io", "supervised-brain"])
 def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labels, tmp_path):
     """OASIS 0002 -> 0001 at full size: mean seg35 Dice on the GPU within 0.01 of the CPU's, no folding, and the
     transform writes to a file (it left the GPU)."""
@@ -56,3 +56,17 @@ def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labe
         assert stats["folding_percent"] < 0.1
     dr.write_transform(result.transform, tmp_path / "gpu.h5")
     assert dice["cuda"] == pytest.approx(dice["cpu"], abs=0.01), dice
+
+
+def test_learned_metric_on_cuda_gives_the_cpu_answer():
+    """The multimodal rigid preset with the learned metric (features made and resampled on the GPU): T1 vs PD
+    shifted (13, 17) px gives the CPU's transform."""
+    t1 = dr.read_image(data_file("multimodal2d/BrainT1SliceBorder20.png"), grayscale=True)
+    pd = dr.read_image(data_file("multimodal2d/BrainProtonDensitySliceShifted13x17y.png"), grayscale=True)
+    answers = {}
+    for device in ("cpu", "cuda"):
+        result = register(t1, pd, load_preset("multimodal-rigid-learned"), initialise="center", device=device)
+        assert result.figures["device"].startswith(device)
+        answers[device] = result.transform.describe()
+    np.testing.assert_allclose(answers["cuda"]["translation_mm"], answers["cpu"]["translation_mm"], atol=0.05)
+    assert answers["cuda"]["angles_deg"][0] == pytest.approx(answers["cpu"]["angles_deg"][0], abs=0.02)

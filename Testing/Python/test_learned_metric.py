@@ -228,3 +228,18 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
         main(["train", "metric", "--dim", "3", "--images", str(data_file(MM.format("T1SliceBorder20"))),
               "--steps", "1", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_panel_stage_table_takes_a_learned_similarity():
+    """The Slicer panel's stage table: typing learned:metric-mr into a stage's Similarity cell gives overrides the
+    engine accepts; a learned model that does not exist is refused naming it."""
+    from DeepRegistrationLib.registration.stage_table import check_stage_overrides, overrides_from_rows, stage_rows
+
+    rows = stage_rows("multimodal-affine")
+    rows[1]["similarity"] = MODEL
+    overrides = overrides_from_rows("multimodal-affine", rows)
+    assert f'stages.1.similarity="{MODEL}"' in overrides
+    check_stage_overrides("multimodal-affine", overrides)
+    rows[1]["similarity"] = "learned:nowhere"
+    with pytest.raises(dr.InputError, match="nowhere"):
+        check_stage_overrides("multimodal-affine", overrides_from_rows("multimodal-affine", rows))

@@ -4,10 +4,8 @@ and the bundled model behind the supervised-brain presets."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
-import pytest
 import torch
 from conftest import OASIS, data_file, mean_label_dice, oasis_slice
 from test_networks import _write_2d_subjects
@@ -44,8 +42,14 @@ def _teacher_pair():
     return fixed, moving, result.transform
 
 
-def test_supervised_loss_falls_on_real_slices_with_teacher_and_known_pairs():
+def test_supervised_loss_falls_on_real_slices():
+    """Regression of a teacher's displacement between two real OASIS slices: the supervised error falls and the
+    network's own prediction moves the labels towards the teacher's answer; with known pairs (random
+    deformations) mixed in, the error on those falls too."""
+    import tempfile
+
     from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig
+    from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
 
     fixed, moving, transform = _teacher_pair()
     f = Subject(fixed.data.float(), oasis_slice("0001", "seg4").data.long(), "0001")
@@ -53,26 +57,27 @@ def test_supervised_loss_falls_on_real_slices_with_teacher_and_known_pairs():
     teacher = Teacher(m, f, teacher_displacement(transform, fixed.grid, moving.grid), "t")
     torch.manual_seed(0)
     net = VoxelMorphNet(2, "vm1-lite-in", diffeomorphic=True, integration_steps=5)
-    history = []
-    config = TrainConfig(steps=60, learning_rate=1e-3, lncc_weight=0.0, regularisation_weight=0.01,
-                         supervised_weight=1.0, teacher_probability=0.5, checkpoint_every=1000, validate_every=1000)
-    augment = AugmentConfig(deformation_mm=4.0, rotation_deg=0, scaling=0, translation_mm=0, known_pair_probability=1.0)
-    import tempfile
-
+    history: list = []
+    config = TrainConfig(steps=50, learning_rate=1e-3, lncc_weight=0.0, regularisation_weight=0.01,
+                         supervised_weight=1.0, teacher_probability=1.0, checkpoint_every=1000, validate_every=1000)
     with tempfile.TemporaryDirectory() as tmp:
-        train_voxelmorph(net, [m, f], config, tmp, augment=augment, spacing_mm=1.0, teachers=[teacher],
-                         progress=history.append)
+        train_voxelmorph(net, [m, f], config, tmp, teachers=[teacher], progress=history.append)
     mse = [h["supervised_mse"] for h in history]
-    assert len(mse) == 60 and np.mean(mse[-15:]) < 0.6 * np.mean(mse[:15]), (mse[:15], mse[-15:])
-    # the teacher pair itself: the network now moves the labels towards the teacher's answer
+    assert np.mean(mse[-5:]) < 0.6 * np.mean(mse[:5]), mse
     with torch.no_grad():
         _, u = net.eval()(m.image[None], f.image[None])
-    from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
-
     fseg, mseg = oasis_slice("0001", "seg4"), oasis_slice("0002", "seg4")
     before = mean_label_dice(fseg, mseg, None)
     after = mean_label_dice(fseg, mseg, voxel_field_to_physical(u[0].double(), fixed.grid))
-    assert after > before, (before, after)
+    assert after > before + 0.02, (before, after)
+    # known pairs only (each a random 3 mm deformation of one subject): the error falls over the steps
+    history = []
+    config.teacher_probability, config.steps = 0.0, 80
+    augment = AugmentConfig(deformation_mm=3.0, rotation_deg=0, scaling=0, translation_mm=0, known_pair_probability=1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_voxelmorph(net, [m, f], config, tmp, augment=augment, progress=history.append)
+    known = [h["supervised_mse"] for h in history]
+    assert np.mean(known[-20:]) < 0.8 * np.mean(known[:20]), known
 
 
 def test_train_supervised_cli_records_teachers_and_refuses_bad_pairs(tmp_path):
