@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The recipe of the supervised registration model DeepRegistrationLib/resources/models/supervised-brain
-# (presets supervised-brain and supervised-brain-io): the VoxelMorph network (VM-1 lite, instance-normalised,
-# diffeomorphic) trained by regression of known displacements only, no image similarity:
+# The recipe of a supervised registration model for T1 brain MRI (not bundled yet: no run of it has finished;
+# use the result with a voxelmorph preset, --set voxelmorph.network=build/supervised-brain): the VoxelMorph
+# network (VM-1 lite, instance-normalised, diffeomorphic) trained by regression of known displacements only,
+# no image similarity:
 #   * known pairs: a training subject and a random smooth deformation of it (the answer is that deformation);
 #   * teacher pairs: the two training subjects and the displacement the engine's deformable-accurate preset finds
 #     between them (computed here first, both directions), with the fixed side randomly deformed as well.
@@ -15,7 +16,7 @@
 # Usage: scripts/train_supervised_brain.sh [OUT_DIR] [extra deepreg train supervised arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-DeepRegistrationLib/resources/models/supervised-brain}"
+OUT="${1:-build/supervised-brain}"
 EXTRA=("${@:2}")
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data/brain3d}"

@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "random deformations of each image (--known-pairs) and teacher pairs "
                                          "(--teacher MOVING FIXED TRANSFORM, e.g. from 'deepreg register --preset "
                                          "deformable-accurate'); writes a model folder usable by the voxelmorph "
-                                         "stage (the supervised-brain presets).")
+                                         "stage (--set voxelmorph.network=MODEL_DIR with a voxelmorph preset).")
     from .train import add_supervised_arguments
 
     add_supervised_arguments(t)

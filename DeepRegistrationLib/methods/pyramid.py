@@ -49,6 +49,7 @@ class PyramidLevel:
     moving_grid: Grid
     moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
     sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
+    source: "PyramidLevel | None" = None  # the image level a feature level was made from
     _moving_stack: torch.Tensor | None = None
     _features: dict | None = None  # feature levels made from this one, by extractor key
 
@@ -102,8 +103,27 @@ class PyramidLevel:
                 if support is not None:
                     mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
             self._features[key] = PyramidLevel(self.spacing_mm, fixed, self.grid, self.points, mask, moving,
-                                               self.moving_grid, self.moving_mask, self.sigma_mm)
+                                               self.moving_grid, self.moving_mask, self.sigma_mm, source=self)
         return self._features[key]
+
+    def warped_features(self, transform: "LinearTransform", extractor) -> "PyramidLevel":
+        """A feature level (from :meth:`with_features`) whose moving features are those of the moving *image*
+        resampled through ``transform`` onto the fixed level grid: its moving grid is the fixed grid, so it is
+        sampled through the transform *relative to* ``transform`` (near the identity). Features are not
+        equivariant: read through a rotation, features of the unrotated image describe rotated neighbourhoods;
+        made on the image as currently warped, they do not. ``moving_mask``: where ``transform`` maps the fixed
+        voxels into the moving image (and its mask)."""
+        if self.source is None:
+            raise ValueError("warped_features needs a feature level (PyramidLevel.with_features)")
+        image = self.source
+        with torch.no_grad():
+            pts = image.points.reshape(-1, image.grid.dim)
+            coords = to_normalised(image.moving_grid, transform.map_points(pts.cpu()).to(pts.device), torch.float32)
+            warped, inside = image._moving_at(coords)
+            shape = tuple(image.grid.shape)
+            moving = extractor(warped.reshape(1, 1, *shape))[0]
+        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving, self.grid,
+                            inside.reshape(1, *shape), self.sigma_mm, source=image)
 
     def sampling_candidates(self) -> torch.Tensor:
         """Flat indices of the level voxels that random sampling draws from (inside the fixed mask, if any)."""

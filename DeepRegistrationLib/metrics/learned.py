@@ -62,6 +62,11 @@ def _network(name: str, dim: int, device: torch.device):
 class LearnedSimilarity(nn.Module):
     """Mean misalignment score of a learned metric network over the (masked) points; 0 = aligned.
 
+    ``refresh_every`` (a ``similarity_options`` entry): a linear stage remakes the moving features every this
+    many steps from the moving image as the current transform warps it (0: once per level from the unwarped
+    image, which biases rotations towards 0 because the features do not rotate with the image); an SVF stage
+    makes them once per level through the linear part.
+
     ``features(image)`` turns a level image ``(1, 1, ...)`` into feature maps; ``forward(fixed, moving, mask)``
     takes feature tensors ``(N, C, ...)`` (the fixed features and the moving features resampled at the fixed
     points) and an optional mask ``(N, 1, ...)``.
@@ -69,12 +74,15 @@ class LearnedSimilarity(nn.Module):
 
     extracts_features = True
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, refresh_every: int = 10) -> None:
         super().__init__()
         if not isinstance(model, str) or not model:
             raise InputError("a learned similarity needs a model name: 'learned:<model>'")
+        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 0:
+            raise InputError(f"refresh_every must be a whole number >= 0, got {refresh_every!r}")
         learned_model_folder(model)  # refuse a missing model when the configuration is read
         self.model = model
+        self.refresh_every = refresh_every
         self._net: nn.Module | None = None
 
     def network(self, dim: int, device: torch.device) -> nn.Module:

@@ -131,28 +131,52 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         decay = 1.0 - settings.final_lr_fraction
         # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
         # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
-        to_norm = torch.as_tensor(level.moving_grid.physical_to_normalised_matrix(), device=center.device)
         sampler = _Sampler(level, settings.samples, seed=7919 * context.index + li)
         # centred float32 points of the whole level; a sampled level centres only the voxels drawn
         pts = level.points.reshape(-1, dim) if sampler.active else (level.points.reshape(-1, dim) - center).float()
+        # A learned metric's moving features are remade every `refresh` steps from the moving image as the current
+        # transform T_k warps it onto the fixed grid, and then read through T_k^-1 T (near the identity): see
+        # PyramidLevel.warped_features. `seen` holds that level, T_k^-1 (as A_k^-1 and b_k) and its N.
+        refresh = int(getattr(similarity, "refresh_every", 0))
+        seen: dict = {}
 
-        def step(level=level, pts=pts, to_norm=to_norm, sampler=sampler):
+        def look(level=level) -> None:
+            current = model.transform()
+            seen["level"] = level.warped_features(current, similarity.features)
+            inv = torch.linalg.inv(current.matrix().double()).to(center.device)
+            seen["frozen"] = (inv, current.offset().double().to(center.device))
+            seen["to_norm"] = torch.as_tensor(seen["level"].moving_grid.physical_to_normalised_matrix(),
+                                              device=center.device)
+
+        if refresh:
+            look()
+        else:
+            seen.update(level=level, frozen=None, to_norm=torch.as_tensor(
+                level.moving_grid.physical_to_normalised_matrix(), device=center.device))
+
+        def step(pts=pts, sampler=sampler):
+            lv, to_norm = seen["level"], seen["to_norm"]
             a, b = model.matrix_and_offset()
+            if seen["frozen"] is not None:  # relative to the transform the features were made through
+                inv, b0 = seen["frozen"]
+                a, b = inv @ a, inv @ (b - b0)
             m = to_norm[:dim, :dim] @ a
             off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
             if sampler.active:  # a new random set of fixed voxels each step
                 voxels = sampler.draw()
                 coords = (pts[voxels] - center).float() @ m.T.float() + off.float()
-                fixed, warped, weights = level.sample_moving(coords, voxels)
+                fixed, warped, weights = lv.sample_moving(coords, voxels)
             else:
                 coords = pts @ m.T.float() + off.float()
-                fixed = level.fixed
-                warped, weights = level.warp_moving(coords)
+                fixed = lv.fixed
+                warped, weights = lv.warp_moving(coords)
             value = similarity(fixed, warped, weights)
             return value, value, {}
 
         def schedule(it: int, iters=iters) -> None:
             opt.factor = 1.0 - decay * (it + 1) / max(iters, 1)
+            if refresh and (it + 1) % refresh == 0 and it + 1 < iters:
+                look()
 
         loss = optimise(context, opt, iters, step, model=settings.model, level=li, after_step=schedule)
     return StageOutcome(StageState(model.transform(), state.deformable), loss)

@@ -54,9 +54,16 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
         # y = A (x + u(x)) = A x + A u(x): in the moving level's normalised coordinates both terms are linear,
         # so only u changes between iterations (computed in float32 on precomputed coordinates).
         pts = level.points.reshape(-1, dim)
-        a = linear.matrix().to(device)
-        moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
-        moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
+        if getattr(similarity, "extracts_features", False):
+            # a learned metric: moving features made from the moving image seen through the linear part, on the
+            # fixed grid (features do not rotate with the image); the deformation is then read from there
+            level = level.warped_features(linear, similarity.features)
+            moving_base = to_normalised(level.moving_grid, pts, torch.float32)
+            moving_lin = normalised_linear(level.moving_grid, torch.float32, device)
+        else:
+            a = linear.matrix().to(device)
+            moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
+            moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
         mode = "trilinear" if dim == 3 else "bilinear"
 
         def step(level=level, velocity=velocity, vgrid=vgrid, up_shape=up_shape, crop=crop,
