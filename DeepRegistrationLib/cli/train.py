@@ -1,6 +1,6 @@
 """``deepreg train voxelmorph``: read images (files, folders or a CSV), put them on the model grid, train, save.
 
-The result is a model folder (``weights.pt`` + ``model.json``, see :mod:`..methods.models`) whose card records the
+The result is a model folder (``weights.pt`` + ``model.json``, see :mod:`..io.models`) whose card records the
 model grid, the training data (file names and sha256), the exact command, the steps, the augmentation and
 the final validation Dice. Checkpoints go to ``<out>.checkpoints/`` while training; ``--resume`` continues
 from there exactly; ``--init MODEL`` fine-tunes an existing model (its architecture and grid are kept).
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..methods.voxelmorph.augment import AugmentConfig
     from ..methods.voxelmorph.model_grid import ModelInput
-    from ..methods.models import load_model, save_model
+    from ..io.models import load_model, save_model
     from ..methods.voxelmorph.network import VoxelMorphNet
     from ..methods.voxelmorph.training import TrainConfig, train_voxelmorph
 

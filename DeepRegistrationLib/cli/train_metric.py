@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..methods.learned_metric.network import LearnedMetricNet
     from ..methods.learned_metric.pairs import PairConfig, level_images
     from ..methods.learned_metric.training import MetricTrainConfig, train_learned_metric
-    from ..methods.models import save_model
+    from ..io.models import save_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

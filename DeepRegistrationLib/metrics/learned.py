@@ -30,7 +30,7 @@ _NETS: dict[tuple[str, str, float], tuple[nn.Module, dict]] = {}
 
 def learned_model_folder(name: str, dim: int | None = None):
     """The model folder of ``name`` (for ``dim`` when given: ``<name>`` or ``<name>-<dim>d``); a clear error."""
-    from ..methods.models import find_model
+    from ..io.models import find_model
 
     try:
         return find_model(name)
@@ -45,7 +45,7 @@ def learned_model_folder(name: str, dim: int | None = None):
 
 
 def _network(name: str, dim: int, device: torch.device):
-    from ..methods.models import WEIGHTS, load_model
+    from ..io.models import WEIGHTS, load_model
 
     folder = learned_model_folder(name, dim)
     weights = folder / WEIGHTS

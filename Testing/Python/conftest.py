@@ -122,7 +122,7 @@ def voxelmorph_model(tmp_path_factory) -> Path:
     """A 3D brain model folder (vm1-lite, 56 x 64 x 72 at 3 mm, LIA) with *untrained* weights whose flow head
     is scaled up so that it deforms visibly: for the plumbing (grid, field conversion, checks, Slicer nodes),
     never for accuracy."""
-    from DeepRegistrationLib.methods.models import save_model
+    from DeepRegistrationLib.io.models import save_model
     from DeepRegistrationLib.methods.voxelmorph.network import VoxelMorphNet
     from DeepRegistrationLib.methods.voxelmorph.model_grid import ModelInput
 

@@ -99,7 +99,7 @@ for name in wanted:
 outside = [f for f in loaded.values() if f and not f.startswith(tree)]
 assert not outside, outside
 from DeepRegistrationLib.registration import list_presets, load_preset
-from DeepRegistrationLib.methods.models import load_model
+from DeepRegistrationLib.io.models import load_model
 from DeepRegistrationLib.resources import bundled_models_dir
 presets = list_presets()
 for name in presets:

@@ -172,7 +172,7 @@ def test_multichannel_gradient_sampler_equals_one_channel_at_a_time():
 
 
 def test_wrong_and_damaged_models_are_refused(tmp_path):
-    from DeepRegistrationLib.methods.models import CARD, WEIGHTS, save_model
+    from DeepRegistrationLib.io.models import CARD, WEIGHTS, save_model
 
     with pytest.raises(dr.InputError, match="not found"):
         RegistrationConfig.from_dict({"stages": [{"model": "rigid", "similarity": "learned:no-such-metric"}]})
@@ -207,7 +207,7 @@ def test_wrong_and_damaged_models_are_refused(tmp_path):
 
 
 def test_bundled_models_are_small_and_carry_cards():
-    from DeepRegistrationLib.methods.models import find_model, load_model
+    from DeepRegistrationLib.io.models import find_model, load_model
 
     for dim in (2, 3):
         folder = find_model(f"metric-mr-{dim}d")

@@ -158,7 +158,7 @@ def test_instance_normalised_variant_learns_faster_on_real_slices():
 
 
 def test_model_folder_roundtrip_and_refusals(tmp_path):
-    from DeepRegistrationLib.methods.models import CARD, WEIGHTS, load_model, save_model
+    from DeepRegistrationLib.io.models import CARD, WEIGHTS, load_model, save_model
 
     torch.manual_seed(0)
     net = VoxelMorphNet(2, "vm1", diffeomorphic=True, integration_steps=5)
@@ -399,7 +399,7 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     """deepreg train voxelmorph on real 2D slices: the model folder has a complete card, loads, registers;
     --init fine-tunes it (card records the parent's checksum); --resume continues; bad input writes nothing."""
     from DeepRegistrationLib.cli import main
-    from DeepRegistrationLib.methods.models import load_model
+    from DeepRegistrationLib.io.models import load_model
 
     p = _write_2d_subjects(tmp_path)
     common = ["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),

@@ -82,7 +82,7 @@ def test_supervised_loss_falls_on_real_slices():
 
 def test_train_supervised_cli_records_teachers_and_refuses_bad_pairs(tmp_path):
     from DeepRegistrationLib.cli import main
-    from DeepRegistrationLib.methods.models import load_model
+    from DeepRegistrationLib.io.models import load_model
 
     p = _write_2d_subjects(tmp_path)
     _, _, transform = _teacher_pair()

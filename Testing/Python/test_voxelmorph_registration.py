@@ -124,8 +124,8 @@ def test_bundled_brain_model_card_and_weights():
     """The shipped model: loads with its checksum verified, under 10 MB, and its card says what the issue asks
     (architecture, input grid and normalisation, training data with checksums, command, steps, validation Dice,
     licence), with OASIS 0001 (the benchmarks' fixed subject) outside its training data."""
-    from DeepRegistrationLib.methods.models import WEIGHTS, load_model
-    from DeepRegistrationLib.methods.models import find_model
+    from DeepRegistrationLib.io.models import WEIGHTS, load_model
+    from DeepRegistrationLib.io.models import find_model
 
     folder = find_model("voxelmorph-brain")
     assert folder.parent == bundled_models_dir()  # the bundled one, shipped in the package

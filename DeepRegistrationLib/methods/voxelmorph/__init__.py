@@ -2,7 +2,7 @@
 
 Modules: :mod:`.kinds` (stage settings, registered in the method registry), :mod:`.network` and :mod:`.unet`
 (the network, in plain PyTorch), :mod:`.model_grid` (where and how a network sees its images),
-:mod:`.inference` (the stage runner; model folders are :mod:`..models`),
+:mod:`.inference` (the stage runner; model folders are :mod:`DeepRegistrationLib.io.models`),
 :mod:`.training` and :mod:`.augment` (training; MONAI is not needed), :mod:`.onednn` (CPU convolutions).
 Inference never imports the training modules.
 """

@@ -35,7 +35,7 @@ from ...image import Image
 from ...transforms.voxel import voxel_field_to_physical
 from ...transforms import (AffineTransform, DisplacementField, StationaryVelocityField, Transform, compose,
                           to_displacement_field)
-from ..models import WEIGHTS, find_model, load_model
+from ...io.models import WEIGHTS, find_model, load_model
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import DEFAULT_PASS_STEP, VoxelMorphSettings
 from .model_grid import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
@@ -48,7 +48,7 @@ _CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
 
 
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """:func:`~..models.load_model` of a name or path, kept for the process (reloaded when the file changes);
+    """:func:`~DeepRegistrationLib.io.models.load_model` of a name or path, kept for the process (reloaded when the file changes);
     on the CPU its 3D convolutions run through oneDNN (:mod:`.onednn`)."""
     folder = find_model(name_or_path)
     weights = folder / WEIGHTS

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..io.atomic import atomic_output_dir
-from ..io.checksums import file_sha256
+from .atomic import atomic_output_dir
+from .checksums import file_sha256
 
 __all__ = ["save_model", "load_model", "models_dirs", "find_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES", "NETWORKS"]
 
