@@ -17,11 +17,12 @@ from test_cli import _error_line, deepreg
 
 PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimodal-rigid", "multimodal-affine",
            "multimodal-deformable", "multimodal-rigid-learned"]
+NETWORK_PRESETS = ["voxelmorph-brain", "voxelmorph-brain-io", "supervised-brain", "supervised-brain-io"]
 
 
 def test_every_preset_loads():
-    assert set(PRESETS + ["voxelmorph-brain", "voxelmorph-brain-io"]) <= set(list_presets())
-    for name in PRESETS + ["voxelmorph-brain", "voxelmorph-brain-io"]:
+    assert set(PRESETS + NETWORK_PRESETS) <= set(list_presets())
+    for name in PRESETS + NETWORK_PRESETS:
         config = load_preset(name)
         assert config.name == name and config.description and config.stages
 
