@@ -128,14 +128,13 @@ def _from_csv(path: Path) -> tuple[list[Path], list[Path]]:
     return images, labels
 
 
-def _load_teachers(triplets: list, images: list[Path], labels: list[Path], subjects: list, model) -> list:
+def _load_teachers(triplets: list, images: list[Path], subjects: list) -> list:
     """Teacher pairs (:class:`~..methods.voxelmorph.training.Teacher`) of ``--teacher MOVING FIXED TRANSFORM``:
-    both images must be training images (their subjects are reused); the transform is read and put on the model
-    grids."""
+    both images must be training images (their subjects, and the model grids they were placed on, are reused);
+    the transform is read and put on those grids."""
     if not triplets:
         return []
-    from ..io import read_image, read_transform
-    from ..methods.voxelmorph.model_grid import normalised
+    from ..io import read_transform
     from ..methods.voxelmorph.training import Teacher, teacher_displacement
 
     by_path = {p.resolve(): k for k, p in enumerate(images)}
@@ -149,8 +148,7 @@ def _load_teachers(triplets: list, images: list[Path], labels: list[Path], subje
         if ks[0] == ks[1]:
             raise InputError(f"--teacher: {moving} is both the moving and the fixed image")
         t = read_transform(transform)
-        grids = [model.grid_for(normalised(read_image(images[k]))) for k in ks]
-        u = teacher_displacement(t, grids[1], grids[0])
+        u = teacher_displacement(t, subjects[ks[1]].grid, subjects[ks[0]].grid)
         if not bool(u.isfinite().all()):
             raise InputError(f"{transform}: the teacher transform gives non-finite displacements on the model grid")
         teachers.append(Teacher(subjects[ks[0]], subjects[ks[1]], u, Path(transform).name))
@@ -180,7 +178,7 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
         labels = to_model_grid(lab, grid, interpolation="nearest").round().long()
         if not bool(labels.ne(0).any()):
             raise InputError(f"{labels_path}: no label inside the model grid (not on {image_path.name}'s grid?)")
-    return Subject(to_model_grid(image_n, grid), labels, image_path.name)
+    return Subject(to_model_grid(image_n, grid), labels, image_path.name, grid)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         augment = AugmentConfig(deformation_mm=args.deformation_mm, rotation_deg=args.rotation_deg,
                                 scaling=args.scaling, translation_mm=args.translation_mm, synth_probability=args.synth,
                                 known_pair_probability=args.known_pairs)
-    teachers = _load_teachers(getattr(args, "teacher", []), images, labels, subjects, model)
+    teachers = _load_teachers(getattr(args, "teacher", []), images, subjects)
     objective = getattr(args, "objective", "unsupervised")
     if objective == "supervised" and not (teachers or (augment and augment.known_pair_probability > 0)):
         raise InputError("supervised training needs known pairs (--known-pairs > 0) or teacher pairs (--teacher)")

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     items, val_items = [], []
     for path, target in [(p, items) for p in paths] + [(p, val_items) for p in val_paths]:
         image = read_image(path, grayscale=True)
+        image.check_finite()
         if image.dim < args.dim:
             raise InputError(f"{path}: a {image.dim}D image cannot train a {args.dim}D metric")
         target.append(level_images(image, pairs.spacings_mm, pairs.smoothing))

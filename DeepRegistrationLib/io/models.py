@@ -21,7 +21,7 @@ from ..errors import InputError
 from .atomic import atomic_output_dir
 from .checksums import file_sha256
 
-__all__ = ["save_model", "load_model", "models_dirs", "find_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES", "NETWORKS"]
+__all__ = ["save_model", "load_model", "models_dirs", "find_model", "WEIGHTS", "CARD", "MAX_MODEL_BYTES", "NETWORKS", "cached_model"]
 
 WEIGHTS = "weights.pt"
 CARD = "model.json"
@@ -119,3 +119,17 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
         raise InputError(f"{weights}: the weights do not match the architecture in {card_path.name} "
                          f"({card['architecture']}): {first}") from None
     return net.to(device).eval(), card
+
+
+_CACHE: dict[tuple[str, str, float, str | None], tuple[torch.nn.Module, dict]] = {}
+
+
+def cached_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
+                 network: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """:func:`load_model`, kept for the process (loaded again when the weights file changes)."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS
+    key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0, network)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(folder, device, network=network)
+    return _CACHE[key]

@@ -25,7 +25,6 @@ from ..errors import InputError
 __all__ = ["LearnedSimilarity", "learned_model_folder", "PREFIX"]
 
 PREFIX = "learned:"
-_NETS: dict[tuple[str, str, float], tuple[nn.Module, dict]] = {}
 
 
 def learned_model_folder(name: str, dim: int | None = None):
@@ -45,14 +44,10 @@ def learned_model_folder(name: str, dim: int | None = None):
 
 
 def _network(name: str, dim: int, device: torch.device):
-    from ..io.models import WEIGHTS, load_model
+    from ..io.models import cached_model
 
     folder = learned_model_folder(name, dim)
-    weights = folder / WEIGHTS
-    key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
-    if key not in _NETS:
-        _NETS[key] = load_model(folder, device, network="LearnedMetricNet")
-    net, card = _NETS[key]
+    net, card = cached_model(folder, device, network="LearnedMetricNet")
     if net.dim != dim:
         raise InputError(f"learned metric {name!r} ({folder}) is a {net.dim}D network; the images are {dim}D "
                          f"(train one with 'deepreg train metric --dim {dim}')")

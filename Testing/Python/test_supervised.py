@@ -129,3 +129,30 @@ def test_supervised_brain_presets_register_the_oasis_pair():
             assert result.jacobian()[2]["folding_percent"] < 0.1
     assert dice["supervised-brain"] > dice["affine"] + 0.05, dice
     assert dice["supervised-brain-io"] > dice["supervised-brain"] + 0.05, dice
+
+
+def test_teacher_displacement_on_anisotropic_oblique_model_grids():
+    """The teacher target between model grids of different spacings (0.8 x 1.3 mm and 1.1 x 0.9 mm) and directions
+    (oblique by 20 and -10 deg), in millimetres: the moving grid point at index ``x + u(x)`` is the transform of
+    the fixed grid point at ``x``, and SimpleITK's own index -> physical map of the moving grid agrees."""
+    import SimpleITK as sitk
+
+    c = np.asarray(oasis_slice("0001", "norm").grid.center())
+
+    def oblique(deg: float, spacing) -> dr.Grid:
+        a = np.radians(deg)
+        return dr.Grid.centred(c, (150, 150), spacing, np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]))
+
+    fixed_grid, moving_grid = oblique(20.0, (0.8, 1.3)), oblique(-10.0, (1.1, 0.9))
+    truth = dr.RigidTransform([np.radians(5.0)], [2.5, -1.0], center=c)
+    u = teacher_displacement(truth, fixed_grid, moving_grid)[0].double()  # (2, H, W): channel k along tensor axis k
+    picks = [(3, 7), (75, 75), (140, 20), (149, 149)]  # (row j, column i)
+    ref = sitk.Image(150, 150, sitk.sitkFloat32)
+    ref.SetSpacing(moving_grid.spacing)
+    ref.SetOrigin(moving_grid.origin)
+    ref.SetDirection(np.asarray(moving_grid.direction_matrix()).ravel().tolist())
+    for j, i in picks:
+        expected = truth.map_points(np.asarray(fixed_grid.index_to_physical(np.array([[i, j]], float))))[0]
+        index = (i + float(u[1, j, i]), j + float(u[0, j, i]))  # (i, j) = (x, y) index of the moving grid point
+        got = ref.TransformContinuousIndexToPhysicalPoint(index)
+        np.testing.assert_allclose(got, np.asarray(expected), atol=1e-4)

@@ -35,7 +35,8 @@ from ...image import Image
 from ...transforms.voxel import voxel_field_to_physical
 from ...transforms import (AffineTransform, DisplacementField, StationaryVelocityField, Transform, compose,
                           to_displacement_field)
-from ...io.models import WEIGHTS, find_model, load_model
+from ...io.models import cached_model as load_cached
+from ...io.models import find_model
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import DEFAULT_PASS_STEP, VoxelMorphSettings
 from .model_grid import ModelInput, check_network_input, smoothed_for_grid, to_model_grid
@@ -44,19 +45,11 @@ from .onednn import use_onednn
 __all__ = ["cached_model", "check_inputs", "check_stage_inputs", "left_right_axis",
            "mirror_field", "predict_transform", "run_voxelmorph_stage"]
 
-_CACHE: dict[tuple[str, str, float], tuple[torch.nn.Module, dict]] = {}
-
-
 def cached_model(name_or_path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """:func:`~DeepRegistrationLib.io.models.load_model` of a name or path, kept for the process (reloaded when the file changes);
     on the CPU its 3D convolutions run through oneDNN (:mod:`.onednn`)."""
-    folder = find_model(name_or_path)
-    weights = folder / WEIGHTS
-    key = (str(folder.resolve()), str(device), weights.stat().st_mtime if weights.is_file() else 0.0)
-    if key not in _CACHE:
-        net, card = load_model(folder, device, network="VoxelMorphNet")
-        _CACHE[key] = (use_onednn(net) if device.type == "cpu" else net), card
-    return _CACHE[key]
+    net, card = load_cached(find_model(name_or_path), device, network="VoxelMorphNet")
+    return (use_onednn(net) if device.type == "cpu" else net), card
 
 
 def check_inputs(name_or_path: str, fixed: Image, moving: Image, device: torch.device) -> list[str]:

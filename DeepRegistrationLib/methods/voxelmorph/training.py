@@ -43,11 +43,13 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class Subject:
-    """One training image on the model grid: ``image`` ``(1, *shape)`` float, ``labels`` ``(1, *shape)`` int or None."""
+    """One training image on the model grid: ``image`` ``(1, *shape)`` float, ``labels`` ``(1, *shape)`` int or None;
+    ``grid``: where that model grid was placed (LPS mm), when known."""
 
     image: torch.Tensor
     labels: torch.Tensor | None = None
     name: str = ""
+    grid: Grid | None = None
 
 
 @dataclass
@@ -175,7 +177,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         label_values = torch.unique(torch.cat([s.labels.reshape(-1) for s in subjects]))
         label_values = label_values[label_values != 0]
     def on_device(s: Subject) -> Subject:
-        return Subject(s.image.to(device), None if s.labels is None else s.labels.to(device), s.name)
+        return Subject(s.image.to(device), None if s.labels is None else s.labels.to(device), s.name, s.grid)
 
     subjects = [on_device(s) for s in subjects]  # augmentation runs where the network does
     atlas = on_device(atlas) if atlas is not None else None
