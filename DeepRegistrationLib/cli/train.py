@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         if not (args.resume and (out / "model.json").is_file()):
             raise InputError(f"{out}: exists; choose another --out (or --resume, which replaces the model it wrote)")
     device = resolve_device(args.device)
+    if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest convolutions once
+        torch.backends.cudnn.benchmark = True
 
     if args.init:
         net, card0 = load_model(args.init, device)

@@ -181,6 +181,8 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
 
     subjects = [on_device(s) for s in subjects]  # augmentation runs where the network does
     atlas = on_device(atlas) if atlas is not None else None
+    teachers = [Teacher(on_device(t.moving), on_device(t.fixed), t.displacement.to(device), t.name)
+                for t in teachers or []]
     figures: dict = {}
     while step < config.steps:
         if atlas is not None:
@@ -194,7 +196,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         m_img, m_lab, f_img, f_lab, synthetic, known = moving.image, moving.labels, fixed.image, fixed.labels, False, None
         if teachers and float(torch.rand(1, generator=gen)) < config.teacher_probability:
             teacher = teachers[int(torch.randint(len(teachers), (1,), generator=gen))]
-            moving, fixed, known = teacher.moving, teacher.fixed, teacher.displacement.to(device)
+            moving, fixed, known = teacher.moving, teacher.fixed, teacher.displacement
             m_img, m_lab, f_img, f_lab = moving.image, moving.labels, fixed.image, fixed.labels
             if augment is not None:  # re-contrast both; deform the fixed one by psi: target psi + u_T(x + psi)
                 m_img, m_lab, _, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
