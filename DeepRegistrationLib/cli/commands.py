@@ -279,11 +279,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
     import signal
     import warnings
 
-    from ..io import read_image, read_points, read_transform, write_transform
-    from ..registration import RegistrationCancelled, load_preset, register
-
+    from ..io import read_transform, write_transform
     from ..io.atomic import output_transaction
-    from ..io.images import single_slice_as_2d
+    from ..registration import RegistrationCancelled, load_preset, register
+    from ..registration.inputs import read_pair_inputs
 
     outputs = [p for p in (args.out_transform, args.out_image, args.out_jacobian, args.out_inverse) if p]
     inputs = [p for p in (args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.initial_transform,
@@ -300,41 +299,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
                          f"transform, which {full_suffix(args.out_transform)} files cannot hold; write .h5")
     _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image", args.interpolation)),
                     (args.out_jacobian, _suffixes("image")), (args.out_inverse, transform_suffixes)], inputs)
-    fixed = read_image(args.fixed)
-    moving = read_image(args.moving)
-    if fixed.dim == moving.dim == 3 and single_slice_as_2d(fixed) is not None \
-            and single_slice_as_2d(moving) is not None:
-        print("note: both images are single slices; registering them in 2D", file=sys.stderr)
-        fixed, moving = single_slice_as_2d(fixed), single_slice_as_2d(moving)
+    pair = read_pair_inputs(args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.fixed_landmarks,
+                            args.moving_landmarks)
+    for note in pair.notes:
+        print(f"note: {note}", file=sys.stderr)
+    fixed, moving = pair.fixed, pair.moving
     for path in (args.out_image, args.out_jacobian):
         _check_output_dim(path, fixed.dim)
-    images = []
-    for img in (fixed, moving):
-        if img.num_channels in (3, 4):
-            print(f"note: {img.name} is RGB(A); registering its luminance", file=sys.stderr)
-            img = img.to_grayscale()
-        elif img.num_channels != 1:
-            raise InputError(f"{img.name}: has {img.num_channels} channels; registration needs a single-channel image")
-        images.append(img)
-    fixed, moving = images
-    if fixed.dim != moving.dim:
-        raise InputError(f"{args.fixed} is {fixed.dim}D but {args.moving} is {moving.dim}D")
-    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
-    moving_mask = read_image(args.moving_mask) if args.moving_mask else None
-    if fixed.dim == 2:  # masks stored as single slices, like their images
-        fixed_mask = single_slice_as_2d(fixed_mask) or fixed_mask if fixed_mask is not None else None
-        moving_mask = single_slice_as_2d(moving_mask) or moving_mask if moving_mask is not None else None
-    fixed_points = moving_points = None
-    if args.fixed_landmarks:
-        fixed_points = read_points(args.fixed_landmarks, reference=fixed.grid, dim=fixed.dim)
-        moving_points = read_points(args.moving_landmarks, reference=moving.grid, dim=moving.dim)
-        from ..registration.landmarks import check_landmarks
-
-        for pts, path in ((fixed_points, args.fixed_landmarks), (moving_points, args.moving_landmarks)):
-            check_landmarks(pts, "rigid", path)
-        if len(fixed_points) != len(moving_points):
-            raise InputError(f"landmark sets differ: {len(fixed_points)} fixed ({args.fixed_landmarks}) vs "
-                             f"{len(moving_points)} moving ({args.moving_landmarks}) points")
+    fixed_mask, moving_mask = pair.fixed_mask, pair.moving_mask
+    fixed_points, moving_points = pair.fixed_points, pair.moving_points
     initial = read_transform(args.initial_transform) if args.initial_transform else None
     initialise = "landmarks" if fixed_points is not None and initial is None else None
 
