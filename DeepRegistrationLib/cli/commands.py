@@ -400,6 +400,19 @@ def _cmd_train_metric(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ---------------------------------------------------------------------- cohorts
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .cohort import run_batch_command
+
+    return run_batch_command(args)
+
+
+def _cmd_template(args: argparse.Namespace) -> int:
+    from .cohort import run_template_command
+
+    return run_template_command(args)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
@@ -504,6 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     metric_arguments(t)
     t.set_defaults(func=_cmd_train_metric)
+
+    from .cohort import add_batch_arguments, add_template_arguments
+
+    p = sub.add_parser("batch", help="register many pairs on Dask (local cluster or --scheduler), resumably",
+                       description="One registration per pair on Dask distributed workers; outputs per pair in "
+                                   "OUT/pairs/<id>/ (transform, warped image, thumbnail, figures), a manifest that "
+                                   "makes a rerun skip finished pairs and retry failed ones, and a report "
+                                   "(summary.csv, report.md). Exit status 4 when some pair failed.")
+    add_batch_arguments(p)
+    p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("template", help="unbiased group-wise template of a set of images (iterated on Dask)",
+                       description="Register all images onto the current template, average the warped images, move "
+                                   "the average by the inverse of the mean transform; repeat (resumable).")
+    add_template_arguments(p)
+    p.set_defaults(func=_cmd_template)
 
     p = sub.add_parser("info", help="geometry of an image, or kind and parameters of a transform file")
     p.add_argument("file", help="image file, DICOM folder or transform file")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shlex
 import sys
 import time
@@ -84,7 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="stop after this many minutes with a checkpoint (no model written; continue with "
                             "--resume), e.g. to fit a time-limited GPU lease (0: no limit)")
     train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice; per process)")
+    train.add_argument("--batch", type=int, default=1, help="pairs per step, over all processes (default 1)")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="data-parallel processes on this machine (PyTorch DistributedDataParallel: one per GPU "
+                            "with NCCL, else gloo on the CPU); --batch must be a multiple of it. Under torchrun, "
+                            "leave it at 1: the process group torchrun starts is used")
 
 
 def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,6 +188,55 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
 
 
 def run(args: argparse.Namespace) -> int:
+    """``deepreg train voxelmorph|supervised``: in this process, in ``--nproc`` spawned processes, or as one
+    process of a group started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment)."""
+    import torch
+
+    if args.nproc < 1:
+        raise InputError("--nproc must be at least 1")
+    if args.batch < 1 or args.batch % max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))):
+        raise InputError(f"--batch ({args.batch}) must be a positive multiple of the number of processes")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join its process group
+        return _run_in_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args, None)
+    if args.nproc == 1:
+        return _train(args)
+    import socket
+
+    with socket.socket() as probe:  # a free port for the group's rendezvous on this machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        torch.multiprocessing.spawn(_spawned, args=(args.nproc, args, port), nprocs=args.nproc, join=True)
+    except torch.multiprocessing.ProcessRaisedException as err:  # the process's own error, without the traceback
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise InputError(f"a training process failed: {lines[-1] if lines else err}") from None
+    return 0
+
+
+def _spawned(rank: int, world: int, args: argparse.Namespace, port: int) -> None:
+    _run_in_group(rank, world, args, port)
+
+
+def _run_in_group(rank: int, world: int, args: argparse.Namespace, port: int | None) -> int:
+    """One process of a data-parallel group: join it (NCCL on a GPU per process, else gloo), train, leave it."""
+    import torch
+    import torch.distributed as dist
+
+    from ..devices import resolve_device
+
+    cuda = resolve_device(args.device).type == "cuda"
+    if cuda and torch.cuda.device_count() < world:
+        raise InputError(f"{world} processes on CUDA need {world} GPUs; this machine has {torch.cuda.device_count()}")
+    if port is not None:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        return _train(args, rank=rank, device_index=int(os.environ.get("LOCAL_RANK", rank)) if cuda else None)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = None) -> int:
     import torch
 
     from ..devices import resolve_device
@@ -216,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
         if not (args.resume and (out / "model.json").is_file()):
             raise InputError(f"{out}: exists; choose another --out (or --resume, which replaces the model it wrote)")
     device = resolve_device(args.device)
+    if device_index is not None:
+        device = torch.device("cuda", device_index)
+        torch.cuda.set_device(device)
     if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest convolutions once
         torch.backends.cudnn.benchmark = True
 
@@ -226,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         dim = len(args.grid_size)
         model = ModelInput(tuple(args.grid_size), (args.spacing,) * dim, args.orientation, args.modality)
+        torch.manual_seed(args.seed)  # the same initial weights for the same seed (every process of a group too)
         net = VoxelMorphNet(dim, args.architecture, diffeomorphic=not args.no_diffeomorphic,
                             integration_steps=args.integration_steps)
         base = {}
@@ -237,9 +296,10 @@ def run(args: argparse.Namespace) -> int:
     for vi, vl in zip(val_images, val_labels):
         target = load_subject(vi, vl, model)
         validation.extend((s, target) for s in subjects[:2])
-    print(f"loaded {len(subjects)} training subjects{' + atlas' if atlas else ''}, {len(val_images)} validation "
-          f"on the model grid {list(model.size)} x {model.spacing[0]:g} mm {model.orientation} "
-          f"({time.perf_counter() - t0:.1f} s); training on {device}", file=sys.stderr)
+    if rank == 0:
+        print(f"loaded {len(subjects)} training subjects{' + atlas' if atlas else ''}, {len(val_images)} validation "
+              f"on the model grid {list(model.size)} x {model.spacing[0]:g} mm {model.orientation} "
+              f"({time.perf_counter() - t0:.1f} s); training on {device}", file=sys.stderr)
 
     augment = None
     if args.augment or args.synth > 0 or args.known_pairs > 0:
@@ -255,8 +315,8 @@ def run(args: argparse.Namespace) -> int:
                          supervised_weight=args.supervised_weight, max_grad_norm=args.max_grad_norm,
                          teacher_probability=getattr(args, "teacher_probability", 0.0) if teachers else 0.0,
                          self_pairs=not args.no_self_pairs,
-                         seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
-    bar = _ProgressBar(args.steps)
+                         seed=args.seed, batch=args.batch, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
+    bar = _ProgressBar(args.steps) if rank == 0 else None
     start = time.perf_counter()
     deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else None
     checkpoints = Path(str(out) + ".checkpoints")
@@ -265,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
                                augment=augment, spacing_mm=float(model.spacing[0]),
                                stop=(lambda: time.perf_counter() > deadline) if deadline else None,
                                teachers=teachers or None)
+    if rank != 0:  # process 0 writes the model
+        return 0
     bar.finish()
     if figures.get("stopped"):
         print(f"stopped at step {figures['step']} of {args.steps} after {args.max_minutes:g} min; checkpoint in "

@@ -231,7 +231,7 @@ def _run(client, todo: list[PairSpec], out: Path, manifest: Manifest, device: st
                           if status == "done" else record.get("error", ""))
                 running = sum(len(v) for v in client.processing().values())
                 say(f"[{finished}/{len(todo)}] {spec.id}: {status} ({detail}); {finished - failed} done, {failed} "
-                    f"failed, {running} running, ETA {_eta(start, finished, len(todo) - finished)}")
+                    f"failed, {running} in flight, ETA {_eta(start, finished, len(todo) - finished)}")
     except KeyboardInterrupt:
         for future in pending:
             future.cancel()

@@ -1,9 +1,16 @@
 """Unsupervised VoxelMorph training: ``-LNCC(F, M o phi) + lambda ||grad u||^2`` (+ optional Dice on warped labels).
 
 Subjects are tensors on one model grid (``(1, *shape)`` images in [0, 1], optional ``(1, *shape)`` label
-maps). Each step draws a random ordered pair (or atlas -> subject when ``atlas`` is given) from a seeded
-generator, so a run is reproducible and a run resumed from its checkpoint continues exactly as if it had
-not stopped (the checkpoint holds the weights, the optimiser, the step and the generator state).
+maps). Each step draws ``batch`` random ordered pairs (or atlas -> subject when ``atlas`` is given), example ``k`` of
+step ``s`` from a generator seeded by ``(seed, s, k)``, so a run is reproducible, a run resumed from its checkpoint
+continues exactly as if it had not stopped (the checkpoint holds the weights, the optimiser and the step), and a
+batch split over processes draws the same examples as one process.
+
+Data-parallel training: when a ``torch.distributed`` process group is running (``deepreg train ... --nproc N``, or
+``torchrun``), process ``r`` of ``N`` takes examples ``r, r + N, ...`` of every batch, the network is wrapped in
+``DistributedDataParallel`` (gloo on CPUs, NCCL on GPUs), and the loss is scaled so that the averaged gradient is the
+one of the whole batch: the same run as one process with the whole batch, up to the order of floating-point sums.
+Only process 0 validates, reports progress and writes checkpoints.
 
 With an :class:`~.augment.AugmentConfig`, both images of a pair are fresh random deformations of their
 subjects (so a subject may be paired with itself) with intensity augmentation, and a share of them is
@@ -101,6 +108,7 @@ class TrainConfig:
     max_grad_norm: float = 0.0
     self_pairs: bool = True
     seed: int = 0
+    batch: int = 1
     checkpoint_every: int = 100
     validate_every: int = 100
     history: list = field(default_factory=list)
@@ -109,6 +117,13 @@ class TrainConfig:
         d = asdict(self)
         d.pop("history")
         return d
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless a torch.distributed process group is running."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _one_hot(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -137,6 +152,11 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     when it answers True the run checkpoints and returns early, with ``figures["stopped"] = True`` (a time
     limit; ``resume`` continues it).
     """
+    if config.batch < 1:
+        raise InputError("the batch must hold at least one pair")
+    _, world = _distributed()
+    if config.batch % world:
+        raise InputError(f"the batch ({config.batch}) must split evenly over the {world} processes")
     if len(subjects) + (atlas is not None) < 2:
         raise InputError("training needs at least two subjects (or one subject and an atlas)")
     shapes = {tuple(s.image.shape) for s in subjects} | ({tuple(atlas.image.shape)} if atlas else set())
@@ -157,7 +177,6 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     out.mkdir(parents=True, exist_ok=True)
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    gen = torch.Generator().manual_seed(config.seed)
     step = 0
     history: list[dict] = []
     if resume:
@@ -169,7 +188,6 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             raise InputError(f"{path}: checkpoint of {state['architecture']}, not {net.config}")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
         step, history = int(state["step"]), json.loads(state["history"])
     similarity = LNCCLoss(window=config.lncc_window)
     label_values = None
@@ -183,8 +201,19 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     atlas = on_device(atlas) if atlas is not None else None
     teachers = [Teacher(on_device(t.moving), on_device(t.fixed), t.displacement.to(device), t.name)
                 for t in teachers or []]
+    rank, world = _distributed()
+    model = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    local = list(range(rank, config.batch, world))  # this process's share of every step's batch
     figures: dict = {}
-    while step < config.steps:
+
+    def draw(step: int, k: int) -> dict:
+        """Example ``k`` of step ``step``: from its own generator, so any split of a batch over processes draws the
+        same examples as one process drawing the whole batch."""
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + k)
         if atlas is not None:
             moving, fixed = atlas, subjects[int(torch.randint(len(subjects), (1,), generator=gen))]
         elif augment is not None and config.self_pairs:  # fresh deformations: a subject may be paired with itself
@@ -211,44 +240,65 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
                 m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
                 f_img, f_lab, f_syn, _ = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
             synthetic = m_syn or f_syn
-        m, f = m_img[None].to(device).float(), f_img[None].to(device).float()
+        return {"m": m_img, "f": f_img, "m_lab": m_lab, "f_lab": f_lab, "known": known, "synthetic": synthetic,
+                "pair": [moving.name, fixed.name]}
+
+    while step < config.steps:
+        examples = [draw(step, k) for k in local]
+        m = torch.stack([e["m"] for e in examples]).to(device).float()
+        f = torch.stack([e["f"] for e in examples]).to(device).float()
         opt.zero_grad()
-        warped, u = net(m, f)
-        sim = similarity(f, warped) if config.lncc_weight > 0 and not synthetic else warped.new_zeros(())
-        reg = diffusion_regulariser_batch(u)
-        loss = config.lncc_weight * sim + config.regularisation_weight * reg
-        supervised = None
-        if known is not None and config.supervised_weight > 0:
-            supervised = ((u - known.to(device)) ** 2).sum(1).mean()
-            loss = loss + config.supervised_weight * supervised
-        dice = None
-        if label_values is not None:
-            ml = _one_hot(m_lab[None].to(device), label_values)
-            fl = _one_hot(f_lab[None].to(device), label_values)
-            dice = _soft_dice(warp_voxels(ml, u), fl)
-            loss = loss + config.dice_weight * (1 - dice)
-        loss.backward()
+        warped, u = model(m, f)
+        # per example: similarity, regularisation, supervised error, Dice; summed here, averaged over the batch
+        terms = torch.zeros(5, device=device, dtype=torch.float64)  # loss, similarity, regularisation, mse, dice
+        total = warped.new_zeros(())
+        for n, e in enumerate(examples):
+            wk, uk, fk = warped[n:n + 1], u[n:n + 1], f[n:n + 1]
+            sim = similarity(fk, wk) if config.lncc_weight > 0 and not e["synthetic"] else wk.new_zeros(())
+            reg = diffusion_regulariser_batch(uk)
+            loss_k = config.lncc_weight * sim + config.regularisation_weight * reg
+            mse = wk.new_zeros(())
+            if e["known"] is not None and config.supervised_weight > 0:
+                mse = ((uk - e["known"].to(device)) ** 2).sum(1).mean()
+                loss_k = loss_k + config.supervised_weight * mse
+            dice = wk.new_zeros(())
+            if label_values is not None:
+                ml = _one_hot(e["m_lab"][None].to(device), label_values)
+                fl = _one_hot(e["f_lab"][None].to(device), label_values)
+                dice = _soft_dice(warp_voxels(ml, uk), fl)
+                loss_k = loss_k + config.dice_weight * (1 - dice)
+            total = total + loss_k
+            terms += torch.stack([loss_k, sim, reg, mse, dice]).detach().double()
+        # DistributedDataParallel averages the gradients over the processes: scaled so that the step follows the
+        # mean over the whole batch, as one process with the whole batch would
+        (total * world / config.batch).backward()
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
         opt.step()
         step += 1
-        figures = {"step": step, "loss": float(loss.detach()), "similarity": float(sim.detach()),
-                   "regularisation": float(reg.detach()), "synthetic": synthetic,
-                   "pair": [moving.name, fixed.name]}
-        if supervised is not None:
-            figures["supervised_mse"] = float(supervised.detach())
-        if dice is not None:
-            figures["soft_dice"] = float(dice.detach())
-        if validation and (step % config.validate_every == 0 or step == config.steps):
+        if world > 1:
+            torch.distributed.all_reduce(terms)
+        terms = (terms / config.batch).tolist()
+        figures = {"step": step, "loss": terms[0], "similarity": terms[1], "regularisation": terms[2],
+                   "synthetic": any(e["synthetic"] for e in examples), "pair": examples[0]["pair"]}
+        if any(e["known"] is not None for e in examples) and config.supervised_weight > 0:
+            figures["supervised_mse"] = terms[3]
+        if label_values is not None:
+            figures["soft_dice"] = terms[4]
+        if rank == 0 and validation and (step % config.validate_every == 0 or step == config.steps):
             figures["validation_dice"] = validation_dice(net, validation, device)
             net.train()
         history.append(figures)
-        if progress is not None:
+        if progress is not None and rank == 0:
             progress(figures)
         stopping = stop is not None and step < config.steps and stop()
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+        if world > 1:  # every process stops at the same step, as process 0 decides
+            flag = torch.tensor([float(stopping)], device=device)
+            torch.distributed.broadcast(flag, 0)
+            stopping = bool(flag.item())
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps or stopping):
             with atomic_output(out / CHECKPOINT) as tmp:
-                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                             "step": step, "history": json.dumps(history), "architecture": net.config,
                             "config": json.dumps(config.to_dict()),
                             "augment": json.dumps(augment.to_dict() if augment else None)}, tmp)
