@@ -1,0 +1,242 @@
+"""Cohort work on a real local Dask cluster (2 worker processes) with real 2D brain slices (OASIS, seg4 labels):
+``deepreg batch`` gives what single ``deepreg register`` runs give; it resumes after the driver is killed half way,
+survives a worker killed mid-task (that pair is retried), reports a corrupt input without stopping; the manifest is
+checked after each. Group-wise template construction, and data-parallel training (two gloo processes against one
+process with the doubled batch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import DeepRegistrationLib as dr
+from conftest import OASIS_SLICE, ROOT, data_file
+
+pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow
+
+from DeepRegistrationLib.cohort import Manifest, all_to_one, read_pairs, run_batch  # noqa: E402
+from DeepRegistrationLib.cohort.engine import ClusterSpec  # noqa: E402
+from DeepRegistrationLib.errors import InputError  # noqa: E402
+
+CLUSTER = ClusterSpec(workers=2, threads=1, memory_limit=4 * 1024**3)
+
+
+def _slices(folder):
+    """OASIS 0001/0002 coronal slices and their seg4 labels as 2D NIfTI files."""
+    paths = {}
+    for sid in ("0001", "0002"):
+        for kind in ("norm", "seg4"):
+            path = folder / f"{sid}_{kind}.nii.gz"
+            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
+            paths[sid, kind] = path
+    return paths
+
+
+def _table(folder, rows):
+    path = folder / "pairs.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["fixed", "moving", "fixed_labels", "moving_labels", "preset"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _row(p, fixed, moving, preset="deformable-fast"):
+    return {"fixed": p[fixed, "norm"].name, "moving": p[moving, "norm"].name, "fixed_labels": p[fixed, "seg4"].name,
+            "moving_labels": p[moving, "seg4"].name, "preset": preset}
+
+
+def test_batch_gives_what_single_register_runs_give_and_reports_a_corrupt_input(tmp_path):
+    from DeepRegistrationLib.cli import main
+
+    p = _slices(tmp_path)
+    (tmp_path / "corrupt.nii.gz").write_bytes(p["0002", "norm"].read_bytes()[:3000])
+    table = _table(tmp_path, [_row(p, "0001", "0002"), _row(p, "0002", "0001", "affine"),
+                              {"fixed": p["0001", "norm"].name, "moving": "corrupt.nii.gz"}])
+    pairs = read_pairs(table)
+    assert [s.preset for s in pairs] == ["deformable-fast", "affine", "deformable-fast"]
+    lines = []
+    summary = run_batch(pairs, tmp_path / "out", cluster=CLUSTER, device="cpu", progress=lines.append)
+    assert (summary.done, summary.failed, summary.skipped) == (2, 1, 0)
+    assert "corrupt.nii.gz" in summary.failures[pairs[2].id] and "truncated" in summary.failures[pairs[2].id]
+    assert any("2 done, 1 failed" in line for line in lines)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["pairs"]
+    assert [manifest[s.id]["status"] for s in pairs] == ["done", "done", "failed"]
+    assert not list((tmp_path / "out" / "pairs" / pairs[2].id).glob("*.nii.gz"))  # nothing half-written
+    # the same pairs through `deepreg register`, one thread as each worker: the same transform
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for spec in pairs[:2]:
+            single = tmp_path / f"{spec.id}.h5"
+            assert main(["register", "--fixed", spec.fixed, "--moving", spec.moving, "--preset", spec.preset,
+                         "--device", "cpu", "--out-transform", str(single)]) == 0
+            record = manifest[spec.id]
+            batch = dr.read_transform(tmp_path / "out" / record["outputs"]["transform"])
+            fixed = dr.read_image(spec.fixed)
+            points = fixed.grid.physical_points(dtype=torch.float64).reshape(-1, 2)[::7]
+            diff = (batch.map_points(points) - dr.read_transform(single).map_points(points)).abs().max()
+            assert float(diff) < 1e-4, (spec.id, float(diff))
+            gain = 0.1 if spec.preset == "deformable-fast" else -0.01
+            assert record["figures"]["dice"] > record["figures"]["dice_before"] + gain
+            assert record["attempts"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "failed: " in report and "thumbnail.png" in report
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"] for r in rows] == ["done", "done", "failed"] and float(rows[0]["dice"]) > 0.6
+    thumb = dr.read_image(tmp_path / "out" / manifest[pairs[0].id]["outputs"]["thumbnail"])
+    assert thumb.num_channels == 3
+
+
+def test_batch_resumes_after_the_driver_is_killed_half_way(tmp_path):
+    p = _slices(tmp_path)
+    rows = [_row(p, "0001", "0002"), _row(p, "0002", "0001")] * 3  # 6 pairs (ids made unique)
+    table = _table(tmp_path, rows)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "DeepRegistrationLib", "batch", str(table), "--out", str(out), "--workers", "1",
+           "--threads-per-worker", "1", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:  # kill the whole run once 2 pairs are done
+        try:
+            done = Manifest.load(out).counts()["done"]
+        except InputError:
+            done = 0
+        if done >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert 2 <= done < 6, "the run was not interrupted half way"
+    before = Manifest.load(out)
+    counts = before.counts()
+    assert counts["done"] >= 2 and counts["done"] < 6 and counts["running"] + counts["pending"] > 0
+    finished = [k for k, r in before.records.items() if r["status"] == "done"]
+    summary = run_batch(read_pairs(table), out, cluster=CLUSTER, device="cpu", progress=lambda s: None)
+    assert summary.done == 6 and summary.failed == 0 and summary.skipped == len(finished)
+    after = Manifest.load(out)
+    for key in finished:  # skipped, not run again
+        assert after.records[key]["attempts"] == 1 and after.records[key]["updated"] == before.records[key]["updated"]
+    # a changed input (every pair reads 0001) runs every pair again; an unchanged table skips them all
+    img = dr.read_image(p["0001", "norm"])
+    dr.Image(img.data * 1.01, img.grid).write(p["0001", "norm"])
+    summary = run_batch(read_pairs(table), out, cluster=CLUSTER, device="cpu", progress=lambda s: None)
+    assert summary.skipped == 0 and summary.done == 6
+    assert run_batch(read_pairs(table), out, cluster=CLUSTER, progress=lambda s: None).skipped == 6
+
+
+def test_a_worker_killed_mid_task_loses_only_its_pair(tmp_path):
+    p = _slices(tmp_path)
+    pairs = read_pairs(_table(tmp_path, [_row(p, "0001", "0002", "deformable-accurate"),
+                                          _row(p, "0002", "0001", "deformable-accurate")]))
+    victim = pairs[0]
+    log = tmp_path / "out" / "pairs" / victim.id / "attempts.log"
+    killed = {}
+
+    def kill_once():  # the first worker that starts the victim pair is killed while it runs it
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if log.is_file() and log.read_text().strip():
+                pid = int(log.read_text().split()[2])
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=kill_once)
+    thread.start()
+    summary = run_batch(pairs, tmp_path / "out", cluster=CLUSTER, device="cpu", progress=lambda s: None)
+    thread.join()
+    assert killed, "no worker was killed"
+    assert summary.done == 2 and summary.failed == 0
+    records = Manifest.load(tmp_path / "out").records
+    assert records[victim.id]["attempts"] == 2 and records[pairs[1].id]["attempts"] == 1
+    starts = log.read_text().splitlines()
+    assert str(killed["pid"]) in starts[0] and str(killed["pid"]) not in starts[1]
+
+
+def test_pairs_tables_and_folders_are_checked(tmp_path):
+    p = _slices(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("fixed,moving,weight\na.nii.gz,b.nii.gz,1\n")
+    with pytest.raises(InputError, match="unknown column"):
+        read_pairs(bad)
+    bad.write_text("fixed,moving\na.nii.gz,\n")
+    with pytest.raises(InputError, match="line 2"):
+        read_pairs(bad)
+    with pytest.raises(InputError, match="no such pairs table"):
+        read_pairs(tmp_path / "missing.csv")
+    specs = all_to_one(p["0001", "norm"], tmp_path)  # the template itself is not registered onto itself
+    assert [s.moving for s in specs] == [str(p[k].resolve()) for k in [("0001", "seg4"), ("0002", "norm"),
+                                                                         ("0002", "seg4")]]
+    assert all(s.fixed == str(p["0001", "norm"].resolve()) for s in specs)
+
+
+def test_template_of_real_slices_converges_and_resumes(tmp_path):
+    from DeepRegistrationLib.cohort import build_template
+    from DeepRegistrationLib.transforms import RigidTransform
+    from DeepRegistrationLib.warp import warp_image
+
+    p = _slices(tmp_path)
+    img = dr.read_image(p["0002", "norm"])
+    third = tmp_path / "0002_moved.nii.gz"
+    warp_image(img, RigidTransform([0.08], [3.0, -2.0], center=img.grid.center()), img.grid).write(third)
+    images = [p["0001", "norm"], p["0002", "norm"], third]
+    lines = []
+    result = build_template(images, tmp_path / "T.nii.gz", iterations=3, cluster=CLUSTER, device="cpu",
+                            progress=lines.append)
+    its = result["iterations"]
+    assert [i["registered"] for i in its] == [3, 3, 3]
+    assert its[-1]["rms_change"] < its[0]["rms_change"] / 2  # the template settles
+    assert its[-1]["max_mean_displacement_mm"] < its[0]["max_mean_displacement_mm"]  # and becomes unbiased
+    template = dr.read_image(tmp_path / "T.nii.gz", dim=2)
+    assert template.grid.same_as(dr.read_image(p["0001", "norm"]).grid)
+    assert np.isfinite(template.numpy()).all() and template.numpy().std() > 0.1
+    stamp = (tmp_path / "T.nii.gz").read_bytes()
+    lines.clear()
+    build_template(images, tmp_path / "T.nii.gz", iterations=3, cluster=CLUSTER, device="cpu", progress=lines.append)
+    assert sum("done in an earlier run" in line for line in lines) == 3
+    assert (tmp_path / "T.nii.gz").read_bytes() == stamp
+
+
+def test_two_process_training_matches_one_process_with_the_doubled_batch(tmp_path):
+    from DeepRegistrationLib.cli import main
+
+    p = _slices(tmp_path)
+    common = ["train", "voxelmorph", "--images", str(p["0001", "norm"]), str(p["0002", "norm"]),
+              "--labels", str(p["0001", "seg4"]), str(p["0002", "seg4"]), "--grid-size", "72", "80",
+              "--spacing", "2.5", "--orientation", "LA", "--architecture", "vm1", "--dice-weight", "1", "--augment",
+              "--known-pairs", "0.5", "--lr", "1e-3", "--steps", "6", "--threads", "1", "--checkpoint-every", "100",
+              "--batch", "2"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common + ["--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    curves = {}
+    for name in ("one", "two"):
+        state = torch.load(tmp_path / f"{name}.checkpoints" / "checkpoint.pt", weights_only=True)
+        curves[name] = [h["loss"] for h in json.loads(state["history"])]
+    assert len(curves["one"]) == 6
+    np.testing.assert_allclose(curves["two"], curves["one"], rtol=1e-4)
+    assert len(set(round(v, 3) for v in curves["one"])) > 3  # a real curve, not a constant
+    one = torch.load(tmp_path / "one" / "weights.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "weights.pt", weights_only=True)
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-3
+    card = json.loads((tmp_path / "two" / "model.json").read_text())
+    assert card["training"]["config"]["batch"] == 2
+    assert main(common[:-1] + ["3", "--nproc", "2", "--out", str(tmp_path / "three")]) == 2  # 3 does not split
