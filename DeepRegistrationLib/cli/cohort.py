@@ -15,9 +15,10 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (Dask distributed)")
     g.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. tcp://host:8786); default: a "
                                        "local cluster that fits this machine")
-    g.add_argument("--workers", type=int, help="local workers (default: one per GPU, else cores / threads, "
-                                               "capped by memory at 3 GB a pair)")
-    g.add_argument("--threads-per-worker", type=int, help="torch threads of each local worker (default 2)")
+    g.add_argument("--workers", type=int, help="local workers, each registering one pair at a time (default: one "
+                                               "per GPU, else one per core, capped by memory at 3 GB a pair)")
+    g.add_argument("--threads-per-worker", type=int, help="torch threads of each local worker (default: the cores "
+                                                          "shared out among the workers)")
     g.add_argument("--memory-limit-gb", type=float, help="memory limit of each local worker (default: its share of "
                                                          "90 %% of the RAM); a worker above it is restarted")
     g.add_argument("--device", default="auto", help="auto (a GPU per worker when present), cpu or cuda")

@@ -37,8 +37,8 @@ GB = 1024**3
 
 @dataclass
 class ClusterSpec:
-    """A local cluster's shape: ``workers`` processes of ``threads`` torch threads each, ``memory_limit`` bytes
-    each (the nanny restarts a worker above it)."""
+    """A local cluster's shape: ``workers`` processes, each registering one pair at a time with ``threads`` torch
+    threads, ``memory_limit`` bytes each (the nanny restarts a worker above it)."""
 
     workers: int
     threads: int
@@ -65,20 +65,21 @@ def _machine() -> tuple[int, int]:
 
 def local_cluster_spec(workers: int | None = None, threads: int | None = None, memory_limit_gb: float | None = None,
                        pair_memory_gb: float = 3.0) -> ClusterSpec:
-    """The local cluster that fits this machine: one worker per GPU when there are GPUs; else as many workers of
-    ``threads`` (default 2) threads as the cores allow, and no more than the memory allows at ``pair_memory_gb``
-    per pair (a 3D deformable preset on a 256^3 pair stays under 3 GB). Each worker's limit is its share of 90 %
-    of the memory unless ``memory_limit_gb`` is given."""
+    """The local cluster that fits this machine: one worker per GPU when there are GPUs; else one worker per core,
+    but no more than the memory allows at ``pair_memory_gb`` per pair (a 3D deformable preset on a 256^3 pair
+    stays under 3 GB), the cores shared out as torch threads (on 2 cores, 2 single-threaded workers registered
+    3.57 pairs a minute against 2.68 for one worker of 2 threads: ``benchmarks/cohort.py``). Each worker's limit is
+    its share of 90 % of the memory unless ``memory_limit_gb`` is given."""
     import torch
 
     cores, memory = _machine()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus:
         workers = workers or gpus
-        threads = threads or max(1, cores // workers)
-    else:
-        threads = threads or min(2, cores)
-        workers = workers or max(1, min(cores // threads, int(memory * 0.9 // (pair_memory_gb * GB))))
+    elif not workers:
+        by_memory = int(memory * 0.9 // (pair_memory_gb * GB))
+        workers = max(1, min(cores // (threads or 1), by_memory))
+    threads = threads or max(1, cores // workers)
     if workers < 1 or threads < 1:
         raise InputError("workers and threads per worker must be at least 1")
     limit = int(memory_limit_gb * GB) if memory_limit_gb else int(memory * 0.9 / workers)
@@ -100,7 +101,8 @@ def open_client(scheduler: str | None = None, spec: ClusterSpec | None = None):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
     spec = spec or local_cluster_spec()
     dashboard = ":0" if _has_bokeh() else None
-    cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads, memory_limit=spec.memory_limit,
+    # one task at a time per worker (its memory limit is sized for one pair); the task itself uses spec.threads
+    cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, memory_limit=spec.memory_limit,
                            processes=True, dashboard_address=dashboard, silence_logs=logging.ERROR)
     client = Client(cluster)
     client._deepreg_local_cluster = cluster  # closed with the client (see close_client)
@@ -150,7 +152,9 @@ def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str 
     address (else a local cluster of ``cluster``, default :func:`local_cluster_spec`). ``client``: an open Dask
     client to use instead (left open). ``retries``: extra attempts of a task that raised an unexpected error (bad
     inputs are not retried; a dead worker's task is rescheduled by Dask itself). ``progress``: called with each
-    progress line (default: print to stderr).
+    progress line (default: print to stderr). Each pair uses ``cluster.threads`` torch threads; on an existing
+    cluster without ``cluster``, the worker's own setting (its ``OMP_NUM_THREADS``; a Dask nanny sets 1 unless told
+    otherwise).
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out_dir).resolve()

@@ -102,6 +102,7 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
         mean_image([_read(p) for p in paths], first.grid).write(template_path)
     figures: list[dict] = []
     client = None
+    shape = None if scheduler else (cluster or local_cluster_spec())
     try:
         for k in range(1, iterations + 1):
             previous, template_path = template_path, work / f"template_{k}.nii.gz"
@@ -109,10 +110,11 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
                 say(f"iteration {k}/{iterations}: done in an earlier run")
                 continue
             if client is None:
-                client = open_client(scheduler, None if scheduler else (cluster or local_cluster_spec()))
+                client = open_client(scheduler, shape)
             pairs = [PairSpec(id=f"{i:03d}_{_safe_id(p.name.split('.')[0])}", fixed=str(previous), moving=str(p),
                               preset=preset) for i, p in enumerate(paths)]
-            summary = run_batch(pairs, work / f"iteration_{k}", client=client, device=device, progress=say)
+            summary = run_batch(pairs, work / f"iteration_{k}", client=client, cluster=shape, device=device,
+                                progress=say)
             if summary.done < 2:
                 raise InputError(f"iteration {k}: only {summary.done} image(s) registered onto the template "
                                  f"({'; '.join(f'{i}: {e}' for i, e in summary.failures.items())})")
@@ -122,8 +124,8 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
             from .manifest import Manifest
 
             manifest = Manifest.load(work / f"iteration_{k}")
-            for spec in pairs:
-                record = manifest.records[spec.id]
+            for pair in pairs:
+                record = manifest.records[pair.id]
                 if record["status"] != "done":
                     continue
                 folder = work / f"iteration_{k}"

@@ -24,7 +24,7 @@ LAYERS = {
     "metrics": 5,
     "methods": 6,
     "registration": 7,
-    "cli": 8, "slicer": 8,
+    "cli": 8, "slicer": 8, "cohort": 8,
 }
 #: The one tolerated upward import: ``Image``'s convenience methods forward lazily to files, warps and intensity.
 TOLERATED = {("image", "io"), ("image", "warp"), ("image", "intensity")}

@@ -240,3 +240,81 @@ def test_two_process_training_matches_one_process_with_the_doubled_batch(tmp_pat
     card = json.loads((tmp_path / "two" / "model.json").read_text())
     assert card["training"]["config"]["batch"] == 2
     assert main(common[:-1] + ["3", "--nproc", "2", "--out", str(tmp_path / "three")]) == 2  # 3 does not split
+
+
+def _label_centroids(labels_path, values) -> np.ndarray:
+    """Centroids (LPS mm) of the given labels of a 2D label map: landmarks that correspond between subjects."""
+    labels = dr.read_image(labels_path)
+    arr = labels.numpy()
+    index = [np.argwhere(arr == v).mean(0)[::-1] for v in values]  # array order (j, i) -> index (i, j)
+    return np.asarray(labels.grid.index_to_physical(np.asarray(index)))
+
+
+def test_commands_on_an_existing_scheduler_with_landmarks(tmp_path):
+    """`deepreg batch --scheduler` and `deepreg template --scheduler` against a cluster started elsewhere; landmarks
+    give the TRE in the figures, the manifest and summary.csv."""
+    from distributed import LocalCluster
+
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.io import write_points
+
+    p = {}
+    for sid in ("0001", "0002"):
+        for kind in ("norm", "seg24"):
+            path = tmp_path / f"{sid}_{kind}.nii.gz"
+            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
+            p[sid, kind] = path
+    values = sorted(set(np.unique(dr.read_image(p["0001", "seg24"]).numpy()).tolist())
+                    & set(np.unique(dr.read_image(p["0002", "seg24"]).numpy()).tolist()) - {0})
+    for sid in ("0001", "0002"):
+        write_points(_label_centroids(p[sid, "seg24"], values), tmp_path / f"{sid}_points.csv")
+    table = tmp_path / "pairs.csv"
+    table.write_text("id,fixed,moving,fixed_landmarks,moving_landmarks\n"
+                     "a,0001_norm.nii.gz,0002_norm.nii.gz,0001_points.csv,0002_points.csv\n")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(["batch", str(table), "--out", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
+                     "--device", "cpu", "--json"]) == 0
+        # a local cluster's shape makes no sense with --scheduler: refused before anything is written
+        assert main(["batch", str(table), "--out", str(tmp_path / "o2"), "--scheduler", cluster.scheduler_address,
+                     "--workers", "2"]) == 2
+        assert not (tmp_path / "o2").exists()
+        assert main(["template", "--images", str(p["0001", "norm"]), str(p["0002", "norm"]), "--out",
+                     str(tmp_path / "T.nii.gz"), "--iterations", "1", "--scheduler", cluster.scheduler_address,
+                     "--device", "cpu"]) == 0
+    record = Manifest.load(tmp_path / "out").records["a"]
+    before = np.linalg.norm(np.loadtxt(tmp_path / "0001_points.csv", delimiter=",", skiprows=1)
+                            - np.loadtxt(tmp_path / "0002_points.csv", delimiter=",", skiprows=1), axis=1).mean()
+    assert record["status"] == "done" and record["figures"]["tre_mm"]["count"] == len(values) >= 10
+    assert record["figures"]["tre_mm"]["mean"] < 0.7 * before
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["tre_mean_mm"]) == pytest.approx(record["figures"]["tre_mm"]["mean"], abs=1e-3)
+    assert dr.read_image(tmp_path / "T.nii.gz", dim=2).grid.same_as(dr.read_image(p["0001", "norm"]).grid)
+
+
+def test_outliers_are_flagged_against_the_run():
+    from DeepRegistrationLib.cohort.report import outliers
+
+    rows = [{"id": str(i), "status": "done", "dice": d, "tre_mean_mm": None, "folding_percent": f}
+            for i, (d, f) in enumerate([(0.78, 0.0), (0.80, 0.0), (0.79, 0.01), (0.81, 0.0), (0.40, 0.0), (0.80, 2.5)])]
+    rows.append({"id": "x", "status": "failed", "dice": None, "tre_mean_mm": None, "folding_percent": None})
+    flagged = outliers(rows)
+    assert flagged["4"] and flagged["4"][0].startswith("dice")
+    assert flagged["5"] and "folding" in flagged["5"][0]
+    assert not any(flagged[k] for k in ("0", "1", "2", "3", "x"))
+
+
+def test_local_cluster_has_the_shape_asked_for():
+    """One task at a time per worker process (its memory limit is sized for one pair), the limit given to Dask's
+    nanny; the default shape fits this machine's cores."""
+    from DeepRegistrationLib.cohort.engine import close_client, local_cluster_spec, open_client
+
+    default = local_cluster_spec()
+    assert default.workers * default.threads <= (os.cpu_count() or 1) or default.workers == 1
+    client = open_client(None, ClusterSpec(workers=2, threads=1, memory_limit=2 * 1024**3))
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        assert len(workers) == 2
+        assert all(w["nthreads"] == 1 and w["memory_limit"] == 2 * 1024**3 for w in workers)
+    finally:
+        close_client(client)
