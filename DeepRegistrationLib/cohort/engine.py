@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from .manifest import Manifest
 from .pairs import PairSpec
 from .task import attempts, register_pair
@@ -163,7 +163,10 @@ def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str 
     ids = [p.id for p in pairs]
     if len(set(ids)) != len(ids):
         raise InputError("pair ids must be unique")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create the output folder ({err.strerror or err})") from None
     manifest = Manifest.load(out)
     todo: list[PairSpec] = []
     for spec in pairs:

@@ -52,6 +52,8 @@ def read_pair_inputs(fixed: PathLike, moving: PathLike, fixed_mask: PathLike | N
 
     if bool(fixed_landmarks) != bool(moving_landmarks):
         raise InputError("landmarks need a fixed and a moving landmark file together")
+    if os.path.exists(fixed) and os.path.exists(moving) and os.path.samefile(fixed, moving):
+        raise InputError(f"{moving}: the fixed and the moving image are the same file")
     notes: list[str] = []
     fixed_img, moving_img = read_image(fixed), read_image(moving)
     flat = [single_slice_as_2d(img) if img.dim == 3 else None for img in (fixed_img, moving_img)]

@@ -61,6 +61,18 @@ OASIS = "brain3d/oasis/OAS1_{}_MR1_aligned_{}.nii.gz"
 OASIS_SLICE = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
 
 
+def write_2d_slices(folder: Path, kinds: tuple[str, ...] = ("norm", "seg4")) -> dict[tuple[str, str], Path]:
+    """The OASIS 0001/0002 coronal slices (``kinds``: norm, seg4, seg24...) as 2D NIfTI files in ``folder`` (the
+    shared files are single-slice 3D volumes), keyed by ``(subject, kind)``."""
+    paths = {}
+    for sid in ("0001", "0002"):
+        for kind in kinds:
+            path = folder / f"{sid}_{kind}.nii.gz"
+            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
+            paths[sid, kind] = path
+    return paths
+
+
 def oasis_slice(subject: str, kind: str) -> dr.Image:
     """An OASIS 2D slice as a 2D image: ``kind`` ``norm`` (intensities scaled to [0, 1]) or a label map
     (``seg4``, ``seg24``...). The shared files are single-slice 3D volumes."""

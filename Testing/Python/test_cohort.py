@@ -21,27 +21,21 @@ import pytest
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import OASIS_SLICE, ROOT, data_file
+from conftest import ROOT, write_2d_slices
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow
 
 from DeepRegistrationLib.cohort import Manifest, all_to_one, read_pairs, run_batch  # noqa: E402
 from DeepRegistrationLib.cohort.engine import ClusterSpec  # noqa: E402
-from DeepRegistrationLib.errors import InputError  # noqa: E402
+from DeepRegistrationLib.errors import InputError, OutputError  # noqa: E402
 
 CLUSTER = ClusterSpec(workers=2, threads=1, memory_limit=4 * 1024**3)
 
 
 def _slices(folder):
     """OASIS 0001/0002 coronal slices and their seg4 labels as 2D NIfTI files."""
-    paths = {}
-    for sid in ("0001", "0002"):
-        for kind in ("norm", "seg4"):
-            path = folder / f"{sid}_{kind}.nii.gz"
-            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
-            paths[sid, kind] = path
-    return paths
+    return write_2d_slices(folder)
 
 
 def _table(folder, rows):
@@ -64,16 +58,18 @@ def test_batch_gives_what_single_register_runs_give_and_reports_a_corrupt_input(
     p = _slices(tmp_path)
     (tmp_path / "corrupt.nii.gz").write_bytes(p["0002", "norm"].read_bytes()[:3000])
     table = _table(tmp_path, [_row(p, "0001", "0002"), _row(p, "0002", "0001", "affine"),
-                              {"fixed": p["0001", "norm"].name, "moving": "corrupt.nii.gz"}])
+                              {"fixed": p["0001", "norm"].name, "moving": "corrupt.nii.gz"},
+                              {"fixed": p["0001", "norm"].name, "moving": p["0001", "norm"].name}])
     pairs = read_pairs(table)
-    assert [s.preset for s in pairs] == ["deformable-fast", "affine", "deformable-fast"]
+    assert [s.preset for s in pairs] == ["deformable-fast", "affine", "deformable-fast", "deformable-fast"]
     lines = []
     summary = run_batch(pairs, tmp_path / "out", cluster=CLUSTER, device="cpu", progress=lines.append)
-    assert (summary.done, summary.failed, summary.skipped) == (2, 1, 0)
+    assert (summary.done, summary.failed, summary.skipped) == (2, 2, 0)
     assert "corrupt.nii.gz" in summary.failures[pairs[2].id] and "truncated" in summary.failures[pairs[2].id]
-    assert any("2 done, 1 failed" in line for line in lines)
+    assert "same file" in summary.failures[pairs[3].id]
+    assert any("2 done, 2 failed" in line for line in lines)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["pairs"]
-    assert [manifest[s.id]["status"] for s in pairs] == ["done", "done", "failed"]
+    assert [manifest[s.id]["status"] for s in pairs] == ["done", "done", "failed", "failed"]
     assert not list((tmp_path / "out" / "pairs" / pairs[2].id).glob("*.nii.gz"))  # nothing half-written
     # the same pairs through `deepreg register`, one thread as each worker: the same transform
     threads = torch.get_num_threads()
@@ -98,7 +94,7 @@ def test_batch_gives_what_single_register_runs_give_and_reports_a_corrupt_input(
     assert "failed: " in report and "thumbnail.png" in report
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["status"] for r in rows] == ["done", "done", "failed"] and float(rows[0]["dice"]) > 0.6
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "failed"] and float(rows[0]["dice"]) > 0.6
     thumb = dr.read_image(tmp_path / "out" / manifest[pairs[0].id]["outputs"]["thumbnail"])
     assert thumb.num_channels == 3
 
@@ -183,6 +179,10 @@ def test_pairs_tables_and_folders_are_checked(tmp_path):
         read_pairs(bad)
     with pytest.raises(InputError, match="no such pairs table"):
         read_pairs(tmp_path / "missing.csv")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputError, match="cannot create the output folder"):
+        run_batch(read_pairs(_table(tmp_path, [_row(p, "0001", "0002")])), tmp_path / "a_file" / "out")
+    (tmp_path / "pairs.csv").unlink()
     specs = all_to_one(p["0001", "norm"], tmp_path)  # the template itself is not registered onto itself
     assert [s.moving for s in specs] == [str(p[k].resolve()) for k in [("0001", "seg4"), ("0002", "norm"),
                                                                          ("0002", "seg4")]]
@@ -258,12 +258,7 @@ def test_commands_on_an_existing_scheduler_with_landmarks(tmp_path):
     from DeepRegistrationLib.cli import main
     from DeepRegistrationLib.io import write_points
 
-    p = {}
-    for sid in ("0001", "0002"):
-        for kind in ("norm", "seg24"):
-            path = tmp_path / f"{sid}_{kind}.nii.gz"
-            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
-            p[sid, kind] = path
+    p = write_2d_slices(tmp_path, ("norm", "seg24"))
     values = sorted(set(np.unique(dr.read_image(p["0001", "seg24"]).numpy()).tolist())
                     & set(np.unique(dr.read_image(p["0002", "seg24"]).numpy()).tolist()) - {0})
     for sid in ("0001", "0002"):

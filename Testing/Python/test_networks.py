@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import OASIS_SLICE, data_file, oasis_slice
+from conftest import data_file, oasis_slice, write_2d_slices
 from DeepRegistrationLib.metrics import overlap
 from DeepRegistrationLib.methods.voxelmorph.network import ARCHITECTURES, VoxelMorphNet
 from DeepRegistrationLib.transforms.voxel import voxel_field_to_physical
@@ -386,13 +386,7 @@ def test_augmentation_and_training_on_cuda_match_the_cpu(tmp_path):
 
 def _write_2d_subjects(folder):
     """The OASIS 2D slices as 2D NIfTI files (the shared files are single-slice 3D volumes)."""
-    paths = {}
-    for sid in ("0001", "0002"):
-        for kind in ("norm", "seg4"):
-            path = folder / f"{sid}_{kind}.nii.gz"
-            dr.read_image(data_file(OASIS_SLICE.format(sid, kind)), dim=2).write(path)
-            paths[sid, kind] = path
-    return paths
+    return write_2d_slices(folder)
 
 
 def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):

@@ -147,7 +147,8 @@ def test_register_cli_multimodal_rotation(tmp_path):
 
 def test_register_cli_errors(tmp_path):
     png = data_file("multimodal2d/BrainProtonDensitySliceBorder20.png")
-    r = deepreg("register", "--fixed", png, "--moving", png, "--preset", "rigid", "--device", "cuda",
+    moved = data_file("multimodal2d/BrainProtonDensitySliceR10X13Y17.png")
+    r = deepreg("register", "--fixed", png, "--moving", moved, "--preset", "rigid", "--device", "cuda",
                 "--out-transform", tmp_path / "T.tfm")
     import torch
 
