@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shlex
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.checksums import file_sha256
+from .parallel import add_parallel_arguments
 
 __all__ = ["add_arguments", "run"]
 
@@ -87,10 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     train.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice; per process)")
     train.add_argument("--batch", type=int, default=1, help="pairs per step, over all processes (default 1)")
-    train.add_argument("--nproc", type=int, default=1,
-                       help="data-parallel processes on this machine (PyTorch DistributedDataParallel: one per GPU "
-                            "with NCCL, else gloo on the CPU); --batch must be a multiple of it. Under torchrun, "
-                            "leave it at 1: the process group torchrun starts is used")
+    add_parallel_arguments(train)
 
 
 def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,52 +185,11 @@ def load_subject(image_path: Path, labels_path: Path | None, model):
 
 
 def run(args: argparse.Namespace) -> int:
-    """``deepreg train voxelmorph|supervised``: in this process, in ``--nproc`` spawned processes, or as one
-    process of a group started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment)."""
-    import torch
-
-    if args.nproc < 1:
-        raise InputError("--nproc must be at least 1")
-    if args.batch < 1 or args.batch % max(args.nproc, int(os.environ.get("WORLD_SIZE", "1"))):
-        raise InputError(f"--batch ({args.batch}) must be a positive multiple of the number of processes")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join its process group
-        return _run_in_group(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args, None)
-    if args.nproc == 1:
-        return _train(args)
-    import socket
-
-    with socket.socket() as probe:  # a free port for the group's rendezvous on this machine
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    try:
-        torch.multiprocessing.spawn(_spawned, args=(args.nproc, args, port), nprocs=args.nproc, join=True)
-    except torch.multiprocessing.ProcessRaisedException as err:  # the process's own error, without the traceback
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        raise InputError(f"a training process failed: {lines[-1] if lines else err}") from None
-    return 0
-
-
-def _spawned(rank: int, world: int, args: argparse.Namespace, port: int) -> None:
-    _run_in_group(rank, world, args, port)
-
-
-def _run_in_group(rank: int, world: int, args: argparse.Namespace, port: int | None) -> int:
-    """One process of a data-parallel group: join it (NCCL on a GPU per process, else gloo), train, leave it."""
-    import torch
-    import torch.distributed as dist
-
+    """``deepreg train voxelmorph|supervised``, alone or data-parallel (:mod:`.parallel`)."""
     from ..devices import resolve_device
+    from .parallel import run_data_parallel
 
-    cuda = resolve_device(args.device).type == "cuda"
-    if cuda and torch.cuda.device_count() < world:
-        raise InputError(f"{world} processes on CUDA need {world} GPUs; this machine has {torch.cuda.device_count()}")
-    if port is not None:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    try:
-        return _train(args, rank=rank, device_index=int(os.environ.get("LOCAL_RANK", rank)) if cuda else None)
-    finally:
-        dist.destroy_process_group()
+    return run_data_parallel(_train, args, resolve_device(args.device).type == "cuda")
 
 
 def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = None) -> int:

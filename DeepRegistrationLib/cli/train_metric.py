@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.checksums import file_sha256
+from .parallel import add_parallel_arguments
 
 __all__ = ["add_arguments", "run"]
 
@@ -41,10 +42,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice; per process)")
+    add_parallel_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``deepreg train metric``, alone or as ``--nproc`` gloo processes (the metric trains on the CPU)."""
+    from .parallel import run_data_parallel
+
+    return run_data_parallel(_train, args, cuda=False)
+
+
+def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = None) -> int:
     import torch
 
     from ..devices import resolve_device
@@ -67,15 +76,18 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: a {image.dim}D image cannot train a {args.dim}D metric")
         target.append(level_images(image, pairs.spacings_mm, pairs.smoothing))
     device = resolve_device(args.device)
+    torch.manual_seed(args.seed)  # the same initial weights for the same seed (every process of a group too)
     net = LearnedMetricNet(dim=args.dim, channels=args.channels, features=args.features)
     config = MetricTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                                validate_every=args.validate_every, max_minutes=args.max_minutes, pairs=pairs)
-    if device.type != "cpu":
+    if device.type != "cpu" and rank == 0:
         print("note: the metric trains on the CPU (examples are drawn there; the network is small)", file=sys.stderr)
     start = time.perf_counter()
     figures = train_learned_metric(net, items, val_items, config,
                                    progress=lambda h: print(" ".join(f"{k} {v}" for k, v in h.items()),
                                                             file=sys.stderr, flush=True))
+    if rank != 0:  # process 0 writes the model
+        return 0
     out = Path(args.out)
     card = {
         "name": args.name or out.name,

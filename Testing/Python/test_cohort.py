@@ -313,3 +313,24 @@ def test_local_cluster_has_the_shape_asked_for():
         assert all(w["nthreads"] == 1 and w["memory_limit"] == 2 * 1024**3 for w in workers)
     finally:
         close_client(client)
+
+
+def test_two_process_metric_training_matches_one_process(tmp_path):
+    """deepreg train metric --nproc 2 (gloo): the same loss curve and weights as one process with the same batch."""
+    from DeepRegistrationLib.cli import main
+
+    p = _slices(tmp_path)
+    common = ["train", "metric", "--dim", "2", "--images", str(p["0001", "norm"]), str(p["0002", "norm"]),
+              "--steps", "6", "--batch", "4", "--crop", "32", "--channels", "8", "8", "8", "--features", "4",
+              "--spacings", "2", "4", "--validate-every", "1", "--threads", "1"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common + ["--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    curves = {n: [h["train_loss"] for h in json.loads((tmp_path / n / "model.json").read_text())["training"]["history"]
+                  if "train_loss" in h] for n in ("one", "two")}
+    assert len(curves["one"]) == 6 and len(set(curves["one"])) > 3
+    np.testing.assert_allclose(curves["two"], curves["one"], rtol=1e-4)
+    one = torch.load(tmp_path / "one" / "weights.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "weights.pt", weights_only=True)
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-4
+    assert main(common + ["--nproc", "3", "--out", str(tmp_path / "three")]) == 2  # a batch of 4 does not split in 3
+    assert not (tmp_path / "three").exists()

@@ -7,7 +7,13 @@ minimum at the alignment and a slope over the whole capture range; :mod:`.pairs`
 
 Each step computes both images' features, reads the second's at ``x + u(x)`` (exactly as the optimisers
 resample the moving features through the transform) and scores them against the first's. A run is seeded and
-reproducible; ``max_minutes`` stops it early with the model it has.
+reproducible (example ``k`` of step ``s`` comes from a generator seeded by ``(seed, s, k)``); ``max_minutes`` stops
+it early with the model it has.
+
+Data-parallel (a ``torch.distributed`` group, ``deepreg train metric --nproc N`` or torchrun): process ``r`` draws
+examples ``r, r + N, ...`` of every batch, gradients are averaged by ``DistributedDataParallel`` and the loss's
+weight sum is summed over the group first, so a step is the one a single process takes with the whole batch.
+Process 0 validates and reports.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .network import LearnedMetricNet
 from .pairs import LevelImages, PairConfig, make_batch
@@ -54,12 +61,49 @@ def batch_loss(net: LearnedMetricNet, batch: dict[str, torch.Tensor]) -> torch.T
     return ((score - batch["target"]) ** 2 * w).sum() / w.sum().clamp(min=1.0)
 
 
+class _WeightedError(nn.Module):
+    """The loss's two sums for a batch, as one module (so that DistributedDataParallel sees the forward pass):
+    ``(sum of weight * squared error, sum of weight)``."""
+
+    def __init__(self, net: LearnedMetricNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, fixed, moving, grid, target, weight) -> tuple[torch.Tensor, torch.Tensor]:
+        fa = self.net.features(fixed)
+        fb = F.grid_sample(self.net.features(moving), grid, align_corners=True)
+        return ((self.net.score(fa, fb) - target) ** 2 * weight).sum(), weight.sum()
+
+
+def _group() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _examples(train: list[LevelImages], dim: int, indices: list[int], config: "MetricTrainConfig", step: int,
+              contrast: float) -> dict[str, torch.Tensor]:
+    """Examples ``indices`` of step ``step``, each from its own seeded generator, as one batch."""
+    parts = [make_batch(train, dim, 1, config.pairs,
+                        torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + k), contrast)
+             for k in indices]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
 def train_learned_metric(net: LearnedMetricNet, train: list[LevelImages], validation: list[LevelImages],
                          config: MetricTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``net`` in place; returns the figures (losses along the way, steps, minutes)."""
-    g = torch.Generator().manual_seed(config.seed)
+    rank, world = _group()
+    if config.batch % world:
+        raise ValueError(f"the batch ({config.batch}) must split evenly over the {world} processes")
+    local = list(range(rank, config.batch, world))
     gv = torch.Generator().manual_seed(config.seed + 1)
     val_batches = [make_batch(validation or train, net.dim, config.batch, config.pairs, gv) for _ in range(4)]
+    model: nn.Module = _WeightedError(net)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / max(config.steps, 1)))).item())
@@ -71,23 +115,32 @@ def train_learned_metric(net: LearnedMetricNet, train: list[LevelImages], valida
         net.train()
         return value
 
-    history = [{"step": 0, "validation_loss": validate()}]
+    history = [{"step": 0, "validation_loss": validate() if rank == 0 else float("nan")}]
     start = time.monotonic()
     running, step = 0.0, 0
     net.train()
     for step in range(1, config.steps + 1):
         ramp = min(1.0, step / max(config.contrast_warmup * config.steps, 1.0))
-        loss = batch_loss(net, make_batch(train, net.dim, config.batch, config.pairs, g,
-                                          ramp * config.pairs.contrast_probability))
+        batch = _examples(train, net.dim, local, config, step, ramp * config.pairs.contrast_probability)
+        num, den = model(batch["fixed"], batch["moving"], batch["grid"], batch["target"], batch["weight"])
+        sums = torch.stack([num.detach(), den.detach()])
+        if world > 1:
+            torch.distributed.all_reduce(sums)
+        # DistributedDataParallel averages gradients over the processes: scaled to the whole batch's weighted mean
+        loss = num / sums[1].clamp(min=1.0) * world
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        value = float(loss.detach())
+        value = float(sums[0] / sums[1].clamp(min=1.0))
         running = 0.95 * running + 0.05 * value if step > 1 else value
         minutes = (time.monotonic() - start) / 60
-        last = step == config.steps or (config.max_minutes and minutes >= config.max_minutes)
-        if step % config.validate_every == 0 or last:
+        last = step == config.steps or bool(config.max_minutes and minutes >= config.max_minutes)
+        if world > 1:  # every process stops at the step process 0 stops at
+            flag = torch.tensor([float(last)])
+            torch.distributed.broadcast(flag, 0)
+            last = bool(flag.item())
+        if rank == 0 and (step % config.validate_every == 0 or last):
             history.append({"step": step, "train_loss": round(running, 5), "validation_loss": round(validate(), 5),
                             "minutes": round(minutes, 2)})
             if progress is not None:
