@@ -180,14 +180,15 @@ def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str 
     say(f"{len(pairs)} pair(s): {skipped} already done (inputs unchanged), {len(todo)} to run")
     start = time.perf_counter()
     own_client = client is None and bool(todo)
+    shape = cluster
     if own_client:
-        spec = None if scheduler else (cluster or local_cluster_spec())
-        client = open_client(scheduler, spec)
-        say(f"Dask cluster: {spec.describe() if spec else scheduler}; dashboard: "
+        shape = None if scheduler else (cluster or local_cluster_spec())
+        client = open_client(scheduler, shape)
+        say(f"Dask cluster: {shape.describe() if shape else scheduler}; dashboard: "
             f"{client.dashboard_link if _has_bokeh() or scheduler else 'none (pip install bokeh to get one)'}")
     try:
         if todo:
-            _run(client, todo, out, manifest, device, retries, say, start, cluster)
+            _run(client, todo, out, manifest, device, retries, say, start, shape)
     finally:
         manifest.save()
         if own_client:
