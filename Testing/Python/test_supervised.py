@@ -4,8 +4,10 @@ refusals."""
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import mean_label_dice, oasis_slice
 from test_networks import _write_2d_subjects
@@ -156,3 +158,22 @@ def test_teacher_displacement_on_anisotropic_oblique_model_grids():
         index = (i + float(u[1, j, i]), j + float(u[0, j, i]))  # (i, j) = (x, y) index of the moving grid point
         got = ref.TransformContinuousIndexToPhysicalPoint(index)
         np.testing.assert_allclose(got, np.asarray(expected), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_supervised_with_teachers_on_cuda(tmp_path):
+    """Teacher pairs with augmentation on a GPU (the deformed teacher target is composed on the device): the run
+    that crashed once with its teachers left on the CPU."""
+    from DeepRegistrationLib.cli import main
+
+    p = _write_2d_subjects(tmp_path)
+    _, _, transform = _teacher_pair()
+    t = tmp_path / "teacher.h5"
+    dr.write_transform(transform, t)
+    assert main(["train", "supervised", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
+                 "--grid-size", "72", "80", "--spacing", "2.5", "--orientation", "LA", "--architecture", "vm1",
+                 "--teacher", str(p["0002", "norm"]), str(p["0001", "norm"]), str(t), "--teacher-probability", "1",
+                 "--known-pairs", "0.5", "--deformation-mm", "3", "--device", "cuda", "--steps", "3",
+                 "--out", str(tmp_path / "m")]) == 0
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["training"]["device"].startswith("cuda") and card["training"]["final"]["supervised_mse"] >= 0
