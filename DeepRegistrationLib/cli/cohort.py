@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import InputError
 
@@ -57,8 +58,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if args.template and not args.images:
         raise InputError("--template needs --images (a folder of images)")
     pairs = read_pairs(args.pairs, args.preset) if args.pairs else all_to_one(args.template, args.images, args.preset)
-    summary = run_batch(pairs, args.out, scheduler=args.scheduler, cluster=_cluster(args), device=args.device,
-                        retries=args.retries)
+    try:
+        summary = run_batch(pairs, args.out, scheduler=args.scheduler, cluster=_cluster(args), device=args.device,
+                            retries=args.retries)
+    except KeyboardInterrupt:  # the manifest keeps what finished; the same command resumes
+        return 130
     if args.json:
         print(json.dumps({"done": summary.done, "failed": summary.failed, "skipped": summary.skipped,
                           "wall_s": summary.wall_s, "manifest": str(summary.manifest), "report": str(summary.report),
@@ -83,7 +87,12 @@ def run_template_command(args: argparse.Namespace) -> int:
     images = args.images
     if len(images) == 1 and Path(images[0]).is_dir():  # a folder: its image files, as all-to-one lists them
         images = [spec.moving for spec in all_to_one(Path(args.out).resolve(), images[0])]
-    result = build_template(images, args.out, iterations=args.iterations, preset=args.preset, work_dir=args.work,
-                            scheduler=args.scheduler, cluster=_cluster(args), device=args.device)
+    try:
+        result = build_template(images, args.out, iterations=args.iterations, preset=args.preset,
+                                work_dir=args.work, scheduler=args.scheduler, cluster=_cluster(args),
+                                device=args.device)
+    except KeyboardInterrupt:  # finished iterations (and pairs) are kept; the same command resumes
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
     print(f"template written to {result['template']} (iterations in {result['work']})")
     return 0
