@@ -101,10 +101,10 @@ def test_batch_gives_what_single_register_runs_give_and_reports_a_corrupt_input(
 
 def test_batch_resumes_after_the_driver_is_killed_half_way(tmp_path):
     p = _slices(tmp_path)
-    rows = [_row(p, "0001", "0002"), _row(p, "0002", "0001")] * 3  # 6 pairs (ids made unique)
-    table = _table(tmp_path, rows)
+    rows = [_row(p, "0001", "0002", "deformable-accurate"), _row(p, "0002", "0001", "deformable-accurate")] * 3
+    table = _table(tmp_path, rows)  # 6 pairs (ids made unique)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "DeepRegistrationLib", "batch", str(table), "--out", str(out), "--workers", "1",
+    cmd = [sys.executable, "-m", "DeepRegistrationLib", "batch", str(table), "--out", str(out), "--workers", "2",
            "--threads-per-worker", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
