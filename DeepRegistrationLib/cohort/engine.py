@@ -101,9 +101,14 @@ def open_client(scheduler: str | None = None, spec: ClusterSpec | None = None):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
     spec = spec or local_cluster_spec()
     dashboard = ":0" if _has_bokeh() else None
-    # one task at a time per worker (its memory limit is sized for one pair); the task itself uses spec.threads
-    cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, memory_limit=spec.memory_limit,
-                           processes=True, dashboard_address=dashboard, silence_logs=logging.ERROR)
+    import dask
+
+    # one task at a time per worker (its memory limit is sized for one pair); the task itself uses spec.threads.
+    # Worker saturation 1.0: a worker holds only the pair it runs, so when a pair kills its worker (memory), no
+    # pair queued behind it there is blamed for the death (Dask's default, 1.1, sends a second task ahead).
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, memory_limit=spec.memory_limit,
+                               processes=True, dashboard_address=dashboard, silence_logs=logging.ERROR)
     client = Client(cluster)
     client._deepreg_local_cluster = cluster  # closed with the client (see close_client)
     return client
@@ -256,9 +261,11 @@ def _outcome(future, spec: PairSpec, out: Path) -> dict:
         return {**future.result(), "attempts": n}
     error = future.exception()
     name = type(error).__name__
-    if name == "KilledWorker":
+    if name == "KilledWorker" and n:
         message = (f"the worker running it died {n} time(s) (crashed, or outgrew its memory limit); "
                    "it was not retried further")
+    elif name == "KilledWorker":
+        message = "the worker it waited on died several times (another pair crashed it); run the batch again"
     else:
         message = f"{name}: {error}"
     return {"status": "failed", "error": message, "attempts": n}

@@ -26,7 +26,7 @@ from conftest import OASIS_SLICE, ROOT, from_shared, write_2d_slices
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow
 
-from DeepRegistrationLib.cohort import Manifest, all_to_one, read_pairs, run_batch  # noqa: E402
+from DeepRegistrationLib.cohort import Manifest, PairSpec, all_to_one, read_pairs, run_batch  # noqa: E402
 from DeepRegistrationLib.cohort.engine import ClusterSpec  # noqa: E402
 from DeepRegistrationLib.errors import InputError, OutputError  # noqa: E402
 
@@ -337,3 +337,25 @@ def test_two_process_metric_training_matches_one_process(tmp_path):
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-4
     assert main(common + ["--nproc", "3", "--out", str(tmp_path / "three")]) == 2  # a batch of 4 does not split in 3
     assert not (tmp_path / "three").exists()
+
+
+def test_a_pair_that_outgrows_the_memory_limit_fails_alone(tmp_path):
+    """A worker memory limit of 600 MB: the full-size 3D pair outgrows it and kills its worker (the nanny's limit),
+    is retried once (allowed-failures 1 here; Dask's default is 3) and recorded as failed with that reason; the 2D
+    pair queued behind it on the same single worker is not blamed, and registers."""
+    import dask
+
+    from conftest import OASIS, data_file
+
+    p = _slices(tmp_path)
+    pairs = [PairSpec(id="big", fixed=str(data_file(OASIS.format("0001", "norm"))),
+                      moving=str(data_file(OASIS.format("0002", "norm"))), preset="deformable-fast"),
+             PairSpec(id="small", fixed=str(p["0001", "norm"]), moving=str(p["0002", "norm"]), preset="deformable-fast")]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        summary = run_batch(pairs, tmp_path / "out", cluster=ClusterSpec(1, 1, 600 * 1024**2), device="cpu",
+                            progress=lambda s: None)
+    records = Manifest.load(tmp_path / "out").records
+    assert records["small"]["status"] == "done" and records["small"]["attempts"] == 1
+    assert records["big"]["status"] == "failed" and records["big"]["attempts"] == 2
+    assert "died 2 time(s)" in summary.failures["big"] and "memory limit" in summary.failures["big"]
+    assert not list((tmp_path / "out" / "pairs" / "big").glob("*.nii.gz"))
