@@ -18,8 +18,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                                        "local cluster that fits this machine")
     g.add_argument("--workers", type=int, help="local workers, each registering one pair at a time (default: one "
                                                "per GPU, else one per core, capped by memory at 3 GB a pair)")
-    g.add_argument("--threads-per-worker", type=int, help="torch threads of each local worker (default: the cores "
-                                                          "shared out among the workers)")
+    g.add_argument("--threads-per-worker", type=int, help="torch threads of each pair (default: the cores shared out "
+                                                          "among the local workers; with --scheduler, the worker's "
+                                                          "setting, which a Dask nanny makes 1)")
     g.add_argument("--memory-limit-gb", type=float, help="memory limit of each local worker (default: its share of "
                                                          "90 %% of the RAM); a worker above it is restarted")
     g.add_argument("--device", default="auto", help="auto (a GPU per worker when present), cpu or cuda")
@@ -29,9 +30,9 @@ def _cluster(args: argparse.Namespace):
     from ..cohort.engine import local_cluster_spec
 
     if args.scheduler:
-        if args.workers or args.threads_per_worker or args.memory_limit_gb:
-            raise InputError("--workers, --threads-per-worker and --memory-limit-gb shape a local cluster; "
-                             "with --scheduler the cluster is the one already running")
+        if args.workers or args.memory_limit_gb:
+            raise InputError("--workers and --memory-limit-gb shape a local cluster; with --scheduler the cluster is "
+                             "the one already running (--threads-per-worker still sets each pair's torch threads)")
         return None
     return local_cluster_spec(args.workers, args.threads_per_worker, args.memory_limit_gb)
 
@@ -60,7 +61,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs, args.preset) if args.pairs else all_to_one(args.template, args.images, args.preset)
     try:
         summary = run_batch(pairs, args.out, scheduler=args.scheduler, cluster=_cluster(args), device=args.device,
-                            retries=args.retries)
+                            retries=args.retries, threads=args.threads_per_worker)
     except KeyboardInterrupt:  # the manifest keeps what finished; the same command resumes
         return 130
     if args.json:
@@ -90,7 +91,7 @@ def run_template_command(args: argparse.Namespace) -> int:
     try:
         result = build_template(images, args.out, iterations=args.iterations, preset=args.preset,
                                 work_dir=args.work, scheduler=args.scheduler, cluster=_cluster(args),
-                                device=args.device)
+                                device=args.device, threads=args.threads_per_worker)
     except KeyboardInterrupt:  # finished iterations (and pairs) are kept; the same command resumes
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -150,16 +150,16 @@ def _eta(start: float, finished: int, remaining: int) -> str:
 
 def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str | None = None,
               cluster: ClusterSpec | None = None, device: str = "auto", retries: int = 1,
-              progress: Callable[[str], None] | None = None, client=None, report: bool = True) -> BatchSummary:
+              progress: Callable[[str], None] | None = None, client=None, report: bool = True,
+              threads: int | None = None) -> BatchSummary:
     """Register every pair of ``pairs`` on Dask, resumably (see the module's description).
 
     ``out_dir``: where ``manifest.json``, ``pairs/<id>/`` and the report go. ``scheduler``: an existing cluster's
     address (else a local cluster of ``cluster``, default :func:`local_cluster_spec`). ``client``: an open Dask
     client to use instead (left open). ``retries``: extra attempts of a task that raised an unexpected error (bad
     inputs are not retried; a dead worker's task is rescheduled by Dask itself). ``progress``: called with each
-    progress line (default: print to stderr). Each pair uses ``cluster.threads`` torch threads; on an existing
-    cluster without ``cluster``, the worker's own setting (its ``OMP_NUM_THREADS``; a Dask nanny sets 1 unless told
-    otherwise).
+    progress line (default: print to stderr). Each pair uses ``threads`` torch threads, default ``cluster.threads``;
+    on an existing cluster with neither, the worker's own setting (a Dask nanny sets ``OMP_NUM_THREADS=1``).
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out_dir).resolve()
@@ -193,7 +193,7 @@ def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str 
             f"{client.dashboard_link if _has_bokeh() or scheduler else 'none (pip install bokeh to get one)'}")
     try:
         if todo:
-            _run(client, todo, out, manifest, device, retries, say, start, shape)
+            _run(client, todo, out, manifest, device, retries, say, start, threads or (shape.threads if shape else None))
     finally:
         manifest.save()
         if own_client:
@@ -213,10 +213,9 @@ def run_batch(pairs: list[PairSpec], out_dir: str | os.PathLike, scheduler: str 
 
 
 def _run(client, todo: list[PairSpec], out: Path, manifest: Manifest, device: str, retries: int,
-         say: Callable[[str], None], start: float, cluster: ClusterSpec | None) -> None:
+         say: Callable[[str], None], start: float, threads: int | None) -> None:
     from distributed import wait
 
-    threads = cluster.threads if cluster else None
     futures = {}
     for spec in todo:
         future = client.submit(register_pair, spec.to_dict(), str(out), device, threads, pure=False, retries=retries,

@@ -109,6 +109,7 @@ def _register_pair(spec: dict, out_dir: Path, device: str, threads: int | None) 
     det, _, stats = result.jacobian()
     warped = result.warped()
     figures = {"registration_s": registration_s, "device": result.figures["device"],
+               "threads": torch.get_num_threads(),
                "folding_percent": stats["folding_percent"], "std_log_jacobian": stats["std_log_jacobian"],
                "notes": list(pair.notes)}
     if labels or pair.fixed_points is not None:

@@ -75,10 +75,11 @@ def unbiased_update(average: "Image", displacements: list[torch.Tensor]) -> tupl
 def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iterations: int = 3,
                    preset: str = "deformable-fast", work_dir: str | os.PathLike | None = None,
                    scheduler: str | None = None, cluster=None, device: str = "auto",
-                   progress: Callable[[str], None] | None = None) -> dict:
+                   progress: Callable[[str], None] | None = None, threads: int | None = None) -> dict:
     """Build a template of ``images`` (at least 2 files) in ``iterations`` rounds (see the module's description)
     and write it to ``out``; returns per-iteration figures (images registered, largest mean displacement in mm,
-    RMS change of the template). ``work_dir`` (default ``OUT_NAME.work`` beside ``out``) keeps the iterations."""
+    RMS change of the template); ``threads``: torch threads per pair (see :func:`~.engine.run_batch`). ``work_dir``
+    (default ``OUT_NAME.work`` beside ``out``) keeps the iterations."""
     from ..io import read_transform
     from ..transforms import to_displacement_field
     from .engine import close_client, local_cluster_spec, open_client, run_batch
@@ -114,7 +115,7 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
             pairs = [PairSpec(id=f"{i:03d}_{_safe_id(p.name.split('.')[0])}", fixed=str(previous), moving=str(p),
                               preset=preset) for i, p in enumerate(paths)]
             summary = run_batch(pairs, work / f"iteration_{k}", client=client, cluster=shape, device=device,
-                                progress=say)
+                                progress=say, threads=threads)
             if summary.done < 2:
                 raise InputError(f"iteration {k}: only {summary.done} image(s) registered onto the template "
                                  f"({'; '.join(f'{i}: {e}' for i, e in summary.failures.items())})")

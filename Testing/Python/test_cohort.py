@@ -268,7 +268,7 @@ def test_commands_on_an_existing_scheduler_with_landmarks(tmp_path):
                      "a,0001_norm.nii.gz,0002_norm.nii.gz,0001_points.csv,0002_points.csv\n")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert main(["batch", str(table), "--out", str(tmp_path / "out"), "--scheduler", cluster.scheduler_address,
-                     "--device", "cpu", "--json"]) == 0
+                     "--threads-per-worker", "2", "--device", "cpu", "--json"]) == 0
         # a local cluster's shape makes no sense with --scheduler: refused before anything is written
         assert main(["batch", str(table), "--out", str(tmp_path / "o2"), "--scheduler", cluster.scheduler_address,
                      "--workers", "2"]) == 2
@@ -280,6 +280,7 @@ def test_commands_on_an_existing_scheduler_with_landmarks(tmp_path):
     before = np.linalg.norm(np.loadtxt(tmp_path / "0001_points.csv", delimiter=",", skiprows=1)
                             - np.loadtxt(tmp_path / "0002_points.csv", delimiter=",", skiprows=1), axis=1).mean()
     assert record["status"] == "done" and record["figures"]["tre_mm"]["count"] == len(values) >= 6
+    assert record["figures"]["threads"] == 2  # --threads-per-worker sets each pair's torch threads on any cluster
     if from_shared(OASIS_SLICE.format("0001", "seg24")):  # the real slices: 0.7x the distance before or less
         assert record["figures"]["tre_mm"]["mean"] < 0.7 * before
     else:  # the PyPI stand-ins are slices of nearly aligned volumes (2 mm apart): not made worse
