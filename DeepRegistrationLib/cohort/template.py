@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -47,24 +47,26 @@ def _unit(image):
     return normalise_unit_range(image)
 
 
-def mean_image(images: list, grid) -> "Image":
-    """Voxel-wise mean of ``images`` (each scaled to [0, 1]) resampled onto ``grid`` through the identity."""
+def mean_image(images: Iterable["Image"], grid) -> "Image":
+    """Voxel-wise mean of ``images`` (each scaled to [0, 1]) resampled onto ``grid`` through the identity; the
+    images are taken one at a time (a generator keeps one in memory)."""
     from ..image import Image
     from ..warp import warp_image
 
     total = torch.zeros((1, *grid.shape), dtype=torch.float32)
+    count = 0
     for image in images:
         total += warp_image(_unit(image), None, grid).data.float()
-    return Image(total / len(images), grid, name="template")
+        count += 1
+    return Image(total / count, grid, name="template")
 
 
-def unbiased_update(average: "Image", displacements: list[torch.Tensor]) -> tuple["Image", float]:
-    """``average`` moved by the inverse of ``id + mean(displacements)`` (each ``(dim, *grid.shape)`` LPS mm on the
-    average's grid); returns the new template and the largest mean-displacement length (mm)."""
+def unbiased_update(average: "Image", u_mean: torch.Tensor) -> tuple["Image", float]:
+    """``average`` moved by the inverse of ``id + u_mean`` (the mean displacement, ``(dim, *grid.shape)`` LPS mm on
+    the average's grid); returns the new template and the largest mean-displacement length (mm)."""
     from ..transforms import DisplacementField, inverse_transform
     from ..warp import warp_image
 
-    u_mean = torch.stack(displacements).mean(0)
     shift = float(u_mean.norm(dim=0).max())
     inverse = inverse_transform(DisplacementField(u_mean.double(), average.grid), reference=average.grid)
     moved = warp_image(average, inverse, average.grid)
@@ -80,9 +82,11 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
     and write it to ``out``; returns per-iteration figures (images registered, largest mean displacement in mm,
     RMS change of the template); ``threads``: torch threads per pair (see :func:`~.engine.run_batch`). ``work_dir``
     (default ``OUT_NAME.work`` beside ``out``) keeps the iterations."""
+    from ..image import Image
     from ..io import read_transform
     from ..transforms import to_displacement_field
     from .engine import close_client, local_cluster_spec, open_client, run_batch
+    from .manifest import Manifest
 
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     paths = [Path(p).resolve() for p in images]
@@ -99,8 +103,7 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
     work.mkdir(parents=True, exist_ok=True)
     template_path = work / "template_0.nii.gz"
     if not template_path.is_file():
-        first = _read(paths[0])
-        mean_image([_read(p) for p in paths], first.grid).write(template_path)
+        mean_image((_read(p) for p in paths), _read(paths[0]).grid).write(template_path)
     figures: list[dict] = []
     client = None
     shape = None if scheduler else (cluster or local_cluster_spec())
@@ -120,29 +123,23 @@ def build_template(images: list[str | os.PathLike], out: str | os.PathLike, iter
                 raise InputError(f"iteration {k}: only {summary.done} image(s) registered onto the template "
                                  f"({'; '.join(f'{i}: {e}' for i, e in summary.failures.items())})")
             current = _read(previous)
+            folder = work / f"iteration_{k}"
+            records = Manifest.load(folder).records
+            done = [records[pair.id]["outputs"] for pair in pairs if records[pair.id]["status"] == "done"]
+            # running sums, one image and one field in memory at a time (a cohort of hundreds fits)
             total = torch.zeros((1, *current.grid.shape), dtype=torch.float32)
-            displacements = []
-            from .manifest import Manifest
-
-            manifest = Manifest.load(work / f"iteration_{k}")
-            for pair in pairs:
-                record = manifest.records[pair.id]
-                if record["status"] != "done":
-                    continue
-                folder = work / f"iteration_{k}"
-                total += _unit(_read(folder / record["outputs"]["warped"])).data.float()
-                transform = read_transform(folder / record["outputs"]["transform"], reference=current.grid)
-                displacements.append(to_displacement_field(transform, current.grid).field.float())
-
-            from ..image import Image as ImageClass
-
-            average = ImageClass(total / len(displacements), current.grid, name="average")
-            template, shift = unbiased_update(average, displacements)
+            u_sum = torch.zeros((current.dim, *current.grid.shape), dtype=torch.float32)
+            for outputs in done:
+                total += _unit(_read(folder / outputs["warped"])).data.float()
+                transform = read_transform(folder / outputs["transform"], reference=current.grid)
+                u_sum += to_displacement_field(transform, current.grid).field.float()
+            average = Image(total / len(done), current.grid, name="average")
+            template, shift = unbiased_update(average, u_sum / len(done))
             change = float(((template.data - current.data) ** 2).mean().sqrt())
             template.write(template_path)
-            figures.append({"iteration": k, "registered": len(displacements), "failed": summary.failed,
+            figures.append({"iteration": k, "registered": len(done), "failed": summary.failed,
                             "max_mean_displacement_mm": shift, "rms_change": change})
-            say(f"iteration {k}/{iterations}: {len(displacements)} image(s) registered ({summary.failed} failed); "
+            say(f"iteration {k}/{iterations}: {len(done)} image(s) registered ({summary.failed} failed); "
                 f"largest mean displacement {shift:.2f} mm; template RMS change {change:.4f}")
     finally:
         if client is not None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data_parallel import example_generator, process_group
 from .network import LearnedMetricNet
 from .pairs import LevelImages, PairConfig, make_batch
 
@@ -75,17 +76,10 @@ class _WeightedError(nn.Module):
         return ((self.net.score(fa, fb) - target) ** 2 * weight).sum(), weight.sum()
 
 
-def _group() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _examples(train: list[LevelImages], dim: int, indices: list[int], config: "MetricTrainConfig", step: int,
               contrast: float) -> dict[str, torch.Tensor]:
     """Examples ``indices`` of step ``step``, each from its own seeded generator, as one batch."""
-    parts = [make_batch(train, dim, 1, config.pairs,
-                        torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + k), contrast)
+    parts = [make_batch(train, dim, 1, config.pairs, example_generator(config.seed, step, k), contrast)
              for k in indices]
     return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
@@ -93,7 +87,7 @@ def _examples(train: list[LevelImages], dim: int, indices: list[int], config: "M
 def train_learned_metric(net: LearnedMetricNet, train: list[LevelImages], validation: list[LevelImages],
                          config: MetricTrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``net`` in place; returns the figures (losses along the way, steps, minutes)."""
-    rank, world = _group()
+    rank, world = process_group()
     if config.batch % world:
         raise ValueError(f"the batch ({config.batch}) must split evenly over the {world} processes")
     local = list(range(rank, config.batch, world))

@@ -40,6 +40,7 @@ from ...metrics.regularisers import diffusion_regulariser_batch
 from ...metrics.similarity import LNCCLoss
 from ...transforms.voxel import voxel_field_to_physical, warp_voxels
 from ...warp import warp_image
+from ..data_parallel import example_generator, process_group
 from .augment import AugmentConfig, augment_subject
 from .network import VoxelMorphNet
 
@@ -119,13 +120,6 @@ class TrainConfig:
         return d
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless a torch.distributed process group is running."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _one_hot(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.stack([(labels[:, 0] == v) for v in values], 1).float()
 
@@ -154,7 +148,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     """
     if config.batch < 1:
         raise InputError("the batch must hold at least one pair")
-    _, world = _distributed()
+    _, world = process_group()
     if config.batch % world:
         raise InputError(f"the batch ({config.batch}) must split evenly over the {world} processes")
     if len(subjects) + (atlas is not None) < 2:
@@ -201,7 +195,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     atlas = on_device(atlas) if atlas is not None else None
     teachers = [Teacher(on_device(t.moving), on_device(t.fixed), t.displacement.to(device), t.name)
                 for t in teachers or []]
-    rank, world = _distributed()
+    rank, world = process_group()
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -213,7 +207,7 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     def draw(step: int, k: int) -> dict:
         """Example ``k`` of step ``step``: from its own generator, so any split of a batch over processes draws the
         same examples as one process drawing the whole batch."""
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + k)
+        gen = example_generator(config.seed, step, k)
         if atlas is not None:
             moving, fixed = atlas, subjects[int(torch.randint(len(subjects), (1,), generator=gen))]
         elif augment is not None and config.self_pairs:  # fresh deformations: a subject may be paired with itself
