@@ -16,7 +16,10 @@ import torch
 from .errors import InputError
 from .geometry import Grid
 
-__all__ = ["Image"]
+__all__ = ["Image", "COLOUR_CHANNELS"]
+
+#: What a colour image is registered through (:meth:`Image.to_grayscale`).
+COLOUR_CHANNELS = ("luminance", "red", "green", "blue")
 
 # numpy dtypes torch cannot hold are widened losslessly.
 _WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64,
@@ -106,11 +109,17 @@ class Image:
         self.grid.apply_to_sitk(image)
         return image
 
-    def to_grayscale(self) -> "Image":
-        """Single-channel intensity image (luminance of RGB(A), the mean of other multi-channel data)."""
+    def to_grayscale(self, channel: str = "luminance") -> "Image":
+        """Single-channel intensity image: of RGB(A) data the ``luminance`` (Rec. 601) or one ``red`` / ``green`` /
+        ``blue`` channel (the green one of a fundus photograph holds the vessels' contrast); the mean of other
+        multi-channel data."""
+        if channel not in COLOUR_CHANNELS:
+            raise InputError(f"channel must be one of {', '.join(COLOUR_CHANNELS)}, got {channel!r}")
         if self.num_channels == 1:
             return self
         data = self.data.double()
+        if self.num_channels in (3, 4) and channel != "luminance":
+            return self.with_data(data[COLOUR_CHANNELS.index(channel) - 1:COLOUR_CHANNELS.index(channel)].float())
         if self.num_channels in (3, 4):
             w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
             gray = (data[:3] * w.view(3, *([1] * self.dim))).sum(0, keepdim=True)

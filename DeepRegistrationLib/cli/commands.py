@@ -130,6 +130,10 @@ def _print_report(report: dict) -> None:
             line += f" {m['hd95']:8.2f} {m['assd']:8.2f}"
         print(line)
         print(f"mean Dice before (identity): {report['mean_dice_before']:.3f}")
+    if "fire" in report:
+        f = report["fire"]
+        print(f"FIRE control points ({f['points']}): mean error {f['mean_error']:.2f} px, median "
+              f"{f['median_error']:.2f}, max {f['max_error']:.2f} (a pair above 25 px is a failure)")
     if "tre_mm" in report:
         t = report["tre_mm"]
         print(f"TRE ({t['count']} landmarks): mean {t['mean']:.2f} mm, median {t['median']:.2f}, "
@@ -148,10 +152,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("label evaluation needs --fixed-labels and --moving-labels together")
     if bool(args.fixed_landmarks) != bool(args.moving_landmarks):
         raise InputError("landmark evaluation needs --fixed-landmarks and --moving-landmarks together")
-    if not args.fixed_labels and not args.fixed_landmarks:
-        raise InputError("nothing to evaluate: give label maps and/or landmarks")
+    if not args.fixed_labels and not args.fixed_landmarks and not args.fire_points:
+        raise InputError("nothing to evaluate: give label maps, landmarks and/or FIRE control points")
     _check_outputs([(args.json, _suffixes("json"))], (args.transform, args.fixed_labels, args.moving_labels,
-                                                       args.fixed_landmarks, args.moving_landmarks, args.reference))
+                                                       args.fixed_landmarks, args.moving_landmarks, args.reference,
+                                                       args.fire_points, args.moving_reference))
     fixed_labels = moving_labels = reference = None
     if args.fixed_labels:
         fixed_labels = read_image(args.fixed_labels).as_label_map()
@@ -173,8 +178,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                     reference=moving_labels.grid if moving_labels is not None else grid)
     from ..metrics.report import evaluate_transform
 
-    report = evaluate_transform(transform, fixed_labels, moving_labels, fixed_points, moving_points, reference,
-                                args.interpolation, surface=not args.no_surface)
+    report = {}
+    if fixed_labels is not None or fixed_points is not None or reference is not None:
+        report = evaluate_transform(transform, fixed_labels, moving_labels, fixed_points, moving_points, reference,
+                                    args.interpolation, surface=not args.no_surface)
+    if args.fire_points:
+        import numpy as np
+
+        from ..metrics.fire import pair_error, read_fire_points
+
+        moving_grid = read_image(args.moving_reference).grid if args.moving_reference else None
+        fire = read_fire_points(args.fire_points, grid, moving_grid)
+        errors = np.linalg.norm(np.asarray(transform.map_points(fire.fixed)) - fire.moving, axis=1)
+        report["fire"] = {"points": int(len(errors)), "mean_error": pair_error(transform, fire),
+                          "median_error": float(np.median(errors)), "max_error": float(errors.max())}
     _print_report(report)
     if args.json:
         with atomic_output(args.json) as tmp:
@@ -275,6 +292,27 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _warped_output(result, moving_colour, interpolation: str, path: str):
+    """The moving image warped onto the fixed grid: in colour when it was read as RGB(A) (the registration used
+    one channel), and for a PNG/JPEG/BMP output rounded and clipped to the moving image's own integer type (a
+    photograph stays a photograph); a float moving image cannot go to such a file (the writer says why)."""
+    import torch
+
+    from ..io.atomic import full_suffix
+    from ..io.formats import TWO_D_ONLY_SUFFIXES
+    from ..warp import warp_image
+
+    source = moving_colour if moving_colour is not None else result.moving
+    if moving_colour is None and not (full_suffix(path) in TWO_D_ONLY_SUFFIXES and not source.data.is_floating_point()):
+        return result.warped(interpolation)
+    warped = warp_image(source.float() if interpolation == "linear" else source, result.transform, result.fixed_grid,
+                        interpolation)
+    if full_suffix(path) in TWO_D_ONLY_SUFFIXES and not source.data.is_floating_point():
+        info = torch.iinfo(source.data.dtype)
+        warped = warped.with_data(warped.data.round().clamp(max(info.min, 0), min(info.max, 65535)).to(source.data.dtype))
+    return warped
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     import signal
     import warnings
@@ -297,10 +335,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
             and full_suffix(args.out_transform) in _suffixes("transform"):
         raise InputError(f"{args.out_transform}: the preset {config.name or args.preset!r} gives a deformable "
                          f"transform, which {full_suffix(args.out_transform)} files cannot hold; write .h5")
-    _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image", args.interpolation)),
+    # a photograph's warped image may go to PNG/JPEG: written in the moving image's integer type (_warped_output)
+    _check_outputs([(args.out_transform, transform_suffixes), (args.out_image, _suffixes("image", "nearest")),
                     (args.out_jacobian, _suffixes("image")), (args.out_inverse, transform_suffixes)], inputs)
     pair = read_pair_inputs(args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.fixed_landmarks,
-                            args.moving_landmarks)
+                            args.moving_landmarks, channel=config.channel)
     for note in pair.notes:
         print(f"note: {note}", file=sys.stderr)
     fixed, moving = pair.fixed, pair.moving
@@ -339,7 +378,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print(f"deepreg: warning: {note}", file=sys.stderr)
     det, grid, _ = result.jacobian()  # on the fixed grid: the figure 'deepreg evaluate' gives
     figures = result.figures
-    warped = result.warped(args.interpolation) if args.out_image else None
+    warped = _warped_output(result, pair.moving_colour, args.interpolation, args.out_image) if args.out_image else None
     inverse = result.inverse() if args.out_inverse else None  # figures["inverse"]: exact or not, consistency
     with output_transaction():  # all outputs or none
         write_transform(result.transform, args.out_transform)
@@ -485,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=["label", "nearest"], default="label",
                    help="how the moving labels are warped (default: label-aware)")
     p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD (faster)")
+    p.add_argument("--fire-points", help="FIRE control points (lines 'x_fixed y_fixed x_moving y_moving', pixels; "
+                                         "--reference and --moving-reference convert them when the images' pixels "
+                                         "are not millimetres)")
+    p.add_argument("--moving-reference", help="the moving image (its grid converts the moving FIRE points)")
     p.add_argument("--json", help="also write the full report as JSON")
     p.set_defaults(func=_cmd_evaluate)
 

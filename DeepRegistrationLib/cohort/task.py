@@ -91,7 +91,7 @@ def _register_pair(spec: dict, out_dir: Path, device: str, threads: int | None) 
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} worker {_worker_name()}\n")
     config = load_preset(spec["preset"])
     pair = read_pair_inputs(spec["fixed"], spec["moving"], spec.get("fixed_mask"), spec.get("moving_mask"),
-                            spec.get("fixed_landmarks"), spec.get("moving_landmarks"))
+                            spec.get("fixed_landmarks"), spec.get("moving_landmarks"), channel=config.channel)
     labels = None
     if spec.get("fixed_labels") or spec.get("moving_labels"):
         if not (spec.get("fixed_labels") and spec.get("moving_labels")):

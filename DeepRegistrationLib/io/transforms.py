@@ -23,11 +23,13 @@ from ..geometry import Grid
 from ..transforms import (AffineTransform, CompositeTransform, DisplacementField, IdentityTransform, RigidTransform,
                           SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
+from ..transforms.polynomial import PolynomialTransform
 from .atomic import atomic_output, full_suffix
 from .formats import DENSE_TRANSFORM_SUFFIXES, FIELD_IMAGE_SUFFIXES, TRANSFORM_SUFFIXES
 from .integrity import quiet_stderr
 
-__all__ = ["read_transform", "write_transform", "read_fsl_displacement_field", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
+__all__ = ["read_transform", "write_transform", "model_parameters_path", "write_model_parameters",
+           "read_model_parameters", "read_fsl_displacement_field", "transform_to_sitk", "transform_from_sitk", "TRANSFORM_SUFFIXES",
            "DENSE_TRANSFORM_SUFFIXES", "FIELD_IMAGE_SUFFIXES"]
 
 # ---------------------------------------------------------------------- library -> SimpleITK
@@ -39,6 +41,8 @@ def transform_to_sitk(transform: Transform):
         return sitk.CompositeTransform([transform_to_sitk(p) for p in reversed(transform.parts)])
     if isinstance(transform, StationaryVelocityField):
         transform = transform.exponential()
+    if isinstance(transform, PolynomialTransform):  # no ITK type: sampled on its domain (4 px nodes)
+        transform = transform.to_field()
     if isinstance(transform, DisplacementField):
         field = transform.field.detach().double().cpu().movedim(0, -1).numpy()
         image = sitk.GetImageFromArray(field, isVector=True)
@@ -205,6 +209,8 @@ def write_transform(transform: Transform, path: str | os.PathLike) -> None:
     if suffix in (".tfm", ".txt", ".mat") and not transform.is_linear:
         raise InputError(f"{path}: ITK {suffix} files cannot hold a dense field; write .h5 instead")
     tx = transform_to_sitk(transform)
+    if isinstance(transform, PolynomialTransform):  # the exact model beside its sampled field
+        write_model_parameters(transform, model_parameters_path(path))
     with atomic_output(path) as tmp:  # verified by reading it back before it takes the name
         with quiet_stderr():
             try:
@@ -213,6 +219,42 @@ def write_transform(transform: Transform, path: str | os.PathLike) -> None:
                 if suffix in DENSE_TRANSFORM_SUFFIXES:
                     HDF5_STATE["write_failed"] = True
                 raise
+
+
+def model_parameters_path(path: str | os.PathLike) -> Path:
+    """Where :func:`write_transform` puts a 2D global model's exact parameters: ``<transform file>.model.json``."""
+    return Path(str(path) + ".model.json")
+
+
+def write_model_parameters(transform: PolynomialTransform, path: str | os.PathLike) -> None:
+    """A homography's or quadratic's parameters as JSON (atomically; read back by :func:`read_model_parameters`).
+    Coordinates are LPS mm, the mapping fixed -> moving, as for every transform file of the library."""
+    import json
+
+    text = json.dumps({"convention": "resampling transform fixed -> moving, LPS mm (pixels for a photograph)",
+                       **transform.parameters_dict()}, indent=1)
+    with atomic_output(path, verify=False) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def read_model_parameters(path: str | os.PathLike) -> PolynomialTransform:
+    """The exact 2D model written by :func:`write_model_parameters`."""
+    import json
+
+    from ..transforms.polynomial import polynomial_from_dict
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such model file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a model parameter file ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a model parameter file (a JSON object is expected)")
+    try:
+        return polynomial_from_dict(data)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
 
 
 #: ITK leaves an HDF5 file open when a write fails (a full disk); the HDF5 library then crashes at the

@@ -24,6 +24,7 @@ __all__ = ["StageKind", "FAMILIES", "register_stage_kind", "stage_kind", "stage_
 FAMILIES: tuple[str, ...] = (
     "DeepRegistrationLib.methods.classical.kinds",
     "DeepRegistrationLib.methods.voxelmorph.kinds",
+    "DeepRegistrationLib.methods.retina.kinds",
 )
 
 _KINDS: dict[str, "StageKind"] = {}

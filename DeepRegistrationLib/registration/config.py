@@ -18,6 +18,9 @@ from ..methods.stage import StageSettings
 __all__ = ["RegistrationConfig", "parse_stage", "INITIALISATIONS"]
 
 INITIALISATIONS = ("moments", "center", "landmarks", "none")
+#: The same names as :data:`DeepRegistrationLib.image.COLOUR_CHANNELS` (kept here so that parsing a preset does not
+#: import torch; a test keeps the two equal).
+COLOUR_CHANNELS = ("luminance", "red", "green", "blue")
 
 
 def parse_stage(data: Any) -> StageSettings:
@@ -39,12 +42,15 @@ class RegistrationConfig:
     seed: int = 0
     #: Crop both images to their foreground (plus a margin) before the pyramid (see ``registration.foreground``).
     crop_to_foreground: bool = True
+    #: What a colour (RGB) image is registered through: ``luminance``, or one channel (``green`` for fundus
+    #: photographs); single-channel images are unaffected.
+    channel: str = "luminance"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegistrationConfig":
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             raise InputError("a registration configuration needs a 'stages' list")
-        unknown = set(data) - {"stages", "name", "description", "initialise", "seed", "crop_to_foreground"}
+        unknown = set(data) - {"stages", "name", "description", "initialise", "seed", "crop_to_foreground", "channel"}
         if unknown:
             raise InputError(f"unknown configuration field(s) {sorted(unknown)}")
         stages = [parse_stage(s) for s in data["stages"]]
@@ -60,12 +66,15 @@ class RegistrationConfig:
         crop = data.get("crop_to_foreground", True)
         if not isinstance(crop, bool):
             raise InputError(f"crop_to_foreground must be true or false, got {crop!r}")
+        channel = data.get("channel", "luminance")
+        if channel not in COLOUR_CHANNELS:
+            raise InputError(f"channel must be one of {', '.join(COLOUR_CHANNELS)}, got {channel!r}")
         return cls(stages=stages, name=str(data.get("name", "")), description=str(data.get("description", "")),
-                   initialise=initialise, seed=seed, crop_to_foreground=crop)
+                   initialise=initialise, seed=seed, crop_to_foreground=crop, channel=channel)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "initialise": self.initialise,
-                "seed": self.seed, "crop_to_foreground": self.crop_to_foreground,
+                "seed": self.seed, "crop_to_foreground": self.crop_to_foreground, "channel": self.channel,
                 "stages": [s.to_dict() for s in self.stages]}
 
     @property

@@ -31,12 +31,13 @@ class PairInputs:
     fixed_points: np.ndarray | None = None
     moving_points: np.ndarray | None = None
     notes: tuple[str, ...] = ()
+    moving_colour: Image | None = None  # the moving image's channels when it is RGB(A) (what the warped output shows)
 
 
-def _single_channel(img: Image, notes: list[str]) -> Image:
+def _single_channel(img: Image, notes: list[str], channel: str = "luminance") -> Image:
     if img.num_channels in (3, 4):
-        notes.append(f"{img.name} is RGB(A); registering its luminance")
-        return img.to_grayscale()
+        notes.append(f"{img.name} is RGB(A); registering its {channel}" + (" channel" if channel != "luminance" else ""))
+        return img.to_grayscale(channel)
     if img.num_channels != 1:
         raise InputError(f"{img.name}: has {img.num_channels} channels; registration needs a single-channel image")
     return img
@@ -44,8 +45,10 @@ def _single_channel(img: Image, notes: list[str]) -> Image:
 
 def read_pair_inputs(fixed: PathLike, moving: PathLike, fixed_mask: PathLike | None = None,
                      moving_mask: PathLike | None = None, fixed_landmarks: PathLike | None = None,
-                     moving_landmarks: PathLike | None = None) -> PairInputs:
-    """Read and check one pair's files (see the module's description); ``notes`` says what was converted."""
+                     moving_landmarks: PathLike | None = None, channel: str = "luminance") -> PairInputs:
+    """Read and check one pair's files (see the module's description); ``notes`` says what was converted.
+    ``channel``: what an RGB(A) image is registered through (:meth:`~DeepRegistrationLib.image.Image.to_grayscale`);
+    ``moving_colour`` keeps a colour moving image as read, for writing the warped colour image."""
     from ..io import read_image, read_points
     from ..io.images import single_slice_as_2d
     from .landmarks import check_landmarks
@@ -63,7 +66,8 @@ def read_pair_inputs(fixed: PathLike, moving: PathLike, fixed_mask: PathLike | N
     elif {fixed_img.dim, moving_img.dim} == {2, 3} and (flat[0] or flat[1]) is not None:
         notes.append("a 2D image and a single slice; registering them in 2D")
         fixed_img, moving_img = flat[0] or fixed_img, flat[1] or moving_img
-    fixed_img, moving_img = _single_channel(fixed_img, notes), _single_channel(moving_img, notes)
+    moving_colour = moving_img if moving_img.num_channels in (3, 4) else None
+    fixed_img, moving_img = _single_channel(fixed_img, notes, channel), _single_channel(moving_img, notes, channel)
     if fixed_img.dim != moving_img.dim:
         raise InputError(f"{fixed} is {fixed_img.dim}D but {moving} is {moving_img.dim}D")
     masks = []
@@ -81,4 +85,5 @@ def read_pair_inputs(fixed: PathLike, moving: PathLike, fixed_mask: PathLike | N
         if len(fixed_points) != len(moving_points):
             raise InputError(f"landmark sets differ: {len(fixed_points)} fixed ({fixed_landmarks}) vs "
                              f"{len(moving_points)} moving ({moving_landmarks}) points")
-    return PairInputs(fixed_img, moving_img, masks[0], masks[1], fixed_points, moving_points, tuple(notes))
+    return PairInputs(fixed_img, moving_img, masks[0], masks[1], fixed_points, moving_points, tuple(notes),
+                      moving_colour)

@@ -28,6 +28,7 @@ from ..methods.stage import ProgressCallback, StageContext, StageState
 from ..transforms import (CompositeTransform, IdentityTransform, StationaryVelocityField, Transform,
                           TranslationTransform, compose)
 from ..transforms.linear import LinearTransform
+from ..transforms.polynomial import PolynomialTransform
 from ..warp import warp_image
 from .config import INITIALISATIONS, RegistrationConfig
 from .foreground import extend_to_zero, foreground_crops
@@ -234,6 +235,8 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     if fixed_crop is not None and isinstance(deformable, StationaryVelocityField):
         deformable = extend_to_zero(deformable, fixed_crop)  # continuous to the identity beyond the crop
     transform = compose(deformable, state.linear) if deformable is not None else state.linear
+    if isinstance(transform, PolynomialTransform):  # a global 2D model: written as a field on the fixed grid
+        transform.domain = request.fixed.grid
     figures["time_s"] = time.perf_counter() - request.start_time
     return RegistrationResult(transform=transform, fixed_grid=request.fixed.grid, moving=request.moving,
                               figures=figures)

@@ -106,7 +106,10 @@ def inverse_transform(transform: Transform, reference: Grid | None = None, toler
         elif isinstance(part, DisplacementField):
             field, start = part, None
         else:
-            inverted.append(part.inverse())
+            inverse = part.inverse()
+            if reference is not None and hasattr(inverse, "domain"):  # a 2D global model: sampled there if written
+                inverse.domain = reference
+            inverted.append(inverse)
             continue
         grid = (refined_grid(field.grid, reference, max_voxels_factor, max_voxels) if reference is not None
                 else field.grid)

@@ -1,0 +1,77 @@
+"""The ``keypoints`` stage: a global 2D model from matched keypoints (see :mod:`.keypoints`)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...errors import InputError
+from ...transforms import IdentityTransform
+from ..stage import StageContext, StageOutcome, StageState
+from .kinds import KeypointSettings
+
+__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image"]
+
+
+def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> list[str]:
+    """Retinal stages register 2D images (photographs; a colour one through its registration channel)."""
+    for img in (fixed, moving):
+        if img.dim != 2:
+            raise InputError(f"{img.name}: the {settings.model} stage registers 2D images (fundus photographs, "
+                             f"angiograms), got a {img.dim}D image")
+    from .fundus import _cv2
+
+    _cv2()  # a clear error now when OpenCV is missing
+    return []
+
+
+def feature_image(image, settings: KeypointSettings):
+    """The working image of ``image`` (an :class:`~DeepRegistrationLib.image.Image`, [0, 1]) and the uint8 image
+    keypoints are detected on (enhanced, or its vessel map)."""
+    from .fundus import enhance, vesselness, working_image
+
+    work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), settings.working_size)
+    if settings.features == "vessels":
+        u8 = (vesselness(work, settings.vessel_polarity) * 255).astype(np.uint8)
+    else:
+        u8 = enhance(work, settings.clahe_clip)
+    return work, u8
+
+
+def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state: StageState) -> StageOutcome:
+    """Detect, match and fit; the new state is the fitted model (the starting transform is not used)."""
+    from .keypoints import detect, ratio_matches, robust_fit
+
+    start = time.perf_counter()
+    context.check_cancel()
+    fixed_work, fixed_u8 = feature_image(context.fixed, settings)
+    moving_work, moving_u8 = feature_image(context.moving, settings)
+    fixed_features = detect(fixed_work, fixed_u8, settings.detector, settings.max_keypoints)
+    moving_features = detect(moving_work, moving_u8, settings.detector, settings.max_keypoints)
+    context.check_cancel()
+    i_f, i_m = ratio_matches(fixed_features, moving_features, settings.ratio)
+
+    def fixed_mm(index):
+        return context.fixed.grid.index_to_physical(np.asarray(index, dtype=np.float64).reshape(-1, 2))
+
+    def moving_mm(index):
+        return context.moving.grid.index_to_physical(np.asarray(index, dtype=np.float64).reshape(-1, 2))
+
+    fit = robust_fit(settings.transform, fixed_mm(fixed_features.points[i_f]), moving_mm(moving_features.points[i_m]),
+                     fixed_features, moving_features, fixed_mm, moving_mm, settings.threshold_mm,
+                     settings.guided_radius_mm, settings.guided_rounds, seed=torch_seed())
+    figures = {"keypoints_fixed": len(fixed_features), "keypoints_moving": len(moving_features), **fit.figures,
+               "keypoint_time_s": time.perf_counter() - start}
+    context.report({"model": settings.model, "level": 0, "iteration": 0,
+                    "loss": float(fit.figures["inlier_residual_median_mm"])})
+    dim = context.dim
+    return StageOutcome(StageState(IdentityTransform(dim), fit.transform), fit.figures["inlier_residual_median_mm"],
+                        figures)
+
+
+def torch_seed() -> int:
+    """The run's seed (the pipeline seeds torch from the configuration), for OpenCV's RANSAC."""
+    import torch
+
+    return int(torch.initial_seed() % (2**31))
