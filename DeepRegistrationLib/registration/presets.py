@@ -33,7 +33,7 @@ from .config import RegistrationConfig
 
 __all__ = ["presets_dir", "list_presets", "load_preset", "preset_data", "apply_overrides", "save_preset"]
 
-_TOP_LEVEL = {"name", "description", "initialise", "seed", "crop_to_foreground"}
+_TOP_LEVEL = {"name", "description", "initialise", "seed", "crop_to_foreground", "channel"}
 
 
 def presets_dir() -> list[Path]:

@@ -56,7 +56,7 @@ def field_of_view_mask(array: np.ndarray, erosion_px: int = 0, threshold: float 
     if count > 1:
         mask = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
     # fill holes: everything not reachable from the border through background is inside
-    flood = np.pad(1 - mask, 1)
+    flood = np.pad(1 - mask, 1, constant_values=1)  # a background frame: the field of view may touch the border
     cv2.floodFill(flood, None, (0, 0), 2)
     mask = np.where(flood[1:-1, 1:-1] == 2, 0, 1).astype(np.uint8)
     if erosion_px > 0:
@@ -91,8 +91,10 @@ def enhance(image: WorkingImage, clip_limit: float = 2.0, tiles: int = 8) -> np.
 
 
 def vessel_polarity(image: WorkingImage) -> str:
-    """``dark`` vessels on a brighter fundus (colour photograph, red-free) or ``bright`` ones (angiogram), read from
-    the skewness of the intensities in the field of view: a few bright vessels on a dark background skew right."""
+    """``dark`` vessels on a brighter fundus (colour photograph, red-free) or ``bright`` ones (angiogram), guessed from
+    the skewness of the intensities in the field of view (a few bright vessels on a dark background skew right).
+    A guess: a bright optic disc or reflections can skew a photograph right too (FIRE P01_1 does), so the retinal
+    presets name each image's polarity instead."""
     values = image.array[image.mask].astype(np.float64)
     centred = values - values.mean()
     skew = float((centred**3).mean() / max(centred.std() ** 3, 1e-12))
@@ -100,8 +102,8 @@ def vessel_polarity(image: WorkingImage) -> str:
 
 
 def vesselness(image: WorkingImage, polarity: str = "auto", sigmas_px=(1.0, 2.0, 3.0, 4.0)) -> np.ndarray:
-    """Frangi vesselness (float32 [0, 1], 0 outside the field of view and on its rim), normalised by its 99.5th
-    percentile in the field of view, for vessels of the given polarity (``auto``: :func:`vessel_polarity`)."""
+    """Frangi vesselness (scikit-image; float32 [0, 1], 0 outside the field of view and on its rim) for vessels of
+    the given polarity (``auto``: :func:`vessel_polarity`), divided by its 99.5th percentile in the field of view."""
     from skimage.filters import frangi
 
     if polarity not in POLARITIES:

@@ -53,15 +53,6 @@ def detect(image: WorkingImage, u8: np.ndarray, detector: str = "sift", max_keyp
     return Features(points, descriptors, detector == "orb")
 
 
-def _distances(a: np.ndarray, b: np.ndarray, binary: bool) -> np.ndarray:
-    if binary:
-        bits = np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=-1)
-        return bits.sum(-1).astype(np.float32)
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    d2 = (a32**2).sum(1)[:, None] + (b32**2).sum(1)[None, :] - 2 * a32 @ b32.T
-    return np.sqrt(np.maximum(d2, 0))
-
-
 def ratio_matches(fixed: Features, moving: Features, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(i_fixed, i_moving)`` of the pairs passing Lowe's ratio test (nearest < ratio x second nearest)."""
     if len(fixed) < 2 or len(moving) < 2:
@@ -107,23 +98,21 @@ def robust_fit(model: str, fixed_mm: np.ndarray, moving_mm: np.ndarray, fixed: F
     figures = {"ratio_matches": int(len(fixed_mm)), "ransac_inliers": int(inliers.sum())}
     pf, pm = fixed_to_mm(fixed.points), moving_to_mm(moving.points)
     if rounds and len(pm) >= need:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(pm)
+        matcher = cv2.BFMatcher(cv2.NORM_HAMMING if fixed.binary else cv2.NORM_L2)
         for _ in range(rounds):
             predicted = transform.map_points(pf)
-            ok = np.isfinite(predicted).all(1)
-            near = tree.query_ball_point(predicted[ok], guided_radius_mm)
+            # candidates: the moving keypoints within the radius of each fixed keypoint's predicted position
+            near = np.zeros((len(pf), len(pm)), np.uint8)
+            for start in range(0, len(pf), 1024):
+                block = predicted[start:start + 1024]
+                d2 = ((block[:, None, :] - pm[None, :, :]) ** 2).sum(-1)
+                near[start:start + 1024] = np.nan_to_num(d2, nan=np.inf) < guided_radius_mm**2
+            pairs = matcher.knnMatch(fixed.descriptors, moving.descriptors, k=2, mask=near)
             index_f, index_m = [], []
-            for i, cand in zip(np.flatnonzero(ok), near):
-                if not cand:
-                    continue
-                d = _distances(fixed.descriptors[i:i + 1], moving.descriptors[cand], fixed.binary)[0]
-                order = np.argsort(d)
-                if len(order) > 1 and d[order[0]] >= 0.9 * d[order[1]]:
-                    continue  # ambiguous among the neighbours
-                index_f.append(i)
-                index_m.append(cand[order[0]])
+            for p in pairs:  # the best candidate, unless a second one is nearly as good
+                if p and (len(p) == 1 or p[0].distance < 0.9 * p[1].distance):
+                    index_f.append(p[0].queryIdx)
+                    index_m.append(p[0].trainIdx)
             if len(index_f) < need:
                 break
             a, b = pf[index_f], pm[index_m]

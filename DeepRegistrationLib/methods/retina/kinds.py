@@ -1,4 +1,4 @@
-"""Settings of the retinal stages and their registration (light: no OpenCV, scikit-image or torch at import)."""
+"""Settings of the retinal stages and their registration (light: no OpenCV or torch at import)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from ...errors import InputError
 from ..registry import StageKind, register_stage_kind
-from ..stage import StageSettings, check_flag, check_number
+from ..stage import StageSettings, check_number
 
-__all__ = ["KeypointSettings", "FEATURE_IMAGES"]
+__all__ = ["KeypointSettings", "PolynomialSettings", "FEATURE_IMAGES"]
 
-#: What keypoints are detected on: the CLAHE-enhanced image (same modality) or Frangi vessel maps (any
+#: What keypoints are detected on: the CLAHE-enhanced image (same modality) or vesselness maps (any
 #: modality: a colour photograph's dark vessels and an angiogram's bright ones give the same map).
 FEATURE_IMAGES = ("enhanced", "vessels")
 
@@ -22,13 +22,16 @@ class KeypointSettings(StageSettings):
 
     Attributes:
         detector: ``sift`` or ``orb`` (OpenCV).
-        features: ``enhanced`` (CLAHE of the image) or ``vessels`` (Frangi vessel maps, for two modalities).
-        vessel_polarity: ``auto`` (from each image's intensity skewness), ``dark`` or ``bright`` (both images).
+        features: ``enhanced`` (CLAHE of the image) or ``vessels`` (vesselness maps, for two modalities).
+        fixed_polarity, moving_polarity: each image's vessels for the vessel maps: ``dark`` (a colour or red-free
+            photograph), ``bright`` (a fluorescein angiogram, OCT-A) or ``auto`` (a guess from the intensity
+            skewness, :func:`~.fundus.vessel_polarity`).
         transform: ``quadratic`` (the retina's surface model), ``homography`` or ``affine``.
         working_size: pixels along each image's longer side where keypoints are detected (64-4096).
         ratio: Lowe's ratio test threshold (0, 1].
-        threshold_mm: inlier distance of the robust fits, in mm of the moving image (pixels for a photograph).
-        guided_radius_mm: search radius of guided matching around the model's prediction.
+        threshold_px: inlier distance of the robust fits, in pixels of the moving image (at full size; distances
+            are converted to mm with its pixel spacing, so a photograph whose file states a resolution works the same).
+        guided_radius_px: search radius of guided matching around the model's prediction (moving pixels).
         guided_rounds: rounds of guided matching and refitting (0 = the MAGSAC++ inliers only).
         max_keypoints: per image.
         clahe_clip: CLAHE clip limit of the enhanced image.
@@ -37,12 +40,13 @@ class KeypointSettings(StageSettings):
     model: str = "keypoints"
     detector: str = "sift"
     features: str = "enhanced"
-    vessel_polarity: str = "auto"
+    fixed_polarity: str = "dark"
+    moving_polarity: str = "dark"
     transform: str = "quadratic"
     working_size: int = 728
     ratio: float = 0.8
-    threshold_mm: float = 5.0
-    guided_radius_mm: float = 20.0
+    threshold_px: float = 5.0
+    guided_radius_px: float = 20.0
     guided_rounds: int = 3
     max_keypoints: int = 4000
     clahe_clip: float = 2.0
@@ -53,14 +57,15 @@ class KeypointSettings(StageSettings):
         if self.model != "keypoints":
             raise InputError(f"a keypoint stage's model is 'keypoints', got {self.model!r}")
         for name, value, allowed in (("detector", self.detector, DETECTORS), ("features", self.features, FEATURE_IMAGES),
-                                     ("vessel_polarity", self.vessel_polarity, POLARITIES),
+                                     ("fixed_polarity", self.fixed_polarity, POLARITIES),
+                                     ("moving_polarity", self.moving_polarity, POLARITIES),
                                      ("transform", self.transform, TRANSFORM_MODELS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         check_number("working_size", self.working_size, 64, 4096, integer=True)
         check_number("ratio", self.ratio, 0.0, 1.0, low_open=True)
-        check_number("threshold_mm", self.threshold_mm, 0.0, low_open=True)
-        check_number("guided_radius_mm", self.guided_radius_mm, 0.0, low_open=True)
+        check_number("threshold_px", self.threshold_px, 0.0, low_open=True)
+        check_number("guided_radius_px", self.guided_radius_px, 0.0, low_open=True)
         check_number("guided_rounds", self.guided_rounds, 0, 20, integer=True)
         check_number("max_keypoints", self.max_keypoints, 16, 100_000, integer=True)
         check_number("clahe_clip", self.clahe_clip, 0.0, 100.0, low_open=True)
@@ -70,3 +75,71 @@ class KeypointSettings(StageSettings):
 register_stage_kind(StageKind("keypoints", KeypointSettings,
                               "DeepRegistrationLib.methods.retina.stage:run_keypoint_stage", "deformable",
                               check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs", family="retina"))
+
+
+@dataclass
+class PolynomialSettings(StageSettings):
+    """Intensity refinement of a global 2D model (fixed -> moving, mm): the model's parameters are optimised for
+    the normalised cross-correlation of the two images' feature images (vessel maps or enhanced images) over the
+    fixed field of view, coarse to fine. Starts from the model of an earlier ``keypoints`` stage (refines it), or
+    from the linear transform so far.
+
+    Attributes:
+        transform: ``quadratic`` or ``homography``.
+        features: ``vessels`` (vesselness maps, any modality) or ``enhanced`` (CLAHE images, same modality).
+        fixed_polarity, moving_polarity: as in the keypoint stage.
+        working_sizes: pixels along each image's longer side, one per level (coarse to fine).
+        iterations: steps per level.
+        learning_rate: Adam's step on the model's coefficients, in moving-image pixels of displacement at the edge
+            of the fixed field of view, at the finest level (coarser levels step in proportion to their pixel size).
+        smoothing_px: Gaussian sigma (working pixels) applied to the feature images (widens the capture range).
+        max_shift_px: the refinement is refused (the start is kept) when it moves any fixed point that lands in the
+            moving field of view by more than this (moving pixels) from the start: a keypoint fit that good needs no larger change, and a larger one means
+            the intensities disagree (pathology, another modality).
+    """
+
+    model: str = "polynomial"
+    transform: str = "quadratic"
+    features: str = "vessels"
+    fixed_polarity: str = "dark"
+    moving_polarity: str = "dark"
+    working_sizes: tuple = (364, 728)
+    iterations: tuple = (60, 40)
+    learning_rate: float = 0.5
+    smoothing_px: float = 1.0
+    max_shift_px: float = 30.0
+
+    def iterations_per_level(self) -> list[int]:
+        return list(self.iterations)
+
+    def validate(self) -> "PolynomialSettings":
+        from .fundus_names import POLARITIES
+
+        if self.model != "polynomial":
+            raise InputError(f"a polynomial stage's model is 'polynomial', got {self.model!r}")
+        for name, value, allowed in (("transform", self.transform, ("quadratic", "homography")),
+                                     ("features", self.features, FEATURE_IMAGES),
+                                     ("fixed_polarity", self.fixed_polarity, POLARITIES),
+                                     ("moving_polarity", self.moving_polarity, POLARITIES)):
+            if value not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.working_sizes, (list, tuple)) or not self.working_sizes:
+            raise InputError(f"working_sizes must be a list of pixel counts, got {self.working_sizes!r}")
+        if not isinstance(self.iterations, (list, tuple)) or len(self.iterations) != len(self.working_sizes):
+            raise InputError(f"iterations must give one count per working size ({len(self.working_sizes)}), "
+                             f"got {self.iterations!r}")
+        for size in self.working_sizes:
+            check_number("working_sizes[]", size, 32, 4096, integer=True)
+        for count in self.iterations:
+            check_number("iterations[]", count, 0, 10_000, integer=True)
+        self.working_sizes, self.iterations = list(self.working_sizes), list(self.iterations)
+        check_number("learning_rate", self.learning_rate, 0.0, 100.0, low_open=True)
+        check_number("smoothing_px", self.smoothing_px, 0.0, 20.0)
+        check_number("max_shift_px", self.max_shift_px, 0.0, low_open=True)
+        return self
+
+
+register_stage_kind(StageKind("polynomial", PolynomialSettings,
+                              "DeepRegistrationLib.methods.retina.refine:run_polynomial_stage", "deformable",
+                              refines=True, check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs",
+                              family="retina"))

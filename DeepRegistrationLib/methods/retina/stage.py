@@ -11,7 +11,7 @@ from ...transforms import IdentityTransform
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import KeypointSettings
 
-__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image"]
+__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image", "moving_pixel_mm"]
 
 
 def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> list[str]:
@@ -26,16 +26,16 @@ def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> lis
     return []
 
 
-def feature_image(image, settings: KeypointSettings):
-    """The working image of ``image`` (an :class:`~DeepRegistrationLib.image.Image`, [0, 1]) and the uint8 image
-    keypoints are detected on (enhanced, or its vessel map)."""
+def feature_image(image, features: str, working_size: int, polarity: str = "auto", clahe_clip: float = 2.0):
+    """The working image of ``image`` (an :class:`~DeepRegistrationLib.image.Image`, [0, 1]) and its feature image
+    (uint8): the CLAHE-enhanced image (``enhanced``) or its vessel map (``vessels``)."""
     from .fundus import enhance, vesselness, working_image
 
-    work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), settings.working_size)
-    if settings.features == "vessels":
-        u8 = (vesselness(work, settings.vessel_polarity) * 255).astype(np.uint8)
+    work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), working_size)
+    if features == "vessels":
+        u8 = (vesselness(work, polarity) * 255).astype(np.uint8)
     else:
-        u8 = enhance(work, settings.clahe_clip)
+        u8 = enhance(work, clahe_clip)
     return work, u8
 
 
@@ -45,8 +45,10 @@ def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state:
 
     start = time.perf_counter()
     context.check_cancel()
-    fixed_work, fixed_u8 = feature_image(context.fixed, settings)
-    moving_work, moving_u8 = feature_image(context.moving, settings)
+    fixed_work, fixed_u8 = feature_image(context.fixed, settings.features, settings.working_size,
+                                         settings.fixed_polarity, settings.clahe_clip)
+    moving_work, moving_u8 = feature_image(context.moving, settings.features, settings.working_size,
+                                           settings.moving_polarity, settings.clahe_clip)
     fixed_features = detect(fixed_work, fixed_u8, settings.detector, settings.max_keypoints)
     moving_features = detect(moving_work, moving_u8, settings.detector, settings.max_keypoints)
     context.check_cancel()
@@ -58,16 +60,22 @@ def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state:
     def moving_mm(index):
         return context.moving.grid.index_to_physical(np.asarray(index, dtype=np.float64).reshape(-1, 2))
 
+    pixel_mm = moving_pixel_mm(context.moving)
     fit = robust_fit(settings.transform, fixed_mm(fixed_features.points[i_f]), moving_mm(moving_features.points[i_m]),
-                     fixed_features, moving_features, fixed_mm, moving_mm, settings.threshold_mm,
-                     settings.guided_radius_mm, settings.guided_rounds, seed=torch_seed())
+                     fixed_features, moving_features, fixed_mm, moving_mm, settings.threshold_px * pixel_mm,
+                     settings.guided_radius_px * pixel_mm, settings.guided_rounds, seed=torch_seed())
     figures = {"keypoints_fixed": len(fixed_features), "keypoints_moving": len(moving_features), **fit.figures,
                "keypoint_time_s": time.perf_counter() - start}
     context.report({"model": settings.model, "level": 0, "iteration": 0,
                     "loss": float(fit.figures["inlier_residual_median_mm"])})
-    dim = context.dim
-    return StageOutcome(StageState(IdentityTransform(dim), fit.transform), fit.figures["inlier_residual_median_mm"],
-                        figures)
+    state = StageState(fit.transform) if fit.transform.is_linear else StageState(IdentityTransform(context.dim),
+                                                                                 fit.transform)
+    return StageOutcome(state, fit.figures["inlier_residual_median_mm"], figures)
+
+
+def moving_pixel_mm(image) -> float:
+    """The moving image's pixel size (mm): the settings' pixel distances become mm with it."""
+    return float(np.mean(image.grid.spacing))
 
 
 def torch_seed() -> int:

@@ -1,0 +1,266 @@
+"""The retinal family: 2D global models (homography, quadratic), keypoint registration of fundus photographs
+(``retina-fundus``, ``retina-multimodal``), the colour channel, the warped colour output and the FIRE protocol.
+
+Real data: the scikit-image fundus photograph (from its wheel, so these run on a fresh clone) under known
+quadratic warps, and the FIRE category-P pairs of ../shared/data/retina/fire with their control points.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import DeepRegistrationLib as dr
+from conftest import DATA, data_file, shared_only
+from DeepRegistrationLib.io.transforms import model_parameters_path, read_model_parameters
+from DeepRegistrationLib.metrics.fire import fire_summary, pair_error, read_fire_points, success_curve
+from DeepRegistrationLib.registration import RegistrationConfig, load_preset, register
+from DeepRegistrationLib.registration.inputs import read_pair_inputs
+from DeepRegistrationLib.transforms.polynomial import (MODELS, HomographyTransform, QuadraticTransform, fit_homography,
+                                                       fit_quadratic, polynomial_from_dict)
+from test_cli import _error_line, deepreg
+
+FIRE = DATA / "retina" / "fire"
+
+
+def _true_quadratic(size: int, pixel_mm: float = 1.0) -> QuadraticTransform:
+    """A fixed -> moving map (mm) like a second visit of a ``size`` pixel photograph: 7 degrees, a shift of
+    (60, -45) px, 1.03 zoom and a curvature that bends the field of view's edge by about 6 px."""
+    c = np.array([size / 2, size / 2]) * pixel_mm
+    s = size / 2 * pixel_mm
+    angle = np.deg2rad(7)
+    rot = 1.03 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * s
+    coefficients = np.zeros((2, 6))
+    coefficients[:, 0] = c + np.array([60, -45]) * pixel_mm
+    coefficients[:, 1:3] = rot
+    coefficients[:, 3:] = np.array([[4.0, -2.0, 3.0], [-3.0, 2.5, 3.5]]) * pixel_mm
+    return QuadraticTransform(coefficients, c, s)
+
+
+@pytest.fixture(scope="module")
+def photo_pair(tmp_path_factory):
+    """The scikit-image fundus photograph and a second 'visit': warped by a known quadratic, darker, with a
+    gamma change and noise; both written as 8-bit RGB PNG files. The JPEG states a resolution (0.169 mm pixels),
+    which the files keep: pixel settings and FIRE points must go through the grids."""
+    folder = tmp_path_factory.mktemp("retina")
+    fixed = dr.read_image(data_file("retina/skimage_retina.jpg"))
+    assert fixed.num_channels == 3 and fixed.dim == 2
+    assert fixed.grid.spacing[0] != 1.0
+    truth = _true_quadratic(fixed.grid.size[0], fixed.grid.spacing[0])
+    moving = dr.warp_image(fixed.float(), truth.inverse(), fixed.grid, "linear")  # moving(T(x)) = fixed(x)
+    rng = np.random.default_rng(0)
+    data = 255 * (moving.data.numpy() / 255) ** 1.3 * 0.85 + rng.normal(0, 3, moving.data.shape)
+    moving = moving.with_data(torch.from_numpy(np.clip(np.round(data), 0, 255).astype(np.uint8)))
+    paths = {"fixed": folder / "fixed.png", "moving": folder / "moving.png"}
+    fixed.write(paths["fixed"])
+    moving.write(paths["moving"])
+    return paths, truth, fixed.grid
+
+
+def _fov_points(grid, truth, count: int = 400) -> np.ndarray:
+    """Fixed points (mm) inside the photograph's circle whose image lands inside the moving image."""
+    rng = np.random.default_rng(1)
+    size = grid.size[0]
+    index = rng.uniform(0, size - 1, (count * 4, 2))
+    inside = np.linalg.norm(index - size / 2, axis=1) < 0.42 * size
+    p = grid.index_to_physical(index)
+    q = grid.physical_to_index(truth.map_points(p))
+    inside &= (q > 0).all(1) & (q < size - 1).all(1)
+    return p[inside][:count]
+
+
+def _error_px(transform, truth, points, grid) -> np.ndarray:
+    return np.linalg.norm(transform.map_points(points) - truth.map_points(points), axis=1) / grid.spacing[0]
+
+
+# ---------------------------------------------------------------------------------------------- models
+def test_homography_and_quadratic_fits_match_opencv_and_invert():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    fixed = rng.uniform(0, 2900, (60, 2))
+    h = np.array([[1.02, 0.03, 500], [-0.02, 0.99, -30], [1e-5, -2e-5, 1]])
+    moving = cv2.perspectiveTransform(fixed[None], h)[0]
+    fitted = fit_homography(fixed, moving)
+    reference, _ = cv2.findHomography(fixed, moving, 0)
+    assert np.allclose(fitted.matrix.numpy(), reference / reference[2, 2], rtol=1e-6, atol=1e-9)
+    assert np.abs(fitted.inverse().map_points(moving) - fixed).max() < 1e-6
+    truth = _true_quadratic(2912)
+    quad = fit_quadratic(fixed, truth.map_points(fixed))
+    assert np.abs(quad.map_points(fixed) - truth.map_points(fixed)).max() < 1e-6
+    assert np.abs(quad.inverse().map_points(quad.map_points(fixed)) - fixed).max() < 1e-6
+    for model in (fitted, quad, quad.inverse()):  # exact JSON round trip
+        again = polynomial_from_dict(json.loads(json.dumps(model.parameters_dict())))
+        assert np.abs(again.map_points(fixed[:5]) - model.map_points(fixed[:5])).max() < 1e-9
+    with pytest.raises(dr.InputError, match="at least 6 correspondences"):
+        fit_quadratic(fixed[:5], moving[:5])
+    with pytest.raises(dr.InputError, match="collinear"):
+        line = np.c_[np.arange(10.0), 2 * np.arange(10.0)]
+        fit_homography(line, line)
+    with pytest.raises(dr.InputError, match="3x3"):
+        HomographyTransform(np.eye(2))
+
+
+def test_light_name_tables_match_the_libraries():
+    """Preset parsing uses copies of these names so that it does not import torch; the copies must agree."""
+    from DeepRegistrationLib.image import COLOUR_CHANNELS
+    from DeepRegistrationLib.methods.retina.fundus_names import TRANSFORM_MODELS
+    from DeepRegistrationLib.registration.config import COLOUR_CHANNELS as CONFIG_CHANNELS
+
+    assert TRANSFORM_MODELS == MODELS and CONFIG_CHANNELS == COLOUR_CHANNELS
+
+
+def test_model_written_as_itk_field_and_json(tmp_path):
+    """No ITK type holds a quadratic: the .h5 holds it sampled (SimpleITK reads it back), the .model.json the
+    exact coefficients."""
+    grid = dr.Grid((400, 300), spacing=(1.0, 1.0))
+    truth = _true_quadratic(300)
+    truth.domain = grid
+    dr.write_transform(truth, tmp_path / "t.h5")
+    tx = sitk.ReadTransform(str(tmp_path / "t.h5"))
+    points = np.random.default_rng(0).uniform(10, 290, (50, 2))
+    itk = np.array([tx.TransformPoint(p.tolist()) for p in points])
+    assert np.abs(itk - truth.map_points(points)).max() < 0.01
+    exact = read_model_parameters(model_parameters_path(tmp_path / "t.h5"))
+    assert np.abs(exact.map_points(points) - truth.map_points(points)).max() < 1e-9
+    (tmp_path / "bad.json").write_text("{\"model\": \"cubic\"}")
+    with pytest.raises(dr.InputError, match="bad.json: unknown 2D model 'cubic'"):
+        read_model_parameters(tmp_path / "bad.json")
+
+
+# ---------------------------------------------------------------------------------------------- registration
+def test_colour_channel_is_chosen_by_the_preset(photo_pair):
+    paths, _, _ = photo_pair
+    green = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    luminance = read_pair_inputs(paths["fixed"], paths["moving"])
+    colour = dr.read_image(paths["fixed"])
+    assert torch.equal(green.fixed.data[0], colour.data[1].float())
+    assert not torch.equal(luminance.fixed.data, green.fixed.data)
+    assert green.moving_colour is not None and green.moving_colour.num_channels == 3
+    assert any("green channel" in note for note in green.notes)
+    assert load_preset("retina-fundus").channel == "green"
+    with pytest.raises(dr.InputError, match="channel must be one of"):
+        load_preset("retina-fundus", ["channel=purple"])
+
+
+def test_retina_fundus_recovers_a_known_quadratic(photo_pair):
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    result = register(pair.fixed, pair.moving, load_preset("retina-fundus"))
+    points = _fov_points(grid, truth)
+    error = _error_px(result.transform, truth, points, grid)
+    before = np.linalg.norm(points - truth.map_points(points), axis=1) / grid.spacing[0]
+    figures = result.figures["stages"][0]
+    assert before.mean() > 50 and error.mean() < 1.0 and error.max() < 3.0, (error.mean(), error.max(), figures)
+    assert isinstance(result.transform, QuadraticTransform) and result.transform.domain is not None
+    assert figures["guided_inliers"] >= figures["ransac_inliers"] > 50
+    # homography and affine models from the same keypoints: worse (the truth is curved), but not lost
+    for model in ("homography", "affine"):
+        other = register(pair.fixed, pair.moving, load_preset("retina-fundus", [f"stages.0.transform={model}"]))
+        other_error = _error_px(other.transform, truth, points, grid)
+        assert error.mean() < other_error.mean() < 15, (model, other_error.mean())
+
+
+def test_retina_multimodal_on_vessel_maps_across_contrast(photo_pair):
+    """The vessel-map preset with an angiogram-like moving image (inverted green channel: bright vessels)."""
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    inside = dr.read_image(paths["moving"]).data.float().sum(0, keepdim=True) > 20
+    angiogram = pair.moving.with_data(torch.where(inside, 255 - pair.moving.data, torch.zeros_like(pair.moving.data)))
+    result = register(pair.fixed, angiogram, load_preset("retina-multimodal"))
+    error = _error_px(result.transform, truth, _fov_points(grid, truth), grid)
+    assert error.mean() < 3.0, (error.mean(), result.figures["stages"][0])
+
+
+def test_polynomial_refinement_keeps_or_improves_a_start(photo_pair):
+    """The intensity refinement on vessel maps from a deliberately rough start (an affine fit): never worse in
+    NCC than its start, and here it moves most of the way to the truth."""
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    config = RegistrationConfig.from_dict({**load_preset("retina-fundus", ["stages.0.transform=affine",
+                                                                           "stages.0.guided_rounds=0"]).to_dict()})
+    config.stages.append(RegistrationConfig.from_dict({"stages": [{"model": "polynomial"}]}).stages[0])
+    result = register(pair.fixed, pair.moving, config)
+    points = _fov_points(grid, truth)
+    figures = result.figures["stages"][1]
+    assert figures["ncc_final"] >= figures["ncc_start"]
+    start = register(pair.fixed, pair.moving, load_preset("retina-fundus", ["stages.0.transform=affine",
+                                                                            "stages.0.guided_rounds=0"]))
+    start_error = _error_px(start.transform, truth, points, grid).mean()
+    error = _error_px(result.transform, truth, points, grid).mean()
+    assert figures["refinement_kept"] and error < 0.7 * start_error, (error, start_error, figures)
+
+
+def test_retina_cli_writes_colour_image_transform_and_model(photo_pair, tmp_path):
+    paths, truth, grid = photo_pair
+    out = {"t": tmp_path / "t.h5", "w": tmp_path / "w.png"}
+    run = deepreg("register", "--fixed", paths["fixed"], "--moving", paths["moving"], "--preset", "retina-fundus",
+                  "--out-transform", out["t"], "--out-image", out["w"])
+    assert run.returncode == 0, run.stderr
+    warped = dr.read_image(out["w"])
+    fixed = dr.read_image(paths["fixed"])
+    assert warped.num_channels == 3 and warped.data.dtype == torch.uint8 and warped.grid.same_as(fixed.grid)
+    points = _fov_points(grid, truth)
+    inside = np.round(grid.physical_to_index(points[:50])).astype(int)
+    diff = (warped.data.float() - fixed.data.float() * 0.85).abs()[:, inside[:, 1], inside[:, 0]]
+    assert float(diff.mean()) < 25  # the warped moving photograph lies on the fixed one (up to its darkening)
+    model = read_model_parameters(model_parameters_path(out["t"]))
+    assert _error_px(model, truth, points, grid).mean() < 1.0
+    # FIRE-format control points (pixels) written from the truth: evaluate converts them through the images' grids
+    fire = tmp_path / "points.txt"
+    np.savetxt(fire, np.c_[grid.physical_to_index(points[:10]), grid.physical_to_index(truth.map_points(points[:10]))],
+               fmt="%.3f")
+    run = deepreg("evaluate", "--transform", out["t"], "--fire-points", fire, "--reference", paths["fixed"],
+                  "--moving-reference", paths["moving"])
+    assert run.returncode == 0 and "FIRE control points (10): mean error" in run.stdout, run.stderr
+    assert float(run.stdout.split("mean error ")[1].split()[0]) / grid.spacing[0] < 1.0
+
+
+def test_retina_bad_inputs(photo_pair, tmp_path):
+    paths, _, _ = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    volume = dr.Image(torch.rand(1, 8, 40, 40), dr.Grid((40, 40, 8)), "volume.nii.gz")
+    with pytest.raises(dr.InputError, match="volume.nii.gz: the keypoints stage registers 2D images"):
+        register(volume, volume.with_data(torch.rand(1, 8, 40, 40)), load_preset("retina-fundus"))
+    rng = np.random.default_rng(0)
+    noise = pair.moving.with_data(torch.from_numpy(rng.uniform(0, 255, pair.moving.shape).astype(np.float32))[None])
+    with pytest.raises(dr.InputError, match="keypoint matches|consistent set of keypoint matches"):
+        register(pair.fixed, noise, load_preset("retina-fundus"))
+    with pytest.raises(dr.InputError, match="ratio must be"):
+        load_preset("retina-fundus", ["stages.0.ratio=1.5"])
+    with pytest.raises(dr.InputError, match="transform must be one of"):
+        load_preset("retina-fundus", ["stages.0.transform=cubic"])
+    bad = tmp_path / "points.txt"
+    bad.write_text("1 2 3\n")
+    with pytest.raises(dr.InputError, match="points.txt: not a FIRE control-point file"):
+        read_fire_points(bad)
+    run = deepreg("register", "--fixed", paths["fixed"], "--moving", paths["fixed"], "--preset", "retina-fundus",
+                  "--out-transform", tmp_path / "t.h5")
+    assert run.returncode != 0 and "the same file" in _error_line(run)
+    assert not (tmp_path / "t.h5").exists()
+
+
+# ---------------------------------------------------------------------------------------------- FIRE
+def test_fire_summary_by_hand():
+    thresholds, rate = success_curve([2.0, 10.0, 30.0])
+    assert rate[0] == 0 and rate[thresholds.searchsorted(5.0)] == pytest.approx(1 / 3) and rate[-1] == pytest.approx(2 / 3)
+    summary = fire_summary([2.0, 10.0, 30.0])
+    # area: pair 1 succeeds over 23 of 25 px, pair 2 over 15, pair 3 never: (23 + 15) / 75
+    assert summary["auc"] == pytest.approx(38 / 75, abs=0.003)
+    assert summary["failures"] == 1 and summary["median_error_px"] == 10.0
+    assert fire_summary([0.0])["auc"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_fire_category_p_pairs_registered():
+    """Two FIRE P pairs (the smallest overlaps of the benchmark) through the command line's reader: each within
+    6 px mean control-point error (before: 240-530 px)."""
+    shared_only("FIRE pairs")
+    for k in (2, 3):
+        pair = read_pair_inputs(FIRE / f"P0{k}_1.jpg", FIRE / f"P0{k}_2.jpg", channel="green")
+        points = read_fire_points(FIRE / "Ground_Truth" / f"control_points_P0{k}_1_2.txt", pair.fixed.grid,
+                                  pair.moving.grid)
+        result = register(pair.fixed, pair.moving, load_preset("retina-fundus"))
+        assert pair_error(result.transform, points) < 6.0, (k, result.figures["stages"][0])
