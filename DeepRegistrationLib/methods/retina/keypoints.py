@@ -2,8 +2,10 @@
 test), a robust homography (MAGSAC++), then the chosen global model refined by guided matching (every fixed
 keypoint looks for its partner near where the current model puts it) and a trimmed least-squares fit.
 
-Points are in each image's *original continuous index* ``(i, j) = (column, row)``; the stage converts them to
-physical space (mm) through the images' grids before fitting, so the model is a fixed -> moving resampling map.
+Keypoints are detected in each image's *original continuous index* ``(i, j) = (column, row)``; the stage converts
+them to physical space (mm) through the images' grids before fitting, so the model is a fixed -> moving resampling
+map. Several feature sets (e.g. SIFT on the enhanced image and ORB on the vessel map) can be pooled: their matches
+meet in one robust fit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ...transforms.polynomial import MIN_POINTS, fit_model
 from .fundus import WorkingImage, _cv2
 from .fundus_names import DETECTORS
 
-__all__ = ["Features", "detect", "ratio_matches", "robust_fit", "DETECTORS", "FitResult"]
+__all__ = ["Features", "FeatureSet", "detect", "ratio_matches", "robust_fit", "DETECTORS", "FitResult"]
 
 
 
@@ -65,6 +67,18 @@ def ratio_matches(fixed: Features, moving: Features, ratio: float) -> tuple[np.n
 
 
 @dataclass
+class FeatureSet:
+    """Keypoints of both images from one detector on one kind of feature image, their points in mm, and the
+    ratio-test matches ``(i_fixed, i_moving)``."""
+
+    fixed: Features
+    moving: Features
+    fixed_mm: np.ndarray
+    moving_mm: np.ndarray
+    matches: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
 class FitResult:
     """The fitted model (fixed -> moving, mm), the inlier correspondences (mm) and figures."""
 
@@ -74,15 +88,49 @@ class FitResult:
     figures: dict = field(default_factory=dict)
 
 
-def robust_fit(model: str, fixed_mm: np.ndarray, moving_mm: np.ndarray, fixed: Features, moving: Features,
-               fixed_to_mm, moving_to_mm, threshold_mm: float, guided_radius_mm: float, rounds: int = 3,
+def _descriptor_distances(a: np.ndarray, b: np.ndarray, binary: bool) -> np.ndarray:
+    """Row-wise distances of descriptor pairs ``a[k]``, ``b[k]``: Hamming for binary ones, else Euclidean."""
+    if binary:
+        return np.unpackbits(a ^ b, axis=1).sum(1).astype(np.float32)
+    return np.linalg.norm(a.astype(np.float32) - b.astype(np.float32), axis=1)
+
+
+def _guided_matches(feature_set: FeatureSet, transform, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Correspondences (mm) found by looking, for every fixed keypoint, among the moving keypoints within
+    ``radius_mm`` of where ``transform`` puts it: the best descriptor unless a second one is nearly as good."""
+    from scipy.spatial import cKDTree  # scipy comes with scikit-image
+
+    pf, pm = feature_set.fixed_mm, feature_set.moving_mm
+    if len(pf) == 0 or len(pm) == 0:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    predicted = transform.map_points(pf)
+    ok = np.flatnonzero(np.isfinite(predicted).all(1))
+    candidates = cKDTree(pm).query_ball_point(predicted[ok], radius_mm)
+    counts = np.array([len(c) for c in candidates], int)
+    if counts.sum() == 0:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    rows = np.repeat(ok, counts)
+    cols = np.concatenate([np.asarray(c, int) for c in candidates if c])
+    d = _descriptor_distances(feature_set.fixed.descriptors[rows], feature_set.moving.descriptors[cols],
+                              feature_set.fixed.binary)
+    order = np.lexsort((d, rows))  # by fixed keypoint, then distance
+    rows, cols, d = rows[order], cols[order], d[order]
+    first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    has_second = np.r_[first[1:], len(rows)] - first > 1
+    second = np.where(has_second, d[np.minimum(first + 1, len(d) - 1)], np.inf)
+    keep = first[d[first] < 0.9 * second]  # the best candidate, unless a second one is nearly as good
+    return pf[rows[keep]], pm[cols[keep]]
+
+
+def robust_fit(model: str, sets: list[FeatureSet], threshold_mm: float, guided_radius_mm: float, rounds: int = 3,
                seed: int = 0) -> FitResult:
-    """Fit ``model`` to ratio-test matches ``fixed_mm -> moving_mm`` (mm): MAGSAC++ homography first, then
-    ``rounds`` of guided matching within ``guided_radius_mm`` of the model's prediction and a fit to the
-    correspondences within ``threshold_mm`` (trimmed least squares, repeated until the inlier set settles).
-    ``fixed_to_mm`` / ``moving_to_mm`` map a Features' points (original index) to mm."""
+    """Fit ``model`` to the ratio-test matches of every feature set, pooled (mm): MAGSAC++ homography first, then
+    ``rounds`` of guided matching within ``guided_radius_mm`` of the model's prediction (in each set) and a fit to
+    the correspondences within ``threshold_mm`` (trimmed least squares, repeated until the inlier set settles)."""
     cv2 = _cv2()
     need = max(MIN_POINTS[model], 4)
+    fixed_mm = np.concatenate([fs.fixed_mm[fs.matches[0]] for fs in sets]) if sets else np.zeros((0, 2))
+    moving_mm = np.concatenate([fs.moving_mm[fs.matches[1]] for fs in sets]) if sets else np.zeros((0, 2))
     if len(fixed_mm) < need:
         raise InputError(f"only {len(fixed_mm)} keypoint matches passed the ratio test (a {model} needs {need}): the "
                          "images may not overlap, or try the vessel-map preset (retina-multimodal)")
@@ -96,37 +144,24 @@ def robust_fit(model: str, fixed_mm: np.ndarray, moving_mm: np.ndarray, fixed: F
     f_in, m_in = fixed_mm[inliers], moving_mm[inliers]
     transform = fit_model(model, f_in, m_in)
     figures = {"ratio_matches": int(len(fixed_mm)), "ransac_inliers": int(inliers.sum())}
-    pf, pm = fixed_to_mm(fixed.points), moving_to_mm(moving.points)
-    if rounds and len(pm) >= need:
-        matcher = cv2.BFMatcher(cv2.NORM_HAMMING if fixed.binary else cv2.NORM_L2)
-        for _ in range(rounds):
-            predicted = transform.map_points(pf)
-            # candidates: the moving keypoints within the radius of each fixed keypoint's predicted position
-            near = np.zeros((len(pf), len(pm)), np.uint8)
-            for start in range(0, len(pf), 1024):
-                block = predicted[start:start + 1024]
-                d2 = ((block[:, None, :] - pm[None, :, :]) ** 2).sum(-1)
-                near[start:start + 1024] = np.nan_to_num(d2, nan=np.inf) < guided_radius_mm**2
-            pairs = matcher.knnMatch(fixed.descriptors, moving.descriptors, k=2, mask=near)
-            index_f, index_m = [], []
-            for p in pairs:  # the best candidate, unless a second one is nearly as good
-                if p and (len(p) == 1 or p[0].distance < 0.9 * p[1].distance):
-                    index_f.append(p[0].queryIdx)
-                    index_m.append(p[0].trainIdx)
-            if len(index_f) < need:
+    for _ in range(rounds):
+        found = [_guided_matches(fs, transform, guided_radius_mm) for fs in sets]
+        a = np.concatenate([f for f, _ in found])
+        b = np.concatenate([m for _, m in found])
+        if len(a) < need:
+            break
+        keep = np.ones(len(a), bool)
+        for _ in range(10):
+            residual = np.linalg.norm(transform.map_points(a) - b, axis=1)
+            new_keep = residual < threshold_mm
+            if new_keep.sum() < need:
                 break
-            a, b = pf[index_f], pm[index_m]
-            keep = np.ones(len(a), bool)
-            for _ in range(10):
-                residual = np.linalg.norm(transform.map_points(a) - b, axis=1)
-                new_keep = residual < threshold_mm
-                if new_keep.sum() < need:
-                    break
-                transform = fit_model(model, a[new_keep], b[new_keep])
-                if (new_keep == keep).all():
-                    break
-                keep = new_keep
-            f_in, m_in = a[keep], b[keep]
+            transform = fit_model(model, a[new_keep], b[new_keep])
+            if (new_keep == keep).all():
+                break
+            keep = new_keep
+        f_in, m_in = a[keep], b[keep]
+    if rounds:
         figures["guided_inliers"] = int(len(f_in))
     residual = np.linalg.norm(transform.map_points(f_in) - m_in, axis=1)
     figures["inlier_residual_median_mm"] = float(np.median(residual))

@@ -10,9 +10,9 @@ from ..stage import StageSettings, check_number
 
 __all__ = ["KeypointSettings", "PolynomialSettings", "FEATURE_IMAGES"]
 
-#: What keypoints are detected on: the CLAHE-enhanced image (same modality) or vesselness maps (any
-#: modality: a colour photograph's dark vessels and an angiogram's bright ones give the same map).
-FEATURE_IMAGES = ("enhanced", "vessels")
+#: What keypoints are detected on: the CLAHE-enhanced image (same modality), vesselness maps (any modality: a
+#: colour photograph's dark vessels and an angiogram's bright ones give the same map), or both pooled.
+FEATURE_IMAGES = ("enhanced", "vessels", "enhanced+vessels")
 
 
 @dataclass
@@ -21,14 +21,17 @@ class KeypointSettings(StageSettings):
     starting transform (the stage estimates the whole mapping; it is not a refinement).
 
     Attributes:
-        detector: ``sift`` or ``orb`` (OpenCV).
-        features: ``enhanced`` (CLAHE of the image) or ``vessels`` (vesselness maps, for two modalities).
+        detector: ``sift`` or ``orb`` (OpenCV), on the enhanced image.
+        vessel_detector: the same, on the vessel maps (ORB's binary tests suit their thin lines better than SIFT).
+        features: ``enhanced`` (CLAHE of the image), ``vessels`` (vessel maps, for two modalities) or
+            ``enhanced+vessels`` (both, their matches pooled in one robust fit).
         fixed_polarity, moving_polarity: each image's vessels for the vessel maps: ``dark`` (a colour or red-free
             photograph), ``bright`` (a fluorescein angiogram, OCT-A) or ``auto`` (a guess from the intensity
             skewness, :func:`~.fundus.vessel_polarity`).
         transform: ``quadratic`` (the retina's surface model), ``homography`` or ``affine``.
         working_size: pixels along each image's longer side where keypoints are detected (64-4096).
-        ratio: Lowe's ratio test threshold (0, 1].
+        ratio, vessel_ratio: Lowe's ratio test threshold (0, 1] for the enhanced image's and the vessel maps'
+            keypoints.
         threshold_px: inlier distance of the robust fits, in pixels of the moving image (at full size; distances
             are converted to mm with its pixel spacing, so a photograph whose file states a resolution works the same).
         guided_radius_px: search radius of guided matching around the model's prediction (moving pixels).
@@ -39,12 +42,14 @@ class KeypointSettings(StageSettings):
 
     model: str = "keypoints"
     detector: str = "sift"
+    vessel_detector: str = "orb"
     features: str = "enhanced"
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
     transform: str = "quadratic"
     working_size: int = 728
     ratio: float = 0.8
+    vessel_ratio: float = 0.9
     threshold_px: float = 5.0
     guided_radius_px: float = 20.0
     guided_rounds: int = 3
@@ -56,7 +61,9 @@ class KeypointSettings(StageSettings):
 
         if self.model != "keypoints":
             raise InputError(f"a keypoint stage's model is 'keypoints', got {self.model!r}")
-        for name, value, allowed in (("detector", self.detector, DETECTORS), ("features", self.features, FEATURE_IMAGES),
+        for name, value, allowed in (("detector", self.detector, DETECTORS),
+                                     ("vessel_detector", self.vessel_detector, DETECTORS),
+                                     ("features", self.features, FEATURE_IMAGES),
                                      ("fixed_polarity", self.fixed_polarity, POLARITIES),
                                      ("moving_polarity", self.moving_polarity, POLARITIES),
                                      ("transform", self.transform, TRANSFORM_MODELS)):
@@ -64,6 +71,7 @@ class KeypointSettings(StageSettings):
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         check_number("working_size", self.working_size, 64, 4096, integer=True)
         check_number("ratio", self.ratio, 0.0, 1.0, low_open=True)
+        check_number("vessel_ratio", self.vessel_ratio, 0.0, 1.0, low_open=True)
         check_number("threshold_px", self.threshold_px, 0.0, low_open=True)
         check_number("guided_radius_px", self.guided_radius_px, 0.0, low_open=True)
         check_number("guided_rounds", self.guided_rounds, 0, 20, integer=True)
@@ -118,7 +126,7 @@ class PolynomialSettings(StageSettings):
         if self.model != "polynomial":
             raise InputError(f"a polynomial stage's model is 'polynomial', got {self.model!r}")
         for name, value, allowed in (("transform", self.transform, ("quadratic", "homography")),
-                                     ("features", self.features, FEATURE_IMAGES),
+                                     ("features", self.features, FEATURE_IMAGES[:2]),
                                      ("fixed_polarity", self.fixed_polarity, POLARITIES),
                                      ("moving_polarity", self.moving_polarity, POLARITIES)):
             if value not in allowed:

@@ -39,32 +39,35 @@ def feature_image(image, features: str, working_size: int, polarity: str = "auto
     return work, u8
 
 
+def _feature_set(context: StageContext, settings: KeypointSettings, features: str):
+    """One detector on one kind of feature image of both images, ratio-matched, points in mm."""
+    from .keypoints import FeatureSet, detect, ratio_matches
+
+    detector = settings.vessel_detector if features == "vessels" else settings.detector
+    ratio = settings.vessel_ratio if features == "vessels" else settings.ratio
+    found = []
+    for image, polarity in ((context.fixed, settings.fixed_polarity), (context.moving, settings.moving_polarity)):
+        work, u8 = feature_image(image, features, settings.working_size, polarity, settings.clahe_clip)
+        found.append(detect(work, u8, detector, settings.max_keypoints))
+        context.check_cancel()
+    fixed, moving = found
+    return FeatureSet(fixed, moving, context.fixed.grid.index_to_physical(fixed.points.reshape(-1, 2)),
+                      context.moving.grid.index_to_physical(moving.points.reshape(-1, 2)),
+                      ratio_matches(fixed, moving, ratio))
+
+
 def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state: StageState) -> StageOutcome:
     """Detect, match and fit; the new state is the fitted model (the starting transform is not used)."""
-    from .keypoints import detect, ratio_matches, robust_fit
+    from .keypoints import robust_fit
 
     start = time.perf_counter()
     context.check_cancel()
-    fixed_work, fixed_u8 = feature_image(context.fixed, settings.features, settings.working_size,
-                                         settings.fixed_polarity, settings.clahe_clip)
-    moving_work, moving_u8 = feature_image(context.moving, settings.features, settings.working_size,
-                                           settings.moving_polarity, settings.clahe_clip)
-    fixed_features = detect(fixed_work, fixed_u8, settings.detector, settings.max_keypoints)
-    moving_features = detect(moving_work, moving_u8, settings.detector, settings.max_keypoints)
-    context.check_cancel()
-    i_f, i_m = ratio_matches(fixed_features, moving_features, settings.ratio)
-
-    def fixed_mm(index):
-        return context.fixed.grid.index_to_physical(np.asarray(index, dtype=np.float64).reshape(-1, 2))
-
-    def moving_mm(index):
-        return context.moving.grid.index_to_physical(np.asarray(index, dtype=np.float64).reshape(-1, 2))
-
+    sets = [_feature_set(context, settings, features) for features in settings.features.split("+")]
     pixel_mm = moving_pixel_mm(context.moving)
-    fit = robust_fit(settings.transform, fixed_mm(fixed_features.points[i_f]), moving_mm(moving_features.points[i_m]),
-                     fixed_features, moving_features, fixed_mm, moving_mm, settings.threshold_px * pixel_mm,
-                     settings.guided_radius_px * pixel_mm, settings.guided_rounds, seed=torch_seed())
-    figures = {"keypoints_fixed": len(fixed_features), "keypoints_moving": len(moving_features), **fit.figures,
+    fit = robust_fit(settings.transform, sets, settings.threshold_px * pixel_mm, settings.guided_radius_px * pixel_mm,
+                     settings.guided_rounds, seed=torch_seed())
+    figures = {"keypoints_fixed": sum(len(fs.fixed) for fs in sets),
+               "keypoints_moving": sum(len(fs.moving) for fs in sets), **fit.figures,
                "keypoint_time_s": time.perf_counter() - start}
     context.report({"model": settings.model, "level": 0, "iteration": 0,
                     "loss": float(fit.figures["inlier_residual_median_mm"])})
