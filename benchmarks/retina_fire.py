@@ -17,6 +17,10 @@ Methods:
 * ``sitk-affine``: SimpleITK affine registration of the green channels (Mattes MI, 3 levels, at 1/4 size,
   geometric centre initialisation).
 
+Fundus <-> angiogram: with ``--multimodal`` (default: ../shared/data/retina/cf_fa_pair and the control points of
+``Testing/Data/retina``), ``retina-multimodal`` and the peers register that pair too, and its mean control-point
+error is reported (moving pixels).
+
 Run: ``.venv/bin/python benchmarks/retina_fire.py [--fire DIR] [--methods ...] [--figure Docs/retina_fire.png]``.
 """
 
@@ -35,8 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for the reference line
-METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels", "retina-fundus+refine",
-           "sift-ransac", "sitk-affine")
+METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
+           "retina-fundus+refine", "sift-ransac", "sitk-affine")
+MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal+refine", "sift-ransac", "sitk-affine")
+CF_FA = (ROOT.parent / "shared" / "data" / "retina" / "cf_fa_pair",
+         ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt")
 
 
 def pairs_in(folder: Path) -> list[tuple[str, Path, Path, Path]]:
@@ -61,9 +68,11 @@ def _engine(method: str):
         config = load_preset("retina-fundus", ['stages.0.features="enhanced"'])
     elif method == "retina-fundus-vessels":
         config = load_preset("retina-fundus", ['stages.0.features="vessels"'])
-    elif method == "retina-fundus+refine":
-        data = load_preset("retina-fundus").to_dict()
-        data["stages"].append({"model": "polynomial"})
+    elif method.endswith("+refine"):
+        data = load_preset(method[:-len("+refine")]).to_dict()
+        first = data["stages"][0]
+        data["stages"].append({"model": "polynomial", "fixed_polarity": first["fixed_polarity"],
+                               "moving_polarity": first["moving_polarity"]})
         config = RegistrationConfig.from_dict(data)
     else:
         config = load_preset(method)
@@ -148,18 +157,21 @@ def _sitk_affine():
     return run
 
 
-def worker(method: str, folder: Path) -> dict:
+def worker(method: str, folder: Path, multimodal: bool = False) -> dict:
     """Every pair with one method (in this process): per pair the error (px) and the registration time (s)."""
     from DeepRegistrationLib.metrics.fire import pair_error, read_fire_points
     from DeepRegistrationLib.runtime import peak_resident_gb
 
     run = {"sift-ransac": _sift_ransac, "sitk-affine": _sitk_affine}.get(method, lambda: _engine(method))()
     rows = []
-    for name, fixed, moving, points_file in pairs_in(folder):
+    pairs = [("cf_fa", folder / "color_fundus_f1.jpg", folder / "fluorescein_angio_f2.jpg", CF_FA[1])] \
+        if multimodal else pairs_in(folder)
+    for name, fixed, moving, points_file in pairs:
         try:
             transform, seconds, fixed_grid, moving_grid = run(fixed, moving)
+            # the engine works in mm (a JPEG may state a resolution), the peers in pixels; errors in moving pixels
             points = read_fire_points(points_file, fixed_grid, moving_grid)
-            error = pair_error(transform, points)
+            error = pair_error(transform, points) / (float(np.mean(moving_grid.spacing)) if moving_grid else 1.0)
         except Exception as err:  # a method that fails on a pair scores it as a failure, with the reason
             error, seconds = float("inf"), float("nan")
             print(f"{method} {name}: {type(err).__name__}: {err}", file=sys.stderr)
@@ -175,10 +187,15 @@ def main() -> None:
     parser.add_argument("--category", default="P", help="FIRE category of the folder (for the reference line)")
     parser.add_argument("--figure", type=Path, help="success curves as a PNG (matplotlib)")
     parser.add_argument("--json", type=Path, help="all figures as JSON")
+    parser.add_argument("--multimodal", type=Path, nargs="?", const=CF_FA[0], default=CF_FA[0],
+                        help="the fundus/angiogram pair's folder (default: ../shared/data/retina/cf_fa_pair)")
+    parser.add_argument("--no-multimodal", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-multimodal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.fire)))
+        print(json.dumps(worker(args.worker, args.multimodal if args.worker_multimodal else args.fire,
+                                args.worker_multimodal)))
         return
     if not pairs_in(args.fire):
         raise SystemExit(f"{args.fire}: no FIRE pairs (<name>_1.jpg, <name>_2.jpg, Ground_Truth/control_points_...)")
@@ -206,8 +223,23 @@ def main() -> None:
         print(f"| {r['method']} | {s['auc']:.3f} | {s['failures']} | {s['median_error_px']:.2f} | "
               + " | ".join(f"{p['error_px']:.2f}" for p in r["pairs"])
               + f" | {np.median(times) if times else float('nan'):.2f} | {r['peak_gb']:.2f} |")
+    multimodal = []
+    if not args.no_multimodal and (args.multimodal / "color_fundus_f1.jpg").exists():
+        for method in MULTIMODAL_METHODS:
+            proc = subprocess.run([sys.executable, __file__, "--multimodal", str(args.multimodal), "--worker", method,
+                                   "--worker-multimodal"], capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
+            sys.stderr.write(proc.stderr)
+            multimodal.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"\nFundus <-> fluorescein angiogram ({args.multimodal.name}; 13 control points, Testing/Data/retina)")
+        print("| method | mean control-point error px (moving) | time s | peak GB |")
+        print("|---|---|---|---|")
+        for r in multimodal:
+            p = r["pairs"][0]
+            print(f"| {r['method']} | {p['error_px']:.2f} | {p['time_s']:.2f} | {r['peak_gb']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"fire": results, "multimodal": multimodal}, indent=1))
     if args.figure:
         import matplotlib
 

@@ -49,6 +49,8 @@ class StageKind:
         check: ``"module:function"`` of ``check(settings, fixed, moving, device) -> list[str]``, run on the
             original images before anything else: errors for inputs the stage cannot take, warnings returned.
         family: the family package (for messages and documentation).
+        global_search: the stage finds the whole mapping itself (keypoint matching), so as a first stage it needs
+            no overlap of the images in physical space (photographs whose files state different resolutions).
     """
 
     model: str
@@ -58,6 +60,7 @@ class StageKind:
     refines: bool = False
     check: str | None = None
     family: str = ""
+    global_search: bool = False
 
     def run(self, settings: StageSettings, context, state):
         return _resolve(self.runner)(settings, context, state)

@@ -1,7 +1,7 @@
 """The FIRE protocol for retinal registration (Hernandez-Matas et al. 2017): control points and the success curve.
 
 A FIRE ground-truth file has one line per control point, ``x_fixed y_fixed x_moving y_moving`` in pixels of the
-two photographs (``(x, y) = (column, row)``; image ``_1`` of a pair is the fixed one). A registration's error on a
+two photographs (lines starting with ``#`` are comments) (``(x, y) = (column, row)``; image ``_1`` of a pair is the fixed one). A registration's error on a
 pair is the mean distance between the fixed points mapped by the resampling transform (fixed -> moving) and the
 moving points, in moving-image pixels. Over a set of pairs, the success rate at threshold ``t`` is the fraction of
 pairs whose error is below ``t``; the AUC is the mean of that rate over ``t`` in [0, 25] px, and a pair above 25 px
@@ -36,7 +36,7 @@ def read_fire_points(path: str | os.PathLike, fixed_grid=None, moving_grid=None)
     """Read a FIRE control-point file; pixel coordinates become physical through the grids when given."""
     try:
         with open(path, encoding="utf-8") as handle:
-            rows = [line.split() for line in handle if line.strip()]
+            rows = [line.split() for line in handle if line.strip() and not line.lstrip().startswith("#")]
     except FileNotFoundError:
         raise InputError(f"{path}: control-point file not found") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -219,7 +219,7 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     figures["pyramid_time_s"] = time.perf_counter() - request.start_time
     coarsest = pyramid.coarsest() or build_level(fixed_n, moving_n, None, None, 8.0, 0.0, device)
     overlap = coarsest.overlap_fraction(state.linear)
-    if overlap < 0.01:
+    if overlap < 0.01 and not stage_kind(config.stages[0].model).global_search:
         raise InputError(f"the images do not overlap after initialisation ({overlap * 100:.2f} % of the fixed image "
                          f"maps inside the moving one, '{request.initialise}' initialisation): check that both are in "
                          "the same physical space, or give an initial transform or landmarks")

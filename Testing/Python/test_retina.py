@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 import DeepRegistrationLib as dr
-from conftest import DATA, data_file, shared_only
+from conftest import DATA, ROOT, data_file, shared_only
 from DeepRegistrationLib.io.transforms import model_parameters_path, read_model_parameters
 from DeepRegistrationLib.metrics.fire import fire_summary, pair_error, read_fire_points, success_curve
 from DeepRegistrationLib.registration import RegistrationConfig, load_preset, register
@@ -264,3 +264,28 @@ def test_fire_category_p_pairs_registered():
                                   pair.moving.grid)
         result = register(pair.fixed, pair.moving, load_preset("retina-fundus"))
         assert pair_error(result.transform, points) < 6.0, (k, result.figures["stages"][0])
+
+
+@pytest.mark.slow
+def test_fundus_to_angiogram_within_10_px_of_our_control_points():
+    """The colour photograph / fluorescein angiogram pair: the 13 control points of Testing/Data/retina (each
+    image's own vessel junctions, checked by eye) within 10 px mean error (moving pixels; the angiogram's JPEG
+    states 0.265 mm pixels, the photograph 1 mm: the points go through the grids)."""
+    shared_only("the colour-fundus / angiogram pair")
+    folder = DATA / "retina" / "cf_fa_pair"
+    pair = read_pair_inputs(folder / "color_fundus_f1.jpg", folder / "fluorescein_angio_f2.jpg", channel="green")
+    points_file = ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt"
+    points = read_fire_points(points_file, pair.fixed.grid, pair.moving.grid)
+    assert len(points.fixed) >= 10
+    result = register(pair.fixed, pair.moving, load_preset("retina-multimodal"))
+    error_px = pair_error(result.transform, points) / pair.moving.grid.spacing[0]
+    before_px = np.linalg.norm(points.fixed - points.moving, axis=1).mean() / pair.moving.grid.spacing[0]
+    assert error_px < 10 and before_px > 100, (error_px, before_px)
+
+
+@pytest.mark.slow
+def test_photographs_of_different_eyes_are_refused():
+    shared_only("FIRE pairs")
+    pair = read_pair_inputs(FIRE / "P01_1.jpg", FIRE / "P03_2.jpg", channel="green")
+    with pytest.raises(dr.InputError, match="no consistent set of keypoint matches"):
+        register(pair.fixed, pair.moving, load_preset("retina-fundus"))

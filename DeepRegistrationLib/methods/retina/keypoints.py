@@ -123,10 +123,13 @@ def _guided_matches(feature_set: FeatureSet, transform, radius_mm: float) -> tup
 
 
 def robust_fit(model: str, sets: list[FeatureSet], threshold_mm: float, guided_radius_mm: float, rounds: int = 3,
-               seed: int = 0) -> FitResult:
+               seed: int = 0, min_inliers: int = 25, min_inlier_fraction: float = 0.1) -> FitResult:
     """Fit ``model`` to the ratio-test matches of every feature set, pooled (mm): MAGSAC++ homography first, then
     ``rounds`` of guided matching within ``guided_radius_mm`` of the model's prediction (in each set) and a fit to
-    the correspondences within ``threshold_mm`` (trimmed least squares, repeated until the inlier set settles)."""
+    the correspondences within ``threshold_mm`` (trimmed least squares, repeated until the inlier set settles).
+
+    The MAGSAC++ consensus must hold ``min_inliers`` matches and ``min_inlier_fraction`` of them: unrelated images
+    (or noise) still give a few percent of chance inliers, real pairs of the same eye tens of percent."""
     cv2 = _cv2()
     need = max(MIN_POINTS[model], 4)
     fixed_mm = np.concatenate([fs.fixed_mm[fs.matches[0]] for fs in sets]) if sets else np.zeros((0, 2))
@@ -137,9 +140,11 @@ def robust_fit(model: str, sets: list[FeatureSet], threshold_mm: float, guided_r
     cv2.setRNGSeed(seed)
     homography, inliers = cv2.findHomography(fixed_mm.astype(np.float64), moving_mm.astype(np.float64),
                                              cv2.USAC_MAGSAC, threshold_mm, maxIters=10000, confidence=0.9999)
-    if homography is None or inliers is None or int(inliers.sum()) < need:
-        raise InputError(f"no consistent set of keypoint matches ({0 if inliers is None else int(inliers.sum())} "
-                         f"inliers of {len(fixed_mm)} matches; a {model} needs {need})")
+    count = 0 if homography is None or inliers is None else int(inliers.sum())
+    if count < max(need, min_inliers) or count < min_inlier_fraction * len(fixed_mm):
+        raise InputError(f"no consistent set of keypoint matches ({count} inliers of {len(fixed_mm)} matches; at least "
+                         f"{max(need, min_inliers)} and {min_inlier_fraction:.0%} are needed): the images may not show "
+                         "the same retina, or overlap too little")
     inliers = inliers.ravel().astype(bool)
     f_in, m_in = fixed_mm[inliers], moving_mm[inliers]
     transform = fit_model(model, f_in, m_in)

@@ -36,7 +36,9 @@ class KeypointSettings(StageSettings):
             are converted to mm with its pixel spacing, so a photograph whose file states a resolution works the same).
         guided_radius_px: search radius of guided matching around the model's prediction (moving pixels).
         guided_rounds: rounds of guided matching and refitting (0 = the MAGSAC++ inliers only).
-        max_keypoints: per image.
+        max_keypoints: per image and feature image.
+        min_inliers, min_inlier_fraction: the robust fit's consensus must hold this many matches and this share of
+            them, or the stage fails (unrelated images still give a few percent of chance inliers).
         clahe_clip: CLAHE clip limit of the enhanced image.
     """
 
@@ -54,6 +56,8 @@ class KeypointSettings(StageSettings):
     guided_radius_px: float = 20.0
     guided_rounds: int = 3
     max_keypoints: int = 4000
+    min_inliers: int = 25
+    min_inlier_fraction: float = 0.1
     clahe_clip: float = 2.0
 
     def validate(self) -> "KeypointSettings":
@@ -76,13 +80,16 @@ class KeypointSettings(StageSettings):
         check_number("guided_radius_px", self.guided_radius_px, 0.0, low_open=True)
         check_number("guided_rounds", self.guided_rounds, 0, 20, integer=True)
         check_number("max_keypoints", self.max_keypoints, 16, 100_000, integer=True)
+        check_number("min_inliers", self.min_inliers, 4, 100_000, integer=True)
+        check_number("min_inlier_fraction", self.min_inlier_fraction, 0.0, 1.0)
         check_number("clahe_clip", self.clahe_clip, 0.0, 100.0, low_open=True)
         return self
 
 
 register_stage_kind(StageKind("keypoints", KeypointSettings,
                               "DeepRegistrationLib.methods.retina.stage:run_keypoint_stage", "deformable",
-                              check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs", family="retina"))
+                              check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs", family="retina",
+                              global_search=True))
 
 
 @dataclass

@@ -65,7 +65,8 @@ def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state:
     sets = [_feature_set(context, settings, features) for features in settings.features.split("+")]
     pixel_mm = moving_pixel_mm(context.moving)
     fit = robust_fit(settings.transform, sets, settings.threshold_px * pixel_mm, settings.guided_radius_px * pixel_mm,
-                     settings.guided_rounds, seed=torch_seed())
+                     settings.guided_rounds, seed=torch_seed(), min_inliers=settings.min_inliers,
+                     min_inlier_fraction=settings.min_inlier_fraction)
     figures = {"keypoints_fixed": sum(len(fs.fixed) for fs in sets),
                "keypoints_moving": sum(len(fs.moving) for fs in sets), **fit.figures,
                "keypoint_time_s": time.perf_counter() - start}
