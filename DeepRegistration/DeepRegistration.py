@@ -18,7 +18,7 @@ import vtk
 
 import slicer
 from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode, vtkMRMLTransformNode)
+                    vtkMRMLSegmentationNode, vtkMRMLTransformNode, vtkMRMLVectorVolumeNode)
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -135,8 +135,9 @@ class DeepRegistrationParameterNode:
     inverseTransform, displacementFieldOnly, interpolation: see ``RegistrationRequest`` in DeepRegistrationLib.slicer.logic.
     """
 
-    fixedVolume: vtkMRMLScalarVolumeNode
-    movingVolume: vtkMRMLScalarVolumeNode
+    # vector volumes: photographs (single-slice RGB volumes) for the retinal presets
+    fixedVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
+    movingVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
     fixedMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     movingMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     initialTransform: vtkMRMLTransformNode
@@ -145,7 +146,7 @@ class DeepRegistrationParameterNode:
     preset: str = "deformable-fast"
     stageOverrides: str = ""
     outputTransform: vtkMRMLTransformNode
-    outputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]  # a vector one: a photograph in colour
     jacobianVolume: vtkMRMLScalarVolumeNode
     inverseTransform: vtkMRMLTransformNode
     interpolation: Annotated[str, Choice(INTERPOLATION_CHOICES)] = "linear"

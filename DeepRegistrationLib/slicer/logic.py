@@ -28,10 +28,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
+from ..geometry import Grid
 from ..image import Image
 from ..transforms import Transform
 from .background import CANCEL_FILE, BackgroundRegistration, default_python_executable
 from .nodes import image_from_volume_node, mask_from_node, points_from_markups, slicer_module, update_volume_node_from_image
+from .planar import as_planar, embed_image, embed_points_axes, embed_transform, is_single_slice
 from .transforms import set_vtk_transform, transform_from_node, vtk_transform
 
 __all__ = ["RegistrationRequest", "RegistrationLogic", "RegistrationOutputs", "PreparedJob", "INTERPOLATIONS",
@@ -121,6 +123,15 @@ class PreparedJob:
     inverse_node: Any = None
     displacement_field_only: bool = False
     interpolation: str = "linear"
+    #: Two single slices (photographs) registered as 2D images: the slices' 3D grids, where results go back, and
+    #: the moving image's colours when it is RGB (what a vector output volume shows).
+    fixed_slice_grid: Grid | None = None
+    moving_slice_grid: Grid | None = None
+    moving_colour: Image | None = None
+
+    @property
+    def planar(self) -> bool:
+        return self.fixed_slice_grid is not None
 
 
 INTERPOLATIONS = ("linear", "nearest", "label")
@@ -222,8 +233,23 @@ class RegistrationLogic:
 
         if fixedVolumeNode is not None and fixedVolumeNode is movingVolumeNode:
             raise InputError(f"{fixedVolumeNode.GetName()} is both the fixed and the moving volume; choose two volumes")
-        fixed = image_from_volume_node(fixedVolumeNode, "fixed")
-        moving = image_from_volume_node(movingVolumeNode, "moving")
+        overrides = r.overrides()
+        config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
+        fixed = image_from_volume_node(fixedVolumeNode, "fixed", channel=config.channel)
+        moving = image_from_volume_node(movingVolumeNode, "moving", channel=config.channel)
+        slices = [is_single_slice(fixed), is_single_slice(moving)]
+        if slices[0] != slices[1]:
+            one, other = (fixedVolumeNode, "fixed") if slices[0] else (movingVolumeNode, "moving")
+            raise InputError(f"{one.GetName()}: the {other} volume is a single slice and the other a 3D volume; "
+                             "register two 3D volumes, or two 2D images (single slices)")
+        planar = {}
+        if all(slices):  # photographs: registered in 2D, results put back on the slices
+            planar = {"fixed_slice_grid": fixed.grid, "moving_slice_grid": moving.grid}
+            colour = None
+            if movingVolumeNode.GetImageData().GetNumberOfScalarComponents() in (3, 4):
+                colour = as_planar(image_from_volume_node(movingVolumeNode, "moving", keep_colour=True))
+            fixed, moving = as_planar(fixed), as_planar(moving)
+            planar["moving_colour"] = colour
         for out_node, what in ((outputVolumeNode, "output volume"), (jacobianVolumeNode, "Jacobian volume")):
             if out_node is not None and out_node in (fixedVolumeNode, movingVolumeNode):
                 raise InputError(f"{out_node.GetName()}: the {what} is an input volume; choose or create another node")
@@ -250,8 +276,6 @@ class RegistrationLogic:
             if fixedVolumeNode.GetParentTransformNode() is outputTransformNode:
                 raise InputError(f"the fixed volume is under the output transform {outputTransformNode.GetName()}; "
                                  "choose another output transform")
-        overrides = r.overrides()
-        config = load_preset(preset, overrides)  # fail now on an unknown preset or parameter
         import torch
 
         from ..registration import check_image_pair, check_stages
@@ -261,11 +285,15 @@ class RegistrationLogic:
         job = PreparedJob(fixedVolumeNode, movingVolumeNode, preset, overrides, device, fixed, moving,
                           output_transform_node=outputTransformNode, output_volume_node=outputVolumeNode,
                           jacobian_node=jacobianVolumeNode, inverse_node=inverseNode,
-                          displacement_field_only=bool(r.displacementFieldOnly), interpolation=r.interpolation)
+                          displacement_field_only=bool(r.displacementFieldOnly), interpolation=r.interpolation,
+                          **planar)
         if fixedMaskNode is not None:
             job.fixed_mask = mask_from_node(fixedMaskNode, fixedVolumeNode, "fixed")
         if movingMaskNode is not None:
             job.moving_mask = mask_from_node(movingMaskNode, movingVolumeNode, "moving")
+        if job.planar:
+            job.fixed_mask = as_planar(job.fixed_mask) if job.fixed_mask is not None else None
+            job.moving_mask = as_planar(job.moving_mask) if job.moving_mask is not None else None
         if (fixedLandmarksNode is None) != (movingLandmarksNode is None):
             raise InputError("landmarks need both a fixed and a moving markups node")
         if fixedLandmarksNode is not None:
@@ -277,9 +305,15 @@ class RegistrationLogic:
                                  f"({movingLandmarksNode.GetName()})")
             from ..registration.landmarks import check_landmarks
 
+            if job.planar:
+                job.fixed_points = embed_points_axes(job.fixed_points, job.fixed_slice_grid)
+                job.moving_points = embed_points_axes(job.moving_points, job.moving_slice_grid)
             for pts, node in ((job.fixed_points, fixedLandmarksNode), (job.moving_points, movingLandmarksNode)):
                 check_landmarks(pts, "rigid", node.GetName())
         if initialTransformNode is not None:
+            if job.planar:
+                raise InputError(f"{initialTransformNode.GetName()}: an initial transform is not supported for 2D "
+                                 "images (single slices); the retinal presets find the whole mapping themselves")
             job.initial = transform_from_node(initialTransformNode)
         return job
 
@@ -294,14 +328,23 @@ class RegistrationLogic:
         scene = self.scene
         fixed_node, moving_node = job.fixed_node, job.moving_node
         field_only = job.displacement_field_only
-        vtk_result = vtk_transform(transform, job.fixed.grid, field_only=field_only)
+        fixed_grid, moving_grid = job.fixed.grid, job.moving.grid
+        if job.planar:  # a 2D result: in-plane on the slices (see slicer.planar)
+            fixed_grid, moving_grid = job.fixed_slice_grid, job.moving_slice_grid
+            transform = embed_transform(transform, fixed_grid)
+            inverse = embed_transform(inverse, moving_grid) if inverse is not None else None
+            warped = embed_image(warped, fixed_grid) if warped is not None else None
+            jacobian = embed_image(jacobian, fixed_grid) if jacobian is not None else None
+        vtk_result = vtk_transform(transform, fixed_grid, field_only=field_only)
         vtk_inverse = None
         if job.inverse_node is not None:
             if inverse is None:
                 raise InputError("the registration gave no inverse transform")
-            vtk_inverse = vtk_transform(inverse, job.moving.grid, field_only=field_only)
+            vtk_inverse = vtk_transform(inverse, moving_grid, field_only=field_only)
         for image in (warped, jacobian):
-            if image is not None and (image.dim != 3 or image.num_channels != 1):
+            colour = image is warped and job.output_volume_node is not None and \
+                job.output_volume_node.IsA("vtkMRMLVectorVolumeNode")
+            if image is not None and (image.dim != 3 or (image.num_channels != 1 and not colour)):
                 raise InputError(f"{image.name}: expected a 3D single-channel result image")
         node = job.output_transform_node
         if node is None:
@@ -354,7 +397,20 @@ class RegistrationLogic:
         det, grid, _ = result.jacobian()
         figures = result.figures
         jacobian = Image(det.float()[None], grid, name="jacobian") if job.jacobian_node is not None else None
-        warped = result.warped(job.interpolation) if job.output_volume_node is not None else None
+        warped = None
+        if job.output_volume_node is not None:
+            if job.moving_colour is not None and job.output_volume_node.IsA("vtkMRMLVectorVolumeNode"):
+                import torch
+
+                from ..warp import warp_image  # the photograph in colour, in its own integer type
+
+                source = job.moving_colour
+                warped = warp_image(source.float(), result.transform, result.fixed_grid, job.interpolation)
+                if not source.data.is_floating_point():
+                    info = torch.iinfo(source.data.dtype)
+                    warped = warped.with_data(warped.data.round().clamp(info.min, info.max).to(source.data.dtype))
+            else:
+                warped = result.warped(job.interpolation)
         inverse = result.inverse() if job.inverse_node is not None else None
         return self.publish(job, result.transform, warped, jacobian, figures, inverse)
 
@@ -383,7 +439,10 @@ class RegistrationLogic:
                     "--fixed", str(folder / "fixed.nrrd"), "--moving", str(folder / "moving.nrrd"),
                     "--out-transform", str(folder / "transform.h5")]
             job.fixed.write(folder / "fixed.nrrd")
-            job.moving.write(folder / "moving.nrrd")
+            colour_out = job.moving_colour is not None and job.output_volume_node is not None and \
+                job.output_volume_node.IsA("vtkMRMLVectorVolumeNode")
+            # a colour moving image: the worker registers its preset's channel and warps the colours
+            (job.moving_colour if colour_out else job.moving).write(folder / "moving.nrrd")
             for image, name in ((job.fixed_mask, "fixed-mask"), (job.moving_mask, "moving-mask")):
                 if image is not None:
                     image.write(folder / f"{name}.nrrd")

@@ -27,8 +27,8 @@ def slicer_module():
 
 
 # ---------------------------------------------------------------------- volumes
-def _check_volume_node(node, role: str, allow_labelmap: bool = False) -> None:
-    """Refuse what cannot be registered, with the node named."""
+def _check_volume_node(node, role: str, allow_labelmap: bool = False, allow_colour: bool = False) -> None:
+    """Refuse what cannot be registered, with the node named (RGB(A) vector volumes with ``allow_colour``)."""
     if node is None:
         raise InputError(f"no {role} volume selected")
     if not node.IsA("vtkMRMLVolumeNode"):
@@ -40,24 +40,31 @@ def _check_volume_node(node, role: str, allow_labelmap: bool = False) -> None:
     if data is None or data.GetNumberOfPoints() == 0:
         raise InputError(f"{node.GetName()}: the {role} volume has no voxels")
     comps = data.GetNumberOfScalarComponents()
-    if comps != 1:
-        raise InputError(f"{node.GetName()}: the {role} volume has {comps} components per voxel (a vector, RGB "
-                         "or 4D volume); registration needs a single-component scalar volume")
+    if comps != 1 and not (allow_colour and comps in (3, 4)):
+        raise InputError(f"{node.GetName()}: the {role} volume has {comps} components per voxel (a vector or 4D "
+                         "volume); registration needs a scalar volume or an RGB(A) image")
     dims = data.GetDimensions()
-    if min(dims) < 2:
-        raise InputError(f"{node.GetName()}: the {role} volume is a single slice ({dims[0]}x{dims[1]}x{dims[2]}); "
-                         "the Slicer module registers 3D volumes (use 'deepreg register' for 2D images)")
+    if min(dims[:2]) < 2:
+        raise InputError(f"{node.GetName()}: the {role} volume is {dims[0]}x{dims[1]}x{dims[2]} voxels: a line, "
+                         "not an image")
 
 
-def image_from_volume_node(node, role: str = "input", allow_labelmap: bool = False) -> Image:
+def image_from_volume_node(node, role: str = "input", allow_labelmap: bool = False, channel: str | None = None,
+                           keep_colour: bool = False) -> Image:
     """The volume's voxels and geometry as a library :class:`Image` (LPS; the volume's local coordinates).
 
-    The voxel array is copied (array order ``(k, j, i)``, dtype kept); the node is not modified.
+    The voxel array is copied (array order ``(k, j, i)``, dtype kept); the node is not modified. An RGB(A) vector
+    volume (a photograph) is accepted when ``channel`` is given (:meth:`Image.to_grayscale`: ``luminance``,
+    ``red``, ``green``, ``blue``) or ``keep_colour`` (all its channels); other vector volumes are refused.
     """
     slicer = slicer_module()
-    _check_volume_node(node, role, allow_labelmap)
+    _check_volume_node(node, role, allow_labelmap, allow_colour=channel is not None or keep_colour)
     array = np.array(slicer.util.arrayFromVolume(node), copy=True)
-    return Image(torch.from_numpy(array)[None], grid_from_volume_node(node), name=node.GetName())
+    grid = grid_from_volume_node(node)
+    if array.ndim == 4:  # (k, j, i, C): a vector volume
+        image = Image(torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0))), grid, name=node.GetName())
+        return image if keep_colour else image.to_grayscale(channel)
+    return Image(torch.from_numpy(array)[None], grid, name=node.GetName())
 
 
 def grid_from_volume_node(node) -> Grid:
@@ -74,11 +81,14 @@ def _slicer_ijk_to_ras(node) -> np.ndarray:
 
 
 def update_volume_node_from_image(node, image: Image) -> None:
-    """Set the voxels and geometry of volume ``node`` from a 3D single-channel :class:`Image`."""
+    """Set the voxels and geometry of volume ``node`` from a 3D :class:`Image`: single-channel, or RGB(A) for a
+    vector volume node."""
     slicer = slicer_module()
-    if image.dim != 3 or image.num_channels != 1:
-        raise InputError(f"{image.name}: a Slicer volume needs a 3D single-channel image")
-    array = image.numpy()  # (k, j, i)
+    colour = image.num_channels in (3, 4) and node.IsA("vtkMRMLVectorVolumeNode")
+    if image.dim != 3 or (image.num_channels != 1 and not colour):
+        raise InputError(f"{image.name}: a Slicer volume needs a 3D single-channel image (or RGB for a vector "
+                         "volume node)")
+    array = image.numpy()  # (k, j, i), or (k, j, i, C) for a colour image
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))

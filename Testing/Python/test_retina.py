@@ -289,3 +289,70 @@ def test_photographs_of_different_eyes_are_refused():
     pair = read_pair_inputs(FIRE / "P01_1.jpg", FIRE / "P03_2.jpg", channel="green")
     with pytest.raises(dr.InputError, match="no consistent set of keypoint matches"):
         register(pair.fixed, pair.moving, load_preset("retina-fundus"))
+
+
+# ---------------------------------------------------------------------------------------------- Slicer
+def _photo_scene(paths):
+    """A slicer-core scene with the two photographs as Slicer loads a PNG: single-slice RGB vector volumes."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+    from DeepRegistrationLib.slicer import nodes
+
+    scene = slicer.vtkMRMLScene()
+    out = []
+    for role in ("fixed", "moving"):
+        image = dr.read_image(paths[role])  # (3, j, i) uint8, 2D
+        g = image.grid
+        grid = dr.Grid((*g.size, 1), (*g.origin, 0.0), (*g.spacing, 1.0),
+                       np.block([[g.direction_matrix(), np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]]))
+        node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", role)
+        nodes.update_volume_node_from_image(node, dr.Image(image.data[:, None], grid, role))
+        out.append(node)
+    return slicer, scene, out[0], out[1]
+
+
+def test_slicer_registers_photographs_as_2d_images(photo_pair):
+    """Two single-slice RGB volumes: registered in 2D through the preset's channel; the transform node moves
+    points of the slice in-plane as the truth does (RAS from parent); a vector output volume gets the warped
+    colours on the fixed slice."""
+    from DeepRegistrationLib.slicer import logic as sl, nodes
+
+    paths, truth, grid2 = photo_pair
+    slicer, scene, fixed_node, moving_node = _photo_scene(paths)
+    out = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "warped")
+    outputs = sl.RegistrationLogic(scene).process(fixed_node, moving_node, "retina-fundus", outputVolumeNode=out)
+    points = _fov_points(grid2, truth, 60)
+    lps = np.c_[points, np.zeros(len(points))]
+    flip = np.array([-1.0, -1.0, 1.0])
+    tf = outputs.transform_node.GetTransformFromParent()
+    mapped = np.array([np.array(tf.TransformPoint(*(p * flip))) * flip for p in lps])
+    error_px = np.linalg.norm(mapped[:, :2] - truth.map_points(points), axis=1) / grid2.spacing[0]
+    assert error_px.mean() < 1.0 and np.abs(mapped[:, 2]).max() < 1e-6, error_px.mean()
+    warped = nodes.image_from_volume_node(out, keep_colour=True)
+    assert warped.num_channels == 3 and warped.grid.size == (*grid2.size, 1)
+    assert warped.data.dtype == torch.uint8 and float(warped.data.float().mean()) > 20
+    with pytest.raises(dr.InputError, match="a single slice and the other a 3D volume"):
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+        nodes.update_volume_node_from_image(volume, dr.Image(torch.rand(1, 6, 30, 30), dr.Grid((30, 30, 6)), "v"))
+        sl.RegistrationLogic(scene).process(fixed_node, volume, "retina-fundus")
+
+
+@pytest.mark.slow
+def test_slicer_photographs_in_the_background(photo_pair, tmp_path):
+    """The panel's path: the worker process registers the written slices and the result comes back the same."""
+    from DeepRegistrationLib.slicer import logic as sl, nodes
+
+    paths, truth, grid2 = photo_pair
+    slicer, scene, fixed_node, moving_node = _photo_scene(paths)
+    out = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "warped")
+    handle = sl.RegistrationLogic(scene).processInBackground(fixed_node, moving_node, "retina-fundus",
+                                                             outputVolumeNode=out, tempDirectory=str(tmp_path))
+    assert handle.wait(timeout_s=300) == "completed", handle.error or handle.log
+    points = _fov_points(grid2, truth, 60)
+    flip = np.array([-1.0, -1.0, 1.0])
+    tf = handle.outputs.transform_node.GetTransformFromParent()
+    mapped = np.array([np.array(tf.TransformPoint(*(np.r_[p, 0.0] * flip))) * flip for p in points])
+    error_px = np.linalg.norm(mapped[:, :2] - truth.map_points(points), axis=1) / grid2.spacing[0]
+    assert error_px.mean() < 1.0, error_px.mean()
+    warped = nodes.image_from_volume_node(out, keep_colour=True)
+    assert warped.num_channels == 3 and warped.grid.size == (*grid2.size, 1)
+    assert list(tmp_path.iterdir()) == []

@@ -359,10 +359,15 @@ def test_same_node_twice_refused(small_scene):
 
 
 def test_vector_and_4d_volumes_refused(small_scene):
+    """An RGB volume is registered through the preset's channel (here a black one: refused as constant, which
+    shows it got that far); other vector and 4D volumes are refused."""
     scene, fixed, fixed_node, moving_node = small_scene
     vec = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     slicer.util.updateVolumeFromArray(vec, np.zeros((*fixed.shape, 3), dtype=np.uint8))
-    _refused(scene, "rgb: the moving volume has 3 components", fixed_node, vec, "rigid")
+    _refused(scene, "rgb: the image is constant", fixed_node, vec, "rigid")
+    two = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "two-components")
+    slicer.util.updateVolumeFromArray(two, np.zeros((*fixed.shape, 2), dtype=np.float32))
+    _refused(scene, "two-components: the moving volume has 2 components", fixed_node, two, "rigid")
     four = scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")  # a 4D volume
     slicer.util.updateVolumeFromArray(four, np.zeros((*fixed.shape, 7), dtype=np.float32))
     _refused(scene, "dwi: the fixed volume has 7 components", four, moving_node, "rigid")
