@@ -163,6 +163,32 @@ def test_retina_fundus_recovers_a_known_quadratic(photo_pair):
         assert error.mean() < other_error.mean() < 15, (model, other_error.mean())
 
 
+def test_oblique_anisotropic_2d_grids(photo_pair):
+    """The same photographs on rotated, anisotropic 2D grids (as a scanner or a DICOM secondary capture may state):
+    the stage works in each image's pixels and maps in physical space, so the known physical mapping is found."""
+    paths, _, _ = photo_pair
+    photo = dr.read_image(paths["fixed"]).to_grayscale("green")
+    size = photo.grid.size[0]
+    angle = np.deg2rad(25)
+    direction = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    fixed = dr.Image(photo.data, dr.Grid(photo.grid.size, (5.0, -3.0), (0.2, 0.25), direction), "oblique fixed")
+    c = fixed.grid.center()
+    coefficients = np.zeros((2, 6))
+    coefficients[:, 0] = c + [8.0, -6.0]
+    coefficients[:, 1:3] = np.array([[np.cos(0.1), -np.sin(0.1)], [np.sin(0.1), np.cos(0.1)]]) * 100
+    coefficients[:, 3:] = [[0.6, -0.3, 0.4], [-0.4, 0.3, 0.5]]
+    truth = QuadraticTransform(coefficients, c, 100.0)
+    moving_grid = dr.Grid(photo.grid.size, (-4.0, 6.0), (0.22, 0.2), direction.T)
+    moving = dr.warp_image(fixed, truth.inverse(), moving_grid, "linear")
+    result = register(fixed, moving, load_preset("retina-fundus"))
+    index = np.random.default_rng(2).uniform(0.25 * size, 0.75 * size, (200, 2))
+    points = fixed.grid.index_to_physical(index)
+    landing = moving_grid.physical_to_index(truth.map_points(points))
+    inside = ((landing > 5) & (landing < size - 6)).all(1)
+    error_mm = np.linalg.norm(result.transform.map_points(points[inside]) - truth.map_points(points[inside]), axis=1)
+    assert inside.sum() > 40 and error_mm.mean() < 0.25, (error_mm.mean(), result.figures["stages"][0])  # ~1 px
+
+
 def test_retina_multimodal_on_vessel_maps_across_contrast(photo_pair):
     """The vessel-map preset with an angiogram-like moving image (inverted green channel: bright vessels)."""
     paths, truth, grid = photo_pair
@@ -224,6 +250,13 @@ def test_retina_bad_inputs(photo_pair, tmp_path):
     volume = dr.Image(torch.rand(1, 8, 40, 40), dr.Grid((40, 40, 8)), "volume.nii.gz")
     with pytest.raises(dr.InputError, match="volume.nii.gz: the keypoints stage registers 2D images"):
         register(volume, volume.with_data(torch.rand(1, 8, 40, 40)), load_preset("retina-fundus"))
+    tiny = pair.fixed.resample_to(pair.fixed.grid.with_spacing([3.0, 3.0]))  # 81 x 81 pixels
+    with pytest.raises(dr.InputError, match="too small for the keypoints stage"):
+        register(tiny, pair.moving, load_preset("retina-fundus"))
+    speck = pair.fixed.with_data(torch.where(torch.rand_like(pair.fixed.data) > 0.999, 255.0, 0.0))
+    speck.name = "dark.png"
+    with pytest.raises(dr.InputError, match="dark.png: the image has no field of view"):
+        register(speck, pair.moving, load_preset("retina-fundus"))
     rng = np.random.default_rng(0)
     noise = pair.moving.with_data(torch.from_numpy(rng.uniform(0, 255, pair.moving.shape).astype(np.float32))[None])
     with pytest.raises(dr.InputError, match="keypoint matches|consistent set of keypoint matches"):

@@ -11,15 +11,22 @@ from ...transforms import IdentityTransform
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import KeypointSettings
 
-__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image", "moving_pixel_mm"]
+__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image", "moving_pixel_mm", "MIN_SIZE_PX"]
+
+#: The smallest photograph a retinal stage takes (pixels a side): below it, too few keypoints or vessels.
+MIN_SIZE_PX = 128
 
 
 def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> list[str]:
-    """Retinal stages register 2D images (photographs; a colour one through its registration channel)."""
+    """Retinal stages register 2D images (photographs; a colour one through its registration channel) of at least
+    :data:`MIN_SIZE_PX` pixels a side."""
     for img in (fixed, moving):
         if img.dim != 2:
             raise InputError(f"{img.name}: the {settings.model} stage registers 2D images (fundus photographs, "
                              f"angiograms), got a {img.dim}D image")
+        if min(img.grid.size) < MIN_SIZE_PX:
+            raise InputError(f"{img.name}: {img.grid.size[0]}x{img.grid.size[1]} pixels is too small for the "
+                             f"{settings.model} stage (at least {MIN_SIZE_PX} pixels a side)")
     from .fundus import _cv2
 
     _cv2()  # a clear error now when OpenCV is missing
@@ -31,7 +38,10 @@ def feature_image(image, features: str, working_size: int, polarity: str = "auto
     (uint8): the CLAHE-enhanced image (``enhanced``) or its vessel map (``vessels``)."""
     from .fundus import enhance, vesselness, working_image
 
-    work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), working_size)
+    try:
+        work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), working_size)
+    except InputError as err:
+        raise InputError(f"{image.name}: {err}") from None
     if features == "vessels":
         u8 = (vesselness(work, polarity) * 255).astype(np.uint8)
     else:
