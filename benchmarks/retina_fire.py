@@ -12,6 +12,8 @@ Methods:
 * ``retina-fundus`` (SIFT on the enhanced image and ORB on the vessel map, pooled) and its ablations:
   ``...-homography`` (the same keypoints, a homography), ``...-enhanced`` / ``...-vessels`` (one feature set
   alone), ``...+refine`` (followed by the polynomial intensity refinement on vessel maps);
+* ``retina-fundus-vessel-net``: ``retina-fundus`` with the vessel network's maps instead of the Frangi filter's;
+* ``retina-multimodal-vessel-net``: the multimodal preset with the vessel network's maps (no polarity used);
 * ``sift-ransac``: OpenCV SIFT on the CLAHE-enhanced green channel at 1/4 size, Lowe ratio 0.8, RANSAC
   homography with a 5 px threshold (full size): the peer measured in ../shared/REFERENCES.md;
 * ``sitk-affine``: SimpleITK affine registration of the green channels (Mattes MI, 3 levels, at 1/4 size,
@@ -40,8 +42,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for the reference line
 METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
-           "retina-fundus+refine", "sift-ransac", "sitk-affine")
-MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal+refine", "sift-ransac", "sitk-affine")
+           "retina-fundus-vessel-net", "retina-fundus+refine", "sift-ransac", "sitk-affine")
+MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine", "sift-ransac",
+                      "sitk-affine")
 CF_FA = (ROOT.parent / "shared" / "data" / "retina" / "cf_fa_pair",
          ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt")
 
@@ -68,6 +71,10 @@ def _engine(method: str):
         config = load_preset("retina-fundus", ['stages.0.features="enhanced"'])
     elif method == "retina-fundus-vessels":
         config = load_preset("retina-fundus", ['stages.0.features="vessels"'])
+    elif method == "retina-fundus-vessel-net":
+        config = load_preset("retina-fundus", ['stages.0.vessel_model="vessels-retina"'])
+    elif method == "retina-multimodal-vessel-net":
+        config = load_preset("retina-multimodal", ['stages.0.vessel_model="vessels-retina"'])
     elif method.endswith("+refine"):
         data = load_preset(method[:-len("+refine")]).to_dict()
         first = data["stages"][0]

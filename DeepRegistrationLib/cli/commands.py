@@ -345,6 +345,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
     fixed, moving = pair.fixed, pair.moving
     for path in (args.out_image, args.out_jacobian):
         _check_output_dim(path, fixed.dim)
+    if args.out_image and args.interpolation == "linear":  # a warped float image cannot go to PNG/JPEG/BMP
+        from ..io.atomic import full_suffix
+        from ..io.formats import TWO_D_ONLY_SUFFIXES
+
+        source = pair.moving_colour if pair.moving_colour is not None else moving
+        if full_suffix(args.out_image) in TWO_D_ONLY_SUFFIXES and source.data.is_floating_point():
+            raise InputError(f"{args.out_image}: unsupported file type '{full_suffix(args.out_image)}' for a "
+                             "floating-point moving image (PNG/JPEG/BMP hold 8/16-bit integers; a photograph's "
+                             "warped image goes there in its own type); write .nii.gz, .nrrd, .mha or .tif")
     fixed_mask, moving_mask = pair.fixed_mask, pair.moving_mask
     fixed_points, moving_points = pair.fixed_points, pair.moving_points
     initial = read_transform(args.initial_transform) if args.initial_transform else None
@@ -429,6 +438,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import run
+
+    return run(args)
+
+
+def _cmd_train_vessels(args: argparse.Namespace) -> int:
+    from .train_vessels import run
 
     return run(args)
 
@@ -560,6 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     metric_arguments(t)
     t.set_defaults(func=_cmd_train_metric)
+    t = train_sub.add_parser("vessels", help="the retinal vessel U-Net, on pseudo-labels (vessel_model in the "
+                                              "retinal presets)",
+                             description="Train the vessel U-Net on fundus photographs and angiograms: labels are "
+                                         "each image's own Frangi vessel map; random inversion makes it polarity-free.")
+    from .train_vessels import add_arguments as vessel_arguments
+
+    vessel_arguments(t)
+    t.set_defaults(func=_cmd_train_vessels)
 
     from .cohort import add_batch_arguments, add_template_arguments
 

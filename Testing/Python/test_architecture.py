@@ -29,7 +29,7 @@ LAYERS = {
 #: The one tolerated upward import: ``Image``'s convenience methods forward lazily to files, warps and intensity.
 TOLERATED = {("image", "io"), ("image", "warp"), ("image", "intensity")}
 #: Inside ``methods``: the shared core below the families.
-METHOD_CORE = {"registry", "stage", "pyramid", "optim", "loop", "data_parallel", "__init__"}
+METHOD_CORE = {"registry", "stage", "pyramid", "optim", "loop", "data_parallel", "unet", "__init__"}
 
 
 def _module_name(path: Path) -> str:

@@ -482,7 +482,7 @@ def test_unet_is_monai_voxelmorph_unet_key_for_key(dim, oasis_t1):
     and a real image pair gives the same output."""
     from monai.networks.nets import VoxelMorphUNet as MonaiUNet
 
-    from DeepRegistrationLib.methods.voxelmorph.unet import VoxelMorphUNet
+    from DeepRegistrationLib.methods.unet import VoxelMorphUNet
 
     grid = oblique_grid(oasis_t1.grid, spacing=(4.0,) * 3)
     volume = oasis_t1.resample_to(grid).minmax().data.float()[0]

@@ -189,6 +189,22 @@ def test_oblique_anisotropic_2d_grids(photo_pair):
     assert inside.sum() > 40 and error_mm.mean() < 0.25, (error_mm.mean(), result.figures["stages"][0])  # ~1 px
 
 
+def test_keypoints_guided_by_the_previous_stage(photo_pair):
+    """``start: previous``: a second keypoint stage matches around the first stage's affine estimate (no global
+    matching) and fits the quadratic; the starting transform of a first stage is ignored with ``matching``."""
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    base = load_preset("retina-fundus").to_dict()
+    first = {**base["stages"][0], "transform": "affine", "guided_rounds": 0}
+    second = {**base["stages"][0], "start": "previous", "start_radius_px": 60.0}
+    result = register(pair.fixed, pair.moving, RegistrationConfig.from_dict({**base, "stages": [first, second]}))
+    figures = result.figures["stages"][1]
+    assert "start_matches" in figures and "ratio_matches" not in figures
+    assert _error_px(result.transform, truth, _fov_points(grid, truth), grid).mean() < 1.0, figures
+    with pytest.raises(dr.InputError, match="start must be matching or previous"):
+        load_preset("retina-fundus", ["stages.0.start=nearby"])
+
+
 def test_retina_multimodal_on_vessel_maps_across_contrast(photo_pair):
     """The vessel-map preset with an angiogram-like moving image (inverted green channel: bright vessels)."""
     paths, truth, grid = photo_pair
@@ -273,6 +289,13 @@ def test_retina_bad_inputs(photo_pair, tmp_path):
                   "--out-transform", tmp_path / "t.h5")
     assert run.returncode != 0 and "the same file" in _error_line(run)
     assert not (tmp_path / "t.h5").exists()
+    # a float image (not a photograph) cannot be written warped into a PNG: refused before registering
+    float_moving = tmp_path / "moving.nrrd"
+    pair.moving.float().with_data(pair.moving.data.float() / 255.0).write(float_moving)
+    run = deepreg("register", "--fixed", paths["fixed"], "--moving", float_moving, "--preset", "retina-fundus",
+                  "--out-transform", tmp_path / "t.h5", "--out-image", tmp_path / "w.png")
+    assert run.returncode == 2 and "w.png: unsupported file type '.png' for a floating-point" in _error_line(run)
+    assert "registered" not in run.stdout and not (tmp_path / "t.h5").exists()
 
 
 # ---------------------------------------------------------------------------------------------- FIRE
@@ -389,3 +412,61 @@ def test_slicer_photographs_in_the_background(photo_pair, tmp_path):
     warped = nodes.image_from_volume_node(out, keep_colour=True)
     assert warped.num_channels == 3 and warped.grid.size == (*grid2.size, 1)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- vessels
+def test_vessel_network_loss_goes_down_on_real_pseudo_labels():
+    """A few steps of the recipe's training on the scikit-image photograph: the loss on a fixed batch falls."""
+    from DeepRegistrationLib.methods.retina import vessel_training as vt
+    from DeepRegistrationLib.methods.retina.vessel_net import VesselNet
+
+    photo = dr.read_image(data_file("retina/skimage_retina.jpg")).to_grayscale("green")
+    array = photo.data[0].numpy() / 255.0
+    example = vt.vessel_example(array.astype(np.float32), "dark", working_size=384)
+    assert 0.05 < example.label[example.mask].mean() < 0.2  # the top 12 % of the field of view's vesselness
+    config = vt.VesselTrainConfig(batch=4, crop=96, invert_probability=0.5)
+    pyramids = [[vt._rescaled(example, s) for s in (0.75, 1.0, 1.25)]]
+    fixed_batch = vt._draw(pyramids, config, np.random.default_rng(123))
+    torch.manual_seed(0)
+    net = VesselNet()
+    with torch.no_grad():
+        before = float(vt._loss(net(fixed_batch[0]), fixed_batch[1], fixed_batch[2]))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for step in range(30):
+        images, labels, masks = vt._draw(pyramids, config, np.random.default_rng([0, step]))
+        loss = vt._loss(net(images), labels, masks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(vt._loss(net(fixed_batch[0]), fixed_batch[1], fixed_batch[2]))
+    assert after < 0.85 * before, (before, after)
+
+
+def test_bundled_vessel_model_is_polarity_free_and_registers(photo_pair):
+    """The bundled vessel network finds the vessels of a photograph as they are and inverted (an angiogram's
+    polarity) alike, and the keypoint stage registers with it in place of the Frangi filter."""
+    from DeepRegistrationLib.io.models import find_model, load_model
+    from DeepRegistrationLib.methods.retina.fundus import working_image
+    from DeepRegistrationLib.methods.retina.vessel_net import vessel_probability
+    from DeepRegistrationLib.methods.retina.vessel_training import vessel_example
+
+    net, card = load_model(find_model("vessels-retina"), network="VesselNet")
+    assert "pseudo-labels" in card["training"]["labels"]
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    array = (pair.moving.data[0].numpy() / 255.0).astype(np.float32)  # the second visit: not a training image
+    example = vessel_example(array, "dark", working_size=768)
+    work = working_image(array, 768)
+    for image in (work.array, np.where(work.mask, 1.0 - work.array, 0.0).astype(np.float32)):
+        p = vessel_probability(net, image, work.mask) > 0.5
+        m, label = example.mask, example.label > 0
+        score = 2 * (p & label & m).sum() / ((p & m).sum() + (label & m).sum())
+        assert score > 0.5, score
+    config = load_preset("retina-fundus", ['stages.0.vessel_model="vessels-retina"'])
+    result = register(pair.fixed, pair.moving, config)
+    assert _error_px(result.transform, truth, _fov_points(grid, truth), grid).mean() < 1.0
+    with pytest.raises(dr.InputError, match="not a VesselNet"):
+        register(pair.fixed, pair.moving, load_preset("retina-fundus", ['stages.0.vessel_model="voxelmorph-brain"']))
+    with pytest.raises(dr.InputError, match="model 'nope' not found"):
+        register(pair.fixed, pair.moving, load_preset("retina-fundus", ['stages.0.vessel_model="nope"']))

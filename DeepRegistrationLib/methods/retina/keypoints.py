@@ -123,17 +123,26 @@ def _guided_matches(feature_set: FeatureSet, transform, radius_mm: float) -> tup
 
 
 def robust_fit(model: str, sets: list[FeatureSet], threshold_mm: float, guided_radius_mm: float, rounds: int = 3,
-               seed: int = 0, min_inliers: int = 25, min_inlier_fraction: float = 0.1) -> FitResult:
+               seed: int = 0, min_inliers: int = 25, min_inlier_fraction: float = 0.1, start=None,
+               start_radius_mm: float = 0.0) -> FitResult:
     """Fit ``model`` to the ratio-test matches of every feature set, pooled (mm): MAGSAC++ homography first, then
     ``rounds`` of guided matching within ``guided_radius_mm`` of the model's prediction (in each set) and a fit to
     the correspondences within ``threshold_mm`` (trimmed least squares, repeated until the inlier set settles).
 
     The MAGSAC++ consensus must hold ``min_inliers`` matches and ``min_inlier_fraction`` of them: unrelated images
-    (or noise) still give a few percent of chance inliers, real pairs of the same eye tens of percent."""
+    (or noise) still give a few percent of chance inliers, real pairs of the same eye tens of percent.
+
+    With a ``start`` transform (an earlier estimate), the global matching is replaced by guided matching
+    within ``start_radius_mm`` of where ``start`` puts each keypoint; MAGSAC++ then runs on those candidates."""
     cv2 = _cv2()
     need = max(MIN_POINTS[model], 4)
-    fixed_mm = np.concatenate([fs.fixed_mm[fs.matches[0]] for fs in sets]) if sets else np.zeros((0, 2))
-    moving_mm = np.concatenate([fs.moving_mm[fs.matches[1]] for fs in sets]) if sets else np.zeros((0, 2))
+    if start is not None:
+        found = [_guided_matches(fs, start, start_radius_mm) for fs in sets]
+        fixed_mm = np.concatenate([f for f, _ in found]) if found else np.zeros((0, 2))
+        moving_mm = np.concatenate([m for _, m in found]) if found else np.zeros((0, 2))
+    else:
+        fixed_mm = np.concatenate([fs.fixed_mm[fs.matches[0]] for fs in sets]) if sets else np.zeros((0, 2))
+        moving_mm = np.concatenate([fs.moving_mm[fs.matches[1]] for fs in sets]) if sets else np.zeros((0, 2))
     if len(fixed_mm) < need:
         raise InputError(f"only {len(fixed_mm)} keypoint matches passed the ratio test (a {model} needs {need}): the "
                          "images may not overlap, or try the vessel-map preset (retina-multimodal)")
@@ -148,7 +157,8 @@ def robust_fit(model: str, sets: list[FeatureSet], threshold_mm: float, guided_r
     inliers = inliers.ravel().astype(bool)
     f_in, m_in = fixed_mm[inliers], moving_mm[inliers]
     transform = fit_model(model, f_in, m_in)
-    figures = {"ratio_matches": int(len(fixed_mm)), "ransac_inliers": int(inliers.sum())}
+    figures = {"start_matches" if start is not None else "ratio_matches": int(len(fixed_mm)),
+               "ransac_inliers": int(inliers.sum())}
     for _ in range(rounds):
         found = [_guided_matches(fs, transform, guided_radius_mm) for fs in sets]
         a = np.concatenate([f for f, _ in found])

@@ -28,6 +28,8 @@ class KeypointSettings(StageSettings):
         fixed_polarity, moving_polarity: each image's vessels for the vessel maps: ``dark`` (a colour or red-free
             photograph), ``bright`` (a fluorescein angiogram, OCT-A) or ``auto`` (a guess from the intensity
             skewness, :func:`~.fundus.vessel_polarity`).
+        vessel_model: a vessel network (model name or folder, ``deepreg train vessels``) whose probability map
+            replaces the Frangi filter's; it needs no polarity. Empty: the Frangi filter.
         transform: ``quadratic`` (the retina's surface model), ``homography`` or ``affine``.
         working_size: pixels along each image's longer side where keypoints are detected (64-4096).
         ratio, vessel_ratio: Lowe's ratio test threshold (0, 1] for the enhanced image's and the vessel maps'
@@ -39,6 +41,10 @@ class KeypointSettings(StageSettings):
         max_keypoints: per image and feature image.
         min_inliers, min_inlier_fraction: the robust fit's consensus must hold this many matches and this share of
             them, or the stage fails (unrelated images still give a few percent of chance inliers).
+        start: ``matching`` (global: ratio test and MAGSAC++; the starting transform is not used) or ``previous``
+            (guided matching within ``start_radius_px`` of where the transform so far, e.g. an earlier keypoint
+            stage's affine or a given initial transform, puts each keypoint).
+        start_radius_px: the search radius around the previous transform (moving pixels).
         clahe_clip: CLAHE clip limit of the enhanced image.
     """
 
@@ -48,6 +54,7 @@ class KeypointSettings(StageSettings):
     features: str = "enhanced"
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
+    vessel_model: str = ""
     transform: str = "quadratic"
     working_size: int = 728
     ratio: float = 0.8
@@ -58,6 +65,8 @@ class KeypointSettings(StageSettings):
     max_keypoints: int = 4000
     min_inliers: int = 25
     min_inlier_fraction: float = 0.1
+    start: str = "matching"
+    start_radius_px: float = 80.0
     clahe_clip: float = 2.0
 
     def validate(self) -> "KeypointSettings":
@@ -73,6 +82,8 @@ class KeypointSettings(StageSettings):
                                      ("transform", self.transform, TRANSFORM_MODELS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.vessel_model, str):
+            raise InputError(f"vessel_model must be a model name or folder (or empty), got {self.vessel_model!r}")
         check_number("working_size", self.working_size, 64, 4096, integer=True)
         check_number("ratio", self.ratio, 0.0, 1.0, low_open=True)
         check_number("vessel_ratio", self.vessel_ratio, 0.0, 1.0, low_open=True)
@@ -82,14 +93,17 @@ class KeypointSettings(StageSettings):
         check_number("max_keypoints", self.max_keypoints, 16, 100_000, integer=True)
         check_number("min_inliers", self.min_inliers, 4, 100_000, integer=True)
         check_number("min_inlier_fraction", self.min_inlier_fraction, 0.0, 1.0)
+        if self.start not in ("matching", "previous"):
+            raise InputError(f"start must be matching or previous, got {self.start!r}")
+        check_number("start_radius_px", self.start_radius_px, 0.0, low_open=True)
         check_number("clahe_clip", self.clahe_clip, 0.0, 100.0, low_open=True)
         return self
 
 
 register_stage_kind(StageKind("keypoints", KeypointSettings,
                               "DeepRegistrationLib.methods.retina.stage:run_keypoint_stage", "deformable",
-                              check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs", family="retina",
-                              global_search=True))
+                              refines=True, check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs",
+                              family="retina", global_search=True))
 
 
 @dataclass
@@ -102,7 +116,7 @@ class PolynomialSettings(StageSettings):
     Attributes:
         transform: ``quadratic`` or ``homography``.
         features: ``vessels`` (vesselness maps, any modality) or ``enhanced`` (CLAHE images, same modality).
-        fixed_polarity, moving_polarity: as in the keypoint stage.
+        fixed_polarity, moving_polarity, vessel_model: as in the keypoint stage.
         working_sizes: pixels along each image's longer side, one per level (coarse to fine).
         iterations: steps per level.
         learning_rate: Adam's step on the model's coefficients, in moving-image pixels of displacement at the edge
@@ -118,6 +132,7 @@ class PolynomialSettings(StageSettings):
     features: str = "vessels"
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
+    vessel_model: str = ""
     working_sizes: tuple = (364, 728)
     iterations: tuple = (60, 40)
     learning_rate: float = 0.5
@@ -138,6 +153,8 @@ class PolynomialSettings(StageSettings):
                                      ("moving_polarity", self.moving_polarity, POLARITIES)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.vessel_model, str):
+            raise InputError(f"vessel_model must be a model name or folder (or empty), got {self.vessel_model!r}")
         if not isinstance(self.working_sizes, (list, tuple)) or not self.working_sizes:
             raise InputError(f"working_sizes must be a list of pixel counts, got {self.working_sizes!r}")
         if not isinstance(self.iterations, (list, tuple)) or len(self.iterations) != len(self.working_sizes):

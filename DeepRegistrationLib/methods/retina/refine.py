@@ -80,7 +80,7 @@ def _level_data(context: StageContext, settings: PolynomialSettings, size: int):
 
     maps = []
     for image, polarity in ((context.fixed, settings.fixed_polarity), (context.moving, settings.moving_polarity)):
-        work, u8 = feature_image(image, settings.features, size, polarity)
+        work, u8 = feature_image(image, settings.features, size, polarity, vessel_model=settings.vessel_model)
         feature = u8.astype(np.float32) / 255.0
         if settings.smoothing_px > 0:
             feature = cv2.GaussianBlur(feature, (0, 0), settings.smoothing_px)
@@ -102,7 +102,7 @@ def _level_data(context: StageContext, settings: PolynomialSettings, size: int):
         idx = mm @ to_index[:2, :2].T + to_index[:2, 2]
         return (idx * scale + shift).float()
 
-    return points, values, moving, to_grid, fixed_work
+    return points, values, moving, to_grid
 
 
 def run_polynomial_stage(settings: PolynomialSettings, context: StageContext, state: StageState) -> StageOutcome:
@@ -118,13 +118,12 @@ def run_polynomial_stage(settings: PolynomialSettings, context: StageContext, st
                          f"not a {state.deformable.kind}")
     similarity = NCCLoss()
     model = None
-    loss = float("nan")
     finest = max(settings.working_sizes)
     opt = None
     samples_mm = None
     for level, (size, iters) in enumerate(zip(settings.working_sizes, settings.iterations)):
         context.check_cancel()
-        points, values, moving, to_grid, fixed_work = _level_data(context, settings, size)
+        points, values, moving, to_grid = _level_data(context, settings, size)
         if model is None:
             center = points.mean(0).numpy()
             scale = float((points - points.mean(0)).abs().max())
@@ -150,7 +149,7 @@ def run_polynomial_stage(settings: PolynomialSettings, context: StageContext, st
         if level == len(settings.working_sizes) - 1:
             with torch.no_grad():
                 first = _ncc_of(start, points, values, moving_t, to_grid, similarity)
-        loss = optimise(context, opt, iters, step, model=settings.model, level=level, after_step=schedule)
+        optimise(context, opt, iters, step, model=settings.model, level=level, after_step=schedule)
     refined = model.transform()
     with torch.no_grad():
         final = _ncc_of(refined, points, values, moving_t, to_grid, similarity)

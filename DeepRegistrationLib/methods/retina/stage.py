@@ -30,19 +30,35 @@ def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> lis
     from .fundus import _cv2
 
     _cv2()  # a clear error now when OpenCV is missing
+    if getattr(settings, "vessel_model", ""):
+        vessel_network(settings.vessel_model)  # found, checksum verified, the right network: before anything runs
     return []
 
 
-def feature_image(image, features: str, working_size: int, polarity: str = "auto", clahe_clip: float = 2.0):
+def vessel_network(name: str):
+    """The vessel network of a model name or folder (checksum verified; kept for the process)."""
+    from ...io.models import cached_model, find_model
+
+    net, _ = cached_model(find_model(name), "cpu", network="VesselNet")
+    return net
+
+
+def feature_image(image, features: str, working_size: int, polarity: str = "auto", clahe_clip: float = 2.0,
+                  vessel_model: str = ""):
     """The working image of ``image`` (an :class:`~DeepRegistrationLib.image.Image`, [0, 1]) and its feature image
-    (uint8): the CLAHE-enhanced image (``enhanced``) or its vessel map (``vessels``)."""
+    (uint8): the CLAHE-enhanced image (``enhanced``) or its vessel map (``vessels``: the Frangi filter's for the
+    given polarity, or ``vessel_model``'s probability)."""
     from .fundus import enhance, vesselness, working_image
 
     try:
         work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), working_size)
     except InputError as err:
         raise InputError(f"{image.name}: {err}") from None
-    if features == "vessels":
+    if features == "vessels" and vessel_model:
+        from .vessel_net import vessel_probability
+
+        u8 = (vessel_probability(vessel_network(vessel_model), work.array, work.mask) * 255).astype(np.uint8)
+    elif features == "vessels":
         u8 = (vesselness(work, polarity) * 255).astype(np.uint8)
     else:
         u8 = enhance(work, clahe_clip)
@@ -57,7 +73,8 @@ def _feature_set(context: StageContext, settings: KeypointSettings, features: st
     ratio = settings.vessel_ratio if features == "vessels" else settings.ratio
     found = []
     for image, polarity in ((context.fixed, settings.fixed_polarity), (context.moving, settings.moving_polarity)):
-        work, u8 = feature_image(image, features, settings.working_size, polarity, settings.clahe_clip)
+        work, u8 = feature_image(image, features, settings.working_size, polarity, settings.clahe_clip,
+                                 settings.vessel_model)
         found.append(detect(work, u8, detector, settings.max_keypoints))
         context.check_cancel()
     fixed, moving = found
@@ -67,16 +84,23 @@ def _feature_set(context: StageContext, settings: KeypointSettings, features: st
 
 
 def run_keypoint_stage(settings: KeypointSettings, context: StageContext, state: StageState) -> StageOutcome:
-    """Detect, match and fit; the new state is the fitted model (the starting transform is not used)."""
+    """Detect, match and fit; the new state is the fitted model (the starting transform is used only with
+    ``start: previous``, to guide the matching)."""
     from .keypoints import robust_fit
 
     start = time.perf_counter()
     context.check_cancel()
     sets = [_feature_set(context, settings, features) for features in settings.features.split("+")]
     pixel_mm = moving_pixel_mm(context.moving)
+    start_transform = None
+    if settings.start == "previous":
+        from ...transforms import compose
+
+        start_transform = compose(state.deformable, state.linear) if state.deformable is not None else state.linear
     fit = robust_fit(settings.transform, sets, settings.threshold_px * pixel_mm, settings.guided_radius_px * pixel_mm,
                      settings.guided_rounds, seed=torch_seed(), min_inliers=settings.min_inliers,
-                     min_inlier_fraction=settings.min_inlier_fraction)
+                     min_inlier_fraction=settings.min_inlier_fraction, start=start_transform,
+                     start_radius_mm=settings.start_radius_px * pixel_mm)
     figures = {"keypoints_fixed": sum(len(fs.fixed) for fs in sets),
                "keypoints_moving": sum(len(fs.moving) for fs in sets), **fit.figures,
                "keypoint_time_s": time.perf_counter() - start}

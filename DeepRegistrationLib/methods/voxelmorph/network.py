@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
-from .unet import VoxelMorphUNet
+from ..unet import VoxelMorphUNet
 
 __all__ = ["ARCHITECTURES", "VoxelMorphNet"]
 

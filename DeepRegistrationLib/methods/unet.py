@@ -1,4 +1,6 @@
-"""The VoxelMorph U-Net in plain PyTorch, module for module and key for key MONAI's ``VoxelMorphUNet``.
+"""The VoxelMorph U-Net in plain PyTorch, module for module and key for key MONAI's ``VoxelMorphUNet``: the one
+U-Net of the method families (VoxelMorph and the supervised network's flow; the retinal vessel network with a
+one-channel head), so it lives in the shared core.
 
 Why not MONAI's class itself: importing ``monai`` loads every MONAI subpackage (data, transforms, apps,
 metrics, ...), which takes 1.8-2.6 s on 2 CPU cores, a quarter of the 10 s budget of a cold ``deepreg``
@@ -57,15 +59,16 @@ class SkipConnection(nn.Module):
 
 
 class VoxelMorphUNet(nn.Module):
-    """The VoxelMorph U-Net: ``(N, in_channels, *shape)`` -> ``(N, dim, *shape)``.
+    """The VoxelMorph U-Net: ``(N, in_channels, *shape)`` -> ``(N, out_channels, *shape)``.
 
     ``channels`` lists the (down, up) channel pairs from the top level to the bottom (one more pooling per
     pair); ``unet_out_channels`` is the width of the top up layer, followed by ``final_conv_channels`` and a
-    ``dim``-channel flow head. Every spatial size must be divisible by ``2 ** (len(channels) // 2)``.
+    head of ``out_channels`` (default ``dim``: VoxelMorph's flow; 1 for a segmentation logit, as the retinal
+    vessel network uses it). Every spatial size must be divisible by ``2 ** (len(channels) // 2)``.
     """
 
     def __init__(self, dim: int, in_channels: int, unet_out_channels: int, channels: Sequence[int],
-                 final_conv_channels: Sequence[int], norm: str | None = None) -> None:
+                 final_conv_channels: Sequence[int], norm: str | None = None, out_channels: int | None = None) -> None:
         super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim}")
@@ -101,7 +104,7 @@ class VoxelMorphUNet(nn.Module):
         for i, c in enumerate(final_conv_channels):
             head.add_module(f"final_conv_{i}", block(width, c))
             width = c
-        head.add_module("final_conv_out", ConvBlock(dim, width, dim, norm=False, act=False))
+        head.add_module("final_conv_out", ConvBlock(dim, width, out_channels or dim, norm=False, act=False))
         self.net = nn.Sequential(unet, head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

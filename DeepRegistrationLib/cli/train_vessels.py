@@ -1,0 +1,108 @@
+"""``deepreg train vessels``: train the retinal vessel U-Net on pseudo-labels (:mod:`..methods.retina.vessel_training`)
+and write a model folder (``weights.pt`` + ``model.json`` with the command, the images' checksums and polarities,
+and the validation Dice against the pseudo-labels, on the images and on their inverted renderings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.checksums import file_sha256
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", nargs="+", required=True, help="training photographs / angiograms (2D, colour or grey)")
+    p.add_argument("--polarity", nargs="+", required=True,
+                   help="each training image's vessels: dark (colour or red-free photograph) or bright (angiogram); "
+                        "one value for all, or one per image")
+    p.add_argument("--val-images", nargs="*", default=[], help="validation images (Dice against their pseudo-labels)")
+    p.add_argument("--val-polarity", nargs="*", default=[], help="as --polarity, for the validation images")
+    p.add_argument("--channel", default="green", help="what a colour image is read through (default: green)")
+    p.add_argument("--working-size", type=int, default=768, help="pixels along the longer side of each image")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--name", help="model name (default: the folder's name)")
+    p.add_argument("--description", default="")
+    p.add_argument("--licence", default="Apache-2.0 (weights); see the training images' terms")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=160)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--invert-probability", type=float, default=0.5)
+    p.add_argument("--validate-every", type=int, default=250)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+
+
+def _polarities(values: list[str], count: int, what: str) -> list[str]:
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise InputError(f"{what}: give one polarity for all images or one per image ({count}), got {len(values)}")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io import read_image
+    from ..io.models import save_model
+    from ..methods.retina.vessel_net import VesselNet
+    from ..methods.retina.vessel_training import VesselTrainConfig, train_vessel_net, vessel_example
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
+    polarity = _polarities(args.polarity, len(paths), "--polarity")
+    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
+    examples, val_examples = [], []
+    for path, pol, target in [(p, q, examples) for p, q in zip(paths, polarity)] + \
+                             [(p, q, val_examples) for p, q in zip(val_paths, val_polarity)]:
+        image = read_image(path)
+        image = image.to_grayscale(args.channel) if image.num_channels in (3, 4) else image
+        if image.dim != 2:
+            raise InputError(f"{path}: the vessel network trains on 2D images, got a {image.dim}D image")
+        image.check_finite()
+        array = image.data[0].double().numpy()
+        lo, hi = float(array.min()), float(array.max())
+        if hi <= lo:
+            raise InputError(f"{path}: the image is constant")
+        target.append(vessel_example(((array - lo) / (hi - lo)).astype("float32"), pol, args.working_size))
+    torch.manual_seed(args.seed)
+    net = VesselNet()
+    config = VesselTrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
+                               invert_probability=args.invert_probability, validate_every=args.validate_every,
+                               max_minutes=args.max_minutes)
+    start = time.perf_counter()
+    figures = train_vessel_net(net, examples, val_examples, config,
+                               progress=lambda h: print(" ".join(f"{k} {v}" for k, v in h.items()), file=sys.stderr,
+                                                        flush=True))
+    out = Path(args.out)
+    card = {
+        "name": args.name or out.name,
+        "description": args.description,
+        "input": {"dim": 2, "channel": args.channel, "working_size": args.working_size,
+                  "intensity": "the image to [0, 1] between its field of view's 1st and 99th percentiles",
+                  "size_multiple": net.multiple},
+        "training": {
+            "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
+            "labels": "pseudo-labels: each image's own Frangi vessel map (scikit-image) above its 88th percentile "
+                      "in the field of view; no manual annotation",
+            "images": [{"file": p.name, "polarity": q, "sha256_16": file_sha256(p)[:16]}
+                       for p, q in zip(paths, polarity)],
+            "validation": [{"file": p.name, "polarity": q} for p, q in zip(val_paths, val_polarity)],
+            "config": config.to_dict(), **figures, "time_s": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__},
+        "licence": args.licence,
+    }
+    save_model(net, out, card)
+    print(f"wrote {out} (validation Dice against the pseudo-labels {figures['initial_val_dice']:.3f} -> "
+          f"{figures['final_val_dice']:.3f}; inverted {figures['final_val_dice_inverted']:.3f})")
+    return 0
