@@ -204,6 +204,17 @@ def fit_homography(fixed, moving, weights=None) -> HomographyTransform:
     return HomographyTransform(h / h[2, 2])
 
 
+def _least_squares(a: np.ndarray, b: np.ndarray, weights, what: str) -> np.ndarray:
+    """The (weighted) least-squares solution of ``a x = b``; an error naming ``what`` when ``a`` is rank-deficient."""
+    if weights is not None:
+        w = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
+        a, b = a * w, b * w
+    if np.linalg.matrix_rank(a) < a.shape[1]:
+        raise InputError(f"the correspondences do not determine {what}")
+    solution, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return solution
+
+
 def fit_quadratic(fixed, moving, weights=None, center=None, scale: float | None = None) -> QuadraticTransform:
     """The quadratic transform mapping ``fixed`` to ``moving`` (N >= 6 pairs, mm) by least squares; ``center``
     and ``scale`` (conditioning) default to the fixed points' centroid and spread."""
@@ -211,27 +222,14 @@ def fit_quadratic(fixed, moving, weights=None, center=None, scale: float | None 
     center = f.mean(0) if center is None else np.asarray(center, dtype=np.float64)
     scale = float(scale or (np.abs(f - center).max() or 1.0))
     a = _monomials(torch.as_tensor((f - center) / scale)).numpy()
-    b = m
-    if weights is not None:
-        w = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
-        a, b = a * w, b * w
-    if np.linalg.matrix_rank(a) < 6:
-        raise InputError("the correspondences do not determine a quadratic transform (too few or collinear points)")
-    coefficients, *_ = np.linalg.lstsq(a, b, rcond=None)
+    coefficients = _least_squares(a, m, weights, "a quadratic transform (too few or collinear points)")
     return QuadraticTransform(coefficients.T, center, scale)
 
 
 def fit_affine_2d(fixed, moving, weights=None) -> AffineTransform:
     """The 2D affine map ``fixed -> moving`` (N >= 3 pairs, mm) by least squares."""
     f, m = _check_pairs(fixed, moving, "affine")
-    a = np.c_[f, np.ones(len(f))]
-    b = m
-    if weights is not None:
-        w = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
-        a, b = a * w, b * w
-    if np.linalg.matrix_rank(a) < 3:
-        raise InputError("the correspondences do not determine an affine map (collinear points?)")
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    sol = _least_squares(np.c_[f, np.ones(len(f))], m, weights, "an affine map (collinear points?)")
     return AffineTransform(sol[:2].T, sol[2])
 
 

@@ -15,6 +15,17 @@ __all__ = ["KeypointSettings", "PolynomialSettings", "FEATURE_IMAGES"]
 FEATURE_IMAGES = ("enhanced", "vessels", "enhanced+vessels")
 
 
+def _check_vessel_fields(settings) -> None:
+    """The vessel-map fields both retinal stages have: polarities and the optional vessel network."""
+    from .fundus_names import POLARITIES
+
+    for name in ("fixed_polarity", "moving_polarity"):
+        if getattr(settings, name) not in POLARITIES:
+            raise InputError(f"{name} must be one of {', '.join(POLARITIES)}, got {getattr(settings, name)!r}")
+    if not isinstance(settings.vessel_model, str):
+        raise InputError(f"vessel_model must be a model name or folder (or empty), got {settings.vessel_model!r}")
+
+
 @dataclass
 class KeypointSettings(StageSettings):
     """Keypoints matched between the two images give a global 2D model (fixed -> moving, mm), which replaces the
@@ -70,20 +81,17 @@ class KeypointSettings(StageSettings):
     clahe_clip: float = 2.0
 
     def validate(self) -> "KeypointSettings":
-        from .fundus_names import DETECTORS, POLARITIES, TRANSFORM_MODELS
+        from .fundus_names import DETECTORS, TRANSFORM_MODELS
 
         if self.model != "keypoints":
             raise InputError(f"a keypoint stage's model is 'keypoints', got {self.model!r}")
         for name, value, allowed in (("detector", self.detector, DETECTORS),
                                      ("vessel_detector", self.vessel_detector, DETECTORS),
                                      ("features", self.features, FEATURE_IMAGES),
-                                     ("fixed_polarity", self.fixed_polarity, POLARITIES),
-                                     ("moving_polarity", self.moving_polarity, POLARITIES),
                                      ("transform", self.transform, TRANSFORM_MODELS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.vessel_model, str):
-            raise InputError(f"vessel_model must be a model name or folder (or empty), got {self.vessel_model!r}")
+        _check_vessel_fields(self)
         check_number("working_size", self.working_size, 64, 4096, integer=True)
         check_number("ratio", self.ratio, 0.0, 1.0, low_open=True)
         check_number("vessel_ratio", self.vessel_ratio, 0.0, 1.0, low_open=True)
@@ -123,8 +131,8 @@ class PolynomialSettings(StageSettings):
             of the fixed field of view, at the finest level (coarser levels step in proportion to their pixel size).
         smoothing_px: Gaussian sigma (working pixels) applied to the feature images (widens the capture range).
         max_shift_px: the refinement is refused (the start is kept) when it moves any fixed point that lands in the
-            moving field of view by more than this (moving pixels) from the start: a keypoint fit that good needs no larger change, and a larger one means
-            the intensities disagree (pathology, another modality).
+            moving field of view by more than this (moving pixels) from the start: a keypoint fit that good needs
+            no larger change, and a larger one means the intensities disagree (pathology, another modality).
     """
 
     model: str = "polynomial"
@@ -143,18 +151,13 @@ class PolynomialSettings(StageSettings):
         return list(self.iterations)
 
     def validate(self) -> "PolynomialSettings":
-        from .fundus_names import POLARITIES
-
         if self.model != "polynomial":
             raise InputError(f"a polynomial stage's model is 'polynomial', got {self.model!r}")
         for name, value, allowed in (("transform", self.transform, ("quadratic", "homography")),
-                                     ("features", self.features, FEATURE_IMAGES[:2]),
-                                     ("fixed_polarity", self.fixed_polarity, POLARITIES),
-                                     ("moving_polarity", self.moving_polarity, POLARITIES)):
+                                     ("features", self.features, FEATURE_IMAGES[:2])):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.vessel_model, str):
-            raise InputError(f"vessel_model must be a model name or folder (or empty), got {self.vessel_model!r}")
+        _check_vessel_fields(self)
         if not isinstance(self.working_sizes, (list, tuple)) or not self.working_sizes:
             raise InputError(f"working_sizes must be a list of pixel counts, got {self.working_sizes!r}")
         if not isinstance(self.iterations, (list, tuple)) or len(self.iterations) != len(self.working_sizes):
