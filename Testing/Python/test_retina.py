@@ -260,6 +260,24 @@ def test_retina_cli_writes_colour_image_transform_and_model(photo_pair, tmp_path
     assert float(run.stdout.split("mean error ")[1].split()[0]) / grid.spacing[0] < 1.0
 
 
+def test_colour_fixed_and_grey_moving(photo_pair, tmp_path):
+    """A colour photograph against a grey image (a red-free photograph, an angiogram saved as grey): the colour
+    one goes through the preset's channel, the grey one as it is, and the warped output is grey like its source."""
+    paths, truth, grid = photo_pair
+    grey = tmp_path / "moving_grey.png"
+    moving = dr.read_image(paths["moving"])
+    moving.with_data(moving.data[1:2]).write(grey)
+    out = tmp_path / "w.png"
+    run = deepreg("register", "--fixed", paths["fixed"], "--moving", grey, "--preset", "retina-fundus",
+                  "--out-transform", tmp_path / "t.h5", "--out-image", out)
+    assert run.returncode == 0, run.stderr
+    assert "moving_grey.png is RGB" not in run.stderr and "fixed.png is RGB(A); registering its green" in run.stderr
+    warped = dr.read_image(out)
+    assert warped.num_channels == 1 and warped.data.dtype == torch.uint8
+    model = read_model_parameters(model_parameters_path(tmp_path / "t.h5"))
+    assert _error_px(model, truth, _fov_points(grid, truth), grid).mean() < 1.0
+
+
 def test_retina_bad_inputs(photo_pair, tmp_path):
     paths, _, _ = photo_pair
     pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
