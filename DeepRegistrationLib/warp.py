@@ -23,7 +23,7 @@ from .sampling import sample
 from .transforms.base import Transform
 from .transforms.dense import DisplacementField
 
-__all__ = ["warp_image", "INTERPOLATIONS"]
+__all__ = ["warp_image", "warp_in_own_type", "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("linear", "nearest", "label")
 
@@ -133,3 +133,15 @@ def _label_sample(source: torch.Tensor, grid: Grid, points: torch.Tensor, defaul
         best[mixed] = lab_m.gather(1, score.argmax(1, keepdim=True))[:, 0]
     best = torch.where(inside, best, torch.as_tensor(default_value, dtype=best.dtype))
     return best.reshape(1, *lead)
+
+
+def warp_in_own_type(moving: Image, transform: Transform | None, reference: Image | Grid,
+                     interpolation: str = "linear", upper: float | None = None) -> Image:
+    """:func:`warp_image`, and an integer image (a photograph) back in its own type: rounded and clipped to the
+    type's range (and to ``[0, upper]`` when ``upper`` is given, e.g. 65535 for a PNG); a float image as it is."""
+    warped = warp_image(moving.float() if interpolation == "linear" else moving, transform, reference, interpolation)
+    if moving.data.is_floating_point():
+        return warped
+    info = torch.iinfo(moving.data.dtype)
+    low, high = (info.min, info.max) if upper is None else (max(info.min, 0), min(info.max, upper))
+    return warped.with_data(warped.data.round().clamp(low, high).to(moving.data.dtype))

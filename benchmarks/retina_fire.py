@@ -14,6 +14,9 @@ Methods:
   alone), ``...+refine`` (followed by the polynomial intensity refinement on vessel maps);
 * ``retina-fundus-vessel-net``: ``retina-fundus`` with the vessel network's maps instead of the Frangi filter's;
 * ``retina-multimodal-vessel-net``: the multimodal preset with the vessel network's maps (no polarity used);
+* ``retina-learned``: the correlation network's homography on the vessel network's maps, then guided ORB keypoints
+  and the quadratic model; ``correlation-net``: its first stage alone (MAGSAC++ on the network's matches);
+  ``correlation-net-regression``: the homography the network regresses from its correlation volume;
 * ``sift-ransac``: OpenCV SIFT on the CLAHE-enhanced green channel at 1/4 size, Lowe ratio 0.8, RANSAC
   homography with a 5 px threshold (full size): the peer measured in ../shared/REFERENCES.md;
 * ``sitk-affine``: SimpleITK affine registration of the green channels (Mattes MI, 3 levels, at 1/4 size,
@@ -42,9 +45,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for the reference line
 METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
-           "retina-fundus-vessel-net", "retina-fundus+refine", "sift-ransac", "sitk-affine")
-MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine", "sift-ransac",
-                      "sitk-affine")
+           "retina-fundus-vessel-net", "retina-fundus+refine", "retina-learned", "correlation-net",
+           "correlation-net-regression", "sift-ransac", "sitk-affine")
+MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine",
+                      "retina-learned", "correlation-net", "sift-ransac", "sitk-affine")
 CF_FA = (ROOT.parent / "shared" / "data" / "retina" / "cf_fa_pair",
          ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt")
 
@@ -75,6 +79,10 @@ def _engine(method: str):
         config = load_preset("retina-fundus", ['stages.0.vessel_model="vessels-retina"'])
     elif method == "retina-multimodal-vessel-net":
         config = load_preset("retina-multimodal", ['stages.0.vessel_model="vessels-retina"'])
+    elif method.startswith("correlation-net"):
+        data = load_preset("retina-learned").to_dict()
+        first = {**data["stages"][0], "fit": "regression" if method.endswith("-regression") else "magsac"}
+        config = RegistrationConfig.from_dict({**data, "stages": [first]})
     elif method.endswith("+refine"):
         data = load_preset(method[:-len("+refine")]).to_dict()
         first = data["stages"][0]

@@ -296,21 +296,18 @@ def _warped_output(result, moving_colour, interpolation: str, path: str):
     """The moving image warped onto the fixed grid: in colour when it was read as RGB(A) (the registration used
     one channel), and for a PNG/JPEG/BMP output rounded and clipped to the moving image's own integer type (a
     photograph stays a photograph); a float moving image cannot go to such a file (the writer says why)."""
-    import torch
-
     from ..io.atomic import full_suffix
     from ..io.formats import TWO_D_ONLY_SUFFIXES
-    from ..warp import warp_image
+    from ..warp import warp_image, warp_in_own_type
 
     source = moving_colour if moving_colour is not None else result.moving
-    if moving_colour is None and not (full_suffix(path) in TWO_D_ONLY_SUFFIXES and not source.data.is_floating_point()):
+    to_picture = full_suffix(path) in TWO_D_ONLY_SUFFIXES and not source.data.is_floating_point()
+    if moving_colour is None and not to_picture:
         return result.warped(interpolation)
-    warped = warp_image(source.float() if interpolation == "linear" else source, result.transform, result.fixed_grid,
-                        interpolation)
-    if full_suffix(path) in TWO_D_ONLY_SUFFIXES and not source.data.is_floating_point():
-        info = torch.iinfo(source.data.dtype)
-        warped = warped.with_data(warped.data.round().clamp(max(info.min, 0), min(info.max, 65535)).to(source.data.dtype))
-    return warped
+    if to_picture:
+        return warp_in_own_type(source, result.transform, result.fixed_grid, interpolation, upper=65535)
+    return warp_image(source.float() if interpolation == "linear" else source, result.transform, result.fixed_grid,
+                      interpolation)
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
@@ -444,6 +441,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_train_vessels(args: argparse.Namespace) -> int:
     from .train_vessels import run
+
+    return run(args)
+
+
+def _cmd_train_correlation(args: argparse.Namespace) -> int:
+    from .train_correlation import run
+
+    return run(args)
+
+
+def _cmd_train_keypoints(args: argparse.Namespace) -> int:
+    from .train_keypoints import run
 
     return run(args)
 
@@ -583,6 +592,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     vessel_arguments(t)
     t.set_defaults(func=_cmd_train_vessels)
+    t = train_sub.add_parser("correlation", help="the retinal correlation network (stage correlation, preset "
+                                                  "retina-learned)",
+                             description="Train the correlation network on synthetic homographies of real vessel "
+                                         "maps: features whose 4D correlation volume holds the true matches.")
+    from .train_correlation import add_arguments as correlation_arguments
+
+    correlation_arguments(t)
+    t.set_defaults(func=_cmd_train_correlation)
+    t = train_sub.add_parser("keypoints", help="the retinal keypoint network (keypoint stage detector: learned)",
+                             description="Train the SuperPoint-style keypoint network on fundus photographs, "
+                                         "self-supervised: homographic adaptation gives the keypoints, synthetic "
+                                         "homographies the correspondences.")
+    from .train_keypoints import add_arguments as keypoint_arguments
+
+    keypoint_arguments(t)
+    t.set_defaults(func=_cmd_train_keypoints)
 
     from .cohort import add_batch_arguments, add_template_arguments
 

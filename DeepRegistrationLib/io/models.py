@@ -29,7 +29,9 @@ MAX_MODEL_BYTES = 10 * 1024 * 1024  # bundled models stay small
 #: The network classes a card may name, as ``module:class`` (imported when a model of that network is loaded).
 NETWORKS = {"VoxelMorphNet": "DeepRegistrationLib.methods.voxelmorph.network:VoxelMorphNet",
             "LearnedMetricNet": "DeepRegistrationLib.methods.learned_metric.network:LearnedMetricNet",
-            "VesselNet": "DeepRegistrationLib.methods.retina.vessel_net:VesselNet"}
+            "VesselNet": "DeepRegistrationLib.methods.retina.vessel_net:VesselNet",
+            "CorrelationNet": "DeepRegistrationLib.methods.retina.correlation_net:CorrelationNet",
+            "KeypointNet": "DeepRegistrationLib.methods.retina.keypoint_net:KeypointNet"}
 _REQUIRED = ("name", "network", "architecture", "input", "training", "licence")
 
 

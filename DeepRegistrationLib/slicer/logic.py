@@ -400,15 +400,9 @@ class RegistrationLogic:
         warped = None
         if job.output_volume_node is not None:
             if job.moving_colour is not None and job.output_volume_node.IsA("vtkMRMLVectorVolumeNode"):
-                import torch
+                from ..warp import warp_in_own_type  # the photograph in colour, in its own integer type
 
-                from ..warp import warp_image  # the photograph in colour, in its own integer type
-
-                source = job.moving_colour
-                warped = warp_image(source.float(), result.transform, result.fixed_grid, job.interpolation)
-                if not source.data.is_floating_point():
-                    info = torch.iinfo(source.data.dtype)
-                    warped = warped.with_data(warped.data.round().clamp(info.min, info.max).to(source.data.dtype))
+                warped = warp_in_own_type(job.moving_colour, result.transform, result.fixed_grid, job.interpolation)
             else:
                 warped = result.warped(job.interpolation)
         inverse = result.inverse() if job.inverse_node is not None else None

@@ -14,6 +14,7 @@ import torch
 
 import DeepRegistrationLib as dr
 from conftest import DATA, ROOT, data_file, shared_only
+from DeepRegistrationLib.intensity import normalise_unit_range
 from DeepRegistrationLib.io.transforms import model_parameters_path, read_model_parameters
 from DeepRegistrationLib.metrics.fire import fire_summary, pair_error, read_fire_points, success_curve
 from DeepRegistrationLib.registration import RegistrationConfig, load_preset, register
@@ -488,3 +489,175 @@ def test_bundled_vessel_model_is_polarity_free_and_registers(photo_pair):
         register(pair.fixed, pair.moving, load_preset("retina-fundus", ['stages.0.vessel_model="voxelmorph-brain"']))
     with pytest.raises(dr.InputError, match="model 'nope' not found"):
         register(pair.fixed, pair.moving, load_preset("retina-fundus", ['stages.0.vessel_model="nope"']))
+
+
+# ---------------------------------------------------------------------------------------------- correlation network
+def test_vessel_registration_loss_is_lowest_aligned_and_cannot_collapse():
+    """The seed's loss on real vessel maps: smallest at alignment, rising with a shift; an empty (collapsed or
+    pushed-out) warped map is not a way down, because the reverse hinge charges every uncovered fixed vessel."""
+    from DeepRegistrationLib.methods.retina.stage import feature_image
+    from DeepRegistrationLib.methods.retina.vessel_loss import vessel_registration_loss
+
+    photo = dr.read_image(data_file("retina/skimage_retina.jpg")).to_grayscale("green")
+    _, u8 = feature_image(normalise_unit_range(photo.float()), "vessels", 256, "dark")
+    target = torch.from_numpy(u8 / 255.0).float()[None, None]
+    mask = torch.ones_like(target)
+    losses = [float(vessel_registration_loss(torch.roll(target, shift, -1), target, mask)[0]) for shift in (0, 2, 6)]
+    assert losses[0] < losses[1] < losses[2], losses
+    empty, terms = vessel_registration_loss(torch.zeros_like(target), target, mask)
+    assert terms["reverse_hinge"] > 0.5 * float(target.mean()) and float(empty) > losses[2], (terms, losses)
+
+
+def test_regressed_homography_is_differentiable_and_exact():
+    """The weighted least-squares homography of the correlation network recovers a known one from exact points,
+    ignores zero-weight outliers, and passes gradients to the points."""
+    from DeepRegistrationLib.methods.retina.correlation_net import apply_homography, fit_homography
+
+    h = torch.tensor([[[1.05, 0.1, 0.2], [-0.08, 0.95, -0.1], [0.03, -0.02, 1.0]]], dtype=torch.float64)
+    source = torch.rand(1, 60, 2, dtype=torch.float64) * 2 - 1
+    target = apply_homography(h, source).requires_grad_(True)
+    weight = torch.ones(1, 60, dtype=torch.float64)
+    corrupted = target.detach().clone()
+    corrupted[0, :10] += 0.5
+    weight_out = weight.clone()
+    weight_out[0, :10] = 0
+    assert torch.allclose(fit_homography(source, corrupted, weight_out), h, atol=1e-5)
+    fit = fit_homography(source, target, weight)
+    assert torch.allclose(fit, h, atol=1e-5)
+    fit.sum().backward()
+    assert target.grad is not None and torch.isfinite(target.grad).all() and target.grad.abs().sum() > 0
+
+
+def test_correlation_network_losses_go_down_on_real_vessel_maps():
+    """A few steps of the recipe's training (matching + the seed's registration loss) on the scikit-image
+    photograph's vessel maps: both losses fall on a fixed batch of synthetic homographies."""
+    from DeepRegistrationLib.methods.retina import correlation_training as ct
+    from DeepRegistrationLib.methods.retina.correlation_net import CorrelationNet
+    from DeepRegistrationLib.methods.retina.stage import feature_image
+
+    photo = dr.read_image(data_file("retina/skimage_retina.jpg")).to_grayscale("green")
+    _, u8 = feature_image(normalise_unit_range(photo.float()), "vessels", 384, "dark")
+    maps = [(u8 / 255.0).astype(np.float32)]
+    config = ct.CorrelationTrainConfig(batch=4, lr=2e-3)
+    fixed_batch = ct._batch(maps, 64, config, np.random.default_rng(123), 4)
+    torch.manual_seed(0)
+    net = CorrelationNet(size=64)
+
+    def losses():
+        with torch.no_grad():
+            return ct.training_loss(net, *fixed_batch, 1.0)[1]
+
+    before = losses()
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    for step in range(40):
+        loss, _ = ct.training_loss(net, *ct._batch(maps, 64, config, np.random.default_rng([0, step]), 4), 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = losses()
+    registration = ("dice", "cross_entropy", "reverse_hinge", "chamfer")
+    assert after["matching"] < 0.8 * before["matching"], (before, after)
+    assert sum(after[k] for k in registration) < sum(before[k] for k in registration), (before, after)
+
+
+def test_bundled_correlation_model_registers_and_is_verified(photo_pair):
+    """The bundled correlation network alone puts the second visit within a few cells of the truth (a global
+    search: no start), its regressed homography too; ``retina-learned`` (network, then guided keypoints and the
+    quadratic) is sub-pixel; another network in its place is refused before anything runs."""
+    from DeepRegistrationLib.io.models import find_model, load_model
+
+    net, card = load_model(find_model("correlation-retina"), network="CorrelationNet")
+    assert "Chamfer" in card["training"]["loss"] and card["input"]["vessel_model"] == "vessels-retina"
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    points = _fov_points(grid, truth)
+    data = load_preset("retina-learned").to_dict()
+    cell_px = grid.size[0] / (net.size // 8)
+    for fit in ("magsac", "regression"):
+        alone = RegistrationConfig.from_dict({**data, "stages": [{**data["stages"][0], "fit": fit}]})
+        error = _error_px(register(pair.fixed, pair.moving, alone).transform, truth, points, grid).mean()
+        assert error < 0.5 * cell_px, (fit, error, cell_px)
+    result = register(pair.fixed, pair.moving, load_preset("retina-learned"))
+    assert _error_px(result.transform, truth, points, grid).mean() < 1.0, result.figures["stages"]
+    assert result.figures["stages"][0]["correlation_inliers"] >= 12
+    with pytest.raises(dr.InputError, match="not a CorrelationNet"):
+        register(pair.fixed, pair.moving, load_preset("retina-learned", ['stages.0.network="vessels-retina"']))
+    with pytest.raises(dr.InputError, match="fit must be magsac or regression"):
+        load_preset("retina-learned", ['stages.0.fit="lstsq"'])
+
+
+# ---------------------------------------------------------------------------------------------- keypoint network
+def test_homographic_adaptation_keeps_the_repeatable_keypoints():
+    """The pseudo-labels: SIFT keypoints found again across random homographies of the scikit-image photograph are
+    fewer than one view's, and more of them are found again in a new view (rotated 12 degrees, zoomed 8 %) than of
+    one view's keypoints: the retina's structure, not its texture."""
+    import cv2
+    from scipy.spatial import cKDTree
+
+    from DeepRegistrationLib.methods.retina.fundus import enhance, working_image
+    from DeepRegistrationLib.methods.retina.keypoint_training import homographic_adaptation
+
+    photo = dr.read_image(data_file("retina/skimage_retina.jpg")).to_grayscale("green")
+    work = working_image((photo.data[0].numpy() / 255.0).astype(np.float32), 384)
+    u8 = enhance(work)
+    sift = cv2.SIFT_create(nfeatures=4000)
+    single = np.array([k.pt for k in sift.detect(u8, work.mask.astype(np.uint8) * 255)])
+    adapted = homographic_adaptation(u8, work.mask, np.random.default_rng(0), warps=16)
+    h, w = u8.shape
+    view_h = cv2.getRotationMatrix2D((w / 2 - 10, h / 2 + 7), 12, 1.08)
+    view = cv2.warpAffine(u8, view_h, (w, h))
+    found = cKDTree(np.array([k.pt for k in sift.detect(view, None)]))
+
+    def repeated(points):
+        mapped = points @ view_h[:, :2].T + view_h[:, 2]
+        inside = (mapped > 10).all(1) & (mapped[:, 0] < w - 10) & (mapped[:, 1] < h - 10)
+        return float(np.mean(found.query(mapped[inside])[0] < 2.0))
+
+    assert 100 < len(adapted) < len(single), (len(adapted), len(single))
+    assert repeated(adapted) > repeated(single) + 0.05, (repeated(adapted), repeated(single))
+
+
+def test_keypoint_network_losses_go_down_on_a_real_photograph():
+    """A few steps of the recipe's self-supervised training: detector and descriptor losses fall on a fixed batch."""
+    from DeepRegistrationLib.methods.retina import keypoint_training as kt
+    from DeepRegistrationLib.methods.retina.keypoint_net import KeypointNet
+
+    photo = dr.read_image(data_file("retina/skimage_retina.jpg")).to_grayscale("green")
+    config = kt.KeypointTrainConfig(batch=4, size=96, window=(0.3, 0.4), adaptation_warps=12, lr=2e-3)
+    example = kt.keypoint_example((photo.data[0].numpy() / 255.0).astype(np.float32), 288,
+                                  np.random.default_rng(0), config)
+    fixed_batch = kt._batch([example], config, np.random.default_rng(123), 4)
+    torch.manual_seed(0)
+    net = KeypointNet()
+    with torch.no_grad():
+        before = kt.training_loss(net, *fixed_batch)[1]
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    for step in range(40):
+        loss, _ = kt.training_loss(net, *kt._batch([example], config, np.random.default_rng([0, step]), 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = kt.training_loss(net, *fixed_batch)[1]
+    assert after["detector"] < 0.9 * before["detector"], (before, after)
+    assert after["descriptor"] < 0.9 * before["descriptor"], (before, after)
+
+
+def test_bundled_keypoint_model_registers_and_is_verified(photo_pair):
+    """``detector: learned``: the bundled keypoint network's keypoints and descriptors register the second visit
+    sub-pixel with the quadratic model; another network in its place is refused before anything runs; the vessel
+    maps keep OpenCV detectors."""
+    from DeepRegistrationLib.io.models import find_model, load_model
+
+    _, card = load_model(find_model("keypoints-retina"), network="KeypointNet")
+    assert "homographic adaptation" in card["training"]["labels"]
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    learned = ['stages.0.detector="learned"', 'stages.0.features="enhanced"',
+               f"stages.0.working_size={card['input']['working_size']}"]
+    result = register(pair.fixed, pair.moving, load_preset("retina-fundus", learned))
+    assert _error_px(result.transform, truth, _fov_points(grid, truth), grid).mean() < 1.0, result.figures["stages"]
+    with pytest.raises(dr.InputError, match="not a KeypointNet"):
+        register(pair.fixed, pair.moving, load_preset("retina-fundus", learned + ['stages.0.keypoint_model="vessels-retina"']))
+    with pytest.raises(dr.InputError, match="vessel_detector must be one of sift, orb"):
+        load_preset("retina-fundus", ['stages.0.vessel_detector="learned"'])

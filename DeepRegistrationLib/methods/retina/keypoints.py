@@ -19,7 +19,8 @@ from ...transforms.polynomial import MIN_POINTS, fit_model
 from .fundus import WorkingImage, _cv2
 from .fundus_names import DETECTORS
 
-__all__ = ["Features", "FeatureSet", "detect", "ratio_matches", "robust_fit", "DETECTORS", "FitResult"]
+__all__ = ["Features", "FeatureSet", "detect", "keypoint_network", "ratio_matches", "robust_fit", "DETECTORS",
+           "FitResult"]
 
 
 
@@ -35,10 +36,14 @@ class Features:
         return len(self.points)
 
 
-def detect(image: WorkingImage, u8: np.ndarray, detector: str = "sift", max_keypoints: int = 4000) -> Features:
-    """Keypoints of ``u8`` (the working image, enhanced or a vessel map, uint8) inside its eroded field of view."""
+def detect(image: WorkingImage, u8: np.ndarray, detector: str = "sift", max_keypoints: int = 4000,
+           model: str = "") -> Features:
+    """Keypoints of ``u8`` (the working image, enhanced or a vessel map, uint8) inside its eroded field of view;
+    ``detector: learned`` uses the keypoint network ``model``."""
     cv2 = _cv2()
-    if detector == "sift":
+    if detector == "learned":
+        algorithm = None
+    elif detector == "sift":
         algorithm = cv2.SIFT_create(nfeatures=max_keypoints)
     elif detector == "orb":
         algorithm = cv2.ORB_create(nfeatures=max_keypoints)
@@ -48,11 +53,24 @@ def detect(image: WorkingImage, u8: np.ndarray, detector: str = "sift", max_keyp
     from .fundus import field_of_view_mask
 
     inner = field_of_view_mask(image.array, erosion_px=erosion) & image.mask
+    if algorithm is None:
+        from .keypoint_net import detect_learned
+
+        points, descriptors = detect_learned(keypoint_network(model), u8, inner, max_keypoints)
+        return Features(image.to_original(points), descriptors, False)
     keypoints, descriptors = algorithm.detectAndCompute(u8, inner.astype(np.uint8) * 255)
     if descriptors is None or not keypoints:
         return Features(np.zeros((0, 2)), np.zeros((0, 32), np.uint8), detector == "orb")
     points = image.to_original(np.array([k.pt for k in keypoints], dtype=np.float64))
     return Features(points, descriptors, detector == "orb")
+
+
+def keypoint_network(name: str):
+    """The keypoint network of a model name or folder (checksum verified; kept for the process)."""
+    from ...io.models import cached_model, find_model
+
+    net, _ = cached_model(find_model(name), "cpu", network="KeypointNet")
+    return net
 
 
 def ratio_matches(fixed: Features, moving: Features, ratio: float) -> tuple[np.ndarray, np.ndarray]:

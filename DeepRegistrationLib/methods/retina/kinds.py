@@ -8,7 +8,7 @@ from ...errors import InputError
 from ..registry import StageKind, register_stage_kind
 from ..stage import StageSettings, check_number
 
-__all__ = ["KeypointSettings", "PolynomialSettings", "FEATURE_IMAGES"]
+__all__ = ["KeypointSettings", "PolynomialSettings", "CorrelationSettings", "FEATURE_IMAGES"]
 
 #: What keypoints are detected on: the CLAHE-enhanced image (same modality), vesselness maps (any modality: a
 #: colour photograph's dark vessels and an angiogram's bright ones give the same map), or both pooled.
@@ -32,15 +32,19 @@ class KeypointSettings(StageSettings):
     starting transform (the stage estimates the whole mapping; it is not a refinement).
 
     Attributes:
-        detector: ``sift`` or ``orb`` (OpenCV), on the enhanced image.
-        vessel_detector: the same, on the vessel maps (ORB's binary tests suit their thin lines better than SIFT).
+        detector: ``sift`` or ``orb`` (OpenCV), or ``learned`` (the keypoint network ``keypoint_model``,
+            SuperPoint-style), on the enhanced image.
+        vessel_detector: ``sift`` or ``orb`` on the vessel maps (ORB's binary tests suit their thin lines better
+            than SIFT).
+        keypoint_model: the keypoint network (model name or folder, ``deepreg train keypoints``) of
+            ``detector: learned``.
         features: ``enhanced`` (CLAHE of the image), ``vessels`` (vessel maps, for two modalities) or
             ``enhanced+vessels`` (both, their matches pooled in one robust fit).
         fixed_polarity, moving_polarity: each image's vessels for the vessel maps: ``dark`` (a colour or red-free
             photograph), ``bright`` (a fluorescein angiogram, OCT-A) or ``auto`` (a guess from the intensity
             skewness, :func:`~.fundus.vessel_polarity`).
         vessel_model: a vessel network (model name or folder, ``deepreg train vessels``) whose probability map
-            replaces the Frangi filter's; it needs no polarity. Empty: the Frangi filter.
+            replaces the Frangi filter's; it needs no polarity. Empty or ``frangi``: the Frangi filter.
         transform: ``quadratic`` (the retina's surface model), ``homography`` or ``affine``.
         working_size: pixels along each image's longer side where keypoints are detected (64-4096).
         ratio, vessel_ratio: Lowe's ratio test threshold (0, 1] for the enhanced image's and the vessel maps'
@@ -62,6 +66,7 @@ class KeypointSettings(StageSettings):
     model: str = "keypoints"
     detector: str = "sift"
     vessel_detector: str = "orb"
+    keypoint_model: str = "keypoints-retina"
     features: str = "enhanced"
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
@@ -86,12 +91,14 @@ class KeypointSettings(StageSettings):
         if self.model != "keypoints":
             raise InputError(f"a keypoint stage's model is 'keypoints', got {self.model!r}")
         for name, value, allowed in (("detector", self.detector, DETECTORS),
-                                     ("vessel_detector", self.vessel_detector, DETECTORS),
+                                     ("vessel_detector", self.vessel_detector, DETECTORS[:2]),
                                      ("features", self.features, FEATURE_IMAGES),
                                      ("transform", self.transform, TRANSFORM_MODELS)):
             if value not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         _check_vessel_fields(self)
+        if not isinstance(self.keypoint_model, str):
+            raise InputError(f"keypoint_model must be a model name or folder, got {self.keypoint_model!r}")
         check_number("working_size", self.working_size, 64, 4096, integer=True)
         check_number("ratio", self.ratio, 0.0, 1.0, low_open=True)
         check_number("vessel_ratio", self.vessel_ratio, 0.0, 1.0, low_open=True)
@@ -178,3 +185,51 @@ register_stage_kind(StageKind("polynomial", PolynomialSettings,
                               "DeepRegistrationLib.methods.retina.refine:run_polynomial_stage", "deformable",
                               refines=True, check="DeepRegistrationLib.methods.retina.stage:check_stage_inputs",
                               family="retina"))
+
+
+@dataclass
+class CorrelationSettings(StageSettings):
+    """A global homography (fixed -> moving, mm) from the correlation network (:mod:`.correlation_net`): both
+    images' vessel maps, their 4D correlation volume of deep features, its mutual dual-softmax matches and a
+    MAGSAC++ fit. It replaces the starting transform (a global search: no start is needed, any rotation within
+    the training range and any overlap); a ``keypoints`` stage with ``start: previous`` then refines it.
+
+    Attributes:
+        network: the correlation model (name or folder, ``deepreg train correlation``).
+        vessel_model: the vessel network making the maps; empty: the one the model's card names (what it was
+            trained on); ``frangi``: the Frangi filter, with the polarities below.
+        fixed_polarity, moving_polarity: each image's vessels, for the Frangi filter only.
+        fit: ``magsac`` (MAGSAC++ on the volume's mutual matches; robust, refuses images without a consistent
+            set) or ``regression`` (the homography the network regresses from the whole volume, as in training;
+            no refusal).
+        threshold_cells: MAGSAC++'s inlier distance in correlation cells (one cell is 8 network pixels).
+        min_inliers: the fit's consensus must hold this many matches, or the stage fails (different retinas).
+    """
+
+    model: str = "correlation"
+    network: str = "correlation-retina"
+    vessel_model: str = ""
+    fixed_polarity: str = "dark"
+    moving_polarity: str = "dark"
+    fit: str = "magsac"
+    threshold_cells: float = 1.0
+    min_inliers: int = 12
+
+    def validate(self) -> "CorrelationSettings":
+        if self.model != "correlation":
+            raise InputError(f"a correlation stage's model is 'correlation', got {self.model!r}")
+        if not isinstance(self.network, str) or not self.network:
+            raise InputError(f"network must be a correlation model name or folder, got {self.network!r}")
+        _check_vessel_fields(self)
+        if self.fit not in ("magsac", "regression"):
+            raise InputError(f"fit must be magsac or regression, got {self.fit!r}")
+        check_number("threshold_cells", self.threshold_cells, 0.0, 16.0, low_open=True)
+        check_number("min_inliers", self.min_inliers, 4, 100_000, integer=True)
+        return self
+
+
+register_stage_kind(StageKind("correlation", CorrelationSettings,
+                              "DeepRegistrationLib.methods.retina.correlation_stage:run_correlation_stage",
+                              "deformable", refines=True,
+                              check="DeepRegistrationLib.methods.retina.correlation_stage:check_inputs",
+                              family="retina", global_search=True))

@@ -30,8 +30,12 @@ def check_stage_inputs(settings: KeypointSettings, fixed, moving, device) -> lis
     from .fundus import _cv2
 
     _cv2()  # a clear error now when OpenCV is missing
-    if getattr(settings, "vessel_model", ""):
+    if getattr(settings, "vessel_model", "") not in ("", "frangi"):
         vessel_network(settings.vessel_model)  # found, checksum verified, the right network: before anything runs
+    if getattr(settings, "detector", "") == "learned" and "enhanced" in settings.features:
+        from .keypoints import keypoint_network
+
+        keypoint_network(settings.keypoint_model)
     return []
 
 
@@ -47,14 +51,14 @@ def feature_image(image, features: str, working_size: int, polarity: str = "auto
                   vessel_model: str = ""):
     """The working image of ``image`` (an :class:`~DeepRegistrationLib.image.Image`, [0, 1]) and its feature image
     (uint8): the CLAHE-enhanced image (``enhanced``) or its vessel map (``vessels``: the Frangi filter's for the
-    given polarity, or ``vessel_model``'s probability)."""
+    given polarity, or ``vessel_model``'s probability; ``frangi`` or empty: the filter)."""
     from .fundus import enhance, vesselness, working_image
 
     try:
         work = working_image(image.data.detach().cpu().numpy()[0].astype(np.float32), working_size)
     except InputError as err:
         raise InputError(f"{image.name}: {err}") from None
-    if features == "vessels" and vessel_model:
+    if features == "vessels" and vessel_model not in ("", "frangi"):
         from .vessel_net import vessel_probability
 
         u8 = (vessel_probability(vessel_network(vessel_model), work.array, work.mask) * 255).astype(np.uint8)
@@ -75,7 +79,7 @@ def _feature_set(context: StageContext, settings: KeypointSettings, features: st
     for image, polarity in ((context.fixed, settings.fixed_polarity), (context.moving, settings.moving_polarity)):
         work, u8 = feature_image(image, features, settings.working_size, polarity, settings.clahe_clip,
                                  settings.vessel_model)
-        found.append(detect(work, u8, detector, settings.max_keypoints))
+        found.append(detect(work, u8, detector, settings.max_keypoints, settings.keypoint_model))
         context.check_cancel()
     fixed, moving = found
     return FeatureSet(fixed, moving, context.fixed.grid.index_to_physical(fixed.points.reshape(-1, 2)),

@@ -1,0 +1,108 @@
+"""``deepreg train correlation``: train the retinal correlation network (:mod:`..methods.retina.correlation_training`)
+on synthetic pairs of real vessel maps and write a model folder (``weights.pt`` + ``model.json``)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.checksums import file_sha256
+from .train_vessels import _polarities
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", nargs="+", required=True, help="photographs / angiograms whose vessel maps make pairs")
+    p.add_argument("--polarity", nargs="+", default=["dark"],
+                   help="each image's vessels for the Frangi filter (dark or bright; one for all or one per image); "
+                        "unused with --vessel-model")
+    p.add_argument("--val-images", nargs="*", default=[], help="images for the validation pairs")
+    p.add_argument("--val-polarity", nargs="*", default=[])
+    p.add_argument("--vessel-model", default="", help="vessel network for the maps (default: the Frangi filter)")
+    p.add_argument("--channel", default="green")
+    p.add_argument("--working-size", type=int, default=512, help="pixels along each image's longer side")
+    p.add_argument("--size", type=int, default=128, help="the network's input size (multiple of 8)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name")
+    p.add_argument("--description", default="")
+    p.add_argument("--licence", default="Apache-2.0 (weights); see the training images' terms")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--registration-weight", type=float, default=1.0,
+                   help="weight of the vessel-map registration loss (Dice + cross-entropy + reverse hinge + Chamfer) "
+                        "of the regressed homography, beside the matching loss; 0: matching only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..intensity import normalise_unit_range
+    from ..io import read_image
+    from ..io.models import save_model
+    from ..methods.retina.correlation_net import CorrelationNet
+    from ..methods.retina.correlation_training import CorrelationTrainConfig, train_correlation_net
+    from ..methods.retina.stage import feature_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
+    polarity = _polarities(args.polarity, len(paths), "--polarity")
+    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
+    maps, val_maps = [], []
+    for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
+                             [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
+        image = read_image(path)
+        image = image.to_grayscale(args.channel) if image.num_channels in (3, 4) else image
+        if image.dim != 2:
+            raise InputError(f"{path}: the correlation network trains on 2D images, got a {image.dim}D image")
+        _, u8 = feature_image(normalise_unit_range(image.float()), "vessels", args.working_size, pol,
+                              vessel_model=args.vessel_model)
+        target.append(u8.astype("float32") / 255.0)
+    torch.manual_seed(args.seed)
+    net = CorrelationNet(size=args.size)
+    config = CorrelationTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                                    registration_weight=args.registration_weight,
+                                    validate_every=args.validate_every, max_minutes=args.max_minutes)
+    start = time.perf_counter()
+    figures = train_correlation_net(net, maps, val_maps, config,
+                                    progress=lambda h: print(" ".join(f"{k} {v}" for k, v in h.items()),
+                                                             file=sys.stderr, flush=True))
+    out = Path(args.out)
+    card = {
+        "name": args.name or out.name,
+        "description": args.description,
+        "input": {"dim": 2, "channel": args.channel, "working_size": args.working_size, "size": args.size,
+                  "vessel_model": args.vessel_model,
+                  "square": "each image's working image padded to a square (bottom, right) and resized to size"},
+        "training": {
+            "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
+            "pairs": f"synthetic: a {config.window[0]:g}-{config.window[1]:g} window of a vessel map and the same map "
+                     f"through a random homography (rotation <= {config.max_rotation_deg:g} deg, scale "
+                     f"1 +- {config.max_scale:g}, shift <= {config.max_shift:g} half-widths, perspective <= 0.05), "
+                     "vessel dropout, gain, noise",
+            "loss": "dual-softmax cross-entropy at the true matches of the vessel cells"
+                    + (f" + {config.registration_weight:g} x (Dice + cross-entropy + reverse hinge + Chamfer) of the "
+                       "fixed map and the moving map warped by the regressed homography"
+                       if config.registration_weight > 0 else ""),
+            "images": [{"file": p.name, "polarity": q, "sha256_16": file_sha256(p)[:16]}
+                       for p, q in zip(paths, polarity)],
+            "validation": [p.name for p in val_paths],
+            "config": config.to_dict(), **figures, "time_s": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__},
+        "licence": args.licence,
+    }
+    save_model(net, out, card)
+    v0, v1 = figures["initial_validation"], figures["final_validation"]
+    print(f"wrote {out} (validation: match accuracy {v0['match_accuracy']:.3f} -> {v1['match_accuracy']:.3f}, "
+          f"corner error {v0['corner_error_px']:.2f} -> {v1['corner_error_px']:.2f} network pixels)")
+    return 0
