@@ -5,8 +5,8 @@ the matches it holds (the coarse level of LoFTR-style dense matching; the second
 ``(fixed, moving)`` vessel maps ``(N, 1, S, S)`` in [0, 1] -> L2-normalised features ``(N, C, S/8, S/8)`` from one
 shared encoder -> ``c[p, q] = <f_fixed[p], f_moving[q]>`` for every fixed cell ``p`` and moving cell ``q`` (the
 4D tensor, kept as ``(N, P, Q)``). A match is a mutual nearest neighbour of the dual softmax of ``c`` (softmax over
-``q`` times softmax over ``p``), with that product as its score. Cells are given by their centres in normalised
-coordinates ([-1, 1], ``align_corners=True``: the first and last cells' centres are -1 and 1).
+``q`` times softmax over ``p``), with that product as its score. Cells are given by their centres in the input's normalised
+coordinates ([-1, 1], ``align_corners=True``: pixel ``p`` of ``S`` at ``-1 + 2 p / (S - 1)``).
 
 The volume also regresses a homography directly and differentiably (:meth:`CorrelationNet.soft_homography`): each
 fixed cell's expected moving position under its dual-softmax row, weighted by the row's mass, fitted by weighted
@@ -15,10 +15,16 @@ least squares. Training uses it to put the registration loss on the warped vesse
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["CorrelationNet", "cell_centres", "fit_homography", "apply_homography", "conv_block", "dual_log_softmax"]
+__all__ = ["CorrelationNet", "cell_centres", "cell_content", "fit_homography", "apply_homography", "conv_block",
+           "dual_log_softmax"]
+
+STRIDE = 8  # network pixels per correlation cell
+CONTENT = 0.05  # a cell holds vessels when its mean vessel probability exceeds this
 
 
 def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -32,11 +38,20 @@ def dual_log_softmax(correlation: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(correlation, 2) + torch.log_softmax(correlation, 1)
 
 
-def cell_centres(side: int) -> torch.Tensor:
-    """``(side^2, 2)`` normalised (x, y) of a ``side x side`` lattice, row by row."""
-    g = torch.linspace(-1, 1, side)
+def cell_centres(side: int, stride: int = 1) -> torch.Tensor:
+    """``(side^2, 2)`` normalised (x, y) centres, row by row, of the ``stride x stride`` cells of an image of
+    ``side * stride`` pixels (``align_corners=True``: pixel ``p`` at ``-1 + 2 p / (S - 1)``); ``stride=1``: the
+    pixels themselves."""
+    size = side * stride
+    g = (torch.arange(side, dtype=torch.float32) * stride + (stride - 1) / 2) * 2 / (size - 1) - 1
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     return torch.stack([gx, gy], -1).reshape(-1, 2)
+
+
+def cell_content(maps: torch.Tensor, side: int, threshold: float = CONTENT) -> torch.Tensor:
+    """``(N, side^2)`` booleans, row by row: the cells of vessel maps ``(N, 1, S, S)`` that hold vessels (the cells
+    the network is trained to match; empty background and padding match each other and are left out)."""
+    return nn.functional.adaptive_avg_pool2d(maps, side).reshape(maps.shape[0], -1) > threshold
 
 
 def fit_homography(source: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -88,23 +103,34 @@ class CorrelationNet(nn.Module):
 
     dual_log_softmax = staticmethod(dual_log_softmax)
 
-    def soft_homography(self, correlation: torch.Tensor) -> torch.Tensor:
+    def on_content(self, correlation: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """``correlation`` with every pair involving a cell without vessels (either map) pushed to -1e4, so the
+        dual softmax spreads nothing on empty background; what inference uses on whole photographs."""
+        side = math.isqrt(correlation.shape[1])
+        keep = cell_content(fixed, side)[:, :, None] & cell_content(moving, side)[:, None, :]
+        return correlation.masked_fill(~keep, -1e4)
+
+    def soft_homography(self, correlation: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The homographies ``(N, 3, 3)`` (fixed -> moving, normalised coordinates) regressed from ``correlation``
-        (module docstring)."""
+        (module docstring); ``weight`` ``(N, P)`` (e.g. :func:`cell_content` of the fixed maps) scales each fixed
+        cell's row mass."""
         score = self.dual_log_softmax(correlation).exp()
-        mass = score.sum(2)
-        centres = cell_centres(self.size // 8).to(score)
+        mass = score.sum(2) if weight is None else score.sum(2) * weight.to(score)
+        centres = cell_centres(math.isqrt(score.shape[1]), STRIDE).to(score)
         expected = score @ centres / mass.clamp(min=1e-6)[..., None]
         return fit_homography(centres.expand(score.shape[0], -1, -1), expected, mass)
 
     @torch.no_grad()
     def matches(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mutual nearest-neighbour matches of one pair: fixed and moving cell centres ``(M, 2)`` (normalised) and
-        their dual-softmax scores ``(M,)``."""
-        score = self.dual_log_softmax(self.correlation(fixed, moving))[0].exp()
+        """Mutual nearest-neighbour matches of one pair between cells that hold vessels in both maps: fixed and
+        moving cell centres ``(M, 2)`` (normalised) and their dual-softmax scores ``(M,)``."""
+        correlation = self.on_content(self.correlation(fixed, moving), fixed, moving)
+        score = self.dual_log_softmax(correlation)[0].exp()
         forward = score.argmax(1)
         backward = score.argmax(0)
-        mutual = backward[forward] == torch.arange(score.shape[0])
+        side = math.isqrt(score.shape[0])
+        mutual = (backward[forward] == torch.arange(score.shape[0])) & cell_content(fixed, side)[0] \
+            & cell_content(moving, side)[0][forward]
         p = torch.nonzero(mutual)[:, 0]
-        centres = cell_centres(self.size // 8)
+        centres = cell_centres(side, STRIDE)
         return centres[p], centres[forward[p]], score[p, forward[p]]

@@ -19,6 +19,7 @@ from ...errors import InputError
 from ...transforms import IdentityTransform
 from ...transforms.polynomial import HomographyTransform
 from ..stage import StageContext, StageOutcome, StageState
+from .correlation_net import STRIDE, cell_content
 from .kinds import CorrelationSettings
 from .stage import check_stage_inputs, feature_image, vessel_network
 
@@ -74,20 +75,21 @@ def run_correlation_stage(settings: CorrelationSettings, context: StageContext, 
 
     start = time.perf_counter()
     net, card = _network(settings)
-    size = net.size
+    size = settings.size or net.size
     fixed, n_fixed = _square(context.fixed, settings, card, settings.fixed_polarity, size)
     moving, n_moving = _square(context.moving, settings, card, settings.moving_polarity, size)
     context.check_cancel()
     if settings.fit == "regression":
         with torch.no_grad():
-            h_norm = net.soft_homography(net.correlation(fixed, moving))[0].double().numpy()
+            correlation = net.on_content(net.correlation(fixed, moving), fixed, moving)
+            h_norm = net.soft_homography(correlation, cell_content(fixed, size // STRIDE))[0].double().numpy()
         h = np.linalg.inv(n_moving) @ h_norm @ n_fixed
         context.report({"model": settings.model, "level": 0, "iteration": 0, "loss": None})
         return StageOutcome(StageState(IdentityTransform(context.dim), HomographyTransform(h / h[2, 2])),
                             float("nan"), {"correlation_time_s": time.perf_counter() - start})
     f_cells, m_cells, scores = net.matches(fixed, moving)
     f_mm, m_mm = _to_mm(f_cells.double().numpy(), n_fixed), _to_mm(m_cells.double().numpy(), n_moving)
-    cell_mm = 2.0 / (size // 8 - 1) / float(np.linalg.norm(n_moving[0, :2]))  # one cell, in moving mm
+    cell_mm = 2.0 * STRIDE / (size - 1) / float(np.linalg.norm(n_moving[0, :2]))  # one cell, in moving mm
     h = inliers = None
     if len(f_mm) >= max(4, settings.min_inliers):
         cv2.setRNGSeed(int(torch.initial_seed() % (2**31)))

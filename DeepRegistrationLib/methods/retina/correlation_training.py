@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from .correlation_net import CorrelationNet, apply_homography, cell_centres, dual_log_softmax
+from .correlation_net import STRIDE, CorrelationNet, apply_homography, cell_centres, cell_content, dual_log_softmax
 from .vessel_loss import distance_to_vessels, vessel_registration_loss
 
 __all__ = ["CorrelationTrainConfig", "synthetic_pair", "cell_targets", "matching_loss", "registration_loss",
@@ -114,14 +114,14 @@ def _batch(maps: list[np.ndarray], size: int, config: CorrelationTrainConfig, rn
 def cell_targets(truth: torch.Tensor, side: int, fixed: torch.Tensor):
     """For every fixed cell of a ``side x side`` lattice: the index of its true moving cell under ``truth``, and
     whether it counts (on content, and its image inside the moving square)."""
-    centres = cell_centres(side)
+    centres = cell_centres(side, STRIDE)
     mapped = torch.cat([centres, torch.ones(len(centres), 1)], 1) @ truth.transpose(1, 2)
     mapped = mapped[..., :2] / mapped[..., 2:3]
-    cell = ((mapped + 1) / 2 * (side - 1)).round().long()
+    size = side * STRIDE
+    cell = (((mapped + 1) / 2 * (size - 1) - (STRIDE - 1) / 2) / STRIDE).round().long()
     inside = ((cell >= 0) & (cell < side)).all(-1)
     index = cell[..., 1].clamp(0, side - 1) * side + cell[..., 0].clamp(0, side - 1)
-    on_vessel = torch.nn.functional.adaptive_avg_pool2d(fixed, side).reshape(fixed.shape[0], -1) > 0.05
-    return index, inside & on_vessel
+    return index, inside & cell_content(fixed, side)
 
 
 def matching_loss(correlation: torch.Tensor, fixed: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

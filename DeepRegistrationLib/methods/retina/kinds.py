@@ -202,7 +202,10 @@ class CorrelationSettings(StageSettings):
         fit: ``magsac`` (MAGSAC++ on the volume's mutual matches; robust, refuses images without a consistent
             set) or ``regression`` (the homography the network regresses from the whole volume, as in training;
             no refusal).
-        threshold_cells: MAGSAC++'s inlier distance in correlation cells (one cell is 8 network pixels).
+        size: the side (pixels, a multiple of 8) the whole square vessel map is resized to for the network; 0: the
+            training size on the card. The network is convolutional: a larger side gives finer cells (one cell is
+            8 of these pixels) and shows the vessels at the scale of the training windows (a fraction of the map).
+        threshold_cells: MAGSAC++'s inlier distance in correlation cells.
         min_inliers: the fit's consensus must hold this many matches, or the stage fails (different retinas).
     """
 
@@ -212,6 +215,7 @@ class CorrelationSettings(StageSettings):
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
     fit: str = "magsac"
+    size: int = 0
     threshold_cells: float = 1.0
     min_inliers: int = 12
 
@@ -223,6 +227,9 @@ class CorrelationSettings(StageSettings):
         _check_vessel_fields(self)
         if self.fit not in ("magsac", "regression"):
             raise InputError(f"fit must be magsac or regression, got {self.fit!r}")
+        check_number("size", self.size, 0, 1024, integer=True)
+        if self.size % 8:
+            raise InputError(f"size must be 0 or a multiple of 8 (pixels), got {self.size}")
         check_number("threshold_cells", self.threshold_cells, 0.0, 16.0, low_open=True)
         check_number("min_inliers", self.min_inliers, 4, 100_000, integer=True)
         return self
