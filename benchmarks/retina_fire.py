@@ -45,7 +45,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for the reference line
 METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
-           "retina-fundus-vessel-net", "retina-fundus+refine", "retina-learned", "correlation-net",
+           "retina-fundus-vessel-net", "retina-fundus+refine", "retina-fundus-learned-keypoints",
+           "retina-fundus-learned-keypoints-512", "retina-learned", "correlation-net",
            "correlation-net-regression", "sift-ransac", "sitk-affine")
 MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine",
                       "retina-learned", "correlation-net", "sift-ransac", "sitk-affine")
@@ -77,6 +78,10 @@ def _engine(method: str):
         config = load_preset("retina-fundus", ['stages.0.features="vessels"'])
     elif method == "retina-fundus-vessel-net":
         config = load_preset("retina-fundus", ['stages.0.vessel_model="vessels-retina"'])
+    elif method.startswith("retina-fundus-learned-keypoints"):
+        size = method.rsplit("-", 1)[-1]
+        config = load_preset("retina-fundus", ['stages.0.detector="learned"',
+                                               f"stages.0.working_size={size if size.isdigit() else 728}"])
     elif method == "retina-multimodal-vessel-net":
         config = load_preset("retina-multimodal", ['stages.0.vessel_model="vessels-retina"'])
     elif method.startswith("correlation-net"):

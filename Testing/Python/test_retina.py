@@ -561,7 +561,7 @@ def test_correlation_network_losses_go_down_on_real_vessel_maps():
 
 
 def test_bundled_correlation_model_registers_and_is_verified(photo_pair):
-    """The bundled correlation network alone puts the second visit within a few cells of the truth (a global
+    """The bundled correlation network alone puts the second visit within a fifth of a cell of the truth (a global
     search: no start), its regressed homography too; ``retina-learned`` (network, then guided keypoints and the
     quadratic) is sub-pixel; another network in its place is refused before anything runs."""
     from DeepRegistrationLib.io.models import find_model, load_model
@@ -572,11 +572,11 @@ def test_bundled_correlation_model_registers_and_is_verified(photo_pair):
     pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
     points = _fov_points(grid, truth)
     data = load_preset("retina-learned").to_dict()
-    cell_px = grid.size[0] / (net.size // 8)
+    cell_px = grid.size[0] / ((data["stages"][0]["size"] or net.size) // 8)
     for fit in ("magsac", "regression"):
         alone = RegistrationConfig.from_dict({**data, "stages": [{**data["stages"][0], "fit": fit}]})
         error = _error_px(register(pair.fixed, pair.moving, alone).transform, truth, points, grid).mean()
-        assert error < 0.5 * cell_px, (fit, error, cell_px)
+        assert error < 0.2 * cell_px, (fit, error, cell_px)
     result = register(pair.fixed, pair.moving, load_preset("retina-learned"))
     assert _error_px(result.transform, truth, points, grid).mean() < 1.0, result.figures["stages"]
     assert result.figures["stages"][0]["correlation_inliers"] >= 12
@@ -645,7 +645,7 @@ def test_keypoint_network_losses_go_down_on_a_real_photograph():
 
 def test_bundled_keypoint_model_registers_and_is_verified(photo_pair):
     """``detector: learned``: the bundled keypoint network's keypoints and descriptors register the second visit
-    sub-pixel with the quadratic model; another network in its place is refused before anything runs; the vessel
+    within half a pixel of its working image (2.76 image pixels here) with the quadratic model; another network in its place is refused before anything runs; the vessel
     maps keep OpenCV detectors."""
     from DeepRegistrationLib.io.models import find_model, load_model
 
@@ -656,7 +656,9 @@ def test_bundled_keypoint_model_registers_and_is_verified(photo_pair):
     learned = ['stages.0.detector="learned"', 'stages.0.features="enhanced"',
                f"stages.0.working_size={card['input']['working_size']}"]
     result = register(pair.fixed, pair.moving, load_preset("retina-fundus", learned))
-    assert _error_px(result.transform, truth, _fov_points(grid, truth), grid).mean() < 1.0, result.figures["stages"]
+    working_px = max(grid.size) / card["input"]["working_size"]
+    error = _error_px(result.transform, truth, _fov_points(grid, truth), grid).mean()
+    assert error < 0.5 * working_px, (error, working_px, result.figures["stages"])
     with pytest.raises(dr.InputError, match="not a KeypointNet"):
         register(pair.fixed, pair.moving, load_preset("retina-fundus", learned + ['stages.0.keypoint_model="vessels-retina"']))
     with pytest.raises(dr.InputError, match="vessel_detector must be one of sift, orb"):

@@ -60,15 +60,22 @@ def detect_learned(net: KeypointNet, u8: np.ndarray, mask: np.ndarray, max_keypo
                    threshold: float = 0.005, nms_px: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints ``(P, 2)`` (working pixels ``(x, y)``) of a uint8 working image inside ``mask`` and their
     descriptors ``(P, D)`` (float32): heatmap peaks (non-maximum suppression within ``nms_px``) above
-    ``threshold``, the strongest ``max_keypoints``."""
+    ``threshold``, the strongest ``max_keypoints``, each refined to the centroid of the heatmap around it."""
     h, w = u8.shape
     x = np.pad(u8.astype(np.float32) / 255.0, ((0, -h % 8), (0, -w % 8)))
     logits, descriptors = net(torch.from_numpy(x)[None, None])
     heat = heatmap(logits)
     peaks = heat == nn.functional.max_pool2d(heat, 2 * nms_px + 1, stride=1, padding=nms_px)
-    heat = torch.where(peaks, heat, torch.zeros_like(heat))[0, 0, :h, :w]
-    heat[~torch.from_numpy(mask)] = 0
-    values, flat = heat.flatten().topk(min(max_keypoints, heat.numel()))
+    kept = torch.where(peaks, heat, torch.zeros_like(heat))[0, 0, :h, :w]
+    kept[~torch.from_numpy(mask)] = 0
+    values, flat = kept.flatten().topk(min(max_keypoints, kept.numel()))
     flat = flat[values > threshold]
-    points = torch.stack([flat % w, flat // w], -1).double()
+    # sub-pixel: each peak moves to the centroid of the heatmap over its 3 x 3 neighbourhood
+    patches = nn.functional.unfold(heat[..., :h, :w], 3, padding=1)[0]  # (9, h * w)
+    weights = patches[:, flat]
+    offsets = torch.tensor([-1.0, 0.0, 1.0])
+    dy, dx = offsets.repeat_interleave(3)[:, None], offsets.repeat(3)[:, None]
+    total = weights.sum(0).clamp(min=1e-12)
+    points = torch.stack([flat % w + (weights * dx).sum(0) / total, flat // w + (weights * dy).sum(0) / total], -1)
+    points = points.double()
     return points.numpy(), sample_descriptors(descriptors, points, x.shape).float().numpy()
