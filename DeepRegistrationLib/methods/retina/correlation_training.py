@@ -27,7 +27,6 @@ homography.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -36,6 +35,7 @@ import torch
 
 from ...errors import InputError
 from .correlation_net import STRIDE, CorrelationNet, apply_homography, cell_centres, cell_content, dual_log_softmax
+from .training_loop import train_loop
 from .vessel_loss import distance_to_vessels, vessel_registration_loss
 
 __all__ = ["CorrelationTrainConfig", "synthetic_pair", "cell_targets", "matching_loss", "registration_loss",
@@ -205,31 +205,8 @@ def train_correlation_net(net: CorrelationNet, maps: list[np.ndarray], val_maps:
     if not maps:
         raise InputError("no training vessel maps")
     val = _batch(val_maps or maps, net.size, config, np.random.default_rng([config.seed, 10**6]), 16)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(config.steps, 1))))
-    start = time.perf_counter()
-    net.eval()
-    initial = validate(net, val)
-    history, step = [], 0
-    for step in range(1, config.steps + 1):
-        net.train()
-        loss, terms = training_loss(net, *_batch(maps, net.size, config, np.random.default_rng([config.seed, step]),
-                                                 config.batch), config.registration_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if step % config.validate_every == 0 or step == config.steps:
-            net.eval()
-            entry = {"step": step, "loss": round(float(loss.detach()), 4), **terms, **validate(net, val),
-                     "minutes": round((time.perf_counter() - start) / 60, 2)}
-            history.append(entry)
-            if progress is not None:
-                progress(entry)
-        if config.max_minutes and time.perf_counter() - start > 60 * config.max_minutes:
-            break
-    net.eval()
-    final = validate(net, val)
-    return {"steps_done": step, "initial_validation": initial, "final_validation": final, "history": history,
-            "time_s": round(time.perf_counter() - start, 1)}
+    return train_loop(
+        net, config,
+        lambda step: training_loss(net, *_batch(maps, net.size, config, np.random.default_rng([config.seed, step]),
+                                                config.batch), config.registration_weight),
+        lambda: validate(net, val), progress)

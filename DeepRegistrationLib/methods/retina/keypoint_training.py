@@ -21,8 +21,6 @@ keypoints whose match is within 3 px of the truth.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +31,7 @@ from ...errors import InputError
 from .correlation_net import apply_homography
 from .correlation_training import CorrelationTrainConfig, _random_homography, matching_loss, synthetic_pair
 from .keypoint_net import KeypointNet, detect_learned
+from .training_loop import train_loop
 
 __all__ = ["KeypointTrainConfig", "KeypointExample", "homographic_adaptation", "keypoint_example", "training_loss",
            "train_keypoint_net", "validate"]
@@ -183,31 +182,8 @@ def train_keypoint_net(net: KeypointNet, examples: list[KeypointExample], val_ex
     if not examples or not any(len(e.points) for e in examples):
         raise InputError("no training images with pseudo-label keypoints")
     val = _batch(val_examples or examples, config, np.random.default_rng([config.seed, 10**6]), 16)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / max(config.steps, 1))))
-    start = time.perf_counter()
-    net.eval()
-    initial = validate(net, val)
-    history, step = [], 0
-    for step in range(1, config.steps + 1):
-        net.train()
-        batch = _batch(examples, config, np.random.default_rng([config.seed, step]), config.batch)
-        loss, terms = training_loss(net, *batch, descriptor_weight=config.descriptor_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        if step % config.validate_every == 0 or step == config.steps:
-            net.eval()
-            entry = {"step": step, "loss": round(float(loss.detach()), 4), **terms, **validate(net, val),
-                     "minutes": round((time.perf_counter() - start) / 60, 2)}
-            history.append(entry)
-            if progress is not None:
-                progress(entry)
-        if config.max_minutes and time.perf_counter() - start > 60 * config.max_minutes:
-            break
-    net.eval()
-    final = validate(net, val)
-    return {"steps_done": step, "initial_validation": initial, "final_validation": final, "history": history,
-            "time_s": round(time.perf_counter() - start, 1)}
+    return train_loop(
+        net, config,
+        lambda step: training_loss(net, *_batch(examples, config, np.random.default_rng([config.seed, step]),
+                                                config.batch), descriptor_weight=config.descriptor_weight),
+        lambda: validate(net, val), progress)
