@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import InputError
 from ..io.checksums import file_sha256
 from .train_vessels import _polarities
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..intensity import normalise_unit_range
-    from ..io import read_image
+    from .train_vessels import read_training_photograph
     from ..io.models import save_model
     from ..methods.retina.correlation_net import CorrelationNet
     from ..methods.retina.correlation_training import CorrelationTrainConfig, train_correlation_net
@@ -61,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
     maps, val_maps = [], []
     for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
                              [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
-        image = read_image(path)
-        image = image.to_grayscale(args.channel) if image.num_channels in (3, 4) else image
-        if image.dim != 2:
-            raise InputError(f"{path}: the correlation network trains on 2D images, got a {image.dim}D image")
+        image = read_training_photograph(path, args.channel, "correlation network")
         _, u8 = feature_image(normalise_unit_range(image.float()), "vessels", args.working_size, pol,
                               vessel_model=args.vessel_model)
         target.append(u8.astype("float32") / 255.0)

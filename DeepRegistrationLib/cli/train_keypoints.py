@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..io import read_image
+    from .train_vessels import read_training_photograph
     from ..io.models import save_model
     from ..methods.retina.keypoint_net import KeypointNet
     from ..methods.retina.keypoint_training import KeypointTrainConfig, keypoint_example, train_keypoint_net
@@ -56,10 +56,7 @@ def run(args: argparse.Namespace) -> int:
     paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
     examples, val_examples = [], []
     for k, (path, target) in enumerate([(p, examples) for p in paths] + [(p, val_examples) for p in val_paths]):
-        image = read_image(path)
-        image = image.to_grayscale(args.channel) if image.num_channels in (3, 4) else image
-        if image.dim != 2:
-            raise InputError(f"{path}: the keypoint network trains on 2D images, got a {image.dim}D image")
+        image = read_training_photograph(path, args.channel, "keypoint network")
         array = image.data[0].float().numpy()
         array = (array - array.min()) / max(float(array.max() - array.min()), 1e-6)
         target.append(keypoint_example(array, args.working_size, np.random.default_rng([args.seed, k]), config))

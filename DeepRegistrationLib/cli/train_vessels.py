@@ -49,10 +49,24 @@ def _polarities(values: list[str], count: int, what: str) -> list[str]:
     return values
 
 
+def read_training_photograph(path: Path, channel: str, network: str):
+    """A 2D training image of a retinal network, one channel (``channel`` of a colour photograph): clear errors for
+    another dimension, NaN/inf pixels and a constant image."""
+    from ..io import read_image
+
+    image = read_image(path)
+    image = image.to_grayscale(channel) if image.num_channels in (3, 4) else image
+    if image.dim != 2:
+        raise InputError(f"{path}: the {network} trains on 2D images, got a {image.dim}D image")
+    image.check_finite()
+    if float(image.data.max()) <= float(image.data.min()):
+        raise InputError(f"{path}: the image is constant")
+    return image
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io import read_image
     from ..io.models import save_model
     from ..methods.retina.vessel_net import VesselNet
     from ..methods.retina.vessel_training import VesselTrainConfig, train_vessel_net, vessel_example
@@ -65,15 +79,8 @@ def run(args: argparse.Namespace) -> int:
     examples, val_examples = [], []
     for path, pol, target in [(p, q, examples) for p, q in zip(paths, polarity)] + \
                              [(p, q, val_examples) for p, q in zip(val_paths, val_polarity)]:
-        image = read_image(path)
-        image = image.to_grayscale(args.channel) if image.num_channels in (3, 4) else image
-        if image.dim != 2:
-            raise InputError(f"{path}: the vessel network trains on 2D images, got a {image.dim}D image")
-        image.check_finite()
-        array = image.data[0].double().numpy()
+        array = read_training_photograph(path, args.channel, "vessel network").data[0].double().numpy()
         lo, hi = float(array.min()), float(array.max())
-        if hi <= lo:
-            raise InputError(f"{path}: the image is constant")
         target.append(vessel_example(((array - lo) / (hi - lo)).astype("float32"), pol, args.working_size))
     torch.manual_seed(args.seed)
     net = VesselNet()
