@@ -6,20 +6,25 @@ all voxels; the result is applied to every voxel.
 :func:`normalise_unit_range` is the one preprocessing every method shares (the iterative engine and the
 networks' model grid): clip the 0.5 / 99.5 percentiles, min-max to [0, 1]. :func:`smooth_gaussian` smooths with a
 physical sigma (mm) and :func:`center_of_mass` gives the intensity centre (LPS mm) used for initialisation and
-for placing a network's grid.
+for placing a network's grid. :class:`ConditionalMean` maps one image's intensities into another's contrast
+(the conditional mean of the other's intensities, for multimodal similarity).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError
 from .image import Image
 
-__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "smooth_gaussian", "center_of_mass"]
+__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "smooth_gaussian", "center_of_mass",
+           "ConditionalMean"]
 
 
 def _values(image: Image, mask: Image | None) -> torch.Tensor:
@@ -107,3 +112,69 @@ def center_of_mass(image: Image) -> np.ndarray:
         marginal = w.sum(dim=other)
         index.append(float((marginal * torch.arange(marginal.numel(), dtype=torch.float64)).sum()) / total)
     return image.grid.index_to_physical(np.array([index]))[0]
+
+
+@dataclass
+class ConditionalMean:
+    """The intensity mapping ``g(m) = E[fixed | moving = m]``, a lookup table over moving intensities.
+
+    It is the regression of the correlation ratio (Roche et al., MICCAI 1998) and the intensity correction of
+    Guimond et al. (2001, demons between T1, T2 and PD): estimated from a joint histogram of corresponding
+    voxels, it maps a moving image into the fixed image's contrast, also where the relation is non-monotonic
+    (PD or T2 against T1: CSF bright, white matter dark), which no global linear or monotonic correction undoes.
+
+    Attributes:
+        low: the moving intensity of the first table entry (a 0-d tensor).
+        width: moving intensity between entries (a 0-d tensor).
+        table: ``(bins,)`` fixed-intensity means, linearly interpolated between entries; intensities outside the
+            table's range take its end values.
+    """
+
+    low: torch.Tensor
+    width: torch.Tensor
+    table: torch.Tensor
+
+    @classmethod
+    def fit(cls, fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor | None = None, bins: int = 64,
+            smoothing_bins: float = 1.0) -> "ConditionalMean":
+        """Estimate from corresponding voxel values ``fixed`` and ``moving`` (1D, same length); ``weight``
+        (same length): which voxels count (non-zero). Linear binning over the counted voxels' moving range, then
+        Gaussian smoothing of ``smoothing_bins`` bins across bins. Not differentiated; stays on the tensors'
+        device (no host synchronisation)."""
+        if bins < 4:
+            raise InputError(f"the intensity mapping needs at least 4 bins, got {bins}")
+        if fixed.shape != moving.shape or fixed.dim() != 1:
+            raise InputError(f"the intensity mapping needs two 1D tensors of voxel values of one length, got "
+                             f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
+        with torch.no_grad():
+            moving = moving.detach()
+            w = torch.ones_like(moving) if weight is None else (weight != 0).to(moving.dtype)
+            low = moving.masked_fill(w == 0, float("inf")).min()
+            high = moving.masked_fill(w == 0, float("-inf")).max()
+            width = ((high - low) / (bins - 1)).clamp(min=1e-12)
+            i0, t = _bin_position(moving, low, width, bins)
+            wt, w0 = w * t, w * (1 - t)
+            counts = moving.new_zeros(bins).index_add_(0, i0, w0).index_add_(0, i0 + 1, wt)
+            sums = moving.new_zeros(bins).index_add_(0, i0, w0 * fixed).index_add_(0, i0 + 1, wt * fixed)
+            if smoothing_bins > 0:
+                r = max(1, int(math.ceil(3 * smoothing_bins)))
+                x = torch.arange(-r, r + 1, device=moving.device, dtype=moving.dtype)
+                kernel = torch.exp(-0.5 * (x / smoothing_bins) ** 2).view(1, 1, -1)
+                counts, sums = F.conv1d(torch.stack([counts, sums])[:, None], kernel, padding=r)[:, 0]
+            # a voxel reads the two entries around it, and both hold its own weight: no empty entry is read
+            # for the counted voxels; an uncounted voxel in an empty stretch reads 0
+            table = sums / counts.clamp(min=1e-12)
+        return cls(low, width, table)
+
+    def __call__(self, moving: torch.Tensor) -> torch.Tensor:
+        """``g(moving)``, any shape; differentiable in ``moving`` (through the table's slope)."""
+        i0, t = _bin_position(moving, self.low, self.width, self.table.numel())
+        return self.table[i0] * (1 - t) + self.table[i0 + 1] * t
+
+
+def _bin_position(values: torch.Tensor, low: torch.Tensor, width: torch.Tensor,
+                  bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left table entry and the fraction towards the next one, of each value (clamped to the table)."""
+    position = ((values - low) / width).clamp(0, bins - 1)
+    i0 = position.detach().floor().clamp(max=bins - 2).long()
+    return i0, position - i0

@@ -49,6 +49,23 @@ def write_voxelmorph_subject(out_dir: Path, data: Path = DEFAULT_DATA) -> tuple[
     return image, labels
 
 
+def remap_contrast(image_path: Path, labels_path: Path, contrast: str, out: Path) -> Path:
+    """Write ``image_path`` rendered in another contrast (``fresh_data.CONTRAST_CURVES``: "pd" or "t2", a
+    non-monotonic curve) to ``out``. The white-matter mean (seg35 labels 1 and 20: left and right cerebral white
+    matter) scales the curve, so it meets the same tissues in every subject."""
+    import numpy as np
+
+    sys.path[:0] = [str(ROOT), str(ROOT / "Testing" / "Python")]
+    import DeepRegistrationLib as dr
+    from fresh_data import contrast_from_t1
+
+    image, labels = dr.read_image(image_path), dr.read_image(labels_path)
+    wm = np.isin(np.rint(labels.data[0].numpy()), (1, 20))
+    values = contrast_from_t1(image.data[0], float(image.data[0].numpy()[wm].mean()), contrast)
+    dr.Image(values[None], image.grid, f"{image.name} ({contrast}-like)").write(out)
+    return out
+
+
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__.strip().splitlines()[-1])

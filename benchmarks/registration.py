@@ -8,7 +8,13 @@ label-aware resampler onto the fixed grid, Dice per label, HD95, folding, std lo
 Methods: this project's presets (``preset:NAME``; ``preset:voxelmorph-brain[-io]`` once a model named
 voxelmorph-brain exists, see scripts/train_voxelmorph_brain.sh, which holds OASIS 0001 out), SimpleITK FastSymmetricForcesDemons (3 levels,
 50/30/20 iterations, field sigma 1.5 voxels; the pair is already affinely aligned), and, when
-installed, ANTsPy SyN (``ants:SyN``) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline (``elastix``).
+installed, ANTsPy SyN (``ants:SyN``; ``ants:SyN+mi`` with Mattes mutual information for the affine and SyN
+stages) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline
+(``elastix``; ``elastix:rigid``), both with elastix's default maps (Mattes mutual information).
+
+``--contrast pd|t2`` renders the moving image in another contrast by a non-monotonic intensity curve
+(``brain_data.CONTRASTS``), for the multimodal methods (``preset:multimodal-deformable``, ``ants:SyN+mi``,
+``elastix``).
 
 The voxelmorph subject comes as numpy arrays on the OASIS crop (1 mm, same orientation); it is written
 with OASIS 0001's geometry, its intensities scaled to OASIS 0001's 99th percentile (demons compares raw
@@ -88,7 +94,9 @@ def _run_method(method: str, fixed: str, moving: str, out: str) -> dict:
         import ants  # antspyx
 
         f, m = ants.image_read(fixed), ants.image_read(moving)
-        reg = ants.registration(f, m, type_of_transform=method.split(":", 1)[1])
+        kind, metric = (method.split(":", 1)[1].split("+") + [None])[:2]
+        options = {"aff_metric": "mattes", "syn_metric": "mattes"} if metric == "mi" else {}
+        reg = ants.registration(f, m, type_of_transform=kind, **options)
         elapsed = time.perf_counter() - t0
         import SimpleITK as sitk
 
@@ -100,15 +108,15 @@ def _run_method(method: str, fixed: str, moving: str, out: str) -> dict:
             else:
                 parts.append(sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat64)))
         sitk.WriteTransform(sitk.CompositeTransform(parts), out)
-    elif method == "elastix":
+    elif method in ("elastix", "elastix:rigid"):
         import itk
 
         os.chdir(Path(out).parent)  # transformix writes deformationField.nii into the working folder
         f = itk.imread(fixed, itk.F)
         m = itk.imread(moving, itk.F)
         params = itk.ParameterObject.New()
-        params.AddParameterMap(params.GetDefaultParameterMap("affine"))
-        params.AddParameterMap(params.GetDefaultParameterMap("bspline"))
+        for kind in (["rigid"] if method == "elastix:rigid" else ["affine", "bspline"]):
+            params.AddParameterMap(params.GetDefaultParameterMap(kind))  # Mattes mutual information
         _, tparams = itk.elastix_registration_method(f, m, parameter_object=params, log_to_console=False)
         elapsed = time.perf_counter() - t0
         field = itk.transformix_deformation_field(m, tparams)
@@ -138,6 +146,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--pairs", nargs="+", default=["oasis", "vm"], choices=["oasis", "vm"])
+    parser.add_argument("--contrast", choices=["t1", "pd", "t2"], default="t1",
+                        help="render the moving image in another contrast (brain_data.CONTRASTS: a non-monotonic "
+                             "curve) for the multimodal methods")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method per pair (median time)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
@@ -163,6 +174,11 @@ def main() -> None:
             pairs["vm"] = ("voxelmorph subject -> OASIS 0001",) + _voxelmorph_pair(data, Path(tmp))
         for key in args.pairs:
             title, fixed, moving, fixed_seg, moving_seg = pairs[key]
+            if args.contrast != "t1":
+                from brain_data import remap_contrast
+
+                moving = remap_contrast(moving, moving_seg, args.contrast, Path(tmp) / f"{key}_{args.contrast}.nii.gz")
+                title += f" (moving rendered {args.contrast.upper()}-like)"
             results[key] = _run_pair(args.methods, str(fixed), str(moving), dr.read_image(fixed_seg).as_label_map(),
                                      dr.read_image(moving_seg).as_label_map(), Path(tmp), max(1, args.repeat))
             _print_table(title, results[key])

@@ -68,7 +68,7 @@ def _parse(field: str, text: str, where: str):
             raise ValueError
         return value
     except ValueError:
-        expected = {"similarity": "a similarity name (ssd, ncc, lncc, mi, nmi, mind, learned:<model>)",
+        expected = {"similarity": "a similarity name (ssd, ncc, lncc, mapped-lncc, mi, nmi, mind, learned:<model>)",
                     "levels_mm": "spacings in mm > 0, coarse to fine, e.g. 4, 2",
                     "iterations": "whole numbers >= 0, one per level, e.g. 60, 30",
                     "regularisation_weight": "a number >= 0"}[field]

@@ -81,6 +81,22 @@ def icbm_tissues():
     return t1, brain, csf, gm, wm
 
 
+# Non-monotonic intensity curves for another contrast made from a real T1 (nodes: T1 intensity as a fraction of
+# the white-matter mean -> new intensity): CSF (~0.4 of white matter in OASIS's T1s) brightest, then grey matter
+# (~0.63), white matter darkest; the background stays dark, so the curve rises and then falls, and no monotonic
+# remapping undoes it.
+CONTRAST_CURVES = {"pd": ((0.0, 0.15, 0.4, 0.63, 1.0, 2.0), (0.0, 0.3, 1.0, 0.8, 0.55, 0.4)),
+                   "t2": ((0.0, 0.15, 0.4, 0.63, 1.0, 2.0), (0.0, 0.35, 1.0, 0.6, 0.3, 0.2))}
+
+
+def contrast_from_t1(t1: torch.Tensor, white_matter_mean: float, contrast: str) -> torch.Tensor:
+    """``t1`` rendered as a ``"pd"``- or ``"t2"``-like contrast by :data:`CONTRAST_CURVES` (piecewise linear),
+    the curve scaled to the image's white-matter mean intensity; float32, same shape."""
+    nodes, heights = CONTRAST_CURVES[contrast]
+    values = np.interp(t1.double().numpy() / float(white_matter_mean), nodes, heights)
+    return torch.from_numpy(values.astype(np.float32))
+
+
 def pd_contrast(t1: torch.Tensor, brain: torch.Tensor, csf: torch.Tensor, gm: torch.Tensor,
                 wm: torch.Tensor) -> torch.Tensor:
     """A proton-density-like contrast from tissue probabilities (CSF brightest, then grey, then white matter, as

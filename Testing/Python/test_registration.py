@@ -73,6 +73,40 @@ def test_deformable_2d_improves_overlap_without_folding():
     np.testing.assert_allclose(again.transform.map_points(pts), result.transform.map_points(pts), atol=1e-5)
 
 
+def test_multimodal_deformable_maps_a_non_monotonic_contrast():
+    """OASIS subject 2 rendered PD-like (a non-monotonic curve of its T1) -> subject 1's T1 (coronal slices):
+    the SVF stage's moving image is mapped into the T1 contrast (much closer to the fixed image than the raw
+    PD), and multimodal-deformable raises the seg24 Dice well above the affine result (folding < 0.1 %)."""
+    from fresh_data import contrast_from_t1
+
+    from DeepRegistrationLib.methods.pyramid import mapped_moving_image
+    from DeepRegistrationLib.metrics import MappedLNCCLoss
+    from DeepRegistrationLib.registration import load_preset
+
+    base = "brain2d/oasis_neurite_2d/OAS1_{}_MR1_slice_{}.nii.gz"
+    fixed = dr.read_image(data_file(base.format("0001", "norm")), dim=2)
+    t1 = dr.read_image(data_file(base.format("0002", "norm")), dim=2)
+    moving = t1.with_data(contrast_from_t1(t1.data, float(torch.quantile(t1.data[t1.data > 0.05], 0.9)), "pd"))
+    fseg = dr.read_image(data_file(base.format("0001", "seg24")), dim=2).as_label_map()
+    mseg = dr.read_image(data_file(base.format("0002", "seg24")), dim=2).as_label_map()
+
+    def dice(transform) -> float:
+        return float(np.mean([v["dice"] for v in overlap(fseg, dr.warp_image(mseg, transform, fseg, "label")).values()]))
+
+    affine = register(fixed, moving, load_preset("multimodal-affine")).transform
+    mapped = mapped_moving_image(fixed, moving, affine, MappedLNCCLoss())
+    brain = fixed.data.reshape(-1) > 0.05
+    ncc = [float(torch.corrcoef(torch.stack([fixed.data.reshape(-1)[brain],
+                                             dr.warp_image(m, affine, fixed.grid).data.reshape(-1)[brain]]))[0, 1])
+           for m in (moving, mapped)]  # in the brain
+    assert ncc[1] > ncc[0] + 0.3, ncc
+    result = register(fixed, moving, load_preset("multimodal-deformable"))
+    assert dice(result.transform) > dice(affine) + 0.08, (dice(affine), dice(result.transform))
+    assert jacobian_stats(jacobian_determinant(result.transform, fixed.grid))["folding_percent"] < 0.1
+    with pytest.raises(dr.InputError, match="mapped-lncc is for deformable"):
+        load_preset("multimodal-affine", ["stages.1.similarity=mapped-lncc", "stages.1.samples=0"])
+
+
 def test_affine_initial_transform_starts_a_rigid_stage():
     fixed = _png("BrainProtonDensitySliceBorder20.png")
     sheared = dr.AffineTransform([[1.02, 0.03], [0.0, 0.99]], [10.0, 14.0])

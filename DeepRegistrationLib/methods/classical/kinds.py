@@ -35,7 +35,8 @@ class IterativeSettings(StageSettings):
     """What every iterative stage has.
 
     Attributes:
-        similarity: ``ssd``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``mind`` or ``learned:<model>`` (a learned metric
+        similarity: ``ssd``, ``ncc``, ``lncc``, ``mapped-lncc`` (deformable stages: LNCC against the moving image
+            mapped into the fixed contrast), ``mi``, ``nmi``, ``mind`` or ``learned:<model>`` (a learned metric
             model: :mod:`DeepRegistrationLib.metrics.learned`).
         similarity_options: keyword arguments of the similarity (e.g. ``{"window": 5}`` for LNCC).
         levels_mm: pyramid spacings in mm, coarse to fine.
@@ -114,6 +115,9 @@ class LinearSettings(IterativeSettings):
         check_number("translation_step_mm", self.translation_step_mm, 0.0, low_open=True)
         check_number("final_lr_fraction", self.final_lr_fraction, 0.0, 1.0, low_open=True)
         check_number("samples", self.samples, 0, 10_000_000, integer=True)
+        if self.similarity.lower() == "mapped-lncc":
+            raise InputError("mapped-lncc is for deformable (svf) stages: its intensity mapping needs the images "
+                             "roughly aligned first; use nmi or mi in linear stages")
         if self.samples and not is_pointwise(self.similarity):
             raise InputError(f"samples: random voxel sampling needs a point-wise similarity "
                              f"({', '.join(POINTWISE_SIMILARITIES)}), not {self.similarity!r} (it needs neighbourhoods)")

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
-from ..pyramid import feature_levels
+from ..pyramid import feature_levels, mapped_moving_image
 from ...sampling import normalised_linear, sample, to_normalised
-from ...transforms import StationaryVelocityField, integrate_velocity
+from ...transforms import StationaryVelocityField, compose, integrate_velocity
 from ..loop import optimise
 from ..optim import Adam
 from ..stage import StageContext, StageOutcome, StageState
@@ -32,6 +32,12 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
     similarity = make_similarity(settings.similarity, **settings.similarity_options)
     levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity)
     linear = state.linear
+    mapped = None
+    if getattr(similarity, "maps_intensities", False):
+        # the moving image in the fixed contrast, mapped unsmoothed through the starting transform, once: mapped
+        # again after each level it follows the deformation's errors (OASIS T1 vs PD-like: Dice 0.760 -> 0.733)
+        start_transform = linear if state.deformable is None else compose(state.deformable, linear)
+        mapped = mapped_moving_image(context.fixed, context.moving, start_transform, similarity)
     velocity = vgrid = None
     start = state.deformable
     if isinstance(start, StationaryVelocityField):
@@ -48,6 +54,8 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
             v0 = torch.zeros(dim, *new_grid.shape, dtype=torch.float32, device=device)
         else:  # upsample the previous level's velocity (LPS mm vectors) onto the new control grid
             v0 = sample(velocity.detach(), vgrid, new_grid.physical_points(device=device)).float()
+        if mapped is not None:
+            level = level.with_moving_image(mapped)
         vgrid = new_grid
         velocity = torch.nn.Parameter(v0)
         opt = Adam([{"params": [velocity], "lr": settings.learning_rate * level.spacing_mm}])
