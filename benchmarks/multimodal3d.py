@@ -8,7 +8,11 @@ The case (built from the ICBM152 2009a template in the nilearn wheel, as ``Testi
 
 Each preset runs as ``deepreg register`` in its own process (peak resident memory from ``/usr/bin/time -v``);
 the error is |T_est(x) - T(x)| in mm over the brain voxels of the fixed image that the slab covers.
-Run: ``.venv/bin/python benchmarks/multimodal3d.py [--presets multimodal-rigid ...] [--set KEY=VALUE ...]``.
+``--peers elastix:rigid ants:Rigid+mi`` runs the peers on the same files, each in its own process, as
+``benchmarks/registration.py`` runs them (time = registration from reading the images; peak = the process's),
+with the same error measure.
+Run: ``.venv/bin/python benchmarks/multimodal3d.py [--presets multimodal-rigid ...] [--set KEY=VALUE ...]
+[--peers elastix:rigid ...]``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def main() -> None:
                                                           "multimodal-deformable"])
     parser.add_argument("--set", action="append", default=[], help="override passed to every run")
     parser.add_argument("--keep", help="folder to keep the files in")
+    parser.add_argument("--peers", nargs="*", default=[], help="methods of benchmarks/registration.py "
+                        "(elastix:rigid, ants:Rigid+mi, ...) when installed")
     parser.add_argument("--angles", type=float, nargs=3, default=[10.0, -4.0, 6.0],
                         help="the known rotation (degrees, ITK Euler angles about the brain's centre)")
     args = parser.parse_args()
@@ -85,6 +91,18 @@ def main() -> None:
         print(f"| {preset} | {wall:.1f} | {peak_gb:.2f} | {float(err.mean()):.2f} | "
               f"{float(torch.quantile(err, 0.95)):.2f} | pyramid {figures['pyramid_time_s']:.1f} s; {profile} |",
               flush=True)
+    for method in args.peers:
+        out = folder / (method.replace(":", "_").replace("+", "_") + ".h5")
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "registration.py"), "--_child", method,
+               str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), str(out)]
+        result, wall, _ = run_measured(cmd, ROOT)
+        if result.returncode != 0:
+            print(f"| {method} | {wall:.1f} | | failed: {result.stderr.strip().splitlines()[-1:]} | |")
+            continue
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        err = (dr.read_transform(out).map_points(pts) - truth.map_points(pts)).norm(dim=-1)
+        print(f"| {method} (peer) | {figures['time_s']:.1f} (process {wall:.1f}) | {figures['peak_gb']:.2f} | "
+              f"{float(err.mean()):.2f} | {float(torch.quantile(err, 0.95)):.2f} | |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ Methods: this project's presets (``preset:NAME``; ``preset:voxelmorph-brain[-io]
 voxelmorph-brain exists, see scripts/train_voxelmorph_brain.sh, which holds OASIS 0001 out), SimpleITK FastSymmetricForcesDemons (3 levels,
 50/30/20 iterations, field sigma 1.5 voxels; the pair is already affinely aligned), and, when
 installed, ANTsPy SyN (``ants:SyN``; ``ants:SyN+mi`` with Mattes mutual information for the affine and SyN
-stages) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline
+stages; any ANTsPy ``type_of_transform``, e.g. ``ants:Rigid+mi``) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline
 (``elastix``; ``elastix:rigid``), both with elastix's default maps (Mattes mutual information).
 
 ``--contrast pd|t2`` renders the moving image in another contrast by a non-monotonic intensity curve
-(``brain_data.CONTRASTS``), for the multimodal methods (``preset:multimodal-deformable``, ``ants:SyN+mi``,
+(``Testing/Python/fresh_data.CONTRAST_CURVES``), for the multimodal methods (``preset:multimodal-deformable``, ``ants:SyN+mi``,
 ``elastix``).
 
 The voxelmorph subject comes as numpy arrays on the OASIS crop (1 mm, same orientation); it is written

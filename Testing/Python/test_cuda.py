@@ -40,7 +40,8 @@ def test_rigid_2d_on_cuda_gives_the_cpu_answer():
     assert gpu_result.transform.offset().device.type == "cpu"
 
 
-@pytest.mark.parametrize("preset", ["affine", "deformable-fast", "voxelmorph-brain", "voxelmorph-brain-io", "supervised-brain"])
+@pytest.mark.parametrize("preset", ["affine", "deformable-fast", "multimodal-deformable", "voxelmorph-brain",
+                                    "voxelmorph-brain-io", "supervised-brain"])
 def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labels, tmp_path):
     """OASIS 0002 -> 0001 at full size: mean seg35 Dice on the GPU within 0.01 of the CPU's, no folding, and the
     transform writes to a file (it left the GPU)."""
