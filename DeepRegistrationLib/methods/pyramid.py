@@ -23,14 +23,15 @@ import torch
 from ..geometry import Grid
 from ..image import Image
 from ..intensity import smooth_gaussian
-from ..sampling import gradient_stack, inside_normalised, sample, sample_normalised, sample_with_gradient, to_normalised
+from ..sampling import (gradient_stack, inside_normalised, sample, sample_normalised, sample_with_gradient,
+                        to_normalised)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
 
 if TYPE_CHECKING:
     from ..transforms import Transform
 
-#: Fixed voxels drawn to estimate an intensity mapping (:func:`mapped_moving_image`): the joint histogram of 64 bins
+#: Fixed voxels drawn to estimate an intensity mapping (:func:`mapped_moving_image`): a 64-bin joint histogram
 #: is then estimated to about 0.5 % of its mass per bin, in milliseconds on any image size.
 MAPPING_SAMPLES = 200_000
 
@@ -202,7 +203,7 @@ def mapped_moving_image(fixed: Image, moving: Image, transform: "Transform", sim
     generator = torch.Generator().manual_seed(int(seed))
     n = fixed.grid.num_voxels
     flat = torch.randint(n, (min(MAPPING_SAMPLES, n),), generator=generator)
-    index = np.stack(np.unravel_index(flat.numpy(), fixed.grid.shape)[::-1], axis=-1).astype(np.float64)  # (i, j[, k])
+    index = np.stack(np.unravel_index(flat.numpy(), fixed.grid.shape)[::-1], axis=-1).astype(np.float64)  # i, j, k
     mapped_points = transform.map_points(torch.from_numpy(fixed.grid.index_to_physical(index)))
     inside = moving.grid.inside(torch.as_tensor(moving.grid.physical_to_index(mapped_points))).float()
     moving_values = sample(moving.data.float(), moving.grid, mapped_points)

@@ -8,8 +8,8 @@ optional ``mask`` ``(N, 1, ...)`` whose non-zero voxels restrict the measure. Th
 * :class:`NCCLoss`: ``-NCC`` over the (masked) image; optimum -1.
 * :class:`LNCCLoss`: ``-mean(local NCC^2)`` in a box window (VoxelMorph/MONAI definition); optimum -1.
 * :class:`MappedLNCCLoss`: LNCC against the moving image mapped into the fixed image's contrast by the
-  conditional mean E[fixed | moving] (the stages map it level by level; multimodal, with LNCC's local
-  precision); optimum -1.
+  conditional mean E[fixed | moving] (the SVF stage maps it once, before its levels; multimodal, with LNCC's
+  local precision); optimum -1.
 * :class:`MutualInformationLoss`: ``-MI`` or ``-NMI`` from a Parzen-window joint histogram (cubic
   B-spline or Gaussian kernel). Each image is min-max normalised over the mask first, so the result
   does not depend on the intensity range (unlike MONAI 1.6.1's ``GlobalMutualInformationLoss``,
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..intensity import ConditionalMean
 
-__all__ = ["MSELoss", "NCCLoss", "LNCCLoss", "MappedLNCCLoss", "MutualInformationLoss", "MINDSSCLoss", "mind_ssc", "box_filter",
-           "make_similarity", "similarity_names", "SIMILARITIES"]
+__all__ = ["MSELoss", "NCCLoss", "LNCCLoss", "MappedLNCCLoss", "MutualInformationLoss", "MINDSSCLoss", "mind_ssc",
+           "box_filter", "make_similarity", "similarity_names", "SIMILARITIES"]
 
 
 def _check(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -158,13 +158,13 @@ class MappedLNCCLoss(LNCCLoss):
     The comparison is :class:`LNCCLoss`'s; what differs is the moving image it is given. A stage using this
     similarity (``maps_intensities``) first maps the *unsmoothed* moving image into the fixed image's intensities
     by the conditional mean ``E[fixed | moving]`` through the stage's starting transform (:meth:`fit_mapping`,
-    :class:`~DeepRegistrationLib.intensity.ConditionalMean`, :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`),
-    then smooths and resamples the mapped image as each level's moving image. This keeps LNCC's local precision
-    between contrasts whose intensities are a function of each other within tissue (T1 against PD or T2; CT
+    :class:`~DeepRegistrationLib.intensity.ConditionalMean`,
+    :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), then smooths and resamples the mapped image
+    as each level's moving image. This keeps LNCC's local precision between contrasts whose intensities are a function of each other within tissue (T1 against PD or T2; CT
     against MR less so: bone and air share MR intensities). Optimum -1.
 
     Measured choices (OASIS T1 against a PD rendering of another subject, after the affine stages; Dice over 35
-    labels): mapping the smoothed level images instead of the unsmoothed image maps partial-volume mixtures of a
+    labels; SVF regularisation 0.05): mapping the smoothed level images instead of the unsmoothed image maps partial-volume mixtures of a
     non-monotonic contrast to wrong tissues (0.51 instead of 0.76); mapping again after each level lets the
     mapping follow the deformation's errors (0.733); re-estimating it at every step from the warped level gained
     0.003 in 3D and lost 0.05 on 2D slices (it co-adapts with the deformation on small images).
@@ -342,7 +342,8 @@ class MINDSSCLoss(nn.Module):
         return torch.stack(losses).mean()
 
 
-SIMILARITIES = {"ssd": MSELoss, "mse": MSELoss, "ncc": NCCLoss, "lncc": LNCCLoss, "mapped-lncc": MappedLNCCLoss, "mi": MutualInformationLoss,
+SIMILARITIES = {"ssd": MSELoss, "mse": MSELoss, "ncc": NCCLoss, "lncc": LNCCLoss,
+                "mapped-lncc": MappedLNCCLoss, "mi": MutualInformationLoss,
                 "nmi": lambda **kw: MutualInformationLoss(normalised=True, **kw), "mind": MINDSSCLoss}
 
 
@@ -352,7 +353,8 @@ def similarity_names() -> list[str]:
 
 
 def make_similarity(name: str, **kwargs) -> nn.Module:
-    """Similarity loss by name: ``ssd``/``mse``, ``ncc``, ``lncc``, ``mapped-lncc``, ``mi``, ``nmi``, ``mind``, ``learned:<model>``."""
+    """Similarity loss by name: ``ssd``/``mse``, ``ncc``, ``lncc``, ``mapped-lncc``, ``mi``, ``nmi``, ``mind``,
+    ``learned:<model>``."""
     from .learned import PREFIX, LearnedSimilarity
 
     if not isinstance(name, str):
