@@ -586,6 +586,25 @@ def test_bundled_correlation_model_registers_and_is_verified(photo_pair):
         load_preset("retina-learned", ['stages.0.fit="lstsq"'])
 
 
+def test_retina_learned_on_an_oblique_anisotropic_grid(photo_pair):
+    """The same pair with geometry a scanner might write (pixels 0.15 x 0.21 mm, axes rotated 25 degrees, an
+    origin away from 0): the correlation and keypoint stages work on pixels and must carry the grids' mapping, so
+    the physical transform equals the truth carried through the new geometry, to a pixel as on the plain grid."""
+    paths, truth, grid = photo_pair
+    pair = read_pair_inputs(paths["fixed"], paths["moving"], channel="green")
+    a = np.deg2rad(25.0)
+    oblique = dr.Grid(grid.size, (-12.0, 30.5), (0.15, 0.21), [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    assert pair.fixed.grid.same_as(grid) and pair.moving.grid.same_as(grid)
+    fixed, moving = (dr.Image(im.data, oblique, im.name) for im in (pair.fixed, pair.moving))
+    result = register(fixed, moving, load_preset("retina-learned"))
+    points = _fov_points(grid, truth)  # on the plain grid; the same pixels on the oblique one:
+    index = grid.physical_to_index(points)
+    expected = grid.physical_to_index(truth.map_points(points))  # moving pixels of the truth
+    found = oblique.physical_to_index(np.asarray(result.transform.map_points(oblique.index_to_physical(index))))
+    error = np.linalg.norm(found - expected, axis=1)
+    assert error.mean() < 1.0, error.mean()
+
+
 # ---------------------------------------------------------------------------------------------- keypoint network
 def test_homographic_adaptation_keeps_the_repeatable_keypoints():
     """The pseudo-labels: SIFT keypoints found again across random homographies of the scikit-image photograph are
