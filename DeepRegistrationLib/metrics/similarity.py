@@ -160,12 +160,13 @@ class MappedLNCCLoss(LNCCLoss):
     by the conditional mean ``E[fixed | moving]`` through the stage's starting transform (:meth:`fit_mapping`,
     :class:`~DeepRegistrationLib.intensity.ConditionalMean`,
     :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), then smooths and resamples the mapped image
-    as each level's moving image. This keeps LNCC's local precision between contrasts whose intensities are a function of each other within tissue (T1 against PD or T2; CT
-    against MR less so: bone and air share MR intensities). Optimum -1.
+    as each level's moving image. This keeps LNCC's local precision between contrasts whose intensities are a
+    function of each other within tissue (T1 against PD or T2; CT against MR less so: bone and air share MR
+    intensities). Optimum -1.
 
     Measured choices (OASIS T1 against a PD rendering of another subject, after the affine stages; Dice over 35
-    labels; SVF regularisation 0.05): mapping the smoothed level images instead of the unsmoothed image maps partial-volume mixtures of a
-    non-monotonic contrast to wrong tissues (0.51 instead of 0.76); mapping again after each level lets the
+    labels; SVF regularisation 0.05): mapping the smoothed level images instead of the unsmoothed image maps
+    partial-volume mixtures of a non-monotonic contrast to wrong tissues (0.51 instead of 0.76); mapping again after each level lets the
     mapping follow the deformation's errors (0.733); re-estimating it at every step from the warped level gained
     0.003 in 3D and lost 0.05 on 2D slices (it co-adapts with the deformation on small images).
 
