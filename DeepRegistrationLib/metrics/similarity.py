@@ -168,7 +168,8 @@ class MappedLNCCLoss(LNCCLoss):
     labels; SVF regularisation 0.05): mapping the smoothed level images instead of the unsmoothed image maps
     partial-volume mixtures of a non-monotonic contrast to wrong tissues (0.51 instead of 0.76); mapping again
     after each level lets the mapping follow the deformation's errors (0.733); re-estimating it at every step
-    from the warped level gained 0.003 in 3D and lost 0.05 on 2D slices (it co-adapts with the deformation on small images).
+    from the warped level gained 0.003 in 3D and lost 0.05 on 2D slices (it co-adapts with the deformation on
+    small images).
 
     Args:
         window: LNCC window (voxels, odd).
