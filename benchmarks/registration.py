@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -212,7 +213,7 @@ def _run_pair(methods, fixed: str, moving: str, fixed_labels, moving_labels, tmp
             continue
         runs = []
         for _ in range(repeat):
-            out = str(tmp / (method.replace(":", "_") + ".h5"))
+            out = str(tmp / (re.sub(r"[^A-Za-z0-9_.+-]", "_", method) + ".h5"))  # a preset may be a path
             proc = subprocess.run([sys.executable, __file__, "--_child", method, fixed, moving, out],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import shlex
 import sys
 import time
@@ -44,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="model grid size along index axes i j (k), each a multiple of 8 (default 56 64 72)")
     model.add_argument("--spacing", type=float, default=3.0, help="model grid spacing in mm (default 3)")
     model.add_argument("--orientation", default="LIA", help="orientation code of the model grid (default LIA)")
-    model.add_argument("--modality", default="T1 brain MRI, skull-stripped, affinely aligned",
-                       help="what the model's images are (stored in the card, shown in messages)")
+    model.add_argument("--modality", default=None,
+                       help="what the model's images are (stored in the card, shown in messages; default 'T1 brain "
+                            "MRI, skull-stripped, affinely aligned', or the --init model's)")
     model.add_argument("--name", help="model name (default: the output folder's name)")
     model.add_argument("--description", default="")
     model.add_argument("--licence", default="Apache-2.0 (weights); see the training data's terms")
@@ -60,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--synth", type=float, default=0.0,
                        help="probability of synthesising a training image from its labels (SynthMorph; implies "
                             "--augment)")
+    train.add_argument("--remap", type=float, default=0.0,
+                       help="probability that a real training image goes through a random non-monotonic contrast "
+                            "curve (contrast-agnostic training, with --synth; needs --dice-weight > 0)")
     train.add_argument("--known-pairs", type=float, default=0.0,
                        help="probability of a known pair: a subject and a random deformation of it, with a "
                             "supervised term on the known displacement (implies --augment)")
@@ -236,10 +241,13 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if args.init:
         net, card0 = load_model(args.init, device)
         model = ModelInput.from_dict(card0["input"])
+        if args.modality:  # fine-tuning for other images (e.g. any contrast) says so on the card
+            model = dataclasses.replace(model, modality=args.modality)
         base = {"init": str(args.init), "init_sha256": card0["sha256"]}
     else:
         dim = len(args.grid_size)
-        model = ModelInput(tuple(args.grid_size), (args.spacing,) * dim, args.orientation, args.modality)
+        model = ModelInput(tuple(args.grid_size), (args.spacing,) * dim, args.orientation,
+                           args.modality or "T1 brain MRI, skull-stripped, affinely aligned")
         torch.manual_seed(args.seed)  # the same initial weights for the same seed (every process of a group too)
         net = VoxelMorphNet(dim, args.architecture, diffeomorphic=not args.no_diffeomorphic,
                             integration_steps=args.integration_steps)
@@ -258,10 +266,10 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
               f"({time.perf_counter() - t0:.1f} s); training on {device}", file=sys.stderr)
 
     augment = None
-    if args.augment or args.synth > 0 or args.known_pairs > 0:
+    if args.augment or args.synth > 0 or args.remap > 0 or args.known_pairs > 0:
         augment = AugmentConfig(deformation_mm=args.deformation_mm, rotation_deg=args.rotation_deg,
                                 scaling=args.scaling, translation_mm=args.translation_mm, synth_probability=args.synth,
-                                known_pair_probability=args.known_pairs)
+                                remap_probability=args.remap, known_pair_probability=args.known_pairs)
     teachers = _load_teachers(getattr(args, "teacher", []), images, subjects)
     objective = getattr(args, "objective", "unsupervised")
     if objective == "supervised" and not (teachers or (augment and augment.known_pair_probability > 0)):

@@ -362,6 +362,57 @@ def test_augmentation_is_seeded_smooth_and_label_consistent():
             assert float(residual.var()) < 0.5 * float(flat.var())
 
 
+def test_random_contrast_swaps_tissue_order_and_keeps_the_anatomy():
+    """The contrast remapping of real images (contrast-agnostic training): a seeded piecewise-linear curve of the
+    intensity, background kept at 0, tissues change order across draws (as between T1, T2 and PD), while every
+    voxel's new value depends on its old value only: the label-wise structure of a real slice is kept."""
+    from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig, augment_subject, random_contrast
+
+    subject = _slice_subjects()[0]
+    image, labels = subject.image, subject.labels
+    a = random_contrast(image, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_contrast(image, torch.Generator().manual_seed(3)))
+    assert a.shape == image.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert float(a[image == 0].abs().max()) == 0  # background stays dark
+    # the same intensity always maps to the same value: a function of the image, not of position
+    order = image.reshape(-1).argsort()
+    assert float((a.reshape(-1)[order].diff().abs() * (image.reshape(-1)[order].diff() == 0)).max()) == 0
+    lab = labels.reshape(-1).long()
+    tissue = [int(v) for v in torch.unique(lab) if v != 0][:4]
+
+    def ranking(img):
+        means = [float(img.reshape(-1)[lab == v].mean()) for v in tissue]
+        return tuple(sorted(range(len(tissue)), key=means.__getitem__))
+
+    rankings = {ranking(random_contrast(image, torch.Generator().manual_seed(s))) for s in range(12)}
+    assert len(rankings) >= 3, rankings  # non-monotonic: the tissues' order changes between draws
+    with pytest.raises(ValueError, match="2 knots"):
+        random_contrast(image, torch.Generator(), knots=1)
+    # through augment_subject: a remapped real image is flagged as a new contrast (no LNCC for it)
+    cfg = AugmentConfig(deformation_mm=3.0, remap_probability=1.0)
+    out, out_labels, new_contrast, _ = augment_subject(image, labels, 1.0, cfg, torch.Generator().manual_seed(0))
+    assert new_contrast and out.shape == image.shape and out_labels.shape == labels.shape
+    # without remapping the random stream is the one of earlier runs (reproducible checkpoints resume exactly)
+    plain = augment_subject(image, labels, 1.0, AugmentConfig(deformation_mm=3.0), torch.Generator().manual_seed(0))
+    assert not plain[2]
+
+
+def test_remapped_training_refuses_what_it_cannot_learn_from():
+    from DeepRegistrationLib.errors import InputError
+    from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig
+    from DeepRegistrationLib.methods.voxelmorph.training import Subject, TrainConfig, train_voxelmorph
+
+    subjects = _slice_subjects()
+    net = VoxelMorphNet(2, "vm1-lite")
+    with pytest.raises(InputError, match="remapped images have random contrasts"):
+        train_voxelmorph(net, subjects, TrainConfig(steps=1), "/nonexistent/never-written",
+                         augment=AugmentConfig(remap_probability=0.5))
+    unlabelled = [Subject(s.image, None, s.name) for s in subjects]
+    with pytest.raises(InputError, match="remapped images have random contrasts|needs a label map|needs label maps"):
+        train_voxelmorph(net, unlabelled, TrainConfig(steps=1, dice_weight=1.0), "/nonexistent/never-written",
+                         augment=AugmentConfig(remap_probability=0.5))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_augmentation_and_training_on_cuda_match_the_cpu(tmp_path):
     """On a GPU the augmentation runs on the device from the same CPU random stream: same images as on the
@@ -428,6 +479,19 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     _, ft = load_model(tmp_path / "ft")
     assert ft["training"]["init_sha256"] == card15["sha256"] and ft["input"] == card["input"]
     assert ft["architecture"] == card["architecture"]
+    # contrast-agnostic fine-tuning (the synthmorph-brain recipe's options): remapped contrasts, Dice on labels,
+    # and the card says what images the new model is for
+    assert main(["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
+                 "--labels", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--dice-weight", "1",
+                 "--synth", "0.5", "--remap", "0.5", "--modality", "brain MRI of any contrast",
+                 "--init", str(tmp_path / "m"), "--steps", "3", "--out", str(tmp_path / "any"), "--threads", "2"]) == 0
+    _, anyc = load_model(tmp_path / "any")
+    assert anyc["input"]["modality"] == "brain MRI of any contrast" and anyc["input"]["size"] == card["input"]["size"]
+    assert anyc["training"]["augment"]["remap_probability"] == 0.5
+    assert main(["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
+                 "--remap", "0.5", "--init", str(tmp_path / "m"), "--steps", "3", "--out", str(tmp_path / "y"),
+                 "--threads", "2"]) == 2  # remapped contrasts need labels (Dice): refused, nothing written
+    assert not (tmp_path / "y").exists() or not any((tmp_path / "y").iterdir())
     # bad input: a message naming the problem, nothing written
     assert main(common[:2] + ["--images", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "x")]) == 2
     assert main(common[:2] + ["--images", str(p["0002", "norm"]), "--labels", str(p["0002", "seg4"]),

@@ -12,6 +12,10 @@ there).
 * **Synthesis** (Hoffmann et al., SynthMorph, IEEE TMI 2022): the image is drawn from the label map alone:
   each label gets a random mean and noise level, the result is blurred, then bias, gamma and noise as
   above. A model trained on such images learns anatomy rather than one scanner's contrast.
+* **Contrast remapping** (real images): the image is passed through a random non-monotonic intensity curve
+  (:func:`random_contrast`: piecewise linear through random heights at evenly spaced intensities, 0 kept at 0
+  so the background stays dark), which changes the contrast between tissues while keeping the real image's
+  texture and partial volumes, the complement of synthesis for a contrast-agnostic model.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from ...transforms.linear import rotation_matrix
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 
-__all__ = ["AugmentConfig", "random_displacement", "augment_subject"]
+__all__ = ["AugmentConfig", "random_displacement", "random_contrast", "augment_subject"]
 
 
 @dataclass
@@ -37,6 +41,9 @@ class AugmentConfig:
         control_spacing_mm: spacing of the control grid of that velocity (mm): the deformation's smoothness.
         rotation_deg, scaling, translation_mm: ranges (uniform, +-) of the random affine part.
         synth_probability: probability that a training image is synthesised from its label map.
+        remap_probability: probability that a real (not synthesised) training image goes through a random
+            non-monotonic intensity curve (:func:`random_contrast`).
+        remap_knots: nodes of that curve over [0, 1] (its first node stays at 0).
         known_pair_probability: probability that a pair is one subject and a random deformation of it, whose
             displacement is then known exactly (the training adds a supervised term for such pairs).
         bias: standard deviation of the log bias field (smooth, ~4 control points per axis).
@@ -50,6 +57,8 @@ class AugmentConfig:
     scaling: float = 0.04
     translation_mm: float = 4.0
     synth_probability: float = 0.0
+    remap_probability: float = 0.0
+    remap_knots: int = 6
     known_pair_probability: float = 0.0
     bias: float = 0.2
     gamma: float = 0.2
@@ -122,6 +131,22 @@ def synthesise(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return _blur(image[None].float(), float(torch.rand(1, generator=gen)) * 1.0)[0]
 
 
+def random_contrast(image: torch.Tensor, gen: torch.Generator, knots: int = 6) -> torch.Tensor:
+    """``image`` (intensities in [0, 1]) through a random piecewise-linear curve: heights drawn uniformly in
+    [0, 1] at ``knots`` evenly spaced intensities, the first fixed at 0 (background stays dark), rescaled so the
+    brightest height is 1. Non-monotonic in general: tissues may swap their order, as between T1, T2 and PD."""
+    if knots < 2:
+        raise ValueError("a contrast curve needs at least 2 knots")
+    heights = torch.rand(knots, generator=gen, dtype=torch.float32)
+    heights[0] = 0.0
+    heights = (heights / heights.max().clamp(min=1e-6)).to(image.device)
+    x = image.clamp(0, 1) * (knots - 1)
+    low = x.floor().clamp(max=knots - 2)
+    t = x - low
+    low = low.long()
+    return heights[low] * (1 - t) + heights[low + 1] * t
+
+
 def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Bias field, gamma and noise on an image ``(1, *shape)`` in [0, 1]; the result is rescaled to [0, 1]."""
     shape = tuple(image.shape[1:])
@@ -137,7 +162,10 @@ def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator)
 def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm: float, config: AugmentConfig,
                     gen: torch.Generator, deform: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
-    """A randomly deformed (and re-contrasted) copy of one subject: ``(image, labels, synthesised, ddf)``.
+    """A randomly deformed (and re-contrasted) copy of one subject: ``(image, labels, new_contrast, ddf)``.
+
+    ``new_contrast`` is True when the image was synthesised from its labels or remapped by a random contrast
+    curve (an image-similarity term between it and another image then means nothing).
 
     ``image`` ``(1, *shape)`` in [0, 1], ``labels`` ``(1, *shape)`` integer or None. Synthesis needs labels.
     ``ddf`` ``(1, dim, *shape)`` (voxels) is the deformation applied: ``out(x) = in(x + ddf(x))``; with
@@ -150,8 +178,13 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
     warped_labels = None
     if labels is not None:
         warped_labels = warp_voxels(labels[None].float(), ddf, "nearest")[0].round().to(labels.dtype)
+    remap = False
     if synth:
         source = synthesise(warped_labels, gen)
     else:
         source = warp_voxels(image[None].float(), ddf)[0]
-    return _intensity(source, config, gen), warped_labels, synth, ddf
+        # drawn only when enabled, so runs without remapping keep their random streams
+        remap = config.remap_probability > 0 and float(torch.rand(1, generator=gen)) < config.remap_probability
+        if remap:
+            source = random_contrast(source, gen, config.remap_knots)
+    return _intensity(source, config, gen), warped_labels, synth or remap, ddf

@@ -167,6 +167,10 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         raise InputError("synthesis from label maps needs a label map for every subject")
     if augment is not None and augment.synth_probability > 0 and config.dice_weight <= 0:
         raise InputError("synthesised images have random contrasts: training on them needs dice_weight > 0")
+    if augment is not None and augment.remap_probability > 0 and config.dice_weight <= 0:
+        raise InputError("remapped images have random contrasts: training on them needs dice_weight > 0")
+    if augment is not None and augment.remap_probability > 0 and any(s.labels is None for s in subjects):
+        raise InputError("contrast remapping trains through the labels (Dice): every subject needs a label map")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.to(device).train()
