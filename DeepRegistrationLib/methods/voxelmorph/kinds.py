@@ -28,6 +28,11 @@ class VoxelMorphSettings(StageSettings):
             the deformation so far and composes ``pass_step`` x its prediction onto it (damped recursive
             refinement, :func:`~.inference.predict_transform`).
         pass_step: the fraction (0, 1] of each later pass's prediction that is applied.
+        map_contrast: first map the moving image into the fixed image's contrast by the conditional mean
+            ``E[fixed | moving]`` estimated through the linear alignment (the same mapping as the ``mapped-lncc``
+            similarity, :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), so a network trained on
+            one contrast (T1) registers another (PD, T2) to it: classical translation, then monomodal prediction.
+            Needs a good linear alignment (a multimodal rigid/affine stage before it).
     """
 
     model: str = "voxelmorph"
@@ -35,6 +40,7 @@ class VoxelMorphSettings(StageSettings):
     mirror_average: bool = False
     passes: int = 1
     pass_step: float = DEFAULT_PASS_STEP
+    map_contrast: bool = False
 
     def validate(self) -> "VoxelMorphSettings":
         if self.model != "voxelmorph":
@@ -42,6 +48,7 @@ class VoxelMorphSettings(StageSettings):
         if not isinstance(self.network, str) or not self.network:
             raise InputError("a voxelmorph stage needs 'network' (a model name or folder)")
         check_flag("mirror_average", self.mirror_average)
+        check_flag("map_contrast", self.map_contrast)
         check_number("passes", self.passes, 1, 8, integer=True)
         check_number("pass_step", self.pass_step, 0.0, 1.0, low_open=True)
         return self
