@@ -432,6 +432,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- translate
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from ..io import read_image, write_image
+    from ..methods.translation.inference import load_translator, translate_image
+    from ..devices import resolve_device
+
+    _check_outputs([(args.output, _suffixes("image"))], (args.input,))
+    device = resolve_device(args.device)
+    _, card = load_translator(args.model, device)  # a wrong or corrupt model is refused before reading the image
+    image = read_image(args.input, dim=2 if card["input"]["dim"] == 2 else None)
+    if image.num_channels > 1:
+        image = image.to_grayscale()
+        print(f"note: {args.input} has {image.num_channels} channels; translating its luminance")
+    translated, figures = translate_image(args.model, image, device)
+    write_image(translated, args.output)
+    resampled = ", resampled to the model spacing" if figures["resampled"] else ""
+    print(f"wrote {args.output} ({figures['source_modality']} -> {figures['target_modality']}-like by "
+          f"{figures['translator']}, {figures['translate_s']:.2f} s{resampled})")
+    return 0
+
+
 # ---------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import run
@@ -453,6 +474,12 @@ def _cmd_train_correlation(args: argparse.Namespace) -> int:
 
 def _cmd_train_keypoints(args: argparse.Namespace) -> int:
     from .train_keypoints import run
+
+    return run(args)
+
+
+def _cmd_train_translation(args: argparse.Namespace) -> int:
+    from .train_translation import run
 
     return run(args)
 
@@ -555,7 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the full report as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|metric --help)")
+    p = sub.add_parser("translate", help="translate an image into another modality with a translation model",
+                       description="Run a translation model (deepreg train translation) on an image: the output is "
+                                   "on the input's grid, intensities in [0, 1], anatomy unmoved.")
+    p.add_argument("--model", required=True, help="translation model name or folder")
+    p.add_argument("--input", required=True, help="image of the model's source modality")
+    p.add_argument("--output", required=True, help="translated image to write (NIfTI, NRRD, MHA...: float values)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_cmd_translate)
+
+    p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|supervised|metric|translation|vessels|correlation|keypoints --help)")
     train_sub = p.add_subparsers(dest="network", required=True, metavar="NETWORK")
     t = train_sub.add_parser("voxelmorph", help="unsupervised VoxelMorph (LNCC + diffusion, optional Dice, "
                              "augmentation and SynthMorph-style synthesis)",
@@ -608,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     keypoint_arguments(t)
     t.set_defaults(func=_cmd_train_keypoints)
+    t = train_sub.add_parser("translation", help="a modality translator (stage translate): NeMAR or CycleGAN",
+                             description="Train a source -> target modality translation network: NeMAR (jointly "
+                                         "with a registration network, so it cannot move anatomy) or CycleGAN "
+                                         "(unpaired); writes a model folder.")
+    from .train_translation import add_arguments as translation_arguments
+
+    translation_arguments(t)
+    t.set_defaults(func=_cmd_train_translation)
 
     from .cohort import add_batch_arguments, add_template_arguments
 

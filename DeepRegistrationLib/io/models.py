@@ -31,7 +31,8 @@ NETWORKS = {"VoxelMorphNet": "DeepRegistrationLib.methods.voxelmorph.network:Vox
             "LearnedMetricNet": "DeepRegistrationLib.methods.learned_metric.network:LearnedMetricNet",
             "VesselNet": "DeepRegistrationLib.methods.retina.vessel_net:VesselNet",
             "CorrelationNet": "DeepRegistrationLib.methods.retina.correlation_net:CorrelationNet",
-            "KeypointNet": "DeepRegistrationLib.methods.retina.keypoint_net:KeypointNet"}
+            "KeypointNet": "DeepRegistrationLib.methods.retina.keypoint_net:KeypointNet",
+            "TranslationGenerator": "DeepRegistrationLib.methods.translation.network:TranslationGenerator"}
 _REQUIRED = ("name", "network", "architecture", "input", "training", "licence")
 
 

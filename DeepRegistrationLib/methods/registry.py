@@ -5,8 +5,9 @@ Each family declares its kinds in one light module (no torch, no network code at
 input check) as ``"module:function"``, imported when a stage of that kind runs, so parsing a preset or running
 a classical stage never imports a network, training code or MONAI.
 
-Roles give the order rule checked when a configuration is parsed: every ``linear`` stage comes before every
-``deformable`` one, and a deformable stage may follow another only if it ``refines`` a deformable start.
+Roles give the order rule checked when a configuration is parsed: ``image`` stages (which change the moving image
+that every later stage registers, e.g. a modality translation) come first, every ``linear`` stage comes before
+every ``deformable`` one, and a deformable stage may follow another only if it ``refines`` a deformable start.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ FAMILIES: tuple[str, ...] = (
     "DeepRegistrationLib.methods.classical.kinds",
     "DeepRegistrationLib.methods.voxelmorph.kinds",
     "DeepRegistrationLib.methods.retina.kinds",
+    "DeepRegistrationLib.methods.translation.kinds",
 )
+
+#: Stage roles, in the order a configuration must give them.
+ROLES = ("image", "linear", "deformable")
 
 _KINDS: dict[str, "StageKind"] = {}
 _LOADED = False
@@ -43,8 +48,10 @@ class StageKind:
     Attributes:
         model: the name a preset's stage gives in ``model``.
         settings: its settings class (a :class:`StageSettings` dataclass).
-        runner: ``"module:function"`` of ``run(settings, context, state) -> StageOutcome``.
-        role: ``linear`` (updates ``state.linear``) or ``deformable`` (sets ``state.deformable``).
+        runner: ``"module:function"`` of ``run(settings, context, state) -> StageOutcome``; for an ``image``
+            stage ``run(settings, fixed, moving, device) -> (moving image, figures)`` on the normalised images.
+        role: ``image`` (replaces the moving image the later stages see), ``linear`` (updates ``state.linear``)
+            or ``deformable`` (sets ``state.deformable``).
         refines: a deformable stage that starts from the deformable result of an earlier stage, if any.
         check: ``"module:function"`` of ``check(settings, fixed, moving, device) -> list[str]``, run on the
             original images before anything else: errors for inputs the stage cannot take, warnings returned.
@@ -65,14 +72,18 @@ class StageKind:
     def run(self, settings: StageSettings, context, state):
         return _resolve(self.runner)(settings, context, state)
 
+    def transform_image(self, settings: StageSettings, fixed, moving, device):
+        """An ``image`` stage's runner: ``(the new moving image, figures)``."""
+        return _resolve(self.runner)(settings, fixed, moving, device)
+
     def check_inputs(self, settings: StageSettings, fixed, moving, device) -> list[str]:
         return list(_resolve(self.check)(settings, fixed, moving, device)) if self.check else []
 
 
 def register_stage_kind(kind: StageKind) -> StageKind:
     """Add ``kind`` (a family's kinds module calls this at import); a second kind of the same name is an error."""
-    if kind.role not in ("linear", "deformable"):
-        raise ValueError(f"stage kind {kind.model!r}: role must be linear or deformable, got {kind.role!r}")
+    if kind.role not in ROLES:
+        raise ValueError(f"stage kind {kind.model!r}: role must be one of {ROLES}, got {kind.role!r}")
     if kind.model in _KINDS and _KINDS[kind.model] != kind:
         raise ValueError(f"stage kind {kind.model!r} is registered twice")
     _KINDS[kind.model] = kind
@@ -104,8 +115,14 @@ def stage_kind(model: Any) -> StageKind:
 def check_stage_order(stages: list[StageSettings]) -> None:
     """Refuse an order the pipeline cannot run (see the module docstring)."""
     deformable = None
+    registering = None  # the first stage that is not an image stage
     for settings in stages:
         kind = stage_kind(settings.model)
+        if kind.role == "image" and registering is not None:
+            raise InputError(f"a {settings.model} stage changes the moving image, so it must come before the "
+                             f"registration stages (it comes after {registering!r})")
+        if kind.role != "image" and registering is None:
+            registering = settings.model
         if kind.role == "linear" and deformable is not None:
             raise InputError(f"linear stages must come before the deformable stages ({settings.model!r} comes "
                              f"after {deformable!r})")
@@ -114,3 +131,6 @@ def check_stage_order(stages: list[StageSettings]) -> None:
                 raise InputError(f"a {settings.model} stage must come before any other deformable stage "
                                  f"(it comes after {deformable!r}, which cannot be refined by it)")
             deformable = settings.model
+    if stages and registering is None:
+        raise InputError("a configuration of image stages only registers nothing: add a rigid, affine or "
+                         "deformable stage after them")

@@ -79,10 +79,10 @@ class RegistrationConfig:
 
     @property
     def is_linear(self) -> bool:
-        """Whether the result is a linear transform (every stage linear): a .tfm/.txt/.mat file can hold it."""
+        """Whether the result is a linear transform (no deformable stage): a .tfm/.txt/.mat file can hold it."""
         from ..methods.registry import stage_kind
 
-        return all(stage_kind(stage.model).role == "linear" for stage in self.stages)
+        return all(stage_kind(stage.model).role != "deformable" for stage in self.stages)
 
     def uses(self, model: str) -> bool:
         return any(s.model == model for s in self.stages)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..devices import gpu_memory_gb, is_out_of_memory, resolve_device
-from ..errors import InputError
+from ..errors import InputError, RegistrationCancelled
 from ..image import Image
 from ..intensity import center_of_mass, normalise_unit_range
 from ..methods.pyramid import build_level, build_pyramid
@@ -201,9 +201,21 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     torch.manual_seed(config.seed)
     fixed_n = _normalised(request.fixed, request.fixed_mask)
     moving_n = _normalised(request.moving, request.moving_mask)
+    figures: dict = {"device": str(device), "stages": []}
+    stages = list(enumerate(config.stages))
+    while stages and stage_kind(stages[0][1].model).role == "image":  # e.g. a modality translation, first
+        index, settings = stages.pop(0)
+        stage_start = time.perf_counter()
+        moving_n, stage_figures = stage_kind(settings.model).transform_image(settings, fixed_n, moving_n, device)
+        figures["stages"].append({"model": settings.model, "final_loss": float("nan"),
+                                  "time_s": time.perf_counter() - stage_start, **_memory_figures(device),
+                                  **stage_figures})
+        if request.progress is not None:  # one event without a loss, as a network stage reports
+            request.progress({"stage": index, "model": settings.model, "level": 0, "iteration": 0, "loss": None})
+        if request.cancel is not None and request.cancel():
+            raise RegistrationCancelled("registration cancelled")
     center = torch.as_tensor(request.fixed.grid.center(), dtype=torch.float64, device=device)
     state = StageState(_initial_linear(request, fixed_n, moving_n))
-    figures: dict = {"device": str(device), "stages": []}
     fixed_crop = moving_crop = None
     if config.crop_to_foreground:  # work on the anatomy only; the transform stays in physical space
         fixed_crop, moving_crop = foreground_crops(fixed_n, moving_n, request.fixed_mask, request.moving_mask,
@@ -219,11 +231,11 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     figures["pyramid_time_s"] = time.perf_counter() - request.start_time
     coarsest = pyramid.coarsest() or build_level(fixed_n, moving_n, None, None, 8.0, 0.0, device)
     overlap = coarsest.overlap_fraction(state.linear)
-    if overlap < 0.01 and not stage_kind(config.stages[0].model).global_search:
+    if overlap < 0.01 and not stage_kind(stages[0][1].model).global_search:
         raise InputError(f"the images do not overlap after initialisation ({overlap * 100:.2f} % of the fixed image "
                          f"maps inside the moving one, '{request.initialise}' initialisation): check that both are in "
                          "the same physical space, or give an initial transform or landmarks")
-    for index, settings in enumerate(config.stages):
+    for index, settings in stages:
         stage_start = time.perf_counter()
         context = StageContext(fixed_n, moving_n, pyramid, center, device, index, request.progress, request.cancel)
         outcome = stage_kind(settings.model).run(settings, context, state)
