@@ -217,3 +217,33 @@ def test_bundled_translation_model_card():
     assert training["final_validation"]["val_l1"] < training["initial_validation"]["val_l1"]
     assert "BrainWeb" in card["description"] and json.dumps(card)
     assert not net.training
+
+
+def test_slicer_panel_runs_the_translated_preset_on_single_slices():
+    """The panel's path on slicer-core: T1 and the PD shifted by (13, 17) px as single-slice scalar volumes (what
+    Slicer makes of a grey PNG); the translated preset registers them in 2D and the transform node (RAS, "from
+    parent") maps points of the slice as the known shift does, in-plane."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+    from DeepRegistrationLib.slicer import logic as sl, nodes
+
+    scene = slicer.vtkMRMLScene()
+    volume_nodes = []
+    for role, name in (("fixed", "T1SliceBorder20"), ("moving", "ProtonDensitySliceShifted13x17y")):
+        image = brainweb(name)
+        g = image.grid
+        grid = dr.Grid((*g.size, 1), (*g.origin, 0.0), (*g.spacing, 1.0),
+                       np.block([[g.direction_matrix(), np.zeros((2, 1))], [np.zeros((1, 2)), np.ones((1, 1))]]))
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", role)
+        nodes.update_volume_node_from_image(node, dr.Image(image.data[:, None].float(), grid, role))
+        volume_nodes.append(node)
+    events: list[dict] = []
+    out = sl.RegistrationLogic(scene).process(*volume_nodes, "multimodal-rigid-translated", device="cpu",
+                                              progress=events.append)
+    assert out.figures["stages"][0]["model"] == "translate" and events
+    fixed = brainweb("T1SliceBorder20")
+    points = fixed.grid.physical_points(dtype=torch.float64).reshape(-1, 2)[::997].numpy()
+    flip = np.array([-1.0, -1.0, 1.0])  # LPS <-> RAS
+    tf = out.transform_node.GetTransformFromParent()
+    mapped = np.array([np.array(tf.TransformPoint(*(np.r_[p, 0.0] * flip))) * flip for p in points])
+    error = np.linalg.norm(mapped[:, :2] - (points + np.array([13.0, 17.0])), axis=1)
+    assert error.mean() < GEOMETRY_PX + 0.1 and np.abs(mapped[:, 2]).max() < 1e-6, error.mean()
