@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .image import Image
 
-__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "smooth_gaussian", "center_of_mass",
+__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "smooth_gaussian", "center_of_mass",
            "ConditionalMean"]
 
 
@@ -79,6 +79,18 @@ def normalise_unit_range(image: Image, mask: Image | None = None) -> Image:
     if mask is not None and not bool(mask.data.ne(0).any()):
         mask = None
     return minmax(clip_percentiles(image.float(), 0.5, 99.5, mask), (0.0, 1.0), mask)
+
+
+def contrast_curve(image: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
+    """``image`` (a tensor of intensities in [0, 1]) through the piecewise-linear curve through ``heights`` at
+    ``len(heights)`` evenly spaced intensities 0 .. 1 (the random contrast curves of the training augmentations)."""
+    knots = len(heights)
+    heights = heights.to(image.device)
+    x = image.clamp(0, 1) * (knots - 1)
+    low = x.floor().clamp(max=knots - 2)
+    t = x - low
+    low = low.long()
+    return heights[low] * (1 - t) + heights[low + 1] * t
 
 
 def smooth_gaussian(image: Image, sigma_mm: float) -> Image:

@@ -443,8 +443,8 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     _, card = load_translator(args.model, device)  # a wrong or corrupt model is refused before reading the image
     image = read_image(args.input, dim=2 if card["input"]["dim"] == 2 else None)
     if image.num_channels > 1:
-        image = image.to_grayscale()
         print(f"note: {args.input} has {image.num_channels} channels; translating its luminance")
+        image = image.to_grayscale()
     translated, figures = translate_image(args.model, image, device)
     write_image(translated, args.output)
     resampled = ", resampled to the model spacing" if figures["resampled"] else ""
@@ -591,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_cmd_translate)
 
-    p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|supervised|metric|translation|vessels|correlation|keypoints --help)")
+    p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|supervised|metric|translation|"
+                                     "vessels|correlation|keypoints --help)")
     train_sub = p.add_subparsers(dest="network", required=True, metavar="NETWORK")
     t = train_sub.add_parser("voxelmorph", help="unsupervised VoxelMorph (LNCC + diffusion, optional Dice, "
                              "augmentation and SynthMorph-style synthesis)",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...image import Image
-from ...intensity import normalise_unit_range, smooth_gaussian
+from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
 from ..pyramid import level_grid
 
 __all__ = ["PairConfig", "LevelImages", "level_images", "random_contrast", "random_displacement", "random_rotation",
@@ -102,11 +102,7 @@ def random_contrast(image: torch.Tensor, g: torch.Generator, knots: int = 4) -> 
     values = torch.rand(knots, generator=g)
     if float(torch.rand(1, generator=g)) < 0.8:
         values[0] = 0.0
-    values = values / values.max().clamp(min=1e-3)
-    x = image.clamp(0, 1) * (knots - 1)
-    i = x.floor().clamp(max=knots - 2).long()
-    w = x - i
-    return values[i] * (1 - w) + values[i + 1] * w
+    return contrast_curve(image, values / values.max().clamp(min=1e-3))
 
 
 def random_displacement(shape: Sequence[int], amplitude: float, g: torch.Generator) -> torch.Tensor:

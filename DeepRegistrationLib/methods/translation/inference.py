@@ -24,7 +24,8 @@ from ...io.models import cached_model, find_model
 from .kinds import TranslateSettings
 from .network import TranslationGenerator
 
-__all__ = ["translate_tensor", "translate_image", "check_stage_inputs", "run_translate_stage", "load_translator"]
+__all__ = ["translate_tensor", "translate_image", "check_stage_inputs", "run_translate_stage", "load_translator",
+           "needs_resampling"]
 
 #: Largest ratio between an image's spacing and the model's training spacing translated without resampling.
 SPACING_TOLERANCE = 1.5
@@ -58,11 +59,9 @@ def translate_image(name_or_path: str, image: Image, device: torch.device | str 
     net, card = load_translator(name_or_path, device)
     _check_image(image, card)
     source = normalise_unit_range(image)
-    model_spacing = np.asarray(card["input"]["spacing_mm"], dtype=float)
-    ratio = np.asarray(image.grid.spacing, dtype=float) / model_spacing
-    resample = bool(np.any(ratio > SPACING_TOLERANCE) or np.any(ratio < 1 / SPACING_TOLERANCE))
+    resample = needs_resampling(image, card)
     if resample:
-        source = source.resample_to(image.grid.centred_at_spacing(model_spacing.tolist(), min_size=8))
+        source = source.resample_to(image.grid.centred_at_spacing(card["input"]["spacing_mm"], min_size=8))
     out = translate_tensor(net, source.data.float().to(device)).cpu()
     translated = source.with_data(out)
     if resample:
@@ -72,6 +71,12 @@ def translate_image(name_or_path: str, image: Image, device: torch.device | str 
                "target_modality": card["input"]["target_modality"], "resampled": resample,
                "translate_s": time.perf_counter() - start}
     return translated, figures
+
+
+def needs_resampling(image: Image, card: dict) -> bool:
+    """Whether ``image``'s spacing is off the model's training spacing by more than :data:`SPACING_TOLERANCE`."""
+    ratio = np.asarray(image.grid.spacing, dtype=float) / np.asarray(card["input"]["spacing_mm"], dtype=float)
+    return bool(np.any(ratio > SPACING_TOLERANCE) or np.any(ratio < 1 / SPACING_TOLERANCE))
 
 
 def _check_image(image: Image, card: dict) -> None:
@@ -89,11 +94,9 @@ def check_stage_inputs(settings: TranslateSettings, fixed: Image, moving: Image,
     moving image (its dimension); a warning when the image is resampled to the model's spacing."""
     _, card = load_translator(settings.network, device)
     _check_image(moving, card)
-    spacing = np.asarray(card["input"]["spacing_mm"], dtype=float)
-    ratio = np.asarray(moving.grid.spacing, dtype=float) / spacing
-    if np.any(ratio > SPACING_TOLERANCE) or np.any(ratio < 1 / SPACING_TOLERANCE):
+    if needs_resampling(moving, card):
         return [f"{moving.name}: spacing {np.round(moving.grid.spacing, 3).tolist()} mm differs from the translation "
-                f"model's {spacing.tolist()} mm; the image is resampled to it for the translation"]
+                f"model's {card['input']['spacing_mm']} mm; the image is resampled to it for the translation"]
     return []
 
 

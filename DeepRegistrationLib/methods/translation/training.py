@@ -210,7 +210,8 @@ def train_translation(net: TranslationGenerator, pairs: list[TranslationPair], v
     device = torch.device(device)
     dim = net.dim
     _check_pairs(pairs, dim, config.crop)
-    _check_pairs(val_pairs, dim, 8) if val_pairs else None
+    if val_pairs:
+        _check_pairs(val_pairs, dim, 8)
     torch.manual_seed(config.seed)
     net.to(device)
     disc = PatchDiscriminator(dim, channels=net.config["channels"]).to(device)

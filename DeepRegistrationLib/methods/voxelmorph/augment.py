@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ...intensity import contrast_curve
 from ...transforms.linear import rotation_matrix
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 
@@ -139,12 +140,7 @@ def random_contrast(image: torch.Tensor, gen: torch.Generator, knots: int = 6) -
         raise ValueError("a contrast curve needs at least 2 knots")
     heights = torch.rand(knots, generator=gen, dtype=torch.float32)
     heights[0] = 0.0
-    heights = (heights / heights.max().clamp(min=1e-6)).to(image.device)
-    x = image.clamp(0, 1) * (knots - 1)
-    low = x.floor().clamp(max=knots - 2)
-    t = x - low
-    low = low.long()
-    return heights[low] * (1 - t) + heights[low + 1] * t
+    return contrast_curve(image, heights / heights.max().clamp(min=1e-6))
 
 
 def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
