@@ -13,11 +13,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry import Grid
-from ..sampling import normalised_linear, sample, sample_normalised, to_normalised
+from ..sampling import grid_sample, normalised_linear, sample, sample_normalised, to_normalised
 from .base import Transform
 
 __all__ = ["DisplacementField", "StationaryVelocityField", "sample_field", "integrate_velocity", "squaring_normalised",
@@ -61,7 +60,7 @@ def squaring_normalised(u_n: torch.Tensor, steps: int) -> torch.Tensor:
     channels_last = (0, *range(2, dim + 2), 1)
     for _ in range(steps):
         grid = identity + u_n.permute(*channels_last)
-        u_n = u_n + F.grid_sample(u_n, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        u_n = u_n + grid_sample(u_n, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return u_n
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry import Grid
+from ..sampling import grid_sample
 from .dense import DisplacementField, squaring_normalised
 
 __all__ = ["integrate_voxel_velocity", "warp_voxels", "voxel_field_to_physical"]
@@ -49,7 +49,7 @@ def warp_voxels(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bi
     identity = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1).unsqueeze(0)  # (1, *shape, dim) xyz
     u_n = (displacement * _to_normalised_scale(shape, displacement)).flip(1)
     grid = identity + u_n.permute(0, *range(2, dim + 2), 1)
-    return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
+    return grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def voxel_field_to_physical(field: torch.Tensor, grid: Grid) -> DisplacementField:

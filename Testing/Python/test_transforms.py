@@ -299,6 +299,60 @@ def test_gradient_sampler_values_and_derivative(oasis_t1):
     assert float(rel) < 0.1, float(rel)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_threaded_grid_sample_equals_pytorch_values_and_gradients(oasis_t1, dim, monkeypatch):
+    """The sampler that shares a batch of one among the CPU threads gives F.grid_sample's values and gradients
+    (of the coordinates and of the sampled field), also when the points do not divide evenly."""
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib import sampling
+
+    monkeypatch.setattr(sampling, "MIN_POINTS_PER_THREAD", 1000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    batches = []
+    original = F.grid_sample
+    monkeypatch.setattr(sampling.F, "grid_sample", lambda x, *a, **k: batches.append(x.shape[0]) or original(x, *a, **k))
+    image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([3.0, 3.0, 3.0])).minmax().data.float()
+    data = (image if dim == 3 else image[:, image.shape[1] // 2])[None].repeat(1, 3, *[1] * dim)
+    g = torch.Generator().manual_seed(1)
+    shape = (1, 37, 53, 3) if dim == 3 else (1, 61, 83)  # 5883 / 5063 points: shares padded
+    for mode, padding in [("bilinear", "border"), ("nearest", "zeros"), ("bilinear", "zeros")]:
+        coords = (torch.rand(*shape, dim, generator=g) * 2.4 - 1.2)
+        results = []
+        for fn in (original, sampling.grid_sample):
+            x = data.clone().requires_grad_(True)
+            c = coords.clone().requires_grad_(True)
+            out = fn(x, c, mode=mode, padding_mode=padding, align_corners=True)
+            (out * torch.linspace(0, 1, out.numel()).reshape(out.shape)).sum().backward()
+            results.append((out.detach(), x.grad, c.grad))
+        for a, b in zip(*results):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+    torch.set_num_threads(threads)
+    assert batches and min(batches) >= 2  # the points were shared among threads
+
+
+def test_node_subdivision_equals_linear_interpolation():
+    """subdivide_nodes (the SVF stage's control grid -> level voxels) equals F.interpolate with aligned corners
+    onto the subdivided grid, cropped to the kept nodes, in 2D and 3D and for factors 2 to 4."""
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib.sampling import subdivide_nodes
+
+    g = torch.Generator().manual_seed(2)
+    for shape, factor, keep in [((9, 11, 13), 2, None), ((9, 11, 13), 2, (17, 20, 25)), ((7, 9), 3, (19, 25)),
+                                ((5, 6, 7), 4, (10, 21, 25)), ((1, 6, 7), 2, (1, 11, 12))]:
+        x = torch.randn(1, 3, *shape, generator=g, dtype=torch.float64)
+        full = tuple((n - 1) * factor + 1 for n in shape)
+        ref = F.interpolate(x, size=full, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=True)
+        keep = keep or full
+        ref = ref[(slice(None), slice(None)) + tuple(slice(0, k) for k in keep)]
+        out = subdivide_nodes(x, factor, keep)
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, atol=1e-12)
+
+
 def test_svf_exponential_of_linear_velocity_is_matrix_exponential():
     """v(x) = A (x - c) on an oblique, anisotropic grid integrates to exp(A) (x - c) + c, checked in mm."""
     grid = oblique_grid(dr.Grid([120, 120, 120], spacing=[1.0, 1.0, 1.0]), spacing=(2.0, 2.5, 3.5), angles=(0.3, -0.2, 0.4))

@@ -2,20 +2,19 @@
 
 The velocity lives on a control grid (every ``control_spacing_factor``-th level voxel, same origin and
 direction: :meth:`~DeepRegistrationLib.geometry.Grid.coarsened`), so its displacement is brought to the level
-voxels exactly by ``F.interpolate(align_corners=True)`` onto the subdivided grid, much cheaper than
-``grid_sample``. Each level starts from the previous level's velocity; the first from the state's deformable
+voxels exactly by linear interpolation onto the subdivided grid (:func:`~DeepRegistrationLib.sampling.subdivide_nodes`),
+much cheaper than ``grid_sample``. Each level starts from the previous level's velocity; the first from the state's deformable
 part when there is one (a velocity field, or a displacement field taken as its own velocity to first order).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
 from ..pyramid import feature_levels, mapped_moving_image
-from ...sampling import normalised_linear, sample, to_normalised
+from ...sampling import normalised_linear, sample, subdivide_nodes, to_normalised
 from ...transforms import StationaryVelocityField, compose, integrate_velocity
 from ..loop import optimise
 from ..optim import Adam
@@ -48,8 +47,6 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
     factor = max(1, int(round(settings.control_spacing_factor)))
     for li, (level, iters) in enumerate(zip(levels, settings.iterations_per_level())):
         new_grid = level.grid.coarsened(factor)
-        up_shape = new_grid.subdivided(factor).shape
-        crop = tuple([slice(None), slice(None)] + [slice(0, n) for n in level.grid.shape])
         if velocity is None:
             v0 = torch.zeros(dim, *new_grid.shape, dtype=torch.float32, device=device)
         else:  # upsample the previous level's velocity (LPS mm vectors) onto the new control grid
@@ -72,12 +69,10 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
             a = linear.matrix().to(device)
             moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
             moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
-        mode = "trilinear" if dim == 3 else "bilinear"
 
-        def step(level=level, velocity=velocity, vgrid=vgrid, up_shape=up_shape, crop=crop,
-                 moving_base=moving_base, moving_lin=moving_lin):
+        def step(level=level, velocity=velocity, vgrid=vgrid, moving_base=moving_base, moving_lin=moving_lin):
             u_field = integrate_velocity(velocity, vgrid, settings.integration_steps)
-            u = F.interpolate(u_field.unsqueeze(0), size=up_shape, mode=mode, align_corners=True)[crop]
+            u = subdivide_nodes(u_field.unsqueeze(0), factor, level.grid.shape)
             coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
             warped, weights = level.warp_moving(coords)
             sim = similarity(level.fixed, warped, weights)
