@@ -17,6 +17,9 @@ Methods:
 * ``retina-learned``: the correlation network's homography on the vessel network's maps, then guided ORB keypoints
   and the quadratic model; ``correlation-net``: its first stage alone (MAGSAC++ on the network's matches);
   ``correlation-net-regression``: the homography the network regresses from its correlation volume;
+* ``...+dense``: a method followed by the dense refinement network (stage ``dense_refinement``, the residual flow
+  on the vessel network's maps); ``correlation-net+dense`` is the seed's registration network (correlation volume ->
+  homography -> dense refinement) with no keypoints;
 * ``sift-ransac``: OpenCV SIFT on the CLAHE-enhanced green channel at 1/4 size, Lowe ratio 0.8, RANSAC
   homography with a 5 px threshold (full size): the peer measured in ../shared/REFERENCES.md;
 * ``sitk-affine``: SimpleITK affine registration of the green channels (Mattes MI, 3 levels, at 1/4 size,
@@ -47,9 +50,11 @@ SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for 
 METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
            "retina-fundus-vessel-net", "retina-fundus+refine", "retina-fundus-learned-keypoints",
            "retina-fundus-learned-keypoints-512", "retina-learned", "correlation-net",
-           "correlation-net-regression", "sift-ransac", "sitk-affine")
+           "correlation-net-regression", "correlation-net+dense", "retina-learned+dense", "retina-fundus+dense",
+           "sift-ransac", "sitk-affine")
 MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine",
-                      "retina-learned", "correlation-net", "sift-ransac", "sitk-affine")
+                      "retina-learned", "correlation-net", "correlation-net+dense", "retina-learned+dense",
+                      "retina-multimodal+dense", "sift-ransac", "sitk-affine")
 CF_FA = (ROOT.parent / "shared" / "data" / "retina" / "cf_fa_pair",
          ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt")
 
@@ -84,6 +89,13 @@ def _engine(method: str):
                                                f"stages.0.working_size={size if size.isdigit() else 728}"])
     elif method == "retina-multimodal-vessel-net":
         config = load_preset("retina-multimodal", ['stages.0.vessel_model="vessels-retina"'])
+    elif method.endswith("+dense"):  # followed by the dense refinement network
+        base = method[:-len("+dense")]
+        data = load_preset("retina-learned" if base == "correlation-net" else base).to_dict()
+        if base == "correlation-net":
+            data["stages"] = data["stages"][:1]
+        data["stages"].append({"model": "dense_refinement"})
+        config = RegistrationConfig.from_dict(data)
     elif method.startswith("correlation-net"):
         data = load_preset("retina-learned").to_dict()
         first = {**data["stages"][0], "fit": "regression" if method.endswith("-regression") else "magsac"}
@@ -210,6 +222,7 @@ def main() -> None:
     parser.add_argument("--multimodal", type=Path, nargs="?", const=CF_FA[0], default=CF_FA[0],
                         help="the fundus/angiogram pair's folder (default: ../shared/data/retina/cf_fa_pair)")
     parser.add_argument("--no-multimodal", action="store_true")
+    parser.add_argument("--multimodal-methods", nargs="+", default=list(MULTIMODAL_METHODS), choices=MULTIMODAL_METHODS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-multimodal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,7 +258,7 @@ def main() -> None:
               + f" | {np.median(times) if times else float('nan'):.2f} | {r['peak_gb']:.2f} |")
     multimodal = []
     if not args.no_multimodal and (args.multimodal / "color_fundus_f1.jpg").exists():
-        for method in MULTIMODAL_METHODS:
+        for method in args.multimodal_methods:
             proc = subprocess.run([sys.executable, __file__, "--multimodal", str(args.multimodal), "--worker", method,
                                    "--worker-multimodal"], capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:

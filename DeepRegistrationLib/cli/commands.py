@@ -472,6 +472,12 @@ def _cmd_train_correlation(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_train_refinement(args: argparse.Namespace) -> int:
+    from .train_refinement import run
+
+    return run(args)
+
+
 def _cmd_train_keypoints(args: argparse.Namespace) -> int:
     from .train_keypoints import run
 
@@ -592,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_translate)
 
     p = sub.add_parser("train", help="train a network (deepreg train voxelmorph|supervised|metric|translation|"
-                                     "vessels|correlation|keypoints --help)")
+                                     "vessels|correlation|refinement|keypoints --help)")
     train_sub = p.add_subparsers(dest="network", required=True, metavar="NETWORK")
     t = train_sub.add_parser("voxelmorph", help="unsupervised VoxelMorph (LNCC + diffusion, optional Dice, "
                              "augmentation and SynthMorph-style synthesis)",
@@ -637,6 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     correlation_arguments(t)
     t.set_defaults(func=_cmd_train_correlation)
+    t = train_sub.add_parser("refinement", help="the retinal dense refinement network (stage dense_refinement, "
+                                                 "preset retina-learned-dense)",
+                             description="Train the dense refinement network on synthetic residual displacements of "
+                                         "real vessel maps: the flow left after a global model.")
+    from .train_refinement import add_arguments as refinement_arguments
+
+    refinement_arguments(t)
+    t.set_defaults(func=_cmd_train_refinement)
     t = train_sub.add_parser("keypoints", help="the retinal keypoint network (keypoint stage detector: learned)",
                              description="Train the SuperPoint-style keypoint network on fundus photographs, "
                                          "self-supervised: homographic adaptation gives the keypoints, synthetic "

@@ -31,6 +31,7 @@ NETWORKS = {"VoxelMorphNet": "DeepRegistrationLib.methods.voxelmorph.network:Vox
             "LearnedMetricNet": "DeepRegistrationLib.methods.learned_metric.network:LearnedMetricNet",
             "VesselNet": "DeepRegistrationLib.methods.retina.vessel_net:VesselNet",
             "CorrelationNet": "DeepRegistrationLib.methods.retina.correlation_net:CorrelationNet",
+            "FlowRefinementNet": "DeepRegistrationLib.methods.retina.flow_net:FlowRefinementNet",
             "KeypointNet": "DeepRegistrationLib.methods.retina.keypoint_net:KeypointNet",
             "TranslationGenerator": "DeepRegistrationLib.methods.translation.network:TranslationGenerator"}
 _REQUIRED = ("name", "network", "architecture", "input", "training", "licence")

@@ -21,7 +21,8 @@ import torch
 from ..errors import InputError, OutputError, UnsupportedTransformError
 from ..geometry import Grid
 from ..transforms import (AffineTransform, CompositeTransform, DisplacementField, IdentityTransform, RigidTransform,
-                          SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose)
+                          SimilarityTransform, StationaryVelocityField, Transform, TranslationTransform, compose,
+                          to_displacement_field)
 from ..transforms.linear import LinearTransform
 from ..transforms.polynomial import PolynomialTransform
 from .atomic import atomic_output, full_suffix
@@ -38,7 +39,14 @@ def transform_to_sitk(transform: Transform):
     import SimpleITK as sitk
 
     if isinstance(transform, CompositeTransform):
-        return sitk.CompositeTransform([transform_to_sitk(p) for p in reversed(transform.parts)])
+        models = [p for p in transform.parts if isinstance(p, PolynomialTransform)]
+        if models and models[0].domain is not None:  # a 2D model after a field: the whole mapping on its domain,
+            domain = models[0].domain  # with nodes 4 px apart, or as close as the field's own nodes where finer
+            factor = min([4] + [max(1, int(min(p.grid.spacing) / max(domain.spacing))) for p in transform.parts
+                                if isinstance(p, DisplacementField)])
+            transform = to_displacement_field(transform, domain.coarsened(factor), dtype=torch.float64)
+        else:
+            return sitk.CompositeTransform([transform_to_sitk(p) for p in reversed(transform.parts)])
     if isinstance(transform, StationaryVelocityField):
         transform = transform.exponential()
     if isinstance(transform, PolynomialTransform):  # no ITK type: sampled on its domain (4 px nodes)

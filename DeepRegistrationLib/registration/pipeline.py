@@ -247,8 +247,9 @@ def run_request(request: RegistrationRequest, device: torch.device) -> Registrat
     if fixed_crop is not None and isinstance(deformable, StationaryVelocityField):
         deformable = extend_to_zero(deformable, fixed_crop)  # continuous to the identity beyond the crop
     transform = compose(deformable, state.linear) if deformable is not None else state.linear
-    if isinstance(transform, PolynomialTransform):  # a global 2D model: written as a field on the fixed grid
-        transform.domain = request.fixed.grid
+    for part in transform.parts if isinstance(transform, CompositeTransform) else [transform]:
+        if isinstance(part, PolynomialTransform):  # a global 2D model: written as a field on the fixed grid
+            part.domain = request.fixed.grid
     figures["time_s"] = time.perf_counter() - request.start_time
     return RegistrationResult(transform=transform, fixed_grid=request.fixed.grid, moving=request.moving,
                               figures=figures)

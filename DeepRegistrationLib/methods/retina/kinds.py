@@ -8,7 +8,7 @@ from ...errors import InputError
 from ..registry import StageKind, register_stage_kind
 from ..stage import StageSettings, check_number
 
-__all__ = ["KeypointSettings", "PolynomialSettings", "CorrelationSettings", "FEATURE_IMAGES"]
+__all__ = ["KeypointSettings", "PolynomialSettings", "CorrelationSettings", "DenseRefinementSettings", "FEATURE_IMAGES"]
 
 #: What keypoints are detected on: the CLAHE-enhanced image (same modality), vesselness maps (any modality: a
 #: colour photograph's dark vessels and an angiogram's bright ones give the same map), or both pooled.
@@ -240,3 +240,48 @@ register_stage_kind(StageKind("correlation", CorrelationSettings,
                               "deformable", refines=True,
                               check="DeepRegistrationLib.methods.retina.correlation_stage:check_inputs",
                               family="retina", global_search=True))
+
+
+@dataclass
+class DenseRefinementSettings(StageSettings):
+    """A dense displacement refining the transform so far (2D, fixed -> moving, mm), predicted by the refinement
+    network (:mod:`.flow_net`) from the fixed vessel map and the moving one resampled through that transform: the
+    residual a global model (the correlation network's homography, a keypoint fit) leaves. The result is
+    ``previous(x + u(x))``, ``u`` a displacement field on the fixed image's working pixels (zero beyond its field of
+    view).
+
+    Attributes:
+        network: the refinement model (name or folder, ``deepreg train refinement``).
+        vessel_model: the vessel network making the maps; empty: the one the model's card names; ``frangi``: the
+            Frangi filter, with the polarities below.
+        fixed_polarity, moving_polarity: each image's vessels, for the Frangi filter only.
+        working_size: pixels along each image's longer side; 0: the card's (what it was trained at).
+        passes: network passes, each on the moving map resampled through the result of the previous one.
+    """
+
+    model: str = "dense_refinement"
+    network: str = "refinement-retina"
+    vessel_model: str = ""
+    fixed_polarity: str = "dark"
+    moving_polarity: str = "dark"
+    working_size: int = 0
+    passes: int = 1
+
+    def validate(self) -> "DenseRefinementSettings":
+        if self.model != "dense_refinement":
+            raise InputError(f"a dense refinement stage's model is 'dense_refinement', got {self.model!r}")
+        if not isinstance(self.network, str) or not self.network:
+            raise InputError(f"network must be a refinement model name or folder, got {self.network!r}")
+        _check_vessel_fields(self)
+        check_number("working_size", self.working_size, 0, 4096, integer=True)
+        if 0 < self.working_size < 64:
+            raise InputError(f"working_size must be 0 (the model's) or at least 64 pixels, got {self.working_size}")
+        check_number("passes", self.passes, 1, 5, integer=True)
+        return self
+
+
+register_stage_kind(StageKind("dense_refinement", DenseRefinementSettings,
+                              "DeepRegistrationLib.methods.retina.flow_stage:run_dense_refinement_stage",
+                              "deformable", refines=True,
+                              check="DeepRegistrationLib.methods.retina.flow_stage:check_inputs",
+                              family="retina"))

@@ -1,0 +1,124 @@
+"""The ``dense_refinement`` stage: the refinement network's residual flow on vessel maps, after a global model.
+
+Both images' vessel maps are made at the working size. The fixed map's pixels form a grid in physical space (the
+fixed image's grid at the working resolution: same direction, origin and spacing scaled); the moving map is
+resampled at those pixels through the transform so far (fixed -> moving, mm). The network gives the flow (fixed
+working pixels) with ``warped(p + flow(p)) = fixed(p)``; in mm it is a displacement field ``u`` on that grid, faded
+to zero beyond the fixed field of view, and the result is ``previous(x + u(x))``. The flow is kept only where it
+raises the correlation of the two vessel maps over the fixed field of view (else the previous transform stays, and
+the figures say so).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ...geometry import Grid
+from ...transforms import DisplacementField, IdentityTransform, compose
+from ..stage import StageContext, StageOutcome, StageState
+from .kinds import DenseRefinementSettings
+from .stage import check_stage_inputs, feature_image, vessel_network
+
+__all__ = ["run_dense_refinement_stage", "check_inputs", "working_grid"]
+
+
+def _network(settings: DenseRefinementSettings):
+    from ...io.models import cached_model, find_model
+
+    return cached_model(find_model(settings.network), "cpu", network="FlowRefinementNet")
+
+
+def _vessel_model(settings: DenseRefinementSettings, card: dict) -> str:
+    if settings.vessel_model == "frangi":
+        return ""
+    return settings.vessel_model or str(card["input"].get("vessel_model", ""))
+
+
+def check_inputs(settings: DenseRefinementSettings, fixed, moving, device) -> list[str]:
+    """2D images of a usable size; the network (and its vessel network) found and verified before anything runs."""
+    check_stage_inputs(settings, fixed, moving, device)
+    _, card = _network(settings)
+    if _vessel_model(settings, card):
+        vessel_network(_vessel_model(settings, card))
+    return []
+
+
+def working_grid(grid: Grid, scale: float, shape: tuple[int, int]) -> Grid:
+    """The physical grid of an image's working pixels (``shape`` (rows, columns); ``scale`` working pixels per
+    original pixel; :class:`~.fundus.WorkingImage`'s mapping ``i = (p + 0.5) / scale - 0.5``)."""
+    start = np.full(grid.dim, 0.5 / scale - 0.5)
+    origin = grid.index_to_physical(start[None])[0]
+    return Grid((shape[1], shape[0]), origin, [s / scale for s in grid.spacing], grid.direction)
+
+
+def _sample_moving(moving_map: np.ndarray, moving_grid: Grid, scale: float, mapped_mm: torch.Tensor,
+                   shape: tuple[int, int]) -> torch.Tensor:
+    """The moving working map ``(h', w')`` at physical points ``(h * w, 2)`` -> ``(h, w)``, zero outside."""
+    h, w = moving_map.shape
+    to_index = torch.as_tensor(moving_grid.physical_to_index_matrix())
+    index = mapped_mm.double() @ to_index[:2, :2].T + to_index[:2, 2]
+    working = (index + 0.5) * scale - 0.5
+    norm = working * torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=torch.float64) - 1.0
+    sampled = torch.nn.functional.grid_sample(torch.from_numpy(moving_map)[None, None],
+                                              norm.float().view(1, *shape, 2), align_corners=True, padding_mode="zeros")
+    return sampled[0, 0]
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    a, b = a[mask], b[mask]
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt().clamp(min=1e-12))
+
+
+def run_dense_refinement_stage(settings: DenseRefinementSettings, context: StageContext,
+                               state: StageState) -> StageOutcome:
+    import cv2
+
+    from .flow_net import predict_flow, warp_by_flow
+
+    start_time = time.perf_counter()
+    net, card = _network(settings)
+    size = settings.working_size or int(card["input"]["working_size"])
+    vessel_model = _vessel_model(settings, card)
+    previous = state.linear if state.deformable is None else compose(state.deformable, state.linear)
+    fixed_work, fixed_u8 = feature_image(context.fixed, "vessels", size, settings.fixed_polarity,
+                                         vessel_model=vessel_model)
+    moving_work, moving_u8 = feature_image(context.moving, "vessels", size, settings.moving_polarity,
+                                           vessel_model=vessel_model)
+    fixed_map = torch.from_numpy(fixed_u8.astype(np.float32) / 255.0)
+    moving_map = moving_u8.astype(np.float32) / 255.0
+    shape = tuple(fixed_map.shape)
+    grid = working_grid(context.fixed.grid, fixed_work.scale, shape)
+    points = grid.physical_points(dtype=torch.float64).reshape(-1, 2)
+    with torch.no_grad():
+        start_warped = _sample_moving(moving_map, context.moving.grid, moving_work.scale,
+                                      torch.as_tensor(previous.map_points(points)), shape)
+    # the flow fades to zero beyond the fixed field of view (there the maps say nothing)
+    fade = torch.from_numpy(cv2.GaussianBlur(fixed_work.mask.astype(np.float32), (0, 0), 8.0))
+    to_mm = torch.as_tensor(np.asarray(grid.direction) @ np.diag(grid.spacing))  # working pixel (x, y) -> mm
+    result, flow_total = previous, torch.zeros(2, *shape)
+    warped = start_warped
+    for _ in range(settings.passes):
+        context.check_cancel()
+        flow = predict_flow(net, fixed_map, warped) * fade
+        # compose on the pixel grid: total(p) = flow(p) + total(p + flow(p)) (a pixel of the last warp's input)
+        moved, _ = warp_by_flow(flow_total[None], flow[None])
+        flow_total = flow + moved[0]
+        field = DisplacementField(torch.einsum("ij,jhw->ihw", to_mm, flow_total.double()).float(), grid)
+        result = compose(field, previous)
+        with torch.no_grad():
+            warped = _sample_moving(moving_map, context.moving.grid, moving_work.scale,
+                                    torch.as_tensor(result.map_points(points)), shape)
+    inside = torch.from_numpy(fixed_work.mask) & ((start_warped > 0) | (warped > 0))
+    before, after = _correlation(fixed_map, start_warped, inside), _correlation(fixed_map, warped, inside)
+    figures = {"refinement_correlation_start": before, "refinement_correlation_final": after,
+               "refinement_max_flow_px": float(flow_total.norm(dim=0).max()) / fixed_work.scale,  # fixed pixels
+               "refinement_time_s": time.perf_counter() - start_time}
+    kept = after > before
+    figures["refinement_kept"] = bool(kept)
+    context.report({"model": settings.model, "level": 0, "iteration": 0, "loss": -max(before, after)})
+    return StageOutcome(StageState(IdentityTransform(context.dim), result if kept else previous),
+                        -max(before, after), figures)
