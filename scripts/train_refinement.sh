@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recipe of the bundled retinal dense refinement network DeepRegistrationLib/resources/models/refinement-retina
-# (stage "dense_refinement", preset retina-learned-dense). Needs the vessel network (scripts/train_vessels.sh) first:
+# (stage "dense_refinement", preset retina-learned). Needs the vessel network (scripts/train_vessels.sh) first:
 # pairs are made from its vessel maps of the same three images as the correlation network's (the scikit-image
 # photograph, the colour-fundus / angiogram pair), each read through random residual displacements; validation pairs
 # come from FIRE P01_1 and P03_2 (single images; the FIRE pairs the benchmark scores are never seen as pairs).

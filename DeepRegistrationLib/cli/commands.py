@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     correlation_arguments(t)
     t.set_defaults(func=_cmd_train_correlation)
     t = train_sub.add_parser("refinement", help="the retinal dense refinement network (stage dense_refinement, "
-                                                 "preset retina-learned-dense)",
+                                                 "preset retina-learned)",
                              description="Train the dense refinement network on synthetic residual displacements of "
                                          "real vessel maps: the flow left after a global model.")
     from .train_refinement import add_arguments as refinement_arguments
