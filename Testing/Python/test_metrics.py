@@ -208,6 +208,25 @@ def test_lncc_matches_monai_rectangular_kernel_inside(slices):
     assert ours_inner == pytest.approx(theirs_inner, rel=1e-2)
 
 
+def test_box_filter_is_the_border_aware_mean_and_its_gradient_the_adjoint(slices):
+    """The box mean on a real slice equals SciPy's window sums divided by the in-image counts, and its hand-written
+    backward pass (the operator's adjoint) passes PyTorch's numerical gradient check, windows wider than the image
+    and axes of size 1 included."""
+    from scipy import ndimage
+
+    from DeepRegistrationLib.metrics import box_filter
+
+    t1 = slices[0].double()
+    ours = box_filter(t1, [5, 9])[0, 0].numpy()
+    sums = ndimage.uniform_filter(t1[0, 0].numpy(), size=(5, 9), mode="constant") * 45
+    counts = ndimage.uniform_filter(np.ones(t1.shape[2:]), size=(5, 9), mode="constant") * 45
+    assert np.abs(ours - sums / counts).max() < 1e-9
+    patch = t1[:, :, 40:47, 60:69].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: box_filter(x, [3, 11]), (patch,))
+    volume = torch.rand(1, 2, 1, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: box_filter(x, [3, 3, 7]), (volume,))
+
+
 def test_lncc_fixed_image_statistics_follow_the_fixed_image(slices):
     """LNCC keeps the fixed image's local statistics between calls (optimisers): a new fixed tensor, one changed
     in place, or one that needs a gradient gives the value and gradients of a fresh loss."""
