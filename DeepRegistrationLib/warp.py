@@ -69,9 +69,9 @@ def warp_image(
     out_chunks = []
     with torch.no_grad():
         for start in range(0, grid.shape[0], rows):
-            x = grid.physical_points(dtype=torch.float64, slices=slice(start, start + rows))
+            x = grid.physical_points(dtype=torch.float64, slices=slice(start, start + rows), device=source.device)
             if on_grid is not None:  # a field sampled on this very grid: its vectors, no interpolation
-                y = x + on_grid[:, start:start + rows].movedim(0, -1).to(x.dtype)
+                y = x + on_grid[:, start:start + rows].movedim(0, -1).to(device=x.device, dtype=x.dtype)
             else:
                 y = transform.map_points(x) if transform is not None else x
             if interpolation == "label":

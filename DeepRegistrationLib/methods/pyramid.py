@@ -166,9 +166,12 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
     mgrid = level_grid(moving.grid, spacing_mm)
     sigma = sigma_mm
     if finer is not None:
-        fixed = Image(finer.fixed[0].cpu(), finer.grid)
-        moving = Image(finer.moving.cpu(), finer.moving_grid)
+        fixed = Image(finer.fixed[0], finer.grid)
+        moving = Image(finer.moving, finer.moving_grid)
         sigma = float(np.sqrt(max(sigma_mm**2 - finer.sigma_mm**2, 0.0)))
+    else:  # smoothed and resampled where the run computes (a GPU does both in milliseconds)
+        fixed = Image(fixed.data.float().to(device), fixed.grid, fixed.name)
+        moving = Image(moving.data.float().to(device), moving.grid, moving.name)
     f = smooth_gaussian(fixed, sigma).resample_to(fgrid)
     m = smooth_gaussian(moving, sigma).resample_to(mgrid)
     mask = mmask = None
