@@ -18,8 +18,10 @@ Methods:
   and the quadratic model; ``correlation-net``: its first stage alone (MAGSAC++ on the network's matches);
   ``correlation-net-regression``: the homography the network regresses from its correlation volume;
 * ``...+dense``: a method followed by the dense refinement network (stage ``dense_refinement``, the residual flow
-  on the vessel network's maps); ``correlation-net+dense`` is the seed's registration network (correlation volume ->
-  homography -> dense refinement) with no keypoints;
+  on the vessel network's maps; ``retina-learned`` holds it already, so ``retina-learned+dense`` is the preset
+  itself); ``correlation-net+dense`` is the seed's registration network (correlation volume -> homography -> dense
+  refinement) with no keypoints, ``...-coarse-to-fine`` the same with the refinement at 256, 512 and 768 px, two
+  passes each;
 * ``sift-ransac``: OpenCV SIFT on the CLAHE-enhanced green channel at 1/4 size, Lowe ratio 0.8, RANSAC
   homography with a 5 px threshold (full size): the peer measured in ../shared/REFERENCES.md;
 * ``sitk-affine``: SimpleITK affine registration of the green channels (Mattes MI, 3 levels, at 1/4 size,
@@ -50,10 +52,12 @@ SUPERRETINA_AUC = {"P": 0.554, "S": 0.950, "A": 0.783}  # published (FIRE), for 
 METHODS = ("retina-fundus", "retina-fundus-homography", "retina-fundus-enhanced", "retina-fundus-vessels",
            "retina-fundus-vessel-net", "retina-fundus+refine", "retina-fundus-learned-keypoints",
            "retina-fundus-learned-keypoints-512", "retina-learned", "correlation-net",
-           "correlation-net-regression", "correlation-net+dense", "retina-learned+dense", "retina-fundus+dense",
+           "correlation-net-regression", "correlation-net+dense", "correlation-net+dense-coarse-to-fine",
+           "retina-learned+dense", "retina-fundus+dense",
            "sift-ransac", "sitk-affine")
 MULTIMODAL_METHODS = ("retina-multimodal", "retina-multimodal-vessel-net", "retina-multimodal+refine",
-                      "retina-learned", "correlation-net", "correlation-net+dense", "retina-learned+dense",
+                      "retina-learned", "correlation-net", "correlation-net+dense",
+                      "correlation-net+dense-coarse-to-fine", "retina-learned+dense",
                       "retina-multimodal+dense", "sift-ransac", "sitk-affine")
 CF_FA = (ROOT.parent / "shared" / "data" / "retina" / "cf_fa_pair",
          ROOT / "Testing" / "Data" / "retina" / "cf_fa_pair_control_points.txt")
@@ -89,12 +93,14 @@ def _engine(method: str):
                                                f"stages.0.working_size={size if size.isdigit() else 728}"])
     elif method == "retina-multimodal-vessel-net":
         config = load_preset("retina-multimodal", ['stages.0.vessel_model="vessels-retina"'])
-    elif method.endswith("+dense"):  # followed by the dense refinement network
-        base = method[:-len("+dense")]
+    elif "+dense" in method:  # followed by the dense refinement network (coarse to fine: 256, 512, 768 px, 2 passes)
+        base, levels = method.split("+dense")
         data = load_preset("retina-learned" if base == "correlation-net" else base).to_dict()
         if base == "correlation-net":
             data["stages"] = data["stages"][:1]
-        data["stages"].append({"model": "dense_refinement"})
+        data["stages"] = [s for s in data["stages"] if s["model"] != "dense_refinement"]
+        data["stages"].append({"model": "dense_refinement"} if not levels else
+                              {"model": "dense_refinement", "working_sizes": [256, 512, 768], "passes": 2})
         config = RegistrationConfig.from_dict(data)
     elif method.startswith("correlation-net"):
         data = load_preset("retina-learned").to_dict()

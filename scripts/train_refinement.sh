@@ -4,6 +4,8 @@
 # pairs are made from its vessel maps of the same three images as the correlation network's (the scikit-image
 # photograph, the colour-fundus / angiogram pair), each read through random residual displacements; validation pairs
 # come from FIRE P01_1 and P03_2 (single images; the FIRE pairs the benchmark scores are never seen as pairs).
+# The maps are made at 768 px, the stage's default working size (--coarse-sizes 256 384 512 adds maps at those sizes:
+# measured and not adopted, README).
 # PROFILE=cpu (the bundled model, 2 CPU cores): 1500 steps of 8 windows of 192^2; PROFILE=gpu: 4x the steps.
 # SUPERVISED_WEIGHT=0 trains on the seed's vessel-map loss alone (no synthetic truth).
 # Environment: PYTHON, DEEPREG_DATA (default ../shared/data), THREADS, STEPS, MAX_MINUTES.

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from ..io.checksums import file_sha256
-from .train_vessels import _polarities
 
 __all__ = ["add_arguments", "run"]
 
@@ -45,25 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..intensity import normalise_unit_range
-    from .train_vessels import read_training_photograph
     from ..io.models import save_model
     from ..methods.retina.correlation_net import CorrelationNet
     from ..methods.retina.correlation_training import CorrelationTrainConfig, train_correlation_net
-    from ..methods.retina.stage import feature_image
+    from .train_vessels import training_vessel_maps
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
-    polarity = _polarities(args.polarity, len(paths), "--polarity")
-    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
-    maps, val_maps = [], []
-    for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
-                             [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
-        image = read_training_photograph(path, args.channel, "correlation network")
-        _, u8 = feature_image(normalise_unit_range(image.float()), "vessels", args.working_size, pol,
-                              vessel_model=args.vessel_model)
-        target.append(u8.astype("float32") / 255.0)
+    paths, polarity, maps, val_maps = training_vessel_maps(args, "correlation network", [args.working_size])
+    val_paths = [Path(p) for p in args.val_images]
     torch.manual_seed(args.seed)
     net = CorrelationNet(size=args.size)
     config = CorrelationTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from ..io.checksums import file_sha256
-from .train_vessels import _polarities
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vessel-model", default="", help="vessel network for the maps (default: the Frangi filter)")
     p.add_argument("--channel", default="green")
     p.add_argument("--working-size", type=int, default=768,
-                   help="pixels along each image's longer side (the stage's working size)")
+                   help="pixels along each image's longer side (the stage's finest working size)")
+    p.add_argument("--coarse-sizes", type=int, nargs="*", default=[],
+                   help="more working sizes whose maps join the training pairs (for the stage's coarse levels)")
     p.add_argument("--size", type=int, default=192, help="training window (pixels, a multiple of 16)")
     p.add_argument("--out", required=True)
     p.add_argument("--name")
@@ -50,25 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..intensity import normalise_unit_range
-    from .train_vessels import read_training_photograph
     from ..io.models import save_model
     from ..methods.retina.flow_net import FlowRefinementNet
     from ..methods.retina.flow_training import FlowTrainConfig, train_flow_net
-    from ..methods.retina.stage import feature_image
+    from .train_vessels import training_vessel_maps
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
-    polarity = _polarities(args.polarity, len(paths), "--polarity")
-    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
-    maps, val_maps = [], []
-    for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
-                             [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
-        image = read_training_photograph(path, args.channel, "refinement network")
-        _, u8 = feature_image(normalise_unit_range(image.float()), "vessels", args.working_size, pol,
-                              vessel_model=args.vessel_model)
-        target.append(u8.astype("float32") / 255.0)
+    paths, polarity, maps, val_maps = training_vessel_maps(args, "refinement network",
+                                                           [args.working_size, *args.coarse_sizes])
+    val_paths = [Path(p) for p in args.val_images]
     torch.manual_seed(args.seed)
     net = FlowRefinementNet()
     config = FlowTrainConfig(steps=args.steps, batch=args.batch, size=args.size, lr=args.lr, seed=args.seed,
@@ -84,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "name": args.name or out.name,
         "description": args.description,
         "input": {"dim": 2, "channel": args.channel, "working_size": args.working_size,
+                  "trained_sizes": sorted({args.working_size, *args.coarse_sizes}),
                   "vessel_model": args.vessel_model,
                   "pair": "the fixed vessel map and the moving one resampled onto it through the previous transform, "
                           "both at the working size; output: the residual flow in fixed working pixels"},

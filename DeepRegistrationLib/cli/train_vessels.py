@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io.checksums import file_sha256
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "training_vessel_maps"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,27 @@ def _polarities(values: list[str], count: int, what: str) -> list[str]:
     if len(values) != count:
         raise InputError(f"{what}: give one polarity for all images or one per image ({count}), got {len(values)}")
     return values
+
+
+def training_vessel_maps(args, network: str, sizes: list[int]) -> tuple[list[Path], list[str], list, list]:
+    """The vessel maps (float32 [0, 1]) a retinal matching network trains and validates on: each of ``args.images``
+    and ``args.val_images`` read as a training photograph, normalised, and mapped (``args.vessel_model``, or the
+    Frangi filter with ``args.polarity`` / ``args.val_polarity``) at each working size of ``sizes``. Returns the
+    training paths, their polarities, the training maps and the validation maps."""
+    from ..intensity import normalise_unit_range
+    from ..methods.retina.stage import feature_image
+
+    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
+    polarity = _polarities(args.polarity, len(paths), "--polarity")
+    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
+    maps, val_maps = [], []
+    for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
+                             [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
+        image = normalise_unit_range(read_training_photograph(path, args.channel, network).float())
+        for size in sizes:
+            _, u8 = feature_image(image, "vessels", size, pol, vessel_model=args.vessel_model)
+            target.append(u8.astype("float32") / 255.0)
+    return paths, polarity, maps, val_maps
 
 
 def read_training_photograph(path: Path, channel: str, network: str):

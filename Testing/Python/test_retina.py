@@ -739,8 +739,9 @@ def test_bundled_refinement_model_refines_the_correlation_homography(photo_pair,
     """The bundled refinement network after the correlation network's homography (the seed's registration network:
     correlation volume -> homography -> dense refinement) brings the second visit closer to the truth than the
     homography alone, and the result, a homography after a displacement field, is written as an ITK file that
-    SimpleITK reads back to the same mapping; the same pixels on an oblique anisotropic grid give the same result;
-    another network in its place and a bad setting are refused before anything runs."""
+    SimpleITK reads back to the same mapping; coarse-to-fine levels report each level; the same pixels on an oblique
+    anisotropic grid give the same result; another network in its place and bad settings are refused before
+    anything runs."""
     from DeepRegistrationLib.io.models import find_model, load_model
     from DeepRegistrationLib.io.transforms import read_transform, write_transform
 
@@ -757,6 +758,10 @@ def test_bundled_refinement_model_refines_the_correlation_homography(photo_pair,
     error = _error_px(result.transform, truth, points, grid).mean()
     assert figures["refinement_kept"] and error < 0.7 * error_alone, (error, error_alone, figures)
     assert figures["refinement_correlation_final"] > figures["refinement_correlation_start"]
+    coarse_to_fine = register(pair.fixed, pair.moving, _dense_after_correlation({"working_sizes": [256, 768]}))
+    levels = coarse_to_fine.figures["stages"][1]["refinement_levels"]
+    assert [lv["working_size"] for lv in levels] == [256, 768] and levels[0]["kept"], levels
+    assert _error_px(coarse_to_fine.transform, truth, points, grid).mean() < 0.7 * error_alone
     path = tmp_path / "dense.h5"
     write_transform(result.transform, path)
     back = read_transform(path)
@@ -774,3 +779,31 @@ def test_bundled_refinement_model_refines_the_correlation_homography(photo_pair,
         register(pair.fixed, pair.moving, _dense_after_correlation({"network": "correlation-retina"}))
     with pytest.raises(dr.InputError, match="passes must be"):
         _dense_after_correlation({"passes": 0})
+    with pytest.raises(dr.InputError, match="working_sizes"):
+        _dense_after_correlation({"working_sizes": [16]})
+
+
+def test_train_refinement_and_correlation_commands_write_verified_models(tmp_path, oasis_t1, capsys):
+    """``deepreg train refinement`` and ``deepreg train correlation`` (a few steps on the scikit-image photograph's
+    Frangi maps) write model folders whose cards record the maps' sizes and the loss and whose weights load
+    verified; a 3D training image is refused with its name."""
+    from DeepRegistrationLib.cli import main
+    from DeepRegistrationLib.io.models import find_model, load_model
+
+    photo = str(data_file("retina/skimage_retina.jpg"))
+    out = tmp_path / "refinement"
+    assert main(["train", "refinement", "--images", photo, "--working-size", "256", "--coarse-sizes", "192",
+                 "--size", "64", "--steps", "2", "--batch", "2", "--validate-every", "1", "--out", str(out)]) == 0
+    _, card = load_model(find_model(str(out)), network="FlowRefinementNet")
+    assert card["input"]["trained_sizes"] == [192, 256] and "Chamfer" in card["training"]["loss"]
+    assert card["training"]["steps_done"] == 2
+    out = tmp_path / "correlation"
+    assert main(["train", "correlation", "--images", photo, "--working-size", "256", "--size", "64", "--steps", "2",
+                 "--batch", "2", "--validate-every", "1", "--out", str(out)]) == 0
+    load_model(find_model(str(out)), network="CorrelationNet")
+    volume = tmp_path / "t1.nii.gz"
+    oasis_t1.write(volume)
+    capsys.readouterr()
+    assert main(["train", "refinement", "--images", str(volume), "--steps", "1", "--out", str(tmp_path / "no")]) != 0
+    assert "t1.nii.gz: the refinement network trains on 2D images" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -21,30 +21,18 @@ from ...transforms.polynomial import HomographyTransform
 from ..stage import StageContext, StageOutcome, StageState
 from .correlation_net import STRIDE, cell_content
 from .kinds import CorrelationSettings
-from .stage import check_stage_inputs, feature_image, vessel_network
+from .stage import card_vessel_model, check_network_stage_inputs, feature_image, stage_network
 
 __all__ = ["run_correlation_stage", "check_inputs"]
 
 
 def _network(settings: CorrelationSettings):
-    from ...io.models import cached_model, find_model
-
-    return cached_model(find_model(settings.network), "cpu", network="CorrelationNet")
-
-
-def _vessel_model(settings: CorrelationSettings, card: dict) -> str:
-    if settings.vessel_model == "frangi":
-        return ""
-    return settings.vessel_model or str(card["input"].get("vessel_model", ""))
+    return stage_network(settings.network, "CorrelationNet")
 
 
 def check_inputs(settings: CorrelationSettings, fixed, moving, device) -> list[str]:
     """2D images of a usable size; the network (and its vessel network) found and verified before anything runs."""
-    check_stage_inputs(settings, fixed, moving, device)
-    _, card = _network(settings)
-    if _vessel_model(settings, card):
-        vessel_network(_vessel_model(settings, card))
-    return []
+    return check_network_stage_inputs(settings, fixed, moving, device, "CorrelationNet")
 
 
 def _square(image, settings: CorrelationSettings, card: dict, polarity: str, size: int):
@@ -52,7 +40,7 @@ def _square(image, settings: CorrelationSettings, card: dict, polarity: str, siz
     import cv2
 
     work, u8 = feature_image(image, "vessels", int(card["input"]["working_size"]), polarity,
-                             vessel_model=_vessel_model(settings, card))
+                             vessel_model=card_vessel_model(settings, card))
     side = max(work.array.shape)
     square = np.zeros((side, side), np.float32)
     square[:u8.shape[0], :u8.shape[1]] = u8 / 255.0

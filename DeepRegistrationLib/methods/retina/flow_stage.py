@@ -20,30 +20,18 @@ from ...geometry import Grid
 from ...transforms import DisplacementField, IdentityTransform, compose
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import DenseRefinementSettings
-from .stage import check_stage_inputs, feature_image, vessel_network
+from .stage import card_vessel_model, check_network_stage_inputs, feature_image, stage_network
 
 __all__ = ["run_dense_refinement_stage", "check_inputs", "working_grid"]
 
 
 def _network(settings: DenseRefinementSettings):
-    from ...io.models import cached_model, find_model
-
-    return cached_model(find_model(settings.network), "cpu", network="FlowRefinementNet")
-
-
-def _vessel_model(settings: DenseRefinementSettings, card: dict) -> str:
-    if settings.vessel_model == "frangi":
-        return ""
-    return settings.vessel_model or str(card["input"].get("vessel_model", ""))
+    return stage_network(settings.network, "FlowRefinementNet")
 
 
 def check_inputs(settings: DenseRefinementSettings, fixed, moving, device) -> list[str]:
     """2D images of a usable size; the network (and its vessel network) found and verified before anything runs."""
-    check_stage_inputs(settings, fixed, moving, device)
-    _, card = _network(settings)
-    if _vessel_model(settings, card):
-        vessel_network(_vessel_model(settings, card))
-    return []
+    return check_network_stage_inputs(settings, fixed, moving, device, "FlowRefinementNet")
 
 
 def working_grid(grid: Grid, scale: float, shape: tuple[int, int]) -> Grid:
@@ -73,17 +61,15 @@ def _correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     return float((a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt().clamp(min=1e-12))
 
 
-def run_dense_refinement_stage(settings: DenseRefinementSettings, context: StageContext,
-                               state: StageState) -> StageOutcome:
+def _refine_level(settings: DenseRefinementSettings, context: StageContext, net, vessel_model: str, size: int,
+                  previous) -> tuple[object, float, float, float]:
+    """One working size: the network's passes after ``previous``; returns the refined transform (or ``previous``
+    when the flow does not raise the vessel maps' correlation), the correlations before and after, and the
+    largest flow (fixed image pixels)."""
     import cv2
 
     from .flow_net import predict_flow, warp_by_flow
 
-    start_time = time.perf_counter()
-    net, card = _network(settings)
-    size = settings.working_size or int(card["input"]["working_size"])
-    vessel_model = _vessel_model(settings, card)
-    previous = state.linear if state.deformable is None else compose(state.deformable, state.linear)
     fixed_work, fixed_u8 = feature_image(context.fixed, "vessels", size, settings.fixed_polarity,
                                          vessel_model=vessel_model)
     moving_work, moving_u8 = feature_image(context.moving, "vessels", size, settings.moving_polarity,
@@ -93,14 +79,17 @@ def run_dense_refinement_stage(settings: DenseRefinementSettings, context: Stage
     shape = tuple(fixed_map.shape)
     grid = working_grid(context.fixed.grid, fixed_work.scale, shape)
     points = grid.physical_points(dtype=torch.float64).reshape(-1, 2)
-    with torch.no_grad():
-        start_warped = _sample_moving(moving_map, context.moving.grid, moving_work.scale,
-                                      torch.as_tensor(previous.map_points(points)), shape)
+
+    def warped_through(transform) -> torch.Tensor:
+        with torch.no_grad():
+            return _sample_moving(moving_map, context.moving.grid, moving_work.scale,
+                                  torch.as_tensor(transform.map_points(points)), shape)
+
+    start_warped = warped = warped_through(previous)
     # the flow fades to zero beyond the fixed field of view (there the maps say nothing)
     fade = torch.from_numpy(cv2.GaussianBlur(fixed_work.mask.astype(np.float32), (0, 0), 8.0))
     to_mm = torch.as_tensor(np.asarray(grid.direction) @ np.diag(grid.spacing))  # working pixel (x, y) -> mm
     result, flow_total = previous, torch.zeros(2, *shape)
-    warped = start_warped
     for _ in range(settings.passes):
         context.check_cancel()
         flow = predict_flow(net, fixed_map, warped) * fade
@@ -109,16 +98,30 @@ def run_dense_refinement_stage(settings: DenseRefinementSettings, context: Stage
         flow_total = flow + moved[0]
         field = DisplacementField(torch.einsum("ij,jhw->ihw", to_mm, flow_total.double()).float(), grid)
         result = compose(field, previous)
-        with torch.no_grad():
-            warped = _sample_moving(moving_map, context.moving.grid, moving_work.scale,
-                                    torch.as_tensor(result.map_points(points)), shape)
+        warped = warped_through(result)
     inside = torch.from_numpy(fixed_work.mask) & ((start_warped > 0) | (warped > 0))
     before, after = _correlation(fixed_map, start_warped, inside), _correlation(fixed_map, warped, inside)
-    figures = {"refinement_correlation_start": before, "refinement_correlation_final": after,
-               "refinement_max_flow_px": float(flow_total.norm(dim=0).max()) / fixed_work.scale,  # fixed pixels
+    largest = float(flow_total.norm(dim=0).max()) / fixed_work.scale
+    return (result if after > before else previous), before, after, largest
+
+
+def run_dense_refinement_stage(settings: DenseRefinementSettings, context: StageContext,
+                               state: StageState) -> StageOutcome:
+    start_time = time.perf_counter()
+    net, card = _network(settings)
+    sizes = settings.working_sizes or [int(card["input"]["working_size"])]
+    vessel_model = card_vessel_model(settings, card)
+    result = state.linear if state.deformable is None else compose(state.deformable, state.linear)
+    levels = []
+    for level, size in enumerate(sizes):
+        result, before, after, largest = _refine_level(settings, context, net, vessel_model, size, result)
+        levels.append({"working_size": size, "correlation_start": round(before, 4), "correlation_final": round(after, 4),
+                       "kept": after > before, "max_flow_px": round(largest, 2)})
+        context.report({"model": settings.model, "level": level, "iteration": settings.passes - 1,
+                        "loss": -max(before, after)})
+    figures = {"refinement_levels": levels, "refinement_correlation_start": levels[-1]["correlation_start"],
+               "refinement_correlation_final": levels[-1]["correlation_final"],
+               "refinement_kept": any(lv["kept"] for lv in levels),
                "refinement_time_s": time.perf_counter() - start_time}
-    kept = after > before
-    figures["refinement_kept"] = bool(kept)
-    context.report({"model": settings.model, "level": 0, "iteration": 0, "loss": -max(before, after)})
-    return StageOutcome(StageState(IdentityTransform(context.dim), result if kept else previous),
-                        -max(before, after), figures)
+    return StageOutcome(StageState(IdentityTransform(context.dim), result),
+                        -max(levels[-1]["correlation_start"], levels[-1]["correlation_final"]), figures)

@@ -255,8 +255,10 @@ class DenseRefinementSettings(StageSettings):
         vessel_model: the vessel network making the maps; empty: the one the model's card names; ``frangi``: the
             Frangi filter, with the polarities below.
         fixed_polarity, moving_polarity: each image's vessels, for the Frangi filter only.
-        working_size: pixels along each image's longer side; 0: the card's (what it was trained at).
-        passes: network passes, each on the moving map resampled through the result of the previous one.
+        working_sizes: pixels along each image's longer side, one level each, coarse to fine (each level refines the
+            previous one's result); empty: the card's finest working size alone. A coarse level widens the capture
+            range: the network corrects a few working pixels, which are more image pixels at a small size.
+        passes: network passes per level, each on the moving map resampled through the previous pass's result.
     """
 
     model: str = "dense_refinement"
@@ -264,8 +266,11 @@ class DenseRefinementSettings(StageSettings):
     vessel_model: str = ""
     fixed_polarity: str = "dark"
     moving_polarity: str = "dark"
-    working_size: int = 0
+    working_sizes: tuple = ()
     passes: int = 1
+
+    def iterations_per_level(self) -> list[int]:
+        return [self.passes] * max(1, len(self.working_sizes))
 
     def validate(self) -> "DenseRefinementSettings":
         if self.model != "dense_refinement":
@@ -273,9 +278,11 @@ class DenseRefinementSettings(StageSettings):
         if not isinstance(self.network, str) or not self.network:
             raise InputError(f"network must be a refinement model name or folder, got {self.network!r}")
         _check_vessel_fields(self)
-        check_number("working_size", self.working_size, 0, 4096, integer=True)
-        if 0 < self.working_size < 64:
-            raise InputError(f"working_size must be 0 (the model's) or at least 64 pixels, got {self.working_size}")
+        if not isinstance(self.working_sizes, (list, tuple)):
+            raise InputError(f"working_sizes must be a list of pixel counts (coarse to fine), got {self.working_sizes!r}")
+        for size in self.working_sizes:
+            check_number("working_sizes[]", size, 64, 4096, integer=True)
+        self.working_sizes = [int(size) for size in self.working_sizes]
         check_number("passes", self.passes, 1, 5, integer=True)
         return self
 

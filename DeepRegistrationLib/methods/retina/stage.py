@@ -11,7 +11,8 @@ from ...transforms import IdentityTransform
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import KeypointSettings
 
-__all__ = ["run_keypoint_stage", "check_stage_inputs", "feature_image", "moving_pixel_mm", "MIN_SIZE_PX"]
+__all__ = ["run_keypoint_stage", "check_stage_inputs", "check_network_stage_inputs", "stage_network", "card_vessel_model",
+           "feature_image", "moving_pixel_mm", "MIN_SIZE_PX"]
 
 #: The smallest photograph a retinal stage takes (pixels a side): below it, too few keypoints or vessels.
 MIN_SIZE_PX = 128
@@ -45,6 +46,32 @@ def vessel_network(name: str):
 
     net, _ = cached_model(find_model(name), "cpu", network="VesselNet")
     return net
+
+
+def stage_network(name: str, network: str):
+    """A retinal stage's network and its card (model name or folder; checksum verified, the class ``network``
+    checked; kept for the process)."""
+    from ...io.models import cached_model, find_model
+
+    return cached_model(find_model(name), "cpu", network=network)
+
+
+def card_vessel_model(settings, card: dict) -> str:
+    """The vessel network a network stage makes its maps with: the stage's ``vessel_model``, else the one the model's
+    card names (what it was trained on); empty for the Frangi filter (``frangi``)."""
+    if settings.vessel_model == "frangi":
+        return ""
+    return settings.vessel_model or str(card["input"].get("vessel_model", ""))
+
+
+def check_network_stage_inputs(settings, fixed, moving, device, network: str) -> list[str]:
+    """:func:`check_stage_inputs`, and the stage's network (class ``network``) and its vessel network found and
+    verified before anything runs."""
+    check_stage_inputs(settings, fixed, moving, device)
+    _, card = stage_network(settings.network, network)
+    if card_vessel_model(settings, card):
+        vessel_network(card_vessel_model(settings, card))
+    return []
 
 
 def feature_image(image, features: str, working_size: int, polarity: str = "auto", clahe_clip: float = 2.0,
