@@ -4,7 +4,7 @@ Both images' vessel maps are made at the working size. The fixed map's pixels fo
 fixed image's grid at the working resolution: same direction, origin and spacing scaled); the moving map is
 resampled at those pixels through the transform so far (fixed -> moving, mm). The network gives the flow (fixed
 working pixels) with ``warped(p + flow(p)) = fixed(p)``; in mm it is a displacement field ``u`` on that grid, faded
-to zero beyond the fixed field of view, and the result is ``previous(x + u(x))``. The flow is kept only where it
+to zero beyond the fixed field of view, and the result is ``previous(x + u(x))``. Each level keeps its flow only if it
 raises the correlation of the two vessel maps over the fixed field of view (else the previous transform stays, and
 the figures say so).
 """
