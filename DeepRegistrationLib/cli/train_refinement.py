@@ -10,31 +10,17 @@ import time
 from pathlib import Path
 
 from ..io.checksums import file_sha256
+from .train_vessels import add_training_loop_arguments, add_training_run_arguments, add_vessel_map_arguments
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", nargs="+", required=True, help="photographs / angiograms whose vessel maps make pairs")
-    p.add_argument("--polarity", nargs="+", default=["dark"],
-                   help="each image's vessels for the Frangi filter (dark or bright; one for all or one per image); "
-                        "unused with --vessel-model")
-    p.add_argument("--val-images", nargs="*", default=[], help="images for the validation pairs")
-    p.add_argument("--val-polarity", nargs="*", default=[])
-    p.add_argument("--vessel-model", default="", help="vessel network for the maps (default: the Frangi filter)")
-    p.add_argument("--channel", default="green")
-    p.add_argument("--working-size", type=int, default=768,
-                   help="pixels along each image's longer side (the stage's finest working size)")
+    add_vessel_map_arguments(p, 768, "pixels along each image's longer side (the stage's finest working size)")
     p.add_argument("--coarse-sizes", type=int, nargs="*", default=[],
                    help="more working sizes whose maps join the training pairs (for the stage's coarse levels)")
     p.add_argument("--size", type=int, default=192, help="training window (pixels, a multiple of 16)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--name")
-    p.add_argument("--description", default="")
-    p.add_argument("--licence", default="Apache-2.0 (weights); see the training images' terms")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_training_run_arguments(p)
     p.add_argument("--max-corner-px", type=float, default=8.0,
                    help="largest corner shift of the random residual homography (pixels)")
     p.add_argument("--max-elastic-px", type=float, default=4.0, help="largest smooth random displacement (pixels)")
@@ -42,10 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supervised-weight", type=float, default=0.1,
                    help="weight of the end-point error to the synthetic truth (pixels) beside the vessel-map loss; "
                         "0: the vessel-map loss alone")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--max-minutes", type=float, default=0.0)
-    p.add_argument("--threads", type=int, default=0)
+    add_training_loop_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

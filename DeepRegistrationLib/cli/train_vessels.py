@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..io.checksums import file_sha256
 
-__all__ = ["add_arguments", "run", "training_vessel_maps"]
+__all__ = ["add_arguments", "run", "training_vessel_maps", "add_vessel_map_arguments", "add_training_run_arguments",
+           "add_training_loop_arguments"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,40 @@ def _polarities(values: list[str], count: int, what: str) -> list[str]:
     if len(values) != count:
         raise InputError(f"{what}: give one polarity for all images or one per image ({count}), got {len(values)}")
     return values
+
+
+def add_vessel_map_arguments(p: argparse.ArgumentParser, working_size: int, working_help: str) -> None:
+    """The arguments of a retinal matching network's training that say which vessel maps it learns from:
+    images and their polarities, validation images, the vessel network, the channel and the working size."""
+    p.add_argument("--images", nargs="+", required=True, help="photographs / angiograms whose vessel maps make pairs")
+    p.add_argument("--polarity", nargs="+", default=["dark"],
+                   help="each image's vessels for the Frangi filter (dark or bright; one for all or one per image); "
+                        "unused with --vessel-model")
+    p.add_argument("--val-images", nargs="*", default=[], help="images for the validation pairs")
+    p.add_argument("--val-polarity", nargs="*", default=[])
+    p.add_argument("--vessel-model", default="", help="vessel network for the maps (default: the Frangi filter)")
+    p.add_argument("--channel", default="green")
+    p.add_argument("--working-size", type=int, default=working_size, help=working_help)
+
+
+def add_training_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a retinal network's training writes its model folder and card, and its steps, batch and learning
+    rate."""
+    p.add_argument("--out", required=True)
+    p.add_argument("--name")
+    p.add_argument("--description", default="")
+    p.add_argument("--licence", default="Apache-2.0 (weights); see the training images' terms")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+
+
+def add_training_loop_arguments(p: argparse.ArgumentParser) -> None:
+    """The training loop's seed, validation interval, time budget and CPU threads."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=0)
 
 
 def training_vessel_maps(args, network: str, sizes: list[int]) -> tuple[list[Path], list[str], list, list]:

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from ...geometry import Grid
+from ...metrics.similarity import NCCLoss
+from ...sampling import grid_sample
 from ...transforms import DisplacementField, IdentityTransform, compose
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import DenseRefinementSettings
 from .stage import card_vessel_model, check_network_stage_inputs, feature_image, stage_network
 
-__all__ = ["run_dense_refinement_stage", "check_inputs", "working_grid"]
+__all__ = ["run_dense_refinement_stage", "check_inputs"]
 
 
 def _network(settings: DenseRefinementSettings):
@@ -34,31 +36,11 @@ def check_inputs(settings: DenseRefinementSettings, fixed, moving, device) -> li
     return check_network_stage_inputs(settings, fixed, moving, device, "FlowRefinementNet")
 
 
-def working_grid(grid: Grid, scale: float, shape: tuple[int, int]) -> Grid:
-    """The physical grid of an image's working pixels (``shape`` (rows, columns); ``scale`` working pixels per
-    original pixel; :class:`~.fundus.WorkingImage`'s mapping ``i = (p + 0.5) / scale - 0.5``)."""
-    start = np.full(grid.dim, 0.5 / scale - 0.5)
-    origin = grid.index_to_physical(start[None])[0]
-    return Grid((shape[1], shape[0]), origin, [s / scale for s in grid.spacing], grid.direction)
-
-
-def _sample_moving(moving_map: np.ndarray, moving_grid: Grid, scale: float, mapped_mm: torch.Tensor,
+def _sample_moving(moving_map: np.ndarray, moving_work, moving_grid: Grid, mapped_mm: torch.Tensor,
                    shape: tuple[int, int]) -> torch.Tensor:
     """The moving working map ``(h', w')`` at physical points ``(h * w, 2)`` -> ``(h, w)``, zero outside."""
-    h, w = moving_map.shape
-    to_index = torch.as_tensor(moving_grid.physical_to_index_matrix())
-    index = mapped_mm.double() @ to_index[:2, :2].T + to_index[:2, 2]
-    working = (index + 0.5) * scale - 0.5
-    norm = working * torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=torch.float64) - 1.0
-    sampled = torch.nn.functional.grid_sample(torch.from_numpy(moving_map)[None, None],
-                                              norm.float().view(1, *shape, 2), align_corners=True, padding_mode="zeros")
-    return sampled[0, 0]
-
-
-def _correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    a, b = a[mask], b[mask]
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt().clamp(min=1e-12))
+    coords = moving_work.normalised(moving_grid, mapped_mm).float().view(1, *shape, 2)
+    return grid_sample(torch.from_numpy(moving_map)[None, None], coords, padding_mode="zeros")[0, 0]
 
 
 def _refine_level(settings: DenseRefinementSettings, context: StageContext, net, vessel_model: str, size: int,
@@ -77,12 +59,12 @@ def _refine_level(settings: DenseRefinementSettings, context: StageContext, net,
     fixed_map = torch.from_numpy(fixed_u8.astype(np.float32) / 255.0)
     moving_map = moving_u8.astype(np.float32) / 255.0
     shape = tuple(fixed_map.shape)
-    grid = working_grid(context.fixed.grid, fixed_work.scale, shape)
+    grid = fixed_work.grid(context.fixed.grid)
     points = grid.physical_points(dtype=torch.float64).reshape(-1, 2)
 
     def warped_through(transform) -> torch.Tensor:
         with torch.no_grad():
-            return _sample_moving(moving_map, context.moving.grid, moving_work.scale,
+            return _sample_moving(moving_map, moving_work, context.moving.grid,
                                   torch.as_tensor(transform.map_points(points)), shape)
 
     start_warped = warped = warped_through(previous)
@@ -100,7 +82,9 @@ def _refine_level(settings: DenseRefinementSettings, context: StageContext, net,
         result = compose(field, previous)
         warped = warped_through(result)
     inside = torch.from_numpy(fixed_work.mask) & ((start_warped > 0) | (warped > 0))
-    before, after = _correlation(fixed_map, start_warped, inside), _correlation(fixed_map, warped, inside)
+    ncc = NCCLoss()
+    before, after = (-float(ncc(fixed_map[None, None], w[None, None], inside[None, None].float()))
+                     for w in (start_warped, warped))
     largest = float(flow_total.norm(dim=0).max()) / fixed_work.scale
     return (result if after > before else previous), before, after, largest
 

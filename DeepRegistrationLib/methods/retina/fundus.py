@@ -8,11 +8,17 @@ pixel centres aligned). OpenCV does the resampling and CLAHE, scikit-image the F
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import InputError
 from .fundus_names import POLARITIES
+
+if TYPE_CHECKING:
+    import torch
+
+    from ...geometry import Grid
 
 __all__ = ["WorkingImage", "working_image", "field_of_view_mask", "enhance", "vesselness", "vessel_polarity",
            "POLARITIES"]
@@ -42,6 +48,26 @@ class WorkingImage:
 
     def to_working(self, index: np.ndarray) -> np.ndarray:
         return (np.asarray(index, dtype=np.float64) + 0.5) * self.scale - 0.5
+
+    def grid(self, original: "Grid") -> "Grid":
+        """The physical grid of the working pixels of an image on ``original``: same direction, pixel ``p`` at the
+        original continuous index :meth:`to_original` ``(p)``."""
+        from ...geometry import Grid
+
+        origin = original.index_to_physical(self.to_original(np.zeros((1, original.dim))))[0]
+        rows, cols = self.array.shape
+        return Grid((cols, rows), origin, [s / self.scale for s in original.spacing], original.direction)
+
+    def normalised(self, original: "Grid", points_mm: "torch.Tensor") -> "torch.Tensor":
+        """``grid_sample`` coordinates (``align_corners=True``, float64) in this working image of physical points
+        ``(..., 2)`` (LPS mm) of an image on ``original``: mm -> original index -> working pixel -> [-1, 1]."""
+        import torch
+
+        to_index = torch.as_tensor(original.physical_to_index_matrix(), dtype=torch.float64)
+        index = points_mm.double() @ to_index[:2, :2].T + to_index[:2, 2]
+        rows, cols = self.array.shape
+        size = torch.tensor([cols - 1, rows - 1], dtype=torch.float64)
+        return ((index + 0.5) * self.scale - 0.5) * (2.0 / size) - 1.0
 
 
 def field_of_view_mask(array: np.ndarray, erosion_px: int = 0, threshold: float = 0.1) -> np.ndarray:

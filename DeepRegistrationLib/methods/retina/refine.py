@@ -91,16 +91,9 @@ def _level_data(context: StageContext, settings: PolynomialSettings, size: int):
     points = torch.as_tensor(context.fixed.grid.index_to_physical(index))
     values = torch.as_tensor(fixed_feature[rows, cols]).view(1, 1, 1, -1)
     moving = torch.as_tensor(np.stack([moving_feature, moving_work.mask.astype(np.float32)]))[None]
-    h, w = moving_feature.shape
-    # mm -> original index -> working pixel -> [-1, 1] (align_corners=True)
-    to_index = torch.as_tensor(context.moving.grid.physical_to_index_matrix())
-    scale = torch.tensor([moving_work.scale * 2 / (w - 1), moving_work.scale * 2 / (h - 1)], dtype=torch.float64)
-    shift = torch.tensor([(0.5 * moving_work.scale - 0.5) * 2 / (w - 1) - 1,
-                          (0.5 * moving_work.scale - 0.5) * 2 / (h - 1) - 1], dtype=torch.float64)
 
     def to_grid(mm: torch.Tensor) -> torch.Tensor:
-        idx = mm @ to_index[:2, :2].T + to_index[:2, 2]
-        return (idx * scale + shift).float()
+        return moving_work.normalised(context.moving.grid, mm).float()
 
     return points, values, moving, to_grid
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ...intensity import contrast_curve
+from ...intensity import contrast_curve, gaussian_kernel_1d
 from ...transforms.linear import rotation_matrix
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 
@@ -104,10 +104,8 @@ def _blur(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, *shape)`` (sigma in voxels, kernel truncated at 4 sigma, zero padding)."""
     if sigma_voxels < 0.3:
         return image
-    radius = int(math.ceil(4.0 * sigma_voxels))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (x / sigma_voxels) ** 2)
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel_1d(sigma_voxels).to(image)
+    radius = kernel.numel() // 2
     dim = image.dim() - 2
     conv = F.conv3d if dim == 3 else F.conv2d
     channels = image.shape[1]
