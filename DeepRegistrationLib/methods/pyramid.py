@@ -38,6 +38,36 @@ MAPPING_SAMPLES = 200_000
 __all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels", "mapped_moving_image"]
 
 
+def _slices(box: tuple[list[int], list[int]]) -> tuple[slice, ...]:
+    """Array slices ``(k, j, i)`` of the grid box ``start <= (i, j, k) < stop``."""
+    return tuple(slice(a, b) for a, b in zip(reversed(box[0]), reversed(box[1])))
+
+
+def _bounding_box(flags: torch.Tensor, margin: int) -> tuple[list[int], list[int]] | None:
+    """``(start, stop)`` in grid order ``(i, j[, k])`` of the true voxels of ``flags`` (array order ``(k, j, i)``),
+    grown by ``margin`` voxels and clipped to the array; None where no voxel is true."""
+    if not bool(flags.any()):
+        return None
+    start, stop = [], []
+    for axis in reversed(range(flags.dim())):
+        others = tuple(a for a in range(flags.dim()) if a != axis)
+        hit = torch.nonzero(flags.any(dim=others) if others else flags)[:, 0]
+        start.append(max(int(hit[0]) - margin, 0))
+        stop.append(min(int(hit[-1]) + 1 + margin, flags.shape[axis]))
+    return start, stop
+
+
+def _extract_in_box(extractor, image: torch.Tensor, box: tuple[list[int], list[int]], halo: int) -> torch.Tensor:
+    """``extractor`` ``(1, 1, ...) -> (1, C, ...)`` of ``image`` ``(1, 1, ...)`` on the grid box only, as it is on
+    the whole image: computed with ``halo`` voxels of the image around the box, then cut to the box."""
+    size = list(reversed(image.shape[2:]))
+    lo = [max(a - halo, 0) for a in box[0]]
+    hi = [min(b + halo, n) for b, n in zip(box[1], size)]
+    out = extractor(image[(slice(None), slice(None), *_slices((lo, hi)))])
+    inner = _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
+    return out[(slice(None), slice(None), *inner)].contiguous()
+
+
 def level_grid(grid: Grid, spacing_mm: float) -> Grid:
     """``grid`` resampled to ``spacing_mm`` (never finer than the original along any axis), same centre."""
     return grid.centred_at_spacing([max(float(spacing_mm), s) for s in grid.spacing], min_size=2)
@@ -96,42 +126,88 @@ class PyramidLevel:
         fixed = self.fixed.reshape(self.channels, -1)[:, voxels]
         return fixed.reshape(1, self.channels, -1, 1), warped.reshape(1, self.channels, -1, 1), inside.reshape(1, 1, -1, 1)
 
-    def with_features(self, key: str, extractor, support=None) -> "PyramidLevel":
+    def with_features(self, key: str, extractor, support=None, moving: bool = True,
+                      halo: int | None = None) -> "PyramidLevel":
         """This level with both images replaced by ``extractor(image)`` ``(1, 1, ...) -> (1, C, ...)`` (a learned
         metric's feature maps), made once per ``key`` and kept with the level; grids, points and moving mask
         shared. ``support(fixed image) -> (1, 1, ...)`` restricts the fixed mask to where the measure is defined
-        (a learned metric: the fixed image's content)."""
+        (a learned metric: the fixed image's content). ``moving=False``: the moving features are left for
+        :meth:`warped_features` to make (the feature level's ``moving`` is then an empty tensor).
+
+        ``halo``: the extractor's receptive radius in voxels. Given, the feature level covers only the bounding
+        box of the fixed mask (nothing outside it is ever compared), and the features there are exact: computed
+        on the box plus ``halo`` voxels of real neighbours, which are then cut off. A 1 mm head keeps about half
+        its voxels."""
         if self._features is None:
             self._features = {}
-        if key not in self._features:
+        cache = key if halo is None else f"{key}#box"
+        made = self._features.get(cache)
+        if made is None or (moving and made.moving.numel() == 0):
             with torch.no_grad():
-                fixed = extractor(self.fixed[:, :1])
-                moving = extractor(self.moving[:1].unsqueeze(0))[0]
-                mask = self.mask
-                if support is not None:
-                    mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
-            self._features[key] = PyramidLevel(self.spacing_mm, fixed, self.grid, self.points, mask, moving,
-                                               self.moving_grid, self.moving_mask, self.sigma_mm, source=self)
-        return self._features[key]
+                if made is None:
+                    mask = self.mask
+                    if support is not None:
+                        mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
+                    box = None if halo is None or mask is None else _bounding_box(mask[0, 0] > 0, 0)
+                    if box is None:
+                        grid, points, fixed = self.grid, self.points, extractor(self.fixed[:, :1])
+                    else:
+                        grid = self.grid.cropped(*box)
+                        points, mask = self.points[_slices(box)], mask[(..., *_slices(box))]
+                        fixed = _extract_in_box(extractor, self.fixed[:, :1], box, halo)
+                else:
+                    grid, points, fixed, mask = made.grid, made.points, made.fixed, made.mask
+                features = (extractor(self.moving[:1].unsqueeze(0))[0] if moving
+                            else torch.empty(0, device=self.fixed.device))
+            self._features[cache] = PyramidLevel(self.spacing_mm, fixed, grid, points, mask, features,
+                                                 self.moving_grid, self.moving_mask, self.sigma_mm, source=self)
+        return self._features[cache]
 
-    def warped_features(self, transform: "LinearTransform", extractor) -> "PyramidLevel":
+    def warped_features(self, transform: "LinearTransform", extractor, halo: int | None = None,
+                        margin: int = 3) -> "PyramidLevel":
         """A feature level (from :meth:`with_features`) whose moving features are those of the moving *image*
         resampled through ``transform`` onto the fixed level grid: its moving grid is the fixed grid, so it is
         sampled through the transform *relative to* ``transform`` (near the identity). Features are not
         equivariant: read through a rotation, features of the unrotated image describe rotated neighbourhoods;
         made on the image as currently warped, they do not. ``moving_mask``: where ``transform`` maps the fixed
-        voxels into the moving image (and its mask)."""
+        voxels into the moving image (and its mask).
+
+        ``halo`` (the extractor's receptive radius, voxels): the moving features are made only on the bounding
+        box of the fixed mask's voxels that ``transform`` maps into the moving image, grown by ``margin`` voxels
+        (the room the relative transform has to move before the features must be remade), from the warped image
+        on that box grown by ``halo`` voxels, so they are those of the moving image itself there (not cut off at
+        the fixed level's edge either). A thick-slice slab over part of a head: a fraction of the level."""
         if self.source is None:
             raise ValueError("warped_features needs a feature level (PyramidLevel.with_features)")
         image = self.source
         with torch.no_grad():
-            pts = image.points.reshape(-1, image.grid.dim)
+            shape = tuple(self.grid.shape)
+            pts = self.points.reshape(-1, self.grid.dim)
             coords = to_normalised(image.moving_grid, transform.map_points(pts.cpu()).to(pts.device), torch.float32)
-            warped, inside = image._moving_at(coords)
-            shape = tuple(image.grid.shape)
-            moving = extractor(warped.reshape(1, 1, *shape))[0]
-        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving, self.grid,
-                            inside.reshape(1, *shape), self.sigma_mm, source=image)
+            box = None
+            if halo is not None:
+                seen = inside_normalised(image.moving_grid, coords).reshape(shape)
+                if self.mask is not None:
+                    seen = seen & (self.mask[0, 0] > 0)
+                box = _bounding_box(seen, margin)
+            if box is None:
+                grid, warped, inside = self.grid, *image._moving_at(coords)
+                moving = extractor(warped.reshape(1, 1, *shape))[0]
+            else:  # the warped image on the box grown by the halo (past the level's edge too), cut back to the box
+                grid = self.grid.cropped(*box)
+                outer = Grid([b - a + 2 * halo for a, b in zip(*box)],
+                             self.grid.index_to_physical(np.array([box[0]], dtype=np.float64) - halo)[0],
+                             self.grid.spacing, self.grid.direction)
+                opts = outer.physical_points(dtype=torch.float64, device=pts.device).reshape(-1, self.grid.dim)
+                ocoords = to_normalised(image.moving_grid, transform.map_points(opts.cpu()).to(pts.device),
+                                        torch.float32)
+                warped, inside = image._moving_at(ocoords)
+                moving = extractor(warped.reshape(1, 1, *outer.shape))[0]
+                inner = (slice(halo, -halo),) * self.grid.dim if halo else (slice(None),) * self.grid.dim
+                moving = moving[(slice(None), *inner)].contiguous()
+                inside = inside.reshape(outer.shape)[inner]
+        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving, grid,
+                            inside.reshape(1, *grid.shape), self.sigma_mm, source=image)
 
     def with_moving_image(self, moving: Image) -> "PyramidLevel":
         """This level with its moving image made from ``moving`` (on the moving image's grid) as the level's was:
@@ -184,12 +260,17 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
                         mmask, sigma_mm=sigma_mm)
 
 
-def feature_levels(levels: list[PyramidLevel], similarity) -> list[PyramidLevel]:
+def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, crop: bool = False) -> list[PyramidLevel]:
     """``levels`` as a stage's ``similarity`` compares them: their feature maps for a similarity that extracts
-    features (a learned metric), the levels themselves otherwise."""
+    features (a learned metric), the levels themselves otherwise. ``moving=False``: the stage makes the moving
+    features itself through its transform (:meth:`PyramidLevel.warped_features`); they are not made here.
+    ``crop``: each feature level covers only the bounding box of its fixed mask and the similarity's support
+    (:meth:`PyramidLevel.with_features` with the similarity's ``halo``)."""
     if not getattr(similarity, "extracts_features", False):
         return levels
-    return [level.with_features(similarity.key, similarity.features, similarity.support) for level in levels]
+    return [level.with_features(similarity.key, similarity.features, similarity.support, moving,
+                                similarity.halo(level.grid.dim, level.fixed.device) if crop else None)
+            for level in levels]
 
 
 def mapped_moving_image(fixed: Image, moving: Image, transform: "Transform", similarity, seed: int = 0) -> Image:

@@ -22,9 +22,25 @@ import torch.nn as nn
 
 from ..errors import InputError
 
-__all__ = ["LearnedSimilarity", "learned_model_folder", "PREFIX"]
+__all__ = ["LearnedSimilarity", "learned_model_folder", "dilate_box", "PREFIX"]
 
 PREFIX = "learned:"
+
+
+def dilate_box(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``mask`` ``(N, C, [D,] H, W)`` (0/1 floats) dilated by a box of ``2 radius + 1`` voxels along each axis:
+    one 1-D max filter per axis (the box is separable; a 3-D max pool of 9^3 voxels costs 27x more)."""
+    import torch.nn.functional as F
+
+    dim = mask.dim() - 2
+    pool = F.max_pool3d if dim == 3 else F.max_pool2d
+    out = mask
+    for axis in range(dim):
+        kernel = [1] * dim
+        pad = [0] * dim
+        kernel[axis], pad[axis] = 2 * radius + 1, radius
+        out = pool(out, tuple(kernel), stride=1, padding=tuple(pad))
+    return out
 
 
 def learned_model_folder(name: str, dim: int | None = None):
@@ -57,10 +73,14 @@ def _network(name: str, dim: int, device: torch.device):
 class LearnedSimilarity(nn.Module):
     """Mean misalignment score of a learned metric network over the (masked) points; 0 = aligned.
 
-    ``refresh_every`` (a ``similarity_options`` entry): a linear stage remakes the moving features every this
-    many steps from the moving image as the current transform warps it (0: once per level from the unwarped
-    image, which biases rotations towards 0 because the features do not rotate with the image); an SVF stage
-    makes them once per level through the linear part.
+    ``refresh_every`` (a ``similarity_options`` entry): a linear stage checks every this many steps whether to
+    remake the moving features from the moving image as the current transform warps it (0: never; made once
+    per level from the unwarped image, which biases rotations towards 0 because the features do not rotate with
+    the image); an SVF stage makes them once per level through the linear part.
+    ``refresh_tolerance``: the check remakes them only when the linear part of the transform has changed since
+    they were made by more than this (largest entry of ``A_made^-1 A - I``; 0.01 is about 0.6 degree).
+    Translations need no remaking: the encoder is a convolution, so the features of a shifted image are the
+    shifted features, which the resampling reads exactly.
 
     ``features(image)`` turns a level image ``(1, 1, ...)`` into feature maps; ``forward(fixed, moving, mask)``
     takes feature tensors ``(N, C, ...)`` (the fixed features and the moving features resampled at the fixed
@@ -69,15 +89,19 @@ class LearnedSimilarity(nn.Module):
 
     extracts_features = True
 
-    def __init__(self, model: str, refresh_every: int = 10) -> None:
+    def __init__(self, model: str, refresh_every: int = 10, refresh_tolerance: float = 0.01) -> None:
         super().__init__()
         if not isinstance(model, str) or not model:
             raise InputError("a learned similarity needs a model name: 'learned:<model>'")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 0:
             raise InputError(f"refresh_every must be a whole number >= 0, got {refresh_every!r}")
+        if (isinstance(refresh_tolerance, bool) or not isinstance(refresh_tolerance, (int, float))
+                or not refresh_tolerance >= 0 or refresh_tolerance == float("inf")):
+            raise InputError(f"refresh_tolerance must be a number >= 0, got {refresh_tolerance!r}")
         learned_model_folder(model)  # refuse a missing model when the configuration is read
         self.model = model
         self.refresh_every = refresh_every
+        self.refresh_tolerance = float(refresh_tolerance)
         self._net: nn.Module | None = None
 
     def network(self, dim: int, device: torch.device) -> nn.Module:
@@ -90,15 +114,15 @@ class LearnedSimilarity(nn.Module):
         """Names the feature maps this similarity needs (levels keep them under this key)."""
         return PREFIX + self.model
 
+    def halo(self, dim: int, device: torch.device) -> int:
+        """Receptive radius of the network's features, in voxels: a feature depends on the image this far away."""
+        return self.network(dim, device).receptive_field // 2
+
     def support(self, image: torch.Tensor) -> torch.Tensor:
         """Where the score is measured: ``image`` ``(N, 1, ...)`` (in [0, 1]) above 0.02, dilated by a quarter of
         the receptive field; ``(N, 1, ...)`` float. Refuses an image without content."""
-        import torch.nn.functional as F
-
         net = self.network(image.dim() - 2, image.device)
-        r = max(1, net.receptive_field // 4)
-        pool = F.max_pool3d if image.dim() == 5 else F.max_pool2d
-        content = pool((image > 0.02).float(), 2 * r + 1, stride=1, padding=r)
+        content = dilate_box((image > 0.02).float(), max(1, net.receptive_field // 4))
         if not bool(content.any()):
             raise InputError("the fixed image has no content (every voxel below 2 % of its range) for a learned metric")
         return content

@@ -171,6 +171,85 @@ def test_multichannel_gradient_sampler_equals_one_channel_at_a_time():
     assert torch.allclose(c1.grad, grads, atol=1e-5)
 
 
+def test_gradient_stack_is_channels_last_and_equals_torch_gradient():
+    """The in-place differences equal ``torch.gradient`` (central inside, one-sided at the ends), 2D and 3D, on
+    axes of 1, 2 and many voxels; the stack is stored channels-last (sparse sampling reads whole cache lines)."""
+    from DeepRegistrationLib.sampling import gradient_stack
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 7, 9), (2, 5, 1, 6), (4, 2, 6, 5)]:
+        data = torch.rand(*shape, generator=g)
+        dim = data.dim() - 1
+        grid = dr.Grid(list(reversed(shape[1:])), [0.0] * dim, [1.0] * dim)
+        stack = gradient_stack(data, grid)
+        fmt = torch.channels_last_3d if dim == 3 else torch.channels_last
+        assert stack.is_contiguous(memory_format=fmt)
+        expected = [data]
+        for c in range(dim):
+            axis = dim - c
+            d = (torch.gradient(data, dim=axis)[0] if data.shape[axis] > 1 else torch.zeros_like(data))
+            expected.append(d * (0.5 * (grid.size[c] - 1)))
+        assert torch.allclose(stack[0], torch.cat(expected), atol=1e-6), shape
+
+
+def test_separable_dilation_equals_the_box_max_pool():
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib.metrics.learned import dilate_box
+
+    g = torch.Generator().manual_seed(1)
+    mask2 = (torch.rand(1, 1, 30, 40, generator=g) > 0.97).float()
+    mask3 = (torch.rand(1, 1, 12, 15, 17, generator=g) > 0.99).float()
+    assert torch.equal(dilate_box(mask2, 3), F.max_pool2d(mask2, 7, stride=1, padding=3))
+    assert torch.equal(dilate_box(mask3, 2), F.max_pool3d(mask3, 5, stride=1, padding=2))
+
+
+def test_feature_levels_on_the_support_box_are_exact():
+    """Cropping the feature levels to the support's box (and the warped moving features to the overlap) gives
+    the features of the whole image there, to float precision: the halo of real neighbours makes them exact."""
+    from DeepRegistrationLib.intensity import normalise_unit_range
+    from DeepRegistrationLib.methods.pyramid import build_pyramid, feature_levels
+    from DeepRegistrationLib.metrics.similarity import make_similarity
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm")))
+    t1 = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([3.0, 3.0, 3.0])))
+    sim = make_similarity(MODEL)
+    level = build_pyramid(t1, t1, None, None, [(3.0, 0.5)], torch.device("cpu")).levels([3.0], 0.5)[0]
+    whole = feature_levels([level], sim, moving=False)[0]
+    boxed = feature_levels([level], sim, moving=False, crop=True)[0]
+    assert boxed.grid.num_voxels < 0.9 * whole.grid.num_voxels  # the background around the brain is left out
+    start = np.round(whole.grid.physical_to_index(np.array([boxed.grid.origin]))[0]).astype(int)
+    inner = tuple(slice(a, a + n) for a, n in zip(reversed(start), reversed(boxed.grid.size)))
+    assert torch.allclose(boxed.fixed[0], whole.fixed[0][(slice(None), *inner)], atol=1e-5)
+    assert torch.equal(boxed.mask, whole.mask[(..., *inner)])
+    assert float(whole.mask[0, 0].sum()) == float(boxed.mask.sum())  # nothing of the support is lost
+
+    turn = RigidTransform(np.radians([0.0, 0.0, 5.0]), [4.0, -3.0, 0.0], center=t1.grid.center())
+    halo = sim.halo(3, torch.device("cpu"))
+    full = whole.warped_features(turn, sim.features)
+    part = boxed.warped_features(turn, sim.features, halo, margin=2)
+    assert part.moving_grid.num_voxels <= boxed.grid.num_voxels
+    at = np.round(whole.grid.physical_to_index(np.array([part.moving_grid.origin]))[0]).astype(int)
+    sub = tuple(slice(a, a + n) for a, n in zip(reversed(at), reversed(part.moving_grid.size)))
+    # equal away from the level's edge (there the whole-level features see zero padding, the boxed ones the image)
+    edge = np.zeros(tuple(reversed(whole.grid.size)), dtype=bool)
+    edge[(slice(halo, -halo),) * 3] = True
+    keep = torch.as_tensor(edge[sub])
+    assert keep.float().mean() > 0.3
+    assert torch.allclose(part.moving[:, keep], full.moving[(slice(None), *sub)][:, keep], atol=1e-5)
+    assert torch.equal(part.moving_mask[0], full.moving_mask[0][sub])
+
+
+def test_learned_similarity_refresh_options_are_checked():
+    from DeepRegistrationLib.errors import InputError
+    from DeepRegistrationLib.metrics.learned import LearnedSimilarity
+
+    for bad in (-0.1, float("nan"), float("inf"), "0.01", True):
+        with pytest.raises(InputError, match="refresh_tolerance"):
+            LearnedSimilarity("metric-mr", refresh_tolerance=bad)
+    assert LearnedSimilarity("metric-mr", refresh_tolerance=0).refresh_tolerance == 0.0
+
+
 def test_wrong_and_damaged_models_are_refused(tmp_path):
     from DeepRegistrationLib.io.models import CARD, WEIGHTS, save_model
 

@@ -95,6 +95,19 @@ class LinearModel(torch.nn.Module):
         return groups
 
 
+#: Voxels of room around a learned metric's moving features (PyramidLevel.warped_features): remade before the
+#: transform moves a level corner further than this less one.
+FEATURE_MARGIN = 3
+
+
+def _corners(grid) -> torch.Tensor:
+    """``(2^dim, dim)`` float64 physical points of the corners of ``grid``."""
+    import itertools
+
+    index = np.array(list(itertools.product(*[(0, n - 1) for n in grid.size])), dtype=np.float64)
+    return torch.as_tensor(grid.index_to_physical(index), dtype=torch.float64)
+
+
 class _Sampler:
     """Draws ``samples`` of a level's fixed voxels (with replacement, inside the fixed mask) at every step, from
     its own generator (seeded from the run's seed, the stage and the level: runs are reproducible). A level of
@@ -116,7 +129,11 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
     dim = context.dim
     center = context.center
     similarity = make_similarity(settings.similarity, **settings.similarity_options)
-    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity)
+    refresh = int(getattr(similarity, "refresh_every", 0))
+    # with refreshes the moving features are made through the transform (look() below), not from the unwarped
+    # image; feature levels cover the box of the fixed mask and the similarity's support only
+    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity,
+                            moving=not refresh, crop=True)
     model = LinearModel(settings.model, dim, center, state.linear).to(levels[0].fixed.device)
     loss = float("nan")
     opt = None
@@ -134,15 +151,19 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         sampler = _Sampler(level, settings.samples, seed=7919 * context.index + li)
         # centred float32 points of the whole level; a sampled level centres only the voxels drawn
         pts = level.points.reshape(-1, dim) if sampler.active else (level.points.reshape(-1, dim) - center).float()
-        # A learned metric's moving features are remade every `refresh` steps from the moving image as the current
-        # transform T_k warps it onto the fixed grid, and then read through T_k^-1 T (near the identity): see
-        # PyramidLevel.warped_features. `seen` holds that level, T_k^-1 (as A_k^-1 and b_k) and its N.
-        refresh = int(getattr(similarity, "refresh_every", 0))
+        # A learned metric's moving features are made from the moving image as the transform T_k warps it onto the
+        # fixed grid, and then read through T_k^-1 T (near the identity): see PyramidLevel.warped_features. Every
+        # `refresh` steps they are remade if the linear part of T_k^-1 T has left the identity by more than the
+        # similarity's refresh_tolerance, or if T_k^-1 T moves a corner of the level by more than the margin the
+        # features were made with. `seen` holds that level, T_k^-1 (as A_k^-1 and b_k) and its N.
         seen: dict = {}
+        halo = similarity.halo(dim, center.device) if refresh else 0
+        corners = _corners(level.grid).to(center.device)
 
         def look(level=level) -> None:
+            seen.clear()  # the previous features go before the new ones are made (peak memory)
             current = model.transform()
-            seen["level"] = level.warped_features(current, similarity.features)
+            seen["level"] = level.warped_features(current, similarity.features, halo, FEATURE_MARGIN)
             inv = torch.linalg.inv(current.matrix().double()).to(center.device)
             seen["frozen"] = (inv, current.offset().double().to(center.device))
             seen["to_norm"] = torch.as_tensor(seen["level"].moving_grid.physical_to_normalised_matrix(),
@@ -175,8 +196,17 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
 
         def schedule(it: int, iters=iters) -> None:
             opt.factor = 1.0 - decay * (it + 1) / max(iters, 1)
-            if refresh and (it + 1) % refresh == 0 and it + 1 < iters:
+            if refresh and (it + 1) % refresh == 0 and it + 1 < iters and stale():
                 look()
+
+        def stale(level=level, corners=corners) -> bool:
+            with torch.no_grad():
+                a, b = model.matrix_and_offset()
+                inv, b0 = seen["frozen"]
+                a, b = inv @ a.double(), inv @ (b.double() - b0)
+                drift = a - torch.eye(dim, dtype=torch.float64, device=a.device)
+                moved = (corners @ a.T + b - corners).norm(dim=1).max() / level.spacing_mm
+                return float(drift.abs().max()) > similarity.refresh_tolerance or float(moved) > FEATURE_MARGIN - 1
 
         loss = optimise(context, opt, iters, step, model=settings.model, level=li, after_step=schedule)
     return StageOutcome(StageState(model.transform(), state.deformable), loss)

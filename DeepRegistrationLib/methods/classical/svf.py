@@ -29,7 +29,9 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
     dim = context.dim
     device = context.device
     similarity = make_similarity(settings.similarity, **settings.similarity_options)
-    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity)
+    # the moving features are made per level through the linear part (below), never from the unwarped image
+    levels = feature_levels(context.pyramid.levels(settings.pyramid_levels(), settings.smoothing_factor()), similarity,
+                            moving=False)
     linear = state.linear
     mapped = None
     if getattr(similarity, "maps_intensities", False):
