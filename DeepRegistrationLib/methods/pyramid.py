@@ -175,39 +175,45 @@ class PyramidLevel:
         ``halo`` (the extractor's receptive radius, voxels): the moving features are made only on the bounding
         box of the fixed mask's voxels that ``transform`` maps into the moving image, grown by ``margin`` voxels
         (the room the relative transform has to move before the features must be remade), from the warped image
-        on that box grown by ``halo`` voxels, so they are those of the moving image itself there (not cut off at
-        the fixed level's edge either). A thick-slice slab over part of a head: a fraction of the level."""
+        on that box grown by ``halo`` voxels within the level, so they equal the features made on the whole
+        level there."""
         if self.source is None:
             raise ValueError("warped_features needs a feature level (PyramidLevel.with_features)")
         image = self.source
+        dim = self.grid.dim
         with torch.no_grad():
-            shape = tuple(self.grid.shape)
-            pts = self.points.reshape(-1, self.grid.dim)
+            pts = self.points.reshape(-1, dim)
             coords = to_normalised(image.moving_grid, transform.map_points(pts.cpu()).to(pts.device), torch.float32)
             box = None
             if halo is not None:
-                seen = inside_normalised(image.moving_grid, coords).reshape(shape)
+                seen = inside_normalised(image.moving_grid, coords).reshape(self.grid.shape)
                 if self.mask is not None:
                     seen = seen & (self.mask[0, 0] > 0)
                 box = _bounding_box(seen, margin)
             if box is None:
-                grid, warped, inside = self.grid, *image._moving_at(coords)
-                moving = extractor(warped.reshape(1, 1, *shape))[0]
-            else:  # the warped image on the box grown by the halo (past the level's edge too), cut back to the box
+                lo, hi, region, grid = [0] * dim, list(self.grid.size), self.grid, self.grid
+                rcoords = coords
+            else:  # the box grown by the halo within the image level (whose edge the fixed features see too)
                 grid = self.grid.cropped(*box)
-                outer = Grid([b - a + 2 * halo for a, b in zip(*box)],
-                             self.grid.index_to_physical(np.array([box[0]], dtype=np.float64) - halo)[0],
-                             self.grid.spacing, self.grid.direction)
-                opts = outer.physical_points(dtype=torch.float64, device=pts.device).reshape(-1, self.grid.dim)
-                ocoords = to_normalised(image.moving_grid, transform.map_points(opts.cpu()).to(pts.device),
+                first = np.round(image.grid.physical_to_index(np.array([self.grid.origin]))[0]).astype(int)
+                lo = [max(a - halo, -f) for a, f in zip(box[0], first)]
+                hi = [min(b + halo, n - f) for b, n, f in zip(box[1], image.grid.size, first)]
+                region = Grid([b - a for a, b in zip(lo, hi)],
+                              self.grid.index_to_physical(np.array([lo], dtype=np.float64))[0],
+                              self.grid.spacing, self.grid.direction)
+                rpts = region.physical_points(dtype=torch.float64, device=pts.device).reshape(-1, dim)
+                rcoords = to_normalised(image.moving_grid, transform.map_points(rpts.cpu()).to(pts.device),
                                         torch.float32)
-                warped, inside = image._moving_at(ocoords)
-                moving = extractor(warped.reshape(1, 1, *outer.shape))[0]
-                inner = (slice(halo, -halo),) * self.grid.dim if halo else (slice(None),) * self.grid.dim
-                moving = moving[(slice(None), *inner)].contiguous()
-                inside = inside.reshape(outer.shape)[inner]
+            warped, inside = image._moving_at(rcoords)
+            moving = extractor(warped.reshape(1, 1, *region.shape))[0]
+            inside = inside.reshape(1, 1, *region.shape)
+            start = box[0] if box is not None else lo
+            stop = box[1] if box is not None else hi
+            inner = _slices(([a - b for a, b in zip(start, lo)], [a - b for a, b in zip(stop, lo)]))
+            moving = moving[(slice(None), *inner)].contiguous()
+            inside = inside[(0, slice(None), *inner)].contiguous()
         return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving, grid,
-                            inside.reshape(1, *grid.shape), self.sigma_mm, source=image)
+                            inside, self.sigma_mm, source=image)
 
     def with_moving_image(self, moving: Image) -> "PyramidLevel":
         """This level with its moving image made from ``moving`` (on the moving image's grid) as the level's was:
