@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacings", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0],
                    help="pyramid spacings (mm) the examples are drawn at")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--thick-slices", type=float, default=0.0, metavar="P",
+                   help="share of examples with one image seen as thick slices (1 to --max-slice voxels along "
+                        "one axis): for slabs of thick slices against fine images")
+    p.add_argument("--max-slice", type=float, default=3.0, help="thickest slice drawn (voxels of the level)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")
@@ -65,7 +69,11 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings))
+    if not 0.0 <= args.thick_slices <= 1.0 or not args.max_slice >= 1.0:
+        raise InputError(f"--thick-slices must be in [0, 1] and --max-slice >= 1, got {args.thick_slices} and "
+                         f"{args.max_slice}")
+    pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings), thick_slice_probability=args.thick_slices,
+                       max_slice_voxels=args.max_slice)
     paths = [Path(p) for p in args.images]
     val_paths = [Path(p) for p in args.val_images]
     items, val_items = [], []

@@ -245,6 +245,25 @@ def test_feature_levels_on_the_support_box_are_exact():
     assert torch.equal(part.moving_mask[0], full.moving_mask[0][sub])
 
 
+def test_thick_slice_rendering_averages_along_one_axis_only():
+    """The thick-slice augmentation blurs along the one axis it draws and keeps the intensities' mean; an image
+    constant along that axis is unchanged."""
+    from DeepRegistrationLib.methods.learned_metric.pairs import thick_slices
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm"))).data[0, 60:84, 80:104, 70:94].float()
+    t1 = t1 / t1.max()
+    changed = []
+    for axis in range(3):  # an image varying along `axis` only
+        ramp = t1.mean(dim=tuple(a for a in range(3) if a != axis), keepdim=True).expand_as(t1).contiguous()
+        out = thick_slices(ramp, torch.Generator().manual_seed(5), 3.0)
+        assert out.shape == ramp.shape
+        changed.append(float((out - ramp).abs().max()) > 1e-4)
+        assert abs(float(out.mean() - ramp.mean())) < 0.01
+    assert sum(changed) == 1  # the drawn axis, and only it
+    out = thick_slices(t1, torch.Generator().manual_seed(5), 3.0)
+    assert out.std() < t1.std()
+
+
 def test_learned_similarity_refresh_options_are_checked():
     from DeepRegistrationLib.errors import InputError
     from DeepRegistrationLib.metrics.learned import LearnedSimilarity

@@ -26,7 +26,7 @@ from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
 from ..pyramid import level_grid
 
 __all__ = ["PairConfig", "LevelImages", "level_images", "random_contrast", "random_displacement", "random_rotation",
-           "make_batch", "target_score"]
+           "thick_slices", "make_batch", "target_score"]
 
 
 @dataclass
@@ -43,6 +43,10 @@ class PairConfig:
         aligned_fraction: share of examples with no displacement.
         contrast_probability: share of examples whose second image is a random intensity mapping of the first.
         noise: largest Gaussian noise sigma added to each image (intensities in [0, 1]).
+        thick_slice_probability: share of examples whose one image (either) is seen as thick slices: averaged
+            along one random axis over a slice of ``1 .. max_slice_voxels`` voxels (a Gaussian of the box's
+            variance), as a 2.4 mm slab is against a 1 mm image: the resolution differs, the alignment does not.
+        max_slice_voxels: thickest slice drawn (voxels of the level).
     """
 
     crop: int = 96
@@ -54,6 +58,8 @@ class PairConfig:
     aligned_fraction: float = 0.2
     contrast_probability: float = 0.8
     noise: float = 0.03
+    thick_slice_probability: float = 0.0
+    max_slice_voxels: float = 3.0
 
 
 @dataclass
@@ -103,6 +109,22 @@ def random_contrast(image: torch.Tensor, g: torch.Generator, knots: int = 4) -> 
     if float(torch.rand(1, generator=g)) < 0.8:
         values[0] = 0.0
     return contrast_curve(image, values / values.max().clamp(min=1e-3))
+
+
+def thick_slices(image: torch.Tensor, g: torch.Generator, max_voxels: float) -> torch.Tensor:
+    """``image`` ``(*shape)`` averaged along one random axis over a slice ``w`` of ``1 .. max_voxels`` voxels: a
+    Gaussian of sigma ``w / sqrt(12)`` (the variance of a box ``w`` wide), the border repeated; same shape."""
+    from ...intensity import gaussian_kernel_1d
+
+    width = 1.0 + float(torch.rand(1, generator=g)) * max(max_voxels - 1.0, 0.0)
+    kernel = gaussian_kernel_1d(width / 12 ** 0.5).float()
+    axis = int(torch.randint(image.dim(), (1,), generator=g))
+    r = (kernel.numel() - 1) // 2
+    line = image.movedim(axis, -1)
+    shape = line.shape
+    flat = F.pad(line.reshape(-1, 1, shape[-1]), (r, r), mode="replicate")
+    out = F.conv1d(flat, kernel.view(1, 1, -1)).reshape(shape)
+    return out.movedim(-1, axis).contiguous()
 
 
 def random_displacement(shape: Sequence[int], amplitude: float, g: torch.Generator) -> torch.Tensor:
@@ -174,6 +196,8 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
             x = x.clamp(0, 1) ** gamma
             x = x + torch.randn(x.shape, generator=g) * float(torch.rand(1, generator=g)) * config.noise
             pair.append(x.clamp(0, 1))
+        if float(torch.rand(1, generator=g)) < config.thick_slice_probability:
+            pair[1] = thick_slices(pair[1], g, config.max_slice_voxels)
         if float(torch.rand(1, generator=g)) < 0.5:
             pair.reverse()
         if float(torch.rand(1, generator=g)) < config.aligned_fraction:
