@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Callable
 
 from ..errors import InputError
@@ -58,7 +59,13 @@ def run_data_parallel(train: Trainer, args: argparse.Namespace, cuda: bool) -> i
 
 
 def _spawned(rank: int, world: int, train: Trainer, args: argparse.Namespace, cuda: bool, port: int) -> None:
+    """A spawned process of the group. After a clean run it leaves with ``os._exit(0)``, skipping the interpreter's
+    teardown: there a gloo process occasionally aborted ("terminate called without an active exception",
+    SIGABRT) after the group was destroyed and the model written, which failed a finished training."""
     _run_in_group(rank, world, train, args, cuda, port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_in_group(rank: int, world: int, train: Trainer, args: argparse.Namespace, cuda: bool,
