@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.checksums import file_sha256
+from .train_vessels import add_training_loop_arguments, add_training_run_arguments
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,19 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", default="green")
     p.add_argument("--working-size", type=int, default=512, help="pixels along each image's longer side")
     p.add_argument("--size", type=int, default=192, help="the training windows' size (multiple of 8)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--name")
-    p.add_argument("--description", default="")
-    p.add_argument("--licence", default="Apache-2.0 (weights); see the training images' terms")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_training_run_arguments(p)
     p.add_argument("--adaptation-warps", type=int, default=32, help="homographies of the pseudo-label adaptation")
     p.add_argument("--descriptor-weight", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--max-minutes", type=float, default=0.0)
-    p.add_argument("--threads", type=int, default=0)
+    add_training_loop_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

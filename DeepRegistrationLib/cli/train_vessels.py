@@ -92,17 +92,27 @@ def training_vessel_maps(args, network: str, sizes: list[int]) -> tuple[list[Pat
     from ..intensity import normalise_unit_range
     from ..methods.retina.stage import feature_image
 
+    photographs = _training_photographs(args, network)
+    maps, val_maps = [], []
+    for _, image, pol, validation in photographs:
+        image = normalise_unit_range(image.float())
+        for size in sizes:
+            _, u8 = feature_image(image, "vessels", size, pol, vessel_model=args.vessel_model)
+            (val_maps if validation else maps).append(u8.astype("float32") / 255.0)
+    training = [(path, pol) for path, _, pol, validation in photographs if not validation]
+    return [t[0] for t in training], [t[1] for t in training], maps, val_maps
+
+
+def _training_photographs(args, network: str) -> list[tuple]:
+    """Every photograph of ``args.images`` then ``args.val_images`` read (:func:`read_training_photograph`) as
+    ``(path, image, polarity, is_validation)``: polarities from ``args.polarity`` / ``args.val_polarity`` (the
+    validation ones default to dark vessels)."""
     paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
     polarity = _polarities(args.polarity, len(paths), "--polarity")
     val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
-    maps, val_maps = [], []
-    for path, pol, target in [(p, q, maps) for p, q in zip(paths, polarity)] + \
-                             [(p, q, val_maps) for p, q in zip(val_paths, val_polarity)]:
-        image = normalise_unit_range(read_training_photograph(path, args.channel, network).float())
-        for size in sizes:
-            _, u8 = feature_image(image, "vessels", size, pol, vessel_model=args.vessel_model)
-            target.append(u8.astype("float32") / 255.0)
-    return paths, polarity, maps, val_maps
+    return [(path, read_training_photograph(path, args.channel, network), pol, validation)
+            for group, pols, validation in ((paths, polarity, False), (val_paths, val_polarity, True))
+            for path, pol in zip(group, pols)]
 
 
 def read_training_photograph(path: Path, channel: str, network: str):
@@ -129,15 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths, val_paths = [Path(p) for p in args.images], [Path(p) for p in args.val_images]
-    polarity = _polarities(args.polarity, len(paths), "--polarity")
-    val_polarity = _polarities(args.val_polarity or ["dark"], len(val_paths), "--val-polarity") if val_paths else []
+    photographs = _training_photographs(args, "vessel network")
     examples, val_examples = [], []
-    for path, pol, target in [(p, q, examples) for p, q in zip(paths, polarity)] + \
-                             [(p, q, val_examples) for p, q in zip(val_paths, val_polarity)]:
-        array = read_training_photograph(path, args.channel, "vessel network").data[0].double().numpy()
+    for _, image, pol, validation in photographs:
+        array = image.data[0].double().numpy()
         lo, hi = float(array.min()), float(array.max())
-        target.append(vessel_example(((array - lo) / (hi - lo)).astype("float32"), pol, args.working_size))
+        (val_examples if validation else examples).append(
+            vessel_example(((array - lo) / (hi - lo)).astype("float32"), pol, args.working_size))
     torch.manual_seed(args.seed)
     net = VesselNet()
     config = VesselTrainConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
@@ -159,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
             "labels": "pseudo-labels: each image's own Frangi vessel map (scikit-image) above its 88th percentile "
                       "in the field of view; no manual annotation",
             "images": [{"file": p.name, "polarity": q, "sha256_16": file_sha256(p)[:16]}
-                       for p, q in zip(paths, polarity)],
-            "validation": [{"file": p.name, "polarity": q} for p, q in zip(val_paths, val_polarity)],
+                       for p, _, q, validation in photographs if not validation],
+            "validation": [{"file": p.name, "polarity": q} for p, _, q, validation in photographs if validation],
             "config": config.to_dict(), **figures, "time_s": round(time.perf_counter() - start, 1),
             "torch": torch.__version__},
         "licence": args.licence,

@@ -57,14 +57,19 @@ def _bounding_box(flags: torch.Tensor, margin: int) -> tuple[list[int], list[int
     return start, stop
 
 
+def _grown(box: tuple[list[int], list[int]], halo: int, size) -> tuple[tuple[list[int], list[int]], tuple[slice, ...]]:
+    """``box`` grown by ``halo`` voxels within a grid of ``size`` ``(i, j[, k])``, and the array slices of ``box``
+    inside the grown box."""
+    lo = [max(a - halo, 0) for a in box[0]]
+    hi = [min(b + halo, n) for b, n in zip(box[1], size)]
+    return (lo, hi), _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
+
+
 def _extract_in_box(extractor, image: torch.Tensor, box: tuple[list[int], list[int]], halo: int) -> torch.Tensor:
     """``extractor`` ``(1, 1, ...) -> (1, C, ...)`` of ``image`` ``(1, 1, ...)`` on the grid box only, as it is on
     the whole image: computed with ``halo`` voxels of the image around the box, then cut to the box."""
-    size = list(reversed(image.shape[2:]))
-    lo = [max(a - halo, 0) for a in box[0]]
-    hi = [min(b + halo, n) for b, n in zip(box[1], size)]
-    out = extractor(image[(slice(None), slice(None), *_slices((lo, hi)))])
-    inner = _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
+    outer, inner = _grown(box, halo, list(reversed(image.shape[2:])))
+    out = extractor(image[(slice(None), slice(None), *_slices(outer))])
     return out[(slice(None), slice(None), *inner)].contiguous()
 
 
@@ -194,28 +199,15 @@ class PyramidLevel:
                     seen = seen & (self.mask[0, 0] > 0)
                 box = _bounding_box(seen, margin)
             if box is None:
-                lo, hi, region, grid = [0] * dim, list(self.grid.size), self.grid, self.grid
-                rcoords = coords
-            else:  # the box grown by the halo within this feature level (the fixed support's box)
-                grid = self.grid.cropped(*box)
-                lo = [max(a - halo, 0) for a in box[0]]
-                hi = [min(b + halo, n) for b, n in zip(box[1], self.grid.size)]
-                region = Grid([b - a for a, b in zip(lo, hi)],
-                              self.grid.index_to_physical(np.array([lo], dtype=np.float64))[0],
-                              self.grid.spacing, self.grid.direction)
-                rpts = region.physical_points(dtype=torch.float64, device=pts.device).reshape(-1, dim)
-                rcoords = to_normalised(image.moving_grid, transform.map_points(rpts.cpu()).to(pts.device),
-                                        torch.float32)
-            warped, inside = image._moving_at(rcoords)
-            moving = extractor(warped.reshape(1, 1, *region.shape))[0]
-            inside = inside.reshape(1, 1, *region.shape)
-            start = box[0] if box is not None else lo
-            stop = box[1] if box is not None else hi
-            inner = _slices(([a - b for a, b in zip(start, lo)], [a - b for a, b in zip(stop, lo)]))
-            moving = moving[(slice(None), *inner)].contiguous()
-            inside = inside[(0, slice(None), *inner)].contiguous()
-        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving, grid,
-                            inside, self.sigma_mm, source=image)
+                box, halo = ([0] * dim, list(self.grid.size)), 0
+            # the warped image on the box grown by the halo within this feature level (the fixed support's box)
+            outer, inner = _grown(box, halo, self.grid.size)
+            region = coords.reshape(*self.grid.shape, dim)[_slices(outer)]
+            warped, inside = image._moving_at(region.reshape(-1, dim))
+            moving = extractor(warped.reshape(1, 1, *region.shape[:-1]))[0][(slice(None), *inner)].contiguous()
+            inside = inside.reshape(1, *region.shape[:-1])[(slice(None), *inner)].contiguous()
+        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving,
+                            self.grid.cropped(*box), inside, self.sigma_mm, source=image)
 
     def with_moving_image(self, moving: Image) -> "PyramidLevel":
         """This level with its moving image made from ``moving`` (on the moving image's grid) as the level's was:
