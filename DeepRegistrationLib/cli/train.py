@@ -64,7 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "--augment)")
     train.add_argument("--remap", type=float, default=0.0,
                        help="probability that a real training image goes through a random non-monotonic contrast "
-                            "curve (contrast-agnostic training, with --synth; needs --dice-weight > 0)")
+                            "curve (contrast-agnostic training, with --synth; needs --dice-weight > 0 or "
+                            "--similarity-on-reference)")
+    train.add_argument("--similarity-on-reference", action="store_true",
+                       help="compute LNCC between the real images under the pair's deformations (before synthesis, "
+                            "remapping and intensity augmentation) for every pair, whatever contrast the network is "
+                            "shown: contrast-agnostic training with a dense signal")
     train.add_argument("--known-pairs", type=float, default=0.0,
                        help="probability of a known pair: a subject and a random deformation of it, with a "
                             "supervised term on the known displacement (implies --augment)")
@@ -279,6 +284,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
                          supervised_weight=args.supervised_weight, max_grad_norm=args.max_grad_norm,
                          teacher_probability=getattr(args, "teacher_probability", 0.0) if teachers else 0.0,
                          self_pairs=not args.no_self_pairs,
+                         similarity_on_reference=getattr(args, "similarity_on_reference", False),
                          seed=args.seed, batch=args.batch, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps) if rank == 0 else None
     start = time.perf_counter()

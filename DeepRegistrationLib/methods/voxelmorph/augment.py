@@ -16,12 +16,18 @@ there).
   (:func:`random_contrast`: piecewise linear through random heights at evenly spaced intensities, 0 kept at 0
   so the background stays dark), which changes the contrast between tissues while keeping the real image's
   texture and partial volumes, the complement of synthesis for a contrast-agnostic model.
+
+Every augmented image comes with its *reference*: the real image under the same deformation, before synthesis,
+remapping and intensity augmentation. Whatever contrast the network is shown, the reference has the geometry of
+what it is shown and the contrast of the real images, so an image similarity between the references of a pair
+measures the network's alignment of a pair of any contrasts (contrast-agnostic training with a dense signal).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,7 @@ from ...intensity import contrast_curve, gaussian_kernel_1d
 from ...transforms.linear import rotation_matrix
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 
-__all__ = ["AugmentConfig", "random_displacement", "random_contrast", "augment_subject"]
+__all__ = ["AugmentConfig", "Augmented", "random_displacement", "random_contrast", "augment_subject"]
 
 
 @dataclass
@@ -153,17 +159,29 @@ def _intensity(image: torch.Tensor, config: AugmentConfig, gen: torch.Generator)
     return out / out.max().clamp(min=1e-6)
 
 
-def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm: float, config: AugmentConfig,
-                    gen: torch.Generator, deform: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, bool, torch.Tensor]:
-    """A randomly deformed (and re-contrasted) copy of one subject: ``(image, labels, new_contrast, ddf)``.
+class Augmented(NamedTuple):
+    """One augmented training image (tensors on the model grid, tensor axis order).
 
-    ``new_contrast`` is True when the image was synthesised from its labels or remapped by a random contrast
-    curve (an image-similarity term between it and another image then means nothing).
+    ``image`` ``(1, *shape)`` in [0, 1]: what the network sees; ``labels`` ``(1, *shape)`` integer or None, deformed
+    alike; ``new_contrast``: True when ``image`` was synthesised from the labels or remapped by a random contrast
+    curve (an image similarity between it and another image then means nothing); ``ddf`` ``(1, dim, *shape)`` in
+    voxels: the deformation applied, ``out(x) = in(x + ddf(x))``; ``reference`` ``(1, *shape)``: the real image
+    deformed by the same ``ddf``, with no contrast change and no intensity augmentation.
+    """
+
+    image: torch.Tensor
+    labels: torch.Tensor | None
+    new_contrast: bool
+    ddf: torch.Tensor
+    reference: torch.Tensor
+
+
+def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm: float, config: AugmentConfig,
+                    gen: torch.Generator, deform: bool = True) -> Augmented:
+    """A randomly deformed (and re-contrasted) copy of one subject (:class:`Augmented`).
 
     ``image`` ``(1, *shape)`` in [0, 1], ``labels`` ``(1, *shape)`` integer or None. Synthesis needs labels.
-    ``ddf`` ``(1, dim, *shape)`` (voxels) is the deformation applied: ``out(x) = in(x + ddf(x))``; with
-    ``deform=False`` only the intensities change (``ddf`` is zero).
+    With ``deform=False`` only the intensities change (``ddf`` is zero).
     """
     shape = tuple(image.shape[1:])
     ddf = random_displacement(shape, spacing_mm, config, gen, image.device) if deform \
@@ -172,13 +190,14 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
     warped_labels = None
     if labels is not None:
         warped_labels = warp_voxels(labels[None].float(), ddf, "nearest")[0].round().to(labels.dtype)
+    reference = warp_voxels(image[None].float(), ddf)[0]
     remap = False
     if synth:
         source = synthesise(warped_labels, gen)
     else:
-        source = warp_voxels(image[None].float(), ddf)[0]
+        source = reference
         # drawn only when enabled, so runs without remapping keep their random streams
         remap = config.remap_probability > 0 and float(torch.rand(1, generator=gen)) < config.remap_probability
         if remap:
             source = random_contrast(source, gen, config.remap_knots)
-    return _intensity(source, config, gen), warped_labels, synth or remap, ddf
+    return Augmented(_intensity(source, config, gen), warped_labels, synth or remap, ddf, reference)

@@ -19,6 +19,9 @@ random deformation of it, whose displacement the network must reproduce (a super
 "regression of known transforms" idea, which gets a network out of its initial near-zero output far
 faster than the unsupervised terms alone). The LNCC term is used only when both images are real (a
 synthesised pair has unrelated contrasts); the Dice term supervises through the labels whatever the contrast.
+With ``similarity_on_reference`` the LNCC term compares the pair's *references* instead (the real images under the
+same deformations, :class:`~.augment.Augmented`), for every pair whatever contrasts the network is shown: a
+contrast-agnostic model then learns from the same dense signal as a T1 model, not from the labels alone.
 """
 
 from __future__ import annotations
@@ -96,7 +99,10 @@ class TrainConfig:
     ``teacher_probability`` when teachers are given; with augmentation the fixed image of a teacher pair is
     deformed by a random ``psi`` and the target becomes ``psi + u_T o (id + psi)``). ``max_grad_norm`` > 0 clips the gradient
     norm (a rare large gradient otherwise throws the network back to its near-zero output). ``self_pairs``: with
-    augmentation, a subject may be paired with (a fresh deformation of) itself; False pairs distinct subjects only."""
+    augmentation, a subject may be paired with (a fresh deformation of) itself; False pairs distinct subjects only.
+    ``similarity_on_reference``: LNCC between the fixed reference and the moving reference warped by the predicted
+    field (the real images before synthesis, remapping and intensity augmentation), for every pair, instead of
+    between the network's inputs for pairs of real contrast only."""
 
     steps: int = 1000
     learning_rate: float = 1e-4
@@ -108,6 +114,7 @@ class TrainConfig:
     teacher_probability: float = 0.0
     max_grad_norm: float = 0.0
     self_pairs: bool = True
+    similarity_on_reference: bool = False
     seed: int = 0
     batch: int = 1
     checkpoint_every: int = 100
@@ -165,12 +172,17 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         raise InputError("dice_weight > 0 but every label map is empty")
     if augment is not None and augment.synth_probability > 0 and any(s.labels is None for s in subjects):
         raise InputError("synthesis from label maps needs a label map for every subject")
-    if augment is not None and augment.synth_probability > 0 and config.dice_weight <= 0:
-        raise InputError("synthesised images have random contrasts: training on them needs dice_weight > 0")
-    if augment is not None and augment.remap_probability > 0 and config.dice_weight <= 0:
-        raise InputError("remapped images have random contrasts: training on them needs dice_weight > 0")
-    if augment is not None and augment.remap_probability > 0 and any(s.labels is None for s in subjects):
-        raise InputError("contrast remapping trains through the labels (Dice): every subject needs a label map")
+    trains_new_contrasts = config.dice_weight > 0 or (config.similarity_on_reference and config.lncc_weight > 0)
+    if augment is not None and augment.synth_probability > 0 and not trains_new_contrasts:
+        raise InputError("synthesised images have random contrasts: training on them needs dice_weight > 0 or the "
+                         "similarity on the references")
+    if augment is not None and augment.remap_probability > 0 and not trains_new_contrasts:
+        raise InputError("remapped images have random contrasts: training on them needs dice_weight > 0 or the "
+                         "similarity on the references")
+    if augment is not None and augment.remap_probability > 0 and not config.similarity_on_reference \
+            and any(s.labels is None for s in subjects):
+        raise InputError("contrast remapping trains through the labels (Dice): every subject needs a label map "
+                         "(or train with the similarity on the references)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.to(device).train()
@@ -221,25 +233,28 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
             i, j = torch.randperm(len(subjects), generator=gen)[:2].tolist()
             moving, fixed = subjects[i], subjects[j]
         m_img, m_lab, f_img, f_lab, synthetic, known = moving.image, moving.labels, fixed.image, fixed.labels, False, None
+        m_ref, f_ref = m_img, f_img
         if teachers and float(torch.rand(1, generator=gen)) < config.teacher_probability:
             teacher = teachers[int(torch.randint(len(teachers), (1,), generator=gen))]
             moving, fixed, known = teacher.moving, teacher.fixed, teacher.displacement
             m_img, m_lab, f_img, f_lab = moving.image, moving.labels, fixed.image, fixed.labels
+            m_ref, f_ref = m_img, f_img
             if augment is not None:  # re-contrast both; deform the fixed one by psi: target psi + u_T(x + psi)
-                m_img, m_lab, _, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
-                f_img, f_lab, _, psi = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
+                m_img, m_lab, _, _, m_ref = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
+                f_img, f_lab, _, psi, f_ref = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
                 known = psi + warp_voxels(known, psi)
         elif augment is not None:
             if float(torch.rand(1, generator=gen)) < augment.known_pair_probability:
                 fixed = moving  # fixed = the moving subject deformed: the answer is that deformation
-                m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
-                f_img, f_lab, f_syn, known = augment_subject(moving.image, moving.labels, spacing_mm, augment, gen)
+                m_img, m_lab, m_syn, _, m_ref = augment_subject(m_img, m_lab, spacing_mm, augment, gen, deform=False)
+                f_img, f_lab, f_syn, known, f_ref = augment_subject(moving.image, moving.labels, spacing_mm, augment,
+                                                                    gen)
             else:
-                m_img, m_lab, m_syn, _ = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
-                f_img, f_lab, f_syn, _ = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
+                m_img, m_lab, m_syn, _, m_ref = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
+                f_img, f_lab, f_syn, _, f_ref = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
             synthetic = m_syn or f_syn
         return {"m": m_img, "f": f_img, "m_lab": m_lab, "f_lab": f_lab, "known": known, "synthetic": synthetic,
-                "pair": [moving.name, fixed.name]}
+                "m_ref": m_ref, "f_ref": f_ref, "pair": [moving.name, fixed.name]}
 
     while step < config.steps:
         examples = [draw(step, k) for k in local]
@@ -252,7 +267,13 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
         total = warped.new_zeros(())
         for n, e in enumerate(examples):
             wk, uk, fk = warped[n:n + 1], u[n:n + 1], f[n:n + 1]
-            sim = similarity(fk, wk) if config.lncc_weight > 0 and not e["synthetic"] else wk.new_zeros(())
+            if config.lncc_weight <= 0 or (e["synthetic"] and not config.similarity_on_reference):
+                sim = wk.new_zeros(())
+            elif config.similarity_on_reference:  # the real images, whatever contrast the network was shown
+                sim = similarity(e["f_ref"][None].to(device).float(),
+                                 warp_voxels(e["m_ref"][None].to(device).float(), uk, "bilinear", "zeros"))
+            else:
+                sim = similarity(fk, wk)
             reg = diffusion_regulariser_batch(uk)
             loss_k = config.lncc_weight * sim + config.regularisation_weight * reg
             mse = wk.new_zeros(())
