@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The recipe of the contrast-agnostic brain model DeepRegistrationLib/resources/models/synthmorph-brain (presets
-# synthmorph-brain and synthmorph-brain-io): the VoxelMorph network (VM-1 lite, instance-normalised, diffeomorphic)
-# trained so that the contrast of either image does not matter (SynthMorph, Hoffmann et al., IEEE TMI 2022):
+# Recipe of a contrast-agnostic brain model (written to DeepRegistrationLib/resources/models/synthmorph-brain unless
+# OUT_DIR is given; NOT bundled: the CPU runs so far reach a T1 -> PD validation Dice of 0.39-0.41, below the affine
+# start, see the README's "Contrast-agnostic training"): the VoxelMorph network (VM-1 lite, instance-normalised,
+# diffeomorphic) trained so that the contrast of either image does not matter (SynthMorph, Hoffmann et al., IEEE TMI 2022):
 #   * each image of a pair is, independently, synthesised from its seg35 label map (random mean and noise per label,
 #     blur; --synth 0.2), or else the real T1 through a random non-monotonic contrast curve (--remap 0.7 of the
 #     rest), or else the real T1; then bias field, gamma and noise, and a random 4 mm diffeomorphic deformation;
 #   * the loss is Dice on the warped seg35 labels + diffusion regularisation + LNCC between the two real T1 images
 #     under the same deformations (--similarity-on-reference): whatever contrasts the network is shown, it is
-#     trained by the dense signal that trained the T1 model. (Without that term, Dice alone, the first CPU run
-#     reached a validation Dice of 0.41, below the affine start.)
+#     trained by the dense signal that trained the T1 model. (Dice alone: 0.41 at best in 900 CPU steps; with the
+#     references: 0.39 at best in 650.)
 # Fine-tunes the T1 model voxelmorph-brain (same grid: 80 x 96 x 112 x 2 mm) on the same training subjects (OASIS 0002
 # and the voxelmorph subject); OASIS 0001 is held out and rendered PD-like (benchmarks/brain_data.remap_contrast) for
 # the validation Dice, so the validation pairs are T1 -> PD between distinct subjects.
-# PROFILE=cpu (the bundled model, 2 CPU cores): 900 steps at ~3.3 s/step (~50 min).
+# PROFILE=cpu (2 CPU cores): 900 steps at ~2.5-3.3 s/step (~40-50 min).
 # PROFILE=gpu: the same grid, 6000 steps.
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data/brain3d), THREADS,
 #   MAX_MINUTES (stop with a checkpoint; RESUME=1 continues), STEPS, LR (default 1e-4).
