@@ -422,16 +422,18 @@ def test_remapped_training_refuses_what_it_cannot_learn_from():
 def test_similarity_on_references_trains_alignment_from_random_contrasts(tmp_path):
     """Contrast-agnostic training with a dense signal: half the images the network sees are the real slice through
     a random contrast curve, the loss is LNCC between the pair's references (the real slices under the same
-    deformations) + diffusion, no Dice. The similarity term is live on the remapped pairs too, and 80 steps raise
-    the seg4 Dice of the T1 pair (measured: 0.498 -> 0.518; 0.550 with real contrasts only). Without the
-    references the same run has nothing to learn the remapped pairs from and is refused."""
+    deformations) + diffusion, no Dice. The similarity term is live on the remapped pairs too, and 120 steps raise
+    the seg4 Dice of the T1 pair (measured on 1 and 2 threads: OASIS 0.498 -> 0.526-0.534, the wheel-built
+    stand-ins 0.704 -> 0.724-0.732; 80 steps were not enough on one thread, where a run can fall back to its
+    near-zero output). Without the references the same run has nothing to learn the remapped pairs from and is
+    refused."""
     from DeepRegistrationLib.errors import InputError
     from DeepRegistrationLib.methods.voxelmorph.augment import AugmentConfig
     from DeepRegistrationLib.methods.voxelmorph.training import TrainConfig, train_voxelmorph, validation_dice
 
     subjects = _slice_subjects()
     augment = AugmentConfig(remap_probability=0.5, deformation_mm=2.0, rotation_deg=0, scaling=0, translation_mm=0)
-    config = dict(steps=80, learning_rate=1e-3, dice_weight=0.0, lncc_weight=1.0, lncc_window=9,
+    config = dict(steps=120, learning_rate=1e-3, dice_weight=0.0, lncc_weight=1.0, lncc_window=9,
                   regularisation_weight=0.5, self_pairs=False, checkpoint_every=1000)
     with pytest.raises(InputError, match="remapped images have random contrasts"):
         train_voxelmorph(VoxelMorphNet(2, "vm1-lite-in"), subjects, TrainConfig(**config), tmp_path / "refused",
@@ -445,7 +447,7 @@ def test_similarity_on_references_trains_alignment_from_random_contrasts(tmp_pat
     figures = train_voxelmorph(net, subjects, TrainConfig(similarity_on_reference=True, **config), tmp_path / "a",
                                augment=augment, validation=validation, progress=events.append)
     remapped = [e for e in events if e["synthetic"]]
-    assert len(events) == 80 and len(remapped) > 20
+    assert len(events) == 120 and len(remapped) > 30
     assert all(e["similarity"] < -0.05 for e in remapped)  # LNCC loss (negative): not skipped for new contrasts
     assert figures["validation_dice"] > before + 0.01, (before, figures["validation_dice"])
 
