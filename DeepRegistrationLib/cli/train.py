@@ -70,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="compute LNCC between the real images under the pair's deformations (before synthesis, "
                             "remapping and intensity augmentation) for every pair, whatever contrast the network is "
                             "shown: contrast-agnostic training with a dense signal")
+    train.add_argument("--map-moving-contrast", action="store_true",
+                       help="show the network the fixed image in its real contrast and the moving image mapped into "
+                            "it by the conditional mean (what a map_contrast stage shows it): a one-contrast model "
+                            "made robust to the mapping, for multimodal pairs")
     train.add_argument("--known-pairs", type=float, default=0.0,
                        help="probability of a known pair: a subject and a random deformation of it, with a "
                             "supervised term on the known displacement (implies --augment)")
@@ -285,6 +289,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
                          teacher_probability=getattr(args, "teacher_probability", 0.0) if teachers else 0.0,
                          self_pairs=not args.no_self_pairs,
                          similarity_on_reference=getattr(args, "similarity_on_reference", False),
+                         map_moving_contrast=getattr(args, "map_moving_contrast", False),
                          seed=args.seed, batch=args.batch, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     bar = _ProgressBar(args.steps) if rank == 0 else None
     start = time.perf_counter()

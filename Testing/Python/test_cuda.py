@@ -41,7 +41,7 @@ def test_rigid_2d_on_cuda_gives_the_cpu_answer():
 
 
 @pytest.mark.parametrize("preset", ["affine", "deformable-fast", "multimodal-deformable", "voxelmorph-brain",
-                                    "voxelmorph-brain-io", "supervised-brain"])
+                                    "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "supervised-brain"])
 def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labels, tmp_path):
     """OASIS 0002 -> 0001 at full size: mean seg35 Dice on the GPU within 0.01 of the CPU's, no folding, and the
     transform writes to a file (it left the GPU)."""

@@ -102,7 +102,10 @@ class TrainConfig:
     augmentation, a subject may be paired with (a fresh deformation of) itself; False pairs distinct subjects only.
     ``similarity_on_reference``: LNCC between the fixed reference and the moving reference warped by the predicted
     field (the real images before synthesis, remapping and intensity augmentation), for every pair, instead of
-    between the network's inputs for pairs of real contrast only."""
+    between the network's inputs for pairs of real contrast only. ``map_moving_contrast``: the network is shown the
+    fixed image in its real contrast and the (augmented, possibly remapped) moving image mapped into it by the
+    conditional mean E[fixed | moving] over the pair's voxels (:func:`map_into_contrast`), as a ``map_contrast``
+    stage shows it at inference: a model for one contrast made robust to the mapping's errors."""
 
     steps: int = 1000
     learning_rate: float = 1e-4
@@ -115,6 +118,7 @@ class TrainConfig:
     max_grad_norm: float = 0.0
     self_pairs: bool = True
     similarity_on_reference: bool = False
+    map_moving_contrast: bool = False
     seed: int = 0
     batch: int = 1
     checkpoint_every: int = 100
@@ -253,6 +257,9 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
                 m_img, m_lab, m_syn, _, m_ref = augment_subject(m_img, m_lab, spacing_mm, augment, gen)
                 f_img, f_lab, f_syn, _, f_ref = augment_subject(f_img, f_lab, spacing_mm, augment, gen)
             synthetic = m_syn or f_syn
+        if config.map_moving_contrast:  # what a map_contrast stage shows the network: any moving contrast mapped
+            f_img = f_ref               # into the fixed image's real one by the conditional mean through the pair
+            m_img = map_into_contrast(m_img, f_img)
         return {"m": m_img, "f": f_img, "m_lab": m_lab, "f_lab": f_lab, "known": known, "synthetic": synthetic,
                 "m_ref": m_ref, "f_ref": f_ref, "pair": [moving.name, fixed.name]}
 
@@ -333,6 +340,16 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
 
 
 @torch.no_grad()
+def map_into_contrast(moving: torch.Tensor, fixed: torch.Tensor, bins: int = 64) -> torch.Tensor:
+    """``moving`` ``(1, *shape)`` mapped into ``fixed``'s contrast by the conditional mean E[fixed | moving] over the
+    two images' voxels (same grid, roughly aligned; :class:`~DeepRegistrationLib.intensity.ConditionalMean`, the
+    mapping a ``map_contrast`` stage applies through the transform so far), clamped to [0, 1]."""
+    from ...intensity import ConditionalMean
+
+    mapping = ConditionalMean.fit(fixed.reshape(-1).float(), moving.reshape(-1).float(), bins=bins)
+    return mapping(moving.float()).clamp(0, 1)
+
+
 def validation_dice(net: VoxelMorphNet, pairs: list[tuple[Subject, Subject]], device="cpu") -> float:
     """Mean over pairs of the library's mean Dice (:func:`~DeepRegistrationLib.metrics.overlap`) of the moving
     labels warped (nearest neighbour) by the predicted field onto the fixed labels."""
