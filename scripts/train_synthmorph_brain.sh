@@ -21,25 +21,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-DeepRegistrationLib/resources/models/synthmorph-brain}"
-PY="${PYTHON:-.venv/bin/python}"
-DATA="${DEEPREG_DATA:-../shared/data/brain3d}"
-WORK=build/brain_data
 case "${PROFILE:-cpu}" in
   gpu) STEPS="${STEPS:-6000}"; VALIDATE=500 ;;
   cpu) STEPS="${STEPS:-900}"; VALIDATE=100 ;;
   *) echo "PROFILE must be gpu or cpu" >&2; exit 2 ;;
 esac
-[ -f "$WORK/vm_seg35.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA" >/dev/null
+source scripts/brain_subjects.sh
 VAL="$WORK/oasis0001_pd.nii.gz"
-VAL_LABELS="$DATA/oasis/OAS1_0001_MR1_aligned_seg35.nii.gz"
+VAL_LABELS="$HELD_OUT_LABELS"
 [ -f "$VAL" ] || "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path
 from brain_data import remap_contrast
 remap_contrast(Path(sys.argv[1]), Path(sys.argv[2]), 'pd', Path(sys.argv[3]))" \
-  "$DATA/oasis/OAS1_0001_MR1_aligned_norm.nii.gz" "$VAL_LABELS" "$VAL"
+  "$HELD_OUT_T1" "$VAL_LABELS" "$VAL"
 "$PY" -m DeepRegistrationLib train voxelmorph \
   --init DeepRegistrationLib/resources/models/voxelmorph-brain \
-  --images "$DATA/oasis/OAS1_0002_MR1_aligned_norm.nii.gz" "$WORK/vm_norm.nii.gz" \
-  --labels "$DATA/oasis/OAS1_0002_MR1_aligned_seg35.nii.gz" "$WORK/vm_seg35.nii.gz" \
+  "${TRAIN_SUBJECTS[@]}" \
   --val-images "$VAL" --val-labels "$VAL_LABELS" \
   --steps "$STEPS" --lr "${LR:-1e-4}" --max-grad-norm 0 --lncc-window 5 --lncc-weight 1 --dice-weight 1 --reg 0.2 \
   --augment --rotation-deg 0 --scaling 0 --translation-mm 0 --deformation-mm 4 --no-self-pairs \

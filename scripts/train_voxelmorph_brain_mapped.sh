@@ -17,21 +17,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-DeepRegistrationLib/resources/models/voxelmorph-brain-mapped}"
-PY="${PYTHON:-.venv/bin/python}"
-DATA="${DEEPREG_DATA:-../shared/data/brain3d}"
-WORK=build/brain_data
 case "${PROFILE:-cpu}" in
   gpu) STEPS="${STEPS:-4000}"; VALIDATE=500 ;;
   cpu) STEPS="${STEPS:-600}"; VALIDATE=100 ;;
   *) echo "PROFILE must be gpu or cpu" >&2; exit 2 ;;
 esac
-[ -f "$WORK/vm_seg35.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA" >/dev/null
+source scripts/brain_subjects.sh
 "$PY" -m DeepRegistrationLib train voxelmorph \
   --init DeepRegistrationLib/resources/models/voxelmorph-brain \
-  --images "$DATA/oasis/OAS1_0002_MR1_aligned_norm.nii.gz" "$WORK/vm_norm.nii.gz" \
-  --labels "$DATA/oasis/OAS1_0002_MR1_aligned_seg35.nii.gz" "$WORK/vm_seg35.nii.gz" \
-  --val-images "$DATA/oasis/OAS1_0001_MR1_aligned_norm.nii.gz" \
-  --val-labels "$DATA/oasis/OAS1_0001_MR1_aligned_seg35.nii.gz" \
+  "${TRAIN_SUBJECTS[@]}" \
+  --val-images "$HELD_OUT_T1" --val-labels "$HELD_OUT_LABELS" \
   --steps "$STEPS" --lr 1e-4 --max-grad-norm 0 --lncc-window 5 --lncc-weight 1 --dice-weight 1 --reg 0.2 \
   --augment --rotation-deg 0 --scaling 0 --translation-mm 0 --deformation-mm 4 --no-self-pairs \
   --remap 0.8 --known-pairs 0 --similarity-on-reference --map-moving-contrast \

@@ -37,6 +37,7 @@ import torch
 from ...errors import InputError
 from ...geometry import Grid
 from ...image import Image
+from ...intensity import ConditionalMean
 from ...io.atomic import atomic_output
 from ...metrics import overlap
 from ...metrics.regularisers import diffusion_regulariser_batch
@@ -339,17 +340,15 @@ def train_voxelmorph(net: VoxelMorphNet, subjects: list[Subject], config: TrainC
     return figures
 
 
-@torch.no_grad()
 def map_into_contrast(moving: torch.Tensor, fixed: torch.Tensor, bins: int = 64) -> torch.Tensor:
     """``moving`` ``(1, *shape)`` mapped into ``fixed``'s contrast by the conditional mean E[fixed | moving] over the
     two images' voxels (same grid, roughly aligned; :class:`~DeepRegistrationLib.intensity.ConditionalMean`, the
-    mapping a ``map_contrast`` stage applies through the transform so far), clamped to [0, 1]."""
-    from ...intensity import ConditionalMean
-
+    mapping a ``map_contrast`` stage applies through the transform so far), clamped to [0, 1]. Not differentiated."""
     mapping = ConditionalMean.fit(fixed.reshape(-1).float(), moving.reshape(-1).float(), bins=bins)
-    return mapping(moving.float()).clamp(0, 1)
+    return mapping(moving.detach().float()).clamp(0, 1)
 
 
+@torch.no_grad()
 def validation_dice(net: VoxelMorphNet, pairs: list[tuple[Subject, Subject]], device="cpu") -> float:
     """Mean over pairs of the library's mean Dice (:func:`~DeepRegistrationLib.metrics.overlap`) of the moving
     labels warped (nearest neighbour) by the predicted field onto the fixed labels."""
