@@ -12,7 +12,8 @@ installed, ANTsPy SyN (``ants:SyN``; ``ants:SyN+mi`` with Mattes mutual informat
 stages; any ANTsPy ``type_of_transform``, e.g. ``ants:Rigid+mi``) and its quick variant (``ants:antsRegistrationSyNQuick[s]``) and itk-elastix affine + B-spline
 (``elastix``; ``elastix:rigid``), both with elastix's default maps (Mattes mutual information).
 
-``--contrast pd|t2`` renders the moving image in another contrast by a non-monotonic intensity curve
+``--contrast pd|t2`` renders the moving image (``--contrast-of fixed``: the fixed one) in another contrast by a
+non-monotonic intensity curve
 (``Testing/Python/fresh_data.CONTRAST_CURVES``), for the multimodal methods (``preset:multimodal-deformable``, ``ants:SyN+mi``,
 ``elastix``).
 
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--contrast", choices=["t1", "pd", "t2"], default="t1",
                         help="render the moving image in another contrast (brain_data.CONTRASTS: a non-monotonic "
                              "curve) for the multimodal methods")
+    parser.add_argument("--contrast-of", choices=["moving", "fixed"], default="moving",
+                        help="which image --contrast renders (fixed: a T1 moving image onto a PD- or T2-like fixed one, "
+                             "e.g. a T1 atlas onto a patient's scan)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method per pair (median time)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
@@ -178,8 +182,11 @@ def main() -> None:
             if args.contrast != "t1":
                 from brain_data import remap_contrast
 
-                moving = remap_contrast(moving, moving_seg, args.contrast, Path(tmp) / f"{key}_{args.contrast}.nii.gz")
-                title += f" (moving rendered {args.contrast.upper()}-like)"
+                if args.contrast_of == "fixed":
+                    fixed = remap_contrast(fixed, fixed_seg, args.contrast, Path(tmp) / f"{key}_fixed_{args.contrast}.nii.gz")
+                else:
+                    moving = remap_contrast(moving, moving_seg, args.contrast, Path(tmp) / f"{key}_{args.contrast}.nii.gz")
+                title += f" ({args.contrast_of} rendered {args.contrast.upper()}-like)"
             results[key] = _run_pair(args.methods, str(fixed), str(moving), dr.read_image(fixed_seg).as_label_map(),
                                      dr.read_image(moving_seg).as_label_map(), Path(tmp), max(1, args.repeat))
             _print_table(title, results[key])

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..geometry import Grid
+from ..errors import InputError
 from ..image import Image
 from ..intensity import smooth_gaussian
 from ..sampling import (gradient_stack, inside_normalised, sample, sample_normalised, sample_with_gradient,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 #: is then estimated to about 0.5 % of its mass per bin, in milliseconds on any image size.
 MAPPING_SAMPLES = 200_000
 
-__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels", "mapped_moving_image"]
+__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels", "mapped_image", "mapped_moving_image"]
 
 
 def _slices(box: tuple[list[int], list[int]]) -> tuple[slice, ...]:
@@ -275,15 +276,27 @@ def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, 
 
 def mapped_moving_image(fixed: Image, moving: Image, transform: "Transform", similarity, seed: int = 0) -> Image:
     """``moving`` mapped into the fixed image's contrast by ``similarity``'s mapping
-    (:meth:`~DeepRegistrationLib.metrics.similarity.MappedLNCCLoss.fit_mapping`: the conditional mean).
+    (:meth:`~DeepRegistrationLib.metrics.similarity.MappedLNCCLoss.fit_mapping`: the conditional mean
+    ``E[fixed | moving]``): :func:`mapped_image` with ``which="moving"``."""
+    return mapped_image(fixed, moving, transform, similarity, "moving", seed)
+
+
+def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity, which: str = "moving",
+                 seed: int = 0) -> Image:
+    """One image of the pair mapped into the other's contrast by ``similarity``'s mapping
+    (:meth:`~DeepRegistrationLib.metrics.similarity.MappedLNCCLoss.fit_mapping`, the conditional mean): ``which``
+    ``"moving"``: ``E[fixed | moving]`` applied to ``moving`` (on its grid); ``"fixed"``: ``E[moving | fixed]``
+    applied to ``fixed`` (on its grid), e.g. a PD-like fixed image brought into a T1 moving image's contrast.
 
     The mapping is estimated on the unsmoothed full-resolution images ``fixed`` and ``moving`` (the stage
     context's normalised images) at :data:`MAPPING_SAMPLES` fixed voxels drawn at random (``seed``) and read in
     the moving image through ``transform`` (fixed -> moving, LPS mm); voxels mapped outside the moving image do
-    not count. Per channel (fixed channel ``c`` for moving channel ``c``). Smooth it afterwards
-    (:meth:`PyramidLevel.with_moving_image`): mapping a smoothed non-monotonic contrast would turn partial-volume
-    mixtures into wrong tissues.
+    not count. Per channel (channel ``c`` of the mapped image from channel ``c`` of the other, or its last).
+    Smooth it afterwards (:meth:`PyramidLevel.with_moving_image`): mapping a smoothed non-monotonic contrast would
+    turn partial-volume mixtures into wrong tissues.
     """
+    if which not in ("moving", "fixed"):
+        raise InputError(f"the mapped image is 'moving' or 'fixed', got {which!r}")
     generator = torch.Generator().manual_seed(int(seed))
     n = fixed.grid.num_voxels
     flat = torch.randint(n, (min(MAPPING_SAMPLES, n),), generator=generator)
@@ -292,9 +305,13 @@ def mapped_moving_image(fixed: Image, moving: Image, transform: "Transform", sim
     inside = moving.grid.inside(torch.as_tensor(moving.grid.physical_to_index(mapped_points))).float()
     moving_values = sample(moving.data.float(), moving.grid, mapped_points)
     fixed_values = fixed.data.float().reshape(fixed.num_channels, -1)[:, flat]
-    channels = [similarity.fit_mapping(fixed_values[min(c, fixed.num_channels - 1)], moving_values[c], inside)(
-        moving.data[c].float()) for c in range(moving.num_channels)]
-    return Image(torch.stack(channels), moving.grid, f"{moving.name} (mapped to the fixed contrast)")
+    source, source_values, target_values = ((moving, moving_values, fixed_values) if which == "moving"
+                                            else (fixed, fixed_values, moving_values))
+    targets = target_values.shape[0]
+    channels = [similarity.fit_mapping(target_values[min(c, targets - 1)], source_values[c], inside)(
+        source.data[c].float()) for c in range(source.num_channels)]
+    other = "fixed" if which == "moving" else "moving"
+    return Image(torch.stack(channels), source.grid, f"{source.name} (mapped to the {other} contrast)")
 
 
 class Pyramid:

@@ -25,6 +25,16 @@ from DeepRegistrationLib.synthetic import known_transform, oblique_grid, smooth_
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def _torch_thread_count():
+    """Every test starts with the suite's torch thread count: commands run in-process (``deepreg train ...
+    --threads 1``, a cohort task) set it for their process, and short trainings depend on it (summation order)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 #: Where each data file a test used came from ("shared" or "wheels"), for the run's summary.
 DATA_SOURCES: dict[str, str] = {}
 SHARED_ONLY = "needs ../shared/data"

@@ -96,7 +96,8 @@ def mirror_field(field: torch.Tensor, axis: int) -> torch.Tensor:
 def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear: Transform | None,
                       device: torch.device, mirror_average: bool = False, passes: int = 1,
                       pass_step: float = DEFAULT_PASS_STEP,
-                      contrast_map: Callable[[Transform], Image] | None = None) -> tuple[Transform, dict]:
+                      contrast_map: Callable[[Transform], Image] | None = None,
+                      fixed_contrast_map: Callable[[Transform], Image] | None = None) -> tuple[Transform, dict]:
     """The network's fixed -> moving deformation of ``moving_n`` (seen through ``linear``) onto ``fixed_n``.
 
     ``fixed_n``/``moving_n`` are the engine's normalised images (checked beforehand with
@@ -105,7 +106,8 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     deformation so far and composes ``pass_step`` x the network's prediction for that pair onto it (module
     docstring). ``contrast_map``: before each pass, ``moving_n`` is replaced by ``contrast_map(transform so
     far)`` (the moving image mapped into the fixed contrast through that transform: each later pass maps
-    through a better alignment). Returns the transform on the model grid (LPS mm; apply it before ``linear``): a
+    through a better alignment). ``fixed_contrast_map``: the same for ``fixed_n``, replaced before each pass by the
+    fixed image mapped into the moving contrast through the transform so far. Returns the transform on the model grid (LPS mm; apply it before ``linear``): a
     :class:`StationaryVelocityField` for one pass of a diffeomorphic model, else a :class:`DisplacementField`
     (for several passes, the composition sampled at the model grid's nodes), and figures: ``network`` (the
     model's name), its grid and times.
@@ -115,12 +117,16 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     model = ModelInput.from_dict(card["input"])
     grid = model.grid_for(fixed_n)
     axis = left_right_axis(grid) if mirror_average else -1
-    f = to_model_grid(fixed_n, grid).to(device)
+    f = None if fixed_contrast_map else to_model_grid(fixed_n, grid).to(device)
     moving_s = None if contrast_map else smoothed_for_grid(moving_n, grid)  # smoothed once, resampled every pass
     network_s = map_s = 0.0
 
     def predict(seen_through: Transform | None, scale: float) -> Transform:
-        nonlocal network_s, map_s, moving_s
+        nonlocal network_s, map_s, moving_s, f
+        if fixed_contrast_map is not None:
+            t0 = time.perf_counter()
+            f = to_model_grid(fixed_contrast_map(seen_through), grid).to(device)
+            map_s += time.perf_counter() - t0
         if contrast_map is not None:
             t0 = time.perf_counter()
             moving_s = smoothed_for_grid(contrast_map(seen_through), grid)
@@ -147,31 +153,34 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
                "mirror_average": bool(mirror_average), "passes": int(passes),
                "resample_s": time.perf_counter() - start - network_s - map_s,  # but the passes and mappings
                "network_s": network_s}
-    if contrast_map is not None:
+    if contrast_map is not None or fixed_contrast_map is not None:
         figures["map_contrast_s"] = map_s
     return transform, figures
 
 
 def run_voxelmorph_stage(settings: VoxelMorphSettings, context: StageContext, state: StageState) -> StageOutcome:
     """The registry's runner: :func:`predict_transform` after ``state.linear`` (as an affine); with
-    ``map_contrast`` the moving image is mapped into the fixed contrast before every pass
-    (:func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), through the transform so far."""
+    ``map_contrast`` the ``mapped_image`` (moving, or fixed) is mapped into the other image's contrast before every
+    pass (:func:`~DeepRegistrationLib.methods.pyramid.mapped_image`), through the transform so far."""
     context.check_cancel()
     linear = state.linear if isinstance(state.linear, AffineTransform) else state.linear.to_affine()
-    contrast_map = None
+    contrast_map = fixed_contrast_map = None
     if settings.map_contrast:
         from ...metrics.similarity import MappedLNCCLoss
-        from ..pyramid import mapped_moving_image
+        from ..pyramid import mapped_image
 
         mapping = MappedLNCCLoss()
 
         def mapped(through: Transform) -> Image:
-            return mapped_moving_image(context.fixed, context.moving, through, mapping)
+            return mapped_image(context.fixed, context.moving, through, mapping, settings.mapped_image)
 
-        contrast_map = mapped
+        if settings.mapped_image == "fixed":
+            fixed_contrast_map = mapped
+        else:
+            contrast_map = mapped
 
     deformable, figures = predict_transform(settings.network, context.fixed, context.moving, linear,
                                             context.device, settings.mirror_average, settings.passes,
-                                            settings.pass_step, contrast_map)
+                                            settings.pass_step, contrast_map, fixed_contrast_map)
     context.report({"model": "voxelmorph", "level": 0, "iteration": 0, "loss": None})  # a network has no loss
     return StageOutcome(StageState(state.linear, deformable), float("nan"), figures)

@@ -33,6 +33,9 @@ class VoxelMorphSettings(StageSettings):
             similarity, :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), so a network trained on
             one contrast (T1) registers another (PD, T2) to it: classical translation, then monomodal prediction.
             Needs a good linear alignment (a multimodal rigid/affine stage before it).
+        mapped_image: which image ``map_contrast`` maps into the other's contrast: ``"moving"`` (the default: the
+            network's contrast is the fixed image's) or ``"fixed"`` (``E[moving | fixed]`` applied to the fixed
+            image: the network's contrast is the moving image's, e.g. a T1 atlas registered onto a PD or T2 scan).
     """
 
     model: str = "voxelmorph"
@@ -41,6 +44,7 @@ class VoxelMorphSettings(StageSettings):
     passes: int = 1
     pass_step: float = DEFAULT_PASS_STEP
     map_contrast: bool = False
+    mapped_image: str = "moving"
 
     def validate(self) -> "VoxelMorphSettings":
         if self.model != "voxelmorph":
@@ -49,6 +53,8 @@ class VoxelMorphSettings(StageSettings):
             raise InputError("a voxelmorph stage needs 'network' (a model name or folder)")
         check_flag("mirror_average", self.mirror_average)
         check_flag("map_contrast", self.map_contrast)
+        if self.mapped_image not in ("moving", "fixed"):
+            raise InputError(f"mapped_image must be 'moving' or 'fixed', got {self.mapped_image!r}")
         check_number("passes", self.passes, 1, 8, integer=True)
         check_number("pass_step", self.pass_step, 0.0, 1.0, low_open=True)
         return self
