@@ -40,15 +40,17 @@ def test_rigid_2d_on_cuda_gives_the_cpu_answer():
     assert gpu_result.transform.offset().device.type == "cpu"
 
 
-@pytest.mark.parametrize("preset", ["affine", "deformable-fast", "multimodal-deformable", "voxelmorph-brain",
-                                    "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "supervised-brain"])
-def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, oasis_pair_with_labels, tmp_path):
+@pytest.mark.parametrize("preset, overrides", [
+    (name, []) for name in ("affine", "deformable-fast", "multimodal-deformable", "voxelmorph-brain",
+                            "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "supervised-brain")] + [
+    ("voxelmorph-brain-multimodal", ["voxelmorph.network=voxelmorph-brain", "voxelmorph.mapped_image=fixed"])])
+def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, overrides, oasis_pair_with_labels, tmp_path):
     """OASIS 0002 -> 0001 at full size: mean seg35 Dice on the GPU within 0.01 of the CPU's, no folding, and the
-    transform writes to a file (it left the GPU)."""
+    transform writes to a file (it left the GPU). The last case maps the fixed image (``mapped_image: fixed``)."""
     (fixed, moving), (fixed_seg, moving_seg) = oasis_pair_with_labels
     dice = {}
     for device in ("cpu", "cuda"):
-        result = register(fixed, moving, load_preset(preset), device=device)
+        result = register(fixed, moving, load_preset(preset, overrides), device=device)
         assert result.figures["device"].startswith(device)
         dice[device] = mean_label_dice(fixed_seg, moving_seg, result.transform)
         if result.transform.is_linear:

@@ -290,3 +290,5 @@ def test_map_contrast_of_the_fixed_image_registers_a_t1_onto_a_pd_like_scan(oasi
     assert stats["folding_percent"] < 0.1
     with pytest.raises(dr.InputError, match="mapped_image must be 'moving' or 'fixed'"):
         load_preset("voxelmorph-brain-multimodal", ["voxelmorph.mapped_image=both"])
+    with pytest.raises(dr.InputError, match="mapped_image 'fixed' needs map_contrast: true"):
+        load_preset("voxelmorph-brain-multimodal", ["voxelmorph.mapped_image=fixed", "voxelmorph.map_contrast=false"])

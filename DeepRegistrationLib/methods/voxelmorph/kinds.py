@@ -55,6 +55,8 @@ class VoxelMorphSettings(StageSettings):
         check_flag("map_contrast", self.map_contrast)
         if self.mapped_image not in ("moving", "fixed"):
             raise InputError(f"mapped_image must be 'moving' or 'fixed', got {self.mapped_image!r}")
+        if self.mapped_image == "fixed" and not self.map_contrast:
+            raise InputError("mapped_image 'fixed' needs map_contrast: true (nothing is mapped without it)")
         check_number("passes", self.passes, 1, 8, integer=True)
         check_number("pass_step", self.pass_step, 0.0, 1.0, low_open=True)
         return self
