@@ -152,8 +152,8 @@ def main() -> None:
                         help="render the moving image in another contrast (brain_data.CONTRASTS: a non-monotonic "
                              "curve) for the multimodal methods")
     parser.add_argument("--contrast-of", choices=["moving", "fixed"], default="moving",
-                        help="which image --contrast renders (fixed: a T1 moving image onto a PD- or T2-like fixed one, "
-                             "e.g. a T1 atlas onto a patient's scan)")
+                        help="which image --contrast renders (fixed: a T1 moving image onto a PD- or T2-like "
+                             "fixed one, e.g. a T1 atlas onto a patient's scan)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method per pair (median time)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
@@ -182,10 +182,11 @@ def main() -> None:
             if args.contrast != "t1":
                 from brain_data import remap_contrast
 
+                out = Path(tmp) / f"{key}_{args.contrast_of}_{args.contrast}.nii.gz"
                 if args.contrast_of == "fixed":
-                    fixed = remap_contrast(fixed, fixed_seg, args.contrast, Path(tmp) / f"{key}_fixed_{args.contrast}.nii.gz")
+                    fixed = remap_contrast(fixed, fixed_seg, args.contrast, out)
                 else:
-                    moving = remap_contrast(moving, moving_seg, args.contrast, Path(tmp) / f"{key}_{args.contrast}.nii.gz")
+                    moving = remap_contrast(moving, moving_seg, args.contrast, out)
                 title += f" ({args.contrast_of} rendered {args.contrast.upper()}-like)"
             results[key] = _run_pair(args.methods, str(fixed), str(moving), dr.read_image(fixed_seg).as_label_map(),
                                      dr.read_image(moving_seg).as_label_map(), Path(tmp), max(1, args.repeat))

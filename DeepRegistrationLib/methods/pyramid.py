@@ -32,11 +32,11 @@ from ..warp import warp_image
 if TYPE_CHECKING:
     from ..transforms import Transform
 
-#: Fixed voxels drawn to estimate an intensity mapping (:func:`mapped_moving_image`): a 64-bin joint histogram
+#: Fixed voxels drawn to estimate an intensity mapping (:func:`mapped_image`): a 64-bin joint histogram
 #: is then estimated to about 0.5 % of its mass per bin, in milliseconds on any image size.
 MAPPING_SAMPLES = 200_000
 
-__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels", "mapped_image", "mapped_moving_image"]
+__all__ = ["PyramidLevel", "Pyramid", "level_grid", "build_pyramid", "feature_levels", "mapped_image"]
 
 
 def _slices(box: tuple[list[int], list[int]]) -> tuple[slice, ...]:
@@ -272,13 +272,6 @@ def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, 
     return [level.with_features(similarity.key, similarity.features, similarity.support, moving,
                                 similarity.halo(level.grid.dim, level.fixed.device) if crop else None)
             for level in levels]
-
-
-def mapped_moving_image(fixed: Image, moving: Image, transform: "Transform", similarity, seed: int = 0) -> Image:
-    """``moving`` mapped into the fixed image's contrast by ``similarity``'s mapping
-    (:meth:`~DeepRegistrationLib.metrics.similarity.MappedLNCCLoss.fit_mapping`: the conditional mean
-    ``E[fixed | moving]``): :func:`mapped_image` with ``which="moving"``."""
-    return mapped_image(fixed, moving, transform, similarity, "moving", seed)
 
 
 def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity, which: str = "moving",

@@ -188,7 +188,7 @@ class MappedLNCCLoss(LNCCLoss):
     similarity (``maps_intensities``) first maps the *unsmoothed* moving image into the fixed image's intensities
     by the conditional mean ``E[fixed | moving]`` through the stage's starting transform (:meth:`fit_mapping`,
     :class:`~DeepRegistrationLib.intensity.ConditionalMean`,
-    :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), then smooths and resamples the mapped image
+    :func:`~DeepRegistrationLib.methods.pyramid.mapped_image`), then smooths and resamples the mapped image
     as each level's moving image. This keeps LNCC's local precision between contrasts whose intensities are a
     function of each other within tissue (T1 against PD or T2; CT against MR less so: bone and air share MR
     intensities). Optimum -1.

@@ -557,7 +557,8 @@ def test_train_cli_writes_a_model_that_fine_tunes_and_resumes(tmp_path):
     # and the card says what images the new model is for
     assert main(["train", "voxelmorph", "--images", str(p["0002", "norm"]), str(p["0001", "norm"]),
                  "--labels", str(p["0002", "seg4"]), str(p["0001", "seg4"]), "--dice-weight", "1",
-                 "--synth", "0.5", "--remap", "0.5", "--similarity-on-reference", "--modality", "brain MRI of any contrast",
+                 "--synth", "0.5", "--remap", "0.5", "--similarity-on-reference",
+                 "--modality", "brain MRI of any contrast",
                  "--init", str(tmp_path / "m"), "--steps", "3", "--out", str(tmp_path / "any"), "--threads", "2"]) == 0
     _, anyc = load_model(tmp_path / "any")
     assert anyc["input"]["modality"] == "brain MRI of any contrast" and anyc["input"]["size"] == card["input"]["size"]

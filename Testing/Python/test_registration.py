@@ -79,7 +79,7 @@ def test_multimodal_deformable_maps_a_non_monotonic_contrast():
     PD), and multimodal-deformable raises the seg24 Dice well above the affine result (folding < 0.1 %)."""
     from fresh_data import contrast_from_t1
 
-    from DeepRegistrationLib.methods.pyramid import mapped_moving_image
+    from DeepRegistrationLib.methods.pyramid import mapped_image
     from DeepRegistrationLib.metrics import MappedLNCCLoss
     from DeepRegistrationLib.registration import load_preset
 
@@ -94,7 +94,7 @@ def test_multimodal_deformable_maps_a_non_monotonic_contrast():
         return float(np.mean([v["dice"] for v in overlap(fseg, dr.warp_image(mseg, transform, fseg, "label")).values()]))
 
     affine = register(fixed, moving, load_preset("multimodal-affine")).transform
-    mapped = mapped_moving_image(fixed, moving, affine, MappedLNCCLoss())
+    mapped = mapped_image(fixed, moving, affine, MappedLNCCLoss(), "moving")
     brain = fixed.data.reshape(-1) > 0.05
     ncc = [float(torch.corrcoef(torch.stack([fixed.data.reshape(-1)[brain],
                                              dr.warp_image(m, affine, fixed.grid).data.reshape(-1)[brain]]))[0, 1])

@@ -13,7 +13,7 @@ import torch
 
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
-from ..pyramid import feature_levels, mapped_moving_image
+from ..pyramid import feature_levels, mapped_image
 from ...sampling import normalised_linear, sample, subdivide_nodes, to_normalised
 from ...transforms import StationaryVelocityField, compose, integrate_velocity
 from ..loop import optimise
@@ -38,7 +38,7 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
         # the moving image in the fixed contrast, mapped unsmoothed through the starting transform, once: mapped
         # again after each level it follows the deformation's errors (OASIS T1 vs PD-like: Dice 0.760 -> 0.733)
         start_transform = linear if state.deformable is None else compose(state.deformable, linear)
-        mapped = mapped_moving_image(context.fixed, context.moving, start_transform, similarity)
+        mapped = mapped_image(context.fixed, context.moving, start_transform, similarity, "moving")
     velocity = vgrid = None
     start = state.deformable
     if isinstance(start, StationaryVelocityField):

@@ -107,10 +107,10 @@ def predict_transform(name_or_path: str, fixed_n: Image, moving_n: Image, linear
     docstring). ``contrast_map``: before each pass, ``moving_n`` is replaced by ``contrast_map(transform so
     far)`` (the moving image mapped into the fixed contrast through that transform: each later pass maps
     through a better alignment). ``fixed_contrast_map``: the same for ``fixed_n``, replaced before each pass by the
-    fixed image mapped into the moving contrast through the transform so far. Returns the transform on the model grid (LPS mm; apply it before ``linear``): a
-    :class:`StationaryVelocityField` for one pass of a diffeomorphic model, else a :class:`DisplacementField`
-    (for several passes, the composition sampled at the model grid's nodes), and figures: ``network`` (the
-    model's name), its grid and times.
+    fixed image mapped into the moving contrast through the transform so far. Returns the transform on the model
+    grid (LPS mm; apply it before ``linear``): a :class:`StationaryVelocityField` for one pass of a diffeomorphic
+    model, else a :class:`DisplacementField` (for several passes, the composition sampled at the model grid's
+    nodes), and figures: ``network`` (the model's name), its grid and times.
     """
     start = time.perf_counter()
     net, card = cached_model(name_or_path, device)

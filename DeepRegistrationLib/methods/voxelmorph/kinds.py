@@ -30,7 +30,7 @@ class VoxelMorphSettings(StageSettings):
         pass_step: the fraction (0, 1] of each later pass's prediction that is applied.
         map_contrast: first map the moving image into the fixed image's contrast by the conditional mean
             ``E[fixed | moving]`` estimated through the linear alignment (the same mapping as the ``mapped-lncc``
-            similarity, :func:`~DeepRegistrationLib.methods.pyramid.mapped_moving_image`), so a network trained on
+            similarity, :func:`~DeepRegistrationLib.methods.pyramid.mapped_image`), so a network trained on
             one contrast (T1) registers another (PD, T2) to it: classical translation, then monomodal prediction.
             Needs a good linear alignment (a multimodal rigid/affine stage before it).
         mapped_image: which image ``map_contrast`` maps into the other's contrast: ``"moving"`` (the default: the
