@@ -105,8 +105,9 @@ class DeepRegistration(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Register a moving volume to a fixed volume: rigid, affine and diffeomorphic deformable registration by
 iterative optimisation on the GPU or CPU, or by a trained VoxelMorph network for T1 brain MRI (presets
-voxelmorph-brain, voxelmorph-brain-io which refines the network's result, and voxelmorph-brain-multimodal for a
-moving brain scan of another contrast than the fixed T1). The result is a native
+voxelmorph-brain, voxelmorph-brain-io which refines the network's result, voxelmorph-brain-multimodal for a
+moving brain scan of another contrast than the fixed T1, and voxelmorph-brain-multimodal-io which refines that).
+The result is a native
 transform node (linear for rigid/affine; a displacement field stored <i>from parent</i> for deformable
 results, readable by ITK) that the Transforms module and other extensions understand.
 Pick the fixed and moving volumes and a preset, then press Apply; Slicer stays usable while it runs.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .image import Image
 
-__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "gaussian_kernel_1d", "smooth_gaussian", "center_of_mass",
+__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "gaussian_kernel_1d", "smooth_gaussian", "center_of_mass", "homogeneity_weights",
            "ConditionalMean"]
 
 
@@ -184,7 +184,8 @@ class ConditionalMean:
     def fit(cls, fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor | None = None, bins: int = 64,
             smoothing_bins: float = 1.0) -> "ConditionalMean":
         """Estimate from corresponding voxel values ``fixed`` and ``moving`` (1D, same length); ``weight``
-        (same length): which voxels count (non-zero). Linear binning over the counted voxels' moving range, then
+        (same length, >= 0): how much each voxel counts (0: not at all; a 0/1 mask, or
+        :func:`homogeneity_weights`). Linear binning over the counted voxels' moving range, then
         Gaussian smoothing of ``smoothing_bins`` bins across bins. Not differentiated; stays on the tensors'
         device (no host synchronisation)."""
         if bins < 4:
@@ -194,7 +195,7 @@ class ConditionalMean:
                              f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
         with torch.no_grad():
             moving = moving.detach()
-            w = torch.ones_like(moving) if weight is None else (weight != 0).to(moving.dtype)
+            w = torch.ones_like(moving) if weight is None else weight.detach().to(moving.dtype).clamp(min=0)
             low = moving.masked_fill(w == 0, float("inf")).min()
             high = moving.masked_fill(w == 0, float("-inf")).max()
             width = ((high - low) / (bins - 1)).clamp(min=1e-12)
@@ -216,6 +217,32 @@ class ConditionalMean:
         """``g(moving)``, any shape; differentiable in ``moving`` (through the table's slope)."""
         i0, t = _bin_position(moving, self.low, self.width, self.table.numel())
         return self.table[i0] * (1 - t) + self.table[i0 + 1] * t
+
+
+def homogeneity_weights(fixed_gradient: torch.Tensor, moving_gradient: torch.Tensor, strength: float,
+                        counted: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights ``exp(-strength ((|g_f| / m_f)^2 + (|g_m| / m_m)^2))`` of corresponding voxels for an intensity
+    mapping's joint histogram (:class:`ConditionalMean`): a voxel inside uniform tissue in both images counts
+    fully, a voxel on an edge of either image little.
+
+    Under a residual misalignment (the mapping is estimated before the deformation is known) an edge voxel of
+    one image is paired with the neighbouring tissue in the other, which pulls each tissue's mapped intensity
+    towards its neighbours'; inside uniform tissue the pairing survives a misalignment of a few voxels.
+    ``fixed_gradient``, ``moving_gradient``: gradient norms at the corresponding voxels (1D, any units);
+    ``m_f``, ``m_m``: their medians over the counted voxels where both are non-zero, so the weights depend on
+    neither the units nor the contrast's scale. ``strength`` 0 gives ``counted`` (or ones). ``counted``
+    (0/1 or weights, same length): multiplied in."""
+    if not strength >= 0:
+        raise InputError(f"the homogeneity strength must be >= 0, got {strength}")
+    weights = torch.ones_like(fixed_gradient) if counted is None else counted.to(fixed_gradient.dtype)
+    if strength == 0:
+        return weights
+    both = (weights > 0) & (fixed_gradient > 0) & (moving_gradient > 0)
+    if not bool(both.any()):
+        return weights  # no edges anywhere (constant images): nothing to tell apart
+    scale_f = fixed_gradient[both].median().clamp(min=1e-12)
+    scale_m = moving_gradient[both].median().clamp(min=1e-12)
+    return weights * torch.exp(-strength * ((fixed_gradient / scale_f) ** 2 + (moving_gradient / scale_m) ** 2))
 
 
 def _bin_position(values: torch.Tensor, low: torch.Tensor, width: torch.Tensor,

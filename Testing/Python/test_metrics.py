@@ -174,6 +174,41 @@ def test_conditional_mean_maps_a_non_monotonic_contrast(slices):
         ConditionalMean.fit(pd.reshape(-1), t1.reshape(-1), bins=2)
 
 
+def test_homogeneity_weighting_keeps_tissues_apart_under_misalignment():
+    """The mapping of a PD-like rendering of a real T1 slice back into T1, estimated through a transform 3.6 px
+    off (the misalignment left before a deformable stage): counting voxels on edges less
+    (``homogeneity``) brings the mapped image closer to the real T1 within the brain (measured: mean error 0.080 ->
+    0.046; aligned 0.050 -> 0.038); 0 is the unweighted estimate; the weights fall on edges and are refused
+    negative."""
+    from fresh_data import contrast_from_t1
+
+    from DeepRegistrationLib.intensity import homogeneity_weights
+    from DeepRegistrationLib.methods.pyramid import mapped_image
+    from DeepRegistrationLib.metrics.similarity import MappedLNCCLoss
+
+    img = dr.read_image(data_file("brain2d/oasis_neurite_2d/OAS1_0001_MR1_slice_norm.nii.gz"), dim=2)
+    t1 = img.with_data(img.data.float() / float(img.data.max()))
+    pd = t1.with_data(contrast_from_t1(t1.data, float(torch.quantile(t1.data[t1.data > 0.05], 0.9)), "pd"))
+    brain = t1.data[0] > 0.05
+    off = dr.TranslationTransform(torch.tensor([3.0, -2.0], dtype=torch.float64))
+
+    def error(homogeneity: float, transform=off) -> float:
+        mapped = mapped_image(t1, pd, transform, MappedLNCCLoss(), "moving", homogeneity=homogeneity)
+        return float((mapped.data[0][brain] - t1.data[0][brain]).abs().mean())
+
+    plain, weighted = error(0.0), error(1.0)
+    assert weighted < 0.75 * plain, (plain, weighted)
+    assert error(1.0, dr.IdentityTransform(2)) <= error(0.0, dr.IdentityTransform(2))
+    gradient = torch.tensor([0.0, 0.5, 1.0, 1.5, 3.0])  # median over the counted edges: 1
+    counted = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    weights = homogeneity_weights(gradient, gradient, 1.0, counted)
+    assert weights[0] == 1 and weights[4] == 0
+    assert torch.allclose(weights[1:4], torch.exp(-2 * gradient[1:4] ** 2))
+    assert torch.equal(homogeneity_weights(gradient, gradient, 0.0, counted), counted)
+    with pytest.raises(dr.InputError, match="homogeneity strength must be >= 0"):
+        homogeneity_weights(gradient, gradient, -1.0)
+
+
 def test_mi_does_not_depend_on_intensity_range(slices):
     """Unlike MONAI 1.6.1's Gaussian MI (which assumes [0, 1]), scaling intensities by 1000 changes nothing."""
     t1, shifted, _ = slices

@@ -17,7 +17,8 @@ from test_cli import _error_line, deepreg
 
 PRESETS = ["rigid", "affine", "deformable-fast", "deformable-accurate", "multimodal-rigid", "multimodal-affine",
            "multimodal-deformable", "multimodal-rigid-learned"]
-NETWORK_PRESETS = ["voxelmorph-brain", "voxelmorph-brain-io", "voxelmorph-brain-multimodal", "supervised-brain",
+NETWORK_PRESETS = ["voxelmorph-brain", "voxelmorph-brain-io", "voxelmorph-brain-multimodal",
+                   "voxelmorph-brain-multimodal-io", "supervised-brain",
                    "supervised-brain-io"]
 
 

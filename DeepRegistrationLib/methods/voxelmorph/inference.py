@@ -172,7 +172,8 @@ def run_voxelmorph_stage(settings: VoxelMorphSettings, context: StageContext, st
         mapping = MappedLNCCLoss()
 
         def mapped(through: Transform) -> Image:
-            return mapped_image(context.fixed, context.moving, through, mapping, settings.mapped_image)
+            return mapped_image(context.fixed, context.moving, through, mapping, settings.mapped_image,
+                                homogeneity=settings.mapping_homogeneity)
 
         if settings.mapped_image == "fixed":
             fixed_contrast_map = mapped

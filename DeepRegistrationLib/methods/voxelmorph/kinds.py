@@ -36,6 +36,10 @@ class VoxelMorphSettings(StageSettings):
         mapped_image: which image ``map_contrast`` maps into the other's contrast: ``"moving"`` (the default: the
             network's contrast is the fixed image's) or ``"fixed"`` (``E[moving | fixed]`` applied to the fixed
             image: the network's contrast is the moving image's, e.g. a T1 atlas registered onto a PD or T2 scan).
+        mapping_homogeneity: how much less the voxels on an edge of either image count in ``map_contrast``'s
+            estimate of the mapping (``homogeneity`` of :func:`~DeepRegistrationLib.methods.pyramid.mapped_image`;
+            0: every voxel alike). Edges are where the misalignment left before the network pairs one tissue with
+            its neighbour.
     """
 
     model: str = "voxelmorph"
@@ -45,6 +49,7 @@ class VoxelMorphSettings(StageSettings):
     pass_step: float = DEFAULT_PASS_STEP
     map_contrast: bool = False
     mapped_image: str = "moving"
+    mapping_homogeneity: float = 1.0
 
     def validate(self) -> "VoxelMorphSettings":
         if self.model != "voxelmorph":
@@ -57,6 +62,7 @@ class VoxelMorphSettings(StageSettings):
             raise InputError(f"mapped_image must be 'moving' or 'fixed', got {self.mapped_image!r}")
         if self.mapped_image == "fixed" and not self.map_contrast:
             raise InputError("mapped_image 'fixed' needs map_contrast: true (nothing is mapped without it)")
+        check_number("mapping_homogeneity", self.mapping_homogeneity, 0.0, 100.0)
         check_number("passes", self.passes, 1, 8, integer=True)
         check_number("pass_step", self.pass_step, 0.0, 1.0, low_open=True)
         return self
