@@ -195,7 +195,7 @@ class ConditionalMean:
                              f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
         with torch.no_grad():
             moving = moving.detach()
-            w = torch.ones_like(moving) if weight is None else weight.detach().to(moving.dtype).clamp(min=0)
+            w = torch.ones_like(moving) if weight is None else weight.detach().to(device=moving.device, dtype=moving.dtype).clamp(min=0)
             low = moving.masked_fill(w == 0, float("inf")).min()
             high = moving.masked_fill(w == 0, float("-inf")).max()
             width = ((high - low) / (bins - 1)).clamp(min=1e-12)
@@ -234,7 +234,9 @@ def homogeneity_weights(fixed_gradient: torch.Tensor, moving_gradient: torch.Ten
     (0/1 or weights, same length): multiplied in."""
     if not strength >= 0:
         raise InputError(f"the homogeneity strength must be >= 0, got {strength}")
-    weights = torch.ones_like(fixed_gradient) if counted is None else counted.to(fixed_gradient.dtype)
+    weights = (torch.ones_like(fixed_gradient) if counted is None
+               else counted.to(device=fixed_gradient.device, dtype=fixed_gradient.dtype))
+    moving_gradient = moving_gradient.to(fixed_gradient.device)
     if strength == 0:
         return weights
     both = (weights > 0) & (fixed_gradient > 0) & (moving_gradient > 0)

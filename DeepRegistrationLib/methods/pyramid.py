@@ -321,7 +321,7 @@ def _gradient_norm(image: Image, points: torch.Tensor) -> torch.Tensor:
     like the image (zero outside it)."""
     step = float(min(image.grid.spacing))
     data = image.data.float()
-    total = torch.zeros(points.shape[0], dtype=torch.float32)
+    total = torch.zeros(points.shape[0], dtype=torch.float32, device=data.device)
     for axis in range(points.shape[-1]):
         offset = torch.zeros(points.shape[-1], dtype=points.dtype)
         offset[axis] = step
