@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from .errors import InputError
 from .image import Image
 
-__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "gaussian_kernel_1d", "smooth_gaussian", "center_of_mass", "homogeneity_weights",
-           "ConditionalMean"]
+__all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "gaussian_kernel_1d",
+           "smooth_gaussian", "center_of_mass", "homogeneity_weights", "ConditionalMean"]
 
 
 def _values(image: Image, mask: Image | None) -> torch.Tensor:
@@ -195,7 +195,8 @@ class ConditionalMean:
                              f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
         with torch.no_grad():
             moving = moving.detach()
-            w = torch.ones_like(moving) if weight is None else weight.detach().to(device=moving.device, dtype=moving.dtype).clamp(min=0)
+            w = (torch.ones_like(moving) if weight is None
+                 else weight.detach().to(device=moving.device, dtype=moving.dtype).clamp(min=0))
             low = moving.masked_fill(w == 0, float("inf")).min()
             high = moving.masked_fill(w == 0, float("-inf")).max()
             width = ((high - low) / (bins - 1)).clamp(min=1e-12)
