@@ -1,6 +1,7 @@
-# Sourced by the brain VoxelMorph recipes (train_voxelmorph_brain.sh, train_voxelmorph_brain_mapped.sh,
-# train_synthmorph_brain.sh), from the repository root: the interpreter, the data folder, the training subjects
-# (OASIS 0002 and the voxelmorph subject, the latter built once into build/brain_data) and the held-out OASIS 0001.
+# Sourced by the brain network recipes (train_voxelmorph_brain.sh, train_voxelmorph_brain_mapped.sh,
+# train_synthmorph_brain.sh, train_supervised_brain.sh), from the repository root: the interpreter, the data
+# folder, the training subjects (OASIS 0002 and the voxelmorph subject, the latter built once into build/brain_data)
+# and the held-out OASIS 0001.
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data/brain3d).
 PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data/brain3d}"

@@ -11,24 +11,21 @@
 #   14.3 min after the two teacher registrations; validation Dice 0.483 (step 150), 0.512 (200), 0.530 (400),
 #   0.553 (500), 0.541 (800), 0.545 (900; affine start 0.48).
 # PROFILE=gpu: 2 mm grid (80 x 96 x 112), 12000 steps.
-# Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data/brain3d), THREADS,
+# Environment (PYTHON, DEEPREG_DATA: scripts/brain_subjects.sh), THREADS,
 #   MAX_MINUTES (stop with a checkpoint; RESUME=1 continues), STEPS.
 # Usage: scripts/train_supervised_brain.sh [OUT_DIR] [extra deepreg train supervised arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-DeepRegistrationLib/resources/models/supervised-brain}"
 EXTRA=("${@:2}")
-PY="${PYTHON:-.venv/bin/python}"
-DATA="${DEEPREG_DATA:-../shared/data/brain3d}"
-WORK=build/brain_data
+source scripts/brain_subjects.sh
 case "${PROFILE:-cpu}" in
   gpu) GRID=(--grid-size 80 96 112 --spacing 2); STEPS="${STEPS:-12000}"; VALIDATE=500 ;;
   cpu) GRID=(--grid-size 56 64 72 --spacing 3); STEPS="${STEPS:-900}"; VALIDATE=100 ;;
   *) echo "PROFILE must be gpu or cpu" >&2; exit 2 ;;
 esac
-[ -f "$WORK/vm_seg35.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA" >/dev/null
-A="$DATA/oasis/OAS1_0002_MR1_aligned_norm.nii.gz"
-B="$WORK/vm_norm.nii.gz"
+A="${TRAIN_SUBJECTS[1]}"  # OASIS 0002 (TRAIN_SUBJECTS: --images A B --labels ...)
+B="${TRAIN_SUBJECTS[2]}"  # the voxelmorph subject
 for pair in "A B" "B A"; do  # teacher registrations: fixed first
   set -- $pair
   F="${!1}"; M="${!2}"; T="$WORK/teacher_${1}_from_${2}.h5"
@@ -36,10 +33,8 @@ for pair in "A B" "B A"; do  # teacher registrations: fixed first
     --out-transform "$T" >/dev/null
 done
 "$PY" -m DeepRegistrationLib train supervised \
-  --images "$A" "$B" \
-  --labels "$DATA/oasis/OAS1_0002_MR1_aligned_seg35.nii.gz" "$WORK/vm_seg35.nii.gz" \
-  --val-images "$DATA/oasis/OAS1_0001_MR1_aligned_norm.nii.gz" \
-  --val-labels "$DATA/oasis/OAS1_0001_MR1_aligned_seg35.nii.gz" \
+  "${TRAIN_SUBJECTS[@]}" \
+  --val-images "$HELD_OUT_T1" --val-labels "$HELD_OUT_LABELS" \
   --teacher "$B" "$A" "$WORK/teacher_A_from_B.h5" --teacher "$A" "$B" "$WORK/teacher_B_from_A.h5" \
   --teacher-probability 0.5 --known-pairs 1 \
   --architecture vm1-lite-in "${GRID[@]}" --orientation LIA \

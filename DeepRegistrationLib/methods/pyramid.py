@@ -299,14 +299,14 @@ def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity
     n = fixed.grid.num_voxels
     flat = torch.randint(n, (min(MAPPING_SAMPLES, n),), generator=generator)
     index = np.stack(np.unravel_index(flat.numpy(), fixed.grid.shape)[::-1], axis=-1).astype(np.float64)  # i, j, k
-    mapped_points = transform.map_points(torch.from_numpy(fixed.grid.index_to_physical(index)))
+    fixed_points = torch.from_numpy(fixed.grid.index_to_physical(index))
+    mapped_points = transform.map_points(fixed_points)
     inside = moving.grid.inside(torch.as_tensor(moving.grid.physical_to_index(mapped_points))).float()
     moving_values = sample(moving.data.float(), moving.grid, mapped_points)
     fixed_values = fixed.data.float().reshape(fixed.num_channels, -1)[:, flat]
     source, source_values, target_values = ((moving, moving_values, fixed_values) if which == "moving"
                                             else (fixed, fixed_values, moving_values))
     if homogeneity > 0:
-        fixed_points = torch.from_numpy(fixed.grid.index_to_physical(index))
         inside = homogeneity_weights(_gradient_norm(fixed, fixed_points), _gradient_norm(moving, mapped_points),
                                      homogeneity, inside)
     targets = target_values.shape[0]
