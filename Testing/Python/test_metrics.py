@@ -209,6 +209,25 @@ def test_homogeneity_weighting_keeps_tissues_apart_under_misalignment():
         homogeneity_weights(gradient, gradient, -1.0)
 
 
+def test_mapping_gradient_norm_is_in_millimetres_on_an_oblique_anisotropic_grid():
+    """The gradient norm that weights the mapping's samples, on a linear ramp in LPS mm sampled on an oblique
+    0.9 x 1.2 x 2.5 mm grid: the ramp's slope (intensity per mm) at interior points, as SimpleITK's gradient
+    magnitude (image spacing) gives at the voxel centres."""
+    from DeepRegistrationLib.geometry import Grid
+    from DeepRegistrationLib.methods.pyramid import _gradient_norm
+    from DeepRegistrationLib.synthetic import oblique_grid
+
+    grid = oblique_grid(Grid((40, 40, 40), spacing=(1.0, 1.0, 1.0)))
+    slope = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    points = grid.physical_points(dtype=torch.float64)  # (k, j, i, 3)
+    ramp = dr.Image((points @ slope).float()[None], grid)
+    interior = points[4:-4, 4:-4, 4:-4].reshape(-1, 3)
+    ours = _gradient_norm(ramp, interior)
+    assert torch.allclose(ours, torch.full_like(ours, float(slope.norm())), rtol=1e-4)
+    reference = sitk.GetArrayFromImage(sitk.GradientMagnitude(ramp.to_sitk(), useImageSpacing=True))
+    np.testing.assert_allclose(reference[2:-2, 2:-2, 2:-2], float(slope.norm()), rtol=1e-4)
+
+
 def test_mi_does_not_depend_on_intensity_range(slices):
     """Unlike MONAI 1.6.1's Gaussian MI (which assumes [0, 1]), scaling intensities by 1000 changes nothing."""
     t1, shifted, _ = slices
