@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .geometry import Grid
 
 __all__ = ["grid_sample", "subdivide_nodes", "sample", "sample_normalised", "to_normalised", "normalised_linear", "inside_normalised",
-           "gradient_stack", "sample_with_gradient"]
+           "gradient_stack", "sample_with_gradient", "gradient_norm"]
 
 
 #: Fewest points per CPU thread worth a split of :func:`grid_sample` (below, one thread is as fast).
@@ -139,6 +139,21 @@ def sample(data: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "bi
     ``mode``: ``"bilinear"`` ((bi/tri)linear) or ``"nearest"``. Coordinates are converted in float64.
     """
     return sample_normalised(data, grid, to_normalised(grid, points, torch.float64), mode, default_value)
+
+
+def gradient_norm(data: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch.Tensor:
+    """The norm of the gradient of ``data`` ``(C, *grid.shape)`` over all channels, in intensity per mm, at
+    physical ``points`` ``(N, dim)`` (LPS mm): central differences of one (smallest) voxel spacing along each
+    physical axis, sampled as :func:`sample` does (zero outside the grid). ``(N,)`` float32."""
+    step = float(min(grid.spacing))
+    data = data.float()
+    total = torch.zeros(points.shape[0], dtype=torch.float32, device=data.device)
+    for axis in range(points.shape[-1]):
+        offset = torch.zeros(points.shape[-1], dtype=points.dtype)
+        offset[axis] = step
+        difference = sample(data, grid, points + offset) - sample(data, grid, points - offset)
+        total += (difference.float() ** 2).sum(0)
+    return total.sqrt() / (2 * step)
 
 
 def _difference_into(out: torch.Tensor, data: torch.Tensor, axis: int, scale: float) -> None:

@@ -214,7 +214,7 @@ def test_mapping_gradient_norm_is_in_millimetres_on_an_oblique_anisotropic_grid(
     0.9 x 1.2 x 2.5 mm grid: the ramp's slope (intensity per mm) at interior points, as SimpleITK's gradient
     magnitude (image spacing) gives at the voxel centres."""
     from DeepRegistrationLib.geometry import Grid
-    from DeepRegistrationLib.methods.pyramid import _gradient_norm
+    from DeepRegistrationLib.sampling import gradient_norm
     from DeepRegistrationLib.synthetic import oblique_grid
 
     grid = oblique_grid(Grid((40, 40, 40), spacing=(1.0, 1.0, 1.0)))
@@ -222,7 +222,7 @@ def test_mapping_gradient_norm_is_in_millimetres_on_an_oblique_anisotropic_grid(
     points = grid.physical_points(dtype=torch.float64)  # (k, j, i, 3)
     ramp = dr.Image((points @ slope).float()[None], grid)
     interior = points[4:-4, 4:-4, 4:-4].reshape(-1, 3)
-    ours = _gradient_norm(ramp, interior)
+    ours = gradient_norm(ramp.data, grid, interior)
     assert torch.allclose(ours, torch.full_like(ours, float(slope.norm())), rtol=1e-4)
     reference = sitk.GetArrayFromImage(sitk.GradientMagnitude(ramp.to_sitk(), useImageSpacing=True))
     np.testing.assert_allclose(reference[2:-2, 2:-2, 2:-2], float(slope.norm()), rtol=1e-4)
