@@ -287,8 +287,9 @@ def mapped_image(fixed: Image, moving: Image, transform: "Transform", similarity
     not count. ``homogeneity`` > 0: voxels on an edge of either image count less
     (:func:`~DeepRegistrationLib.intensity.homogeneity_weights` of
     :func:`~DeepRegistrationLib.sampling.gradient_norm`: central differences of one voxel in physical space),
-    which keeps tissues apart under the misalignment that remains before a deformable stage (a network fed the mapped image: OASIS PD-like / T2-like mean Dice +0.008 / +0.012 with 1.0; an SVF stage's
-    mapped LNCC, whose windows rescale intensities locally, loses 0.01-0.02 and keeps 0). Per channel (channel
+    which keeps tissues apart under the misalignment that remains before a deformable stage (a network fed the
+    mapped image: OASIS PD-like / T2-like mean Dice +0.008 / +0.012 with 1.0; an SVF stage's mapped LNCC, whose
+    windows rescale intensities locally, loses 0.01-0.02 and keeps 0). Per channel (channel
     ``c`` of the mapped image from channel ``c`` of the other, or its last). Smooth it afterwards
     (:meth:`PyramidLevel.with_moving_image`): mapping a smoothed non-monotonic contrast would turn partial-volume
     mixtures into wrong tissues.
