@@ -171,6 +171,45 @@ def test_multichannel_gradient_sampler_equals_one_channel_at_a_time():
     assert torch.allclose(c1.grad, grads, atol=1e-5)
 
 
+def test_inference_features_and_head_equal_the_plain_convolutions():
+    """The CPU inference path (oneDNN, channels-last, activations in place) and the head as matrix products give
+    what the network's own modules give, on real images, 2D and 3D, for the bundled models: values, layout, and
+    the head's gradient in the moving features (what the optimisers follow); training still runs the modules."""
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib.io.models import find_model, load_model
+
+    volume = dr.read_image(data_file(OASIS.format("0001", "norm"))).minmax().data[None].float()
+    images = {2: oasis_slice("0001", "norm").minmax().data[None].float(),
+              3: volume[..., 60:100, 70:120, 50:90]}  # sizes that PyTorch's heuristic and oneDNN both meet
+    for dim, image in images.items():
+        net, _ = load_model(find_model(f"metric-mr-{dim}d"), "cpu", network="LearnedMetricNet")
+        with torch.no_grad():
+            fast = net.features(image)
+            reference = image
+            for layer in net.encoder:  # the modules one by one, on PyTorch's default path
+                reference = (F.leaky_relu(reference, layer.negative_slope) if isinstance(layer, torch.nn.LeakyReLU)
+                             else F.conv2d(reference, layer.weight, layer.bias, padding=layer.padding,
+                                           dilation=layer.dilation) if dim == 2
+                             else F.conv3d(reference, layer.weight, layer.bias, padding=layer.padding,
+                                           dilation=layer.dilation))
+        assert fast.shape == reference.shape and fast.is_contiguous()
+        assert torch.allclose(fast, reference, atol=1e-4 * float(reference.abs().max())), dim
+        with torch.enable_grad():
+            assert torch.equal(net.features(image), net.encoder(image))  # training: the modules as they are
+            a = fast.flatten(2)[..., ::7].unsqueeze(-1)
+            b = fast.flatten(2)[..., 3::7][..., :a.shape[2]].unsqueeze(-1).clone().requires_grad_(True)
+            a = a[:, :, :b.shape[2]]
+            score = net.score(a, b)
+            pair = torch.cat([(a - b).abs(), a * b, a + b], dim=1).flatten(2)
+            expected = torch.sigmoid(net.head(pair)).reshape(score.shape)
+            assert torch.allclose(score, expected, atol=1e-6)
+            g1, = torch.autograd.grad(score.sum(), b)
+            g2, = torch.autograd.grad(expected.sum(), b)
+            assert torch.allclose(g1, g2, atol=1e-6)
+            assert 0.0 < float(score.detach().min()) and float(score.detach().max()) < 1.0
+
+
 def test_gradient_stack_is_channels_last_and_equals_torch_gradient():
     """The in-place differences equal ``torch.gradient`` (central inside, one-sided at the ends), 2D and 3D, on
     axes of 1, 2 and many voxels; the stack is stored channels-last (sparse sampling reads whole cache lines)."""
