@@ -42,6 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of examples with one image seen as thick slices (1 to --max-slice voxels along "
                         "one axis): for slabs of thick slices against fine images")
     p.add_argument("--max-slice", type=float, default=3.0, help="thickest slice drawn (voxels of the level)")
+    p.add_argument("--slope-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the slope term: each example is read again a small translation further and the "
+                        "change of the score regressed onto the change of the target (0: off)")
+    p.add_argument("--slope-offset", type=float, default=0.5, metavar="V",
+                   help="largest translation of the slope term's second reading (voxels; lengths V/2 .. V)")
+    p.add_argument("--init", help="fine-tune this learned metric model (a folder or a model name; its "
+                                  "architecture is kept, --channels and --features are then not used; mixed contrasts from the "
+                                  "first step, without the from-scratch curriculum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")
@@ -72,8 +80,12 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if not 0.0 <= args.thick_slices <= 1.0 or not args.max_slice >= 1.0:
         raise InputError(f"--thick-slices must be in [0, 1] and --max-slice >= 1, got {args.thick_slices} and "
                          f"{args.max_slice}")
+    if not args.slope_weight >= 0 or not args.slope_offset > 0:
+        raise InputError(f"--slope-weight must be >= 0 and --slope-offset > 0, got {args.slope_weight} and "
+                         f"{args.slope_offset}")
     pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings), thick_slice_probability=args.thick_slices,
-                       max_slice_voxels=args.max_slice)
+                       max_slice_voxels=args.max_slice,
+                       slope_offset_voxels=args.slope_offset if args.slope_weight > 0 else 0.0)
     paths = [Path(p) for p in args.images]
     val_paths = [Path(p) for p in args.val_images]
     items, val_items = [], []
@@ -85,9 +97,22 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
         target.append(level_images(image, pairs.spacings_mm, pairs.smoothing))
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (every process of a group too)
-    net = LearnedMetricNet(dim=args.dim, channels=args.channels, features=args.features)
+    init = {}
+    if args.init:
+        from ..io.models import find_model, load_model
+
+        folder = find_model(args.init)
+        net, card0 = load_model(folder, "cpu", network="LearnedMetricNet")
+        if net.dim != args.dim:
+            raise InputError(f"--init {args.init}: a {net.dim}D metric, but --dim is {args.dim}")
+        init = {"init": str(args.init), "init_sha256": card0["sha256"]}
+        net.train()
+    else:
+        net = LearnedMetricNet(dim=args.dim, channels=args.channels, features=args.features)
     config = MetricTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                               validate_every=args.validate_every, max_minutes=args.max_minutes, pairs=pairs)
+                               validate_every=args.validate_every, max_minutes=args.max_minutes,
+                               slope_weight=args.slope_weight, pairs=pairs,
+                               contrast_warmup=0.0 if args.init else MetricTrainConfig.contrast_warmup)
     if device.type != "cpu" and rank == 0:
         print("note: the metric trains on the CPU (examples are drawn there; the network is small)", file=sys.stderr)
     start = time.perf_counter()
@@ -107,6 +132,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
             "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
             "images": [{"file": p.name, "sha256_16": file_sha256(p)[:16]} for p in paths],
             "validation": [p.name for p in val_paths],
+            **init,
             "config": config.to_dict(),
             **figures,
             "time_s": round(time.perf_counter() - start, 1),

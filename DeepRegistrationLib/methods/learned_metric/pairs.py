@@ -47,6 +47,10 @@ class PairConfig:
             along one random axis over a slice of ``1 .. max_slice_voxels`` voxels (a Gaussian of the box's
             variance), as a 2.4 mm slab is against a 1 mm image: the resolution differs, the alignment does not.
         max_slice_voxels: thickest slice drawn (voxels of the level).
+        slope_offset_voxels: 0, or the largest extra translation ``e`` (voxels; its length is drawn between half
+            of this and this, its direction at random) at which each example's moving features are read twice
+            more, at ``x + u(x) + e`` and ``x + u(x) - e``, each with its own target: the examples of the slope
+            term (:class:`~.training.MetricTrainConfig` ``slope_weight``).
     """
 
     crop: int = 96
@@ -60,6 +64,7 @@ class PairConfig:
     noise: float = 0.03
     thick_slice_probability: float = 0.0
     max_slice_voxels: float = 3.0
+    slope_offset_voxels: float = 0.0
 
 
 @dataclass
@@ -176,10 +181,14 @@ def sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
 def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConfig,
                g: torch.Generator, contrast_probability: float | None = None) -> dict[str, torch.Tensor]:
     """``batch`` examples: ``fixed``, ``moving`` ``(B, 1, *crop)``, ``grid`` (where the moving features are read),
-    ``target`` ``(B, 1, *crop)`` and ``weight`` (1 on voxels with content, away from the crop border).
+    ``target`` ``(B, 1, *crop)`` and ``weight`` (1 on voxels with content, away from the crop border); with
+    ``config.slope_offset_voxels`` also ``shifted_grid`` ``(B, 2, *crop, dim)`` and ``shifted_target``
+    ``(B, 2, 1, *crop)``: the same examples read a small random translation ``+e`` and ``-e`` further (the weight
+    does not change: the border margin covers the translation).
     ``contrast_probability`` overrides the config's (a curriculum)."""
     p_contrast = config.contrast_probability if contrast_probability is None else contrast_probability
     fixed, moving, grids, targets, weights = [], [], [], [], []
+    shifted_grids, shifted_targets = [], []
     border = 8
     for _ in range(batch):
         item = images[int(torch.randint(len(images), (1,), generator=g))]
@@ -209,6 +218,13 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
         if amplitude > 0 and float(torch.rand(1, generator=g)) < 0.5:
             u = u + random_rotation(a.shape, config.max_rotation_deg, g)
         grid = sampling_grid(u)
+        if config.slope_offset_voxels > 0:  # the same example read again a small translation either way
+            e = torch.randn(dim, generator=g)
+            length = config.slope_offset_voxels * (0.5 + 0.5 * float(torch.rand(1, generator=g)))
+            e = (e * (length / e.norm().clamp(min=1e-6))).view(dim, *([1] * dim))
+            for sign in (1.0, -1.0):
+                shifted_grids.append(sampling_grid(u + sign * e))
+                shifted_targets.append(target_score(u + sign * e, config.scale_voxels))
         seen = F.grid_sample(pair[1][None, None], grid, align_corners=True)[0]
         content = ((pair[0][None] > 0.02) | (seen > 0.02)).float()
         inside = torch.ones_like(content)
@@ -222,5 +238,10 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
         grids.append(grid)
         targets.append(target_score(u, config.scale_voxels))
         weights.append(content * inside)
-    return {"fixed": torch.stack(fixed), "moving": torch.stack(moving), "grid": torch.cat(grids),
-            "target": torch.stack(targets), "weight": torch.stack(weights)}
+    batch = {"fixed": torch.stack(fixed), "moving": torch.stack(moving), "grid": torch.cat(grids),
+             "target": torch.stack(targets), "weight": torch.stack(weights)}
+    if shifted_grids:  # (B, 2, ...): the readings at u + e and u - e of each example
+        batch["shifted_grid"] = torch.cat(shifted_grids).reshape(batch["grid"].shape[0], 2, *batch["grid"].shape[1:])
+        batch["shifted_target"] = torch.stack(shifted_targets).reshape(batch["grid"].shape[0], 2,
+                                                                       *batch["target"].shape[1:])
+    return batch
