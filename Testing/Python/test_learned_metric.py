@@ -223,7 +223,7 @@ def test_multichannel_gradient_sampler_equals_one_channel_at_a_time():
 
 
 def test_inference_features_and_head_equal_the_plain_convolutions():
-    """The CPU inference path (oneDNN, channels-last, activations in place) and the head as matrix products give
+    """The CPU inference path (oneDNN called directly, activations in place) and the head as matrix products give
     what the network's own modules give, on real images, 2D and 3D, for the bundled models: values, layout, and
     the head's gradient in the moving features (what the optimisers follow); training still runs the modules."""
     import torch.nn.functional as F

@@ -67,30 +67,31 @@ class LearnedMetricNet(nn.Module):
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """``(N, features, ...)`` of ``image`` ``(N, 1, ...)`` (same spatial size; zero padding: the background).
 
-        Inference on float32 CPU tensors (no gradient) takes :meth:`_features_channels_last`, the same
-        convolutions to float rounding in about half the time; training and other devices run the encoder as is."""
+        Inference on float32 CPU tensors (no gradient) takes :meth:`_features_onednn`, the same convolutions to
+        float rounding; training and other devices run the encoder as is."""
         if (image.device.type == "cpu" and image.dtype == torch.float32 and not torch.is_grad_enabled()
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return self._features_channels_last(image)
+            return self._features_onednn(image)
         return self.encoder(image)
 
-    def _features_channels_last(self, image: torch.Tensor) -> torch.Tensor:
-        """The encoder through oneDNN with activations and weights stored channels-last, the activations in
-        place; returns the usual (channels-first) layout.
+    def _features_onednn(self, image: torch.Tensor) -> torch.Tensor:
+        """The encoder's convolutions called through oneDNN directly, the activations in place.
 
-        On 2 CPU cores (torch 2.13) the 3D encoder of 16 channels took 1.40 s on 140 x 170 x 150 voxels as
-        ``self.encoder(image)`` and 0.65 s here; on 20 x 24 x 22 voxels PyTorch's size heuristic sends it to
-        its reference kernels (14 ms), oneDNN takes 1.5 ms; the 2D encoder about 1.7x faster."""
-        layout = torch.channels_last_3d if image.dim() == 5 else torch.channels_last
-        x = image.contiguous(memory_format=layout)
+        PyTorch's size heuristic sends small inputs (the coarse pyramid levels) to its reference kernels: on 2 CPU
+        cores (torch 2.13) the 3D encoder took 14 ms on 20 x 24 x 22 voxels there and 1.1 ms here, 6.5 -> 5.3 ms
+        on 35 x 43 x 38; large inputs take oneDNN either way (1.40 -> 1.34 s on 140 x 170 x 150). Channels-last
+        activations made that 0.65 s, but under the ``deepreg`` process's allocator setting (freed memory kept,
+        :mod:`~DeepRegistrationLib.runtime`) a learned 3D rigid registration then grew from 2.7-2.8 to 3.4-4.1 GB
+        as the 1 mm level remade its features on boxes of changing size (3.0 GB in slabs of 4 million voxels,
+        at 1.2x the time): not adopted."""
+        x = image.contiguous()
         for layer in self.encoder:
             if isinstance(layer, nn.LeakyReLU):
                 x = torch.nn.functional.leaky_relu_(x, layer.negative_slope)
             else:
-                x = torch.ops.aten.mkldnn_convolution(x, layer.weight.contiguous(memory_format=layout), layer.bias,
-                                                      list(layer.padding), list(layer.stride), list(layer.dilation),
-                                                      layer.groups)
-        return x.contiguous()
+                x = torch.ops.aten.mkldnn_convolution(x, layer.weight.contiguous(), layer.bias, list(layer.padding),
+                                                      list(layer.stride), list(layer.dilation), layer.groups)
+        return x
 
     def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Misalignment score in (0, 1) of feature maps (or feature samples) ``(N, features, ...)``: ``(N, 1, ...)``.
