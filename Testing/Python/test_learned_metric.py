@@ -424,6 +424,19 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     assert main(["train", "metric", "--dim", "3", "--images", str(data_file(MM.format("T1SliceBorder20"))),
                  "--steps", "1", "--out", str(tmp_path / "x")]) == 2  # a 2D image for a 3D metric
     assert not (tmp_path / "x").exists()
+    # fine-tuning with the slope term: the model it starts from is on the card; a 2D start for a 3D run, a model
+    # of another kind and a negative slope weight are refused, and nothing is written
+    tuned = tmp_path / "tuned"
+    assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "2", "--batch", "2", "--crop", "24",
+                 "--spacings", "4", "--init", str(out), "--slope-weight", "50", "--slope-offset", "0.5",
+                 "--validate-every", "2", "--out", str(tuned)]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    assert card["training"]["init_sha256"] == json.loads((out / "model.json").read_text())["sha256"]
+    assert card["training"]["config"]["slope_weight"] == 50 and "validation_slope_loss" in card["training"]["history"][-1]
+    for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"]):
+        assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
+                     "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
+        assert not (tmp_path / "y").exists()
 
 
 def test_panel_stage_table_takes_a_learned_similarity():
