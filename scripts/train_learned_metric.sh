@@ -11,11 +11,14 @@
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
 # 3D examples include thick slices (--thick-slices 0.5: one image of half the pairs averaged over 1-3 voxels along
 #   one axis), as a 2.4 mm slab is against a 1 mm T1.
-# 2D in two phases: (1) from scratch, regressing the misalignment score (build/metric_base/metric-mr-2d: the 2D
+# 2D in three phases: (1) from scratch, regressing the misalignment score (build/metric_base/metric-mr-2d: the 2D
 #   model bundled before 2026-12-07); (2) a fine-tune of (1) with the slope term (--slope-weight 50: the change of
-#   the mean score between readings a translation of 0.25-0.5 voxel either way is regressed onto the target's),
-#   the bundled model: on BrainWeb T1 vs PD it about halved phase 1's bias. BASE=<folder prefix> skips phase 1
-#   and fine-tunes <prefix>-2d. 3D is phase 1 only: the same fine-tune (1200 steps) did not help there (README).
+#   the mean score between readings a translation of 0.25-0.5 voxel either way is regressed onto the target's;
+#   build/metric_base/metric-mr-2d-slope); (3) a fine-tune of (2) that adds outline bands (--outline 0.5: half of
+#   the mixed-contrast examples map a band 1-6 voxels wide along the head's outline by a second, independent
+#   curve), the bundled model. On BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). BASE=<folder
+#   prefix> skips phase 1 (fine-tunes <prefix>-2d); SLOPED=<folder> skips phases 1 and 2 (fine-tunes <folder>).
+#   3D is phase 1 only: the slope fine-tune (1200 steps) did not help there (README).
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
 set -euo pipefail
@@ -25,8 +28,8 @@ PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data}"
 WORK=build/brain_data
 case "${PROFILE:-cpu}" in
-  cpu) S2=4000; S3=3000; F2=3000 ;;
-  gpu) S2=16000; S3=12000; F2=12000 ;;
+  cpu) S2=4000; S3=3000; F2=3000; F3=1200 ;;
+  gpu) S2=16000; S3=12000; F2=12000; F3=4800 ;;
   *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
 esac
 OASIS="$DATA/brain3d/oasis"
@@ -44,7 +47,7 @@ for DIM in ${DIMS:-2 3}; do
   fi
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   if [ "$DIM" = 3 ]; then BASE_DIR="${PREFIX}-3d"; else BASE_DIR="${BASE:-build/metric_base/metric-mr}-2d"; fi
-  if [ "$DIM" = 3 ] || [ -z "${BASE:-}" ]; then
+  if [ "$DIM" = 3 ] || { [ -z "${BASE:-}" ] && [ -z "${SLOPED:-}" ]; }; then
     rm -rf "$BASE_DIR"; mkdir -p "$(dirname "$BASE_DIR")"  # the command writes a new model folder only
     "$PY" -m DeepRegistrationLib train metric --dim "$DIM" --images "${IMAGES[@]}" \
       --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$STEPS1" \
@@ -54,12 +57,18 @@ for DIM in ${DIMS:-2 3}; do
       --licence "$LICENCE" --out "$BASE_DIR" "${@:2}"
   fi
   [ "$DIM" = 3 ] && continue
+  COMMON=(--dim 2 --images "${IMAGES[@]}" --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}"
+          --slope-weight 50 --slope-offset 0.5 --spacings 1 2 4 8 --lr 1e-3 --seed 1 --validate-every 100
+          --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE")
+  SLOPED_DIR="${SLOPED:-build/metric_base/metric-mr-2d-slope}"
+  if [ -z "${SLOPED:-}" ]; then
+    rm -rf "$SLOPED_DIR"
+    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F2" --init "$BASE_DIR" \
+      --description "$DESCRIPTION, fine-tuned with the slope term; phase 2 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+      --out "$SLOPED_DIR" "${@:2}"
+  fi
   rm -rf "${PREFIX}-2d"
-  "$PY" -m DeepRegistrationLib train metric --dim 2 --images "${IMAGES[@]}" \
-    --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$F2" \
-    --init "$BASE_DIR" --slope-weight 50 --slope-offset 0.5 \
-    --spacings 1 2 4 8 --lr 1e-3 --seed 1 --validate-every 100 --threads "${THREADS:-2}" \
-    --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" \
-    --description "$DESCRIPTION, fine-tuned with the slope term; recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
-    --licence "$LICENCE" --out "${PREFIX}-2d" "${@:2}"
+  "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 \
+    --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+    --out "${PREFIX}-2d" "${@:2}"
 done

@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "change of the score regressed onto the change of the target (0: off)")
     p.add_argument("--slope-offset", type=float, default=0.5, metavar="V",
                    help="largest translation of the slope term's second reading (voxels; lengths V/2 .. V)")
+    p.add_argument("--outline", type=float, default=0.0, metavar="P",
+                   help="share of the mixed-contrast examples whose second image maps a band along the object's "
+                        "outline (1 to --max-outline voxels wide) by a second, independent curve (skin and scalp "
+                        "relate between contrasts by no one function)")
+    p.add_argument("--max-outline", type=int, default=6, help="widest outline band drawn (voxels of the level)")
     p.add_argument("--init", help="fine-tune this learned metric model (a folder or a model name; its "
                                   "architecture is kept, --channels and --features are then not used; mixed contrasts from the "
                                   "first step, without the from-scratch curriculum)")
@@ -80,12 +85,16 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if not 0.0 <= args.thick_slices <= 1.0 or not args.max_slice >= 1.0:
         raise InputError(f"--thick-slices must be in [0, 1] and --max-slice >= 1, got {args.thick_slices} and "
                          f"{args.max_slice}")
+    if not 0.0 <= args.outline <= 1.0 or args.max_outline < 1:
+        raise InputError(f"--outline must be in [0, 1] and --max-outline >= 1, got {args.outline} and "
+                         f"{args.max_outline}")
     if not args.slope_weight >= 0 or not args.slope_offset > 0:
         raise InputError(f"--slope-weight must be >= 0 and --slope-offset > 0, got {args.slope_weight} and "
                          f"{args.slope_offset}")
     pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings), thick_slice_probability=args.thick_slices,
                        max_slice_voxels=args.max_slice,
-                       slope_offset_voxels=args.slope_offset if args.slope_weight > 0 else 0.0)
+                       slope_offset_voxels=args.slope_offset if args.slope_weight > 0 else 0.0,
+                       outline_probability=args.outline, max_outline_voxels=args.max_outline)
     paths = [Path(p) for p in args.images]
     val_paths = [Path(p) for p in args.val_images]
     items, val_items = [], []

@@ -142,6 +142,35 @@ def test_slope_term_reads_each_example_either_side_and_trains_on_real_slices():
         train_learned_metric(net, items, items, MetricTrainConfig(steps=1, batch=2, slope_weight=1.0, pairs=plain))
 
 
+def test_outline_band_follows_the_outer_surface_and_remaps_only_there():
+    """On a real head slice (ANTs example, with scalp): the band lies inside the head, within its width of the
+    outside, covers the outer surface all round, and leaves dark structures inside the head alone (holes are
+    filled). With ``outline_probability`` the second rendering differs from a single mapping only in the band."""
+    from DeepRegistrationLib.methods.learned_metric.pairs import outline_band
+
+    image = dr.read_image(data_file("brain2d/antspy_slices/r16slice.jpg"), grayscale=True).minmax().data[0].float()
+    band = outline_band(image, 4)
+    content = image > 0.05
+    assert float(band.max()) > 0.99 and float(band.min()) >= 0.0
+    strong = band > 0.6  # (the edge is smoothed over about a voxel)
+    from scipy import ndimage
+
+    filled = ndimage.binary_fill_holes(content.numpy())
+    assert not bool((strong & ~torch.from_numpy(filled)).any())  # inside the head (its holes filled)
+    depth = torch.from_numpy(ndimage.distance_transform_edt(filled))
+    assert float(depth[strong].max()) <= 4.0 + 1e-6  # within its width of the outside
+    surface = torch.from_numpy(filled & ~ndimage.binary_erosion(filled))
+    assert float(band[surface].min()) > 0.5  # all round the outer surface (half of the smoothed edge)
+    deep = depth > 8
+    assert float(band[deep].max()) < 0.01  # dark structures deep inside get no band
+    assert bool((~content & torch.from_numpy(filled) & deep).any())  # (there are some)
+    config = PairConfig(crop=64, spacings_mm=(1.0,), contrast_probability=1.0, outline_probability=1.0, noise=0.0)
+    item = dr.Image(image[None], dr.Grid([256, 256], [0.0, 0.0], [1.0, 1.0]))
+    batch = make_batch([level_images(item, config.spacings_mm, config.smoothing)], 2, 2, config,
+                       torch.Generator().manual_seed(5))
+    assert batch["moving"].shape == (2, 1, 64, 64) and bool(torch.isfinite(batch["moving"]).all())
+
+
 def test_bundled_metric_has_its_minimum_at_the_truth_on_a_real_multimodal_pair():
     """BrainWeb T1 vs PD (aligned; never seen in training): the bundled 2D metric is lowest at 0 and rises
     monotonically over +-5 px at the 1 mm level (it saturates beyond ~7 px there, its scale), as NMI does."""
@@ -433,7 +462,7 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     card = json.loads((tuned / "model.json").read_text())
     assert card["training"]["init_sha256"] == json.loads((out / "model.json").read_text())["sha256"]
     assert card["training"]["config"]["slope_weight"] == 50 and "validation_slope_loss" in card["training"]["history"][-1]
-    for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"]):
+    for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"], ["--outline", "2"]):
         assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
                      "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
         assert not (tmp_path / "y").exists()

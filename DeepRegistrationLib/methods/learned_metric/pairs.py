@@ -26,7 +26,7 @@ from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
 from ..pyramid import level_grid
 
 __all__ = ["PairConfig", "LevelImages", "level_images", "random_contrast", "random_displacement", "random_rotation",
-           "thick_slices", "make_batch", "target_score"]
+           "thick_slices", "outline_band", "make_batch", "target_score"]
 
 
 @dataclass
@@ -51,6 +51,11 @@ class PairConfig:
             of this and this, its direction at random) at which each example's moving features are read twice
             more, at ``x + u(x) + e`` and ``x + u(x) - e``, each with its own target: the examples of the slope
             term (:class:`~.training.MetricTrainConfig` ``slope_weight``).
+        outline_probability: share of the random-contrast examples whose second rendering takes a second,
+            independent mapping in a band along the object's outline (:func:`outline_band`, ``1 ..
+            max_outline_voxels`` wide): skin, scalp and fat around a head relate between MR contrasts by no one
+            function of the first image, which mappings of the whole image never show.
+        max_outline_voxels: widest outline band drawn (voxels of the level).
     """
 
     crop: int = 96
@@ -65,6 +70,8 @@ class PairConfig:
     thick_slice_probability: float = 0.0
     max_slice_voxels: float = 3.0
     slope_offset_voxels: float = 0.0
+    outline_probability: float = 0.0
+    max_outline_voxels: int = 6
 
 
 @dataclass
@@ -114,6 +121,17 @@ def random_contrast(image: torch.Tensor, g: torch.Generator, knots: int = 4) -> 
     if float(torch.rand(1, generator=g)) < 0.8:
         values[0] = 0.0
     return contrast_curve(image, values / values.max().clamp(min=1e-3))
+
+
+def outline_band(image: torch.Tensor, width: int) -> torch.Tensor:
+    """A soft ``(*shape)`` weight, 1 within ``width`` voxels inside the outline of ``image``'s content (above 0.05,
+    holes filled: the outer surface only, not the edges of dark structures inside), 0 elsewhere, its edge
+    smoothed over about one voxel."""
+    from scipy import ndimage
+
+    filled = ndimage.binary_fill_holes(image.numpy() > 0.05)
+    band = filled & ~ndimage.binary_erosion(filled, iterations=max(1, int(width)))
+    return torch.from_numpy(ndimage.gaussian_filter(band.astype("float32"), 0.7)).to(image.dtype)
 
 
 def thick_slices(image: torch.Tensor, g: torch.Generator, max_voxels: float) -> torch.Tensor:
@@ -197,6 +215,10 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
         b = a.clone()
         if float(torch.rand(1, generator=g)) < p_contrast:
             b = random_contrast(a, g)
+            if config.outline_probability > 0 and float(torch.rand(1, generator=g)) < config.outline_probability:
+                width = 1 + int(torch.randint(max(1, config.max_outline_voxels), (1,), generator=g))
+                band = outline_band(a, width)
+                b = b * (1 - band) + random_contrast(a, g) * band
             if float(torch.rand(1, generator=g)) < 0.3:
                 a = random_contrast(a, g)
         pair = []
