@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "relate between contrasts by no one function)")
     p.add_argument("--max-outline", type=int, default=6, help="widest outline band drawn (voxels of the level)")
     p.add_argument("--init", help="fine-tune this learned metric model (a folder or a model name; its "
-                                  "architecture is kept, --channels and --features are then not used; mixed contrasts from the "
-                                  "first step, without the from-scratch curriculum)")
+                                  "architecture is kept, --channels and --features are then not used; mixed "
+                                  "contrasts from the first step, without the from-scratch curriculum)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop early with the model so far (0: no limit)")

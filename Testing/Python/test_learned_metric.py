@@ -96,7 +96,8 @@ def test_slope_term_reads_each_example_either_side_and_trains_on_real_slices():
     example, |e| within [V/2, V]) with the matching targets, drawn after the example's own draws (its first
     example is the one drawn without it).
     A few steps with the slope term lower it on a fixed batch of real OASIS slices (from the bundled model, as
-    the recipe fine-tunes it), and the training loop reports it; a slope weight without the second readings is refused."""
+    the recipe fine-tunes it), and the training loop reports it; a slope weight without the second readings is
+    refused."""
     from DeepRegistrationLib.methods.learned_metric.training import batch_slope_loss
 
     image = oasis_slice("0002", "norm")
@@ -461,8 +462,10 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
                  "--validate-every", "2", "--out", str(tuned)]) == 0
     card = json.loads((tuned / "model.json").read_text())
     assert card["training"]["init_sha256"] == json.loads((out / "model.json").read_text())["sha256"]
-    assert card["training"]["config"]["slope_weight"] == 50 and "validation_slope_loss" in card["training"]["history"][-1]
-    for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"], ["--outline", "2"]):
+    assert card["training"]["config"]["slope_weight"] == 50
+    assert "validation_slope_loss" in card["training"]["history"][-1]
+    for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"],
+                ["--outline", "2"]):
         assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
                      "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
         assert not (tmp_path / "y").exists()
