@@ -149,7 +149,7 @@ def gradient_norm(data: torch.Tensor, grid: Grid, points: torch.Tensor) -> torch
     data = data.float()
     total = torch.zeros(points.shape[0], dtype=torch.float32, device=data.device)
     for axis in range(points.shape[-1]):
-        offset = torch.zeros(points.shape[-1], dtype=points.dtype)
+        offset = torch.zeros(points.shape[-1], dtype=points.dtype, device=points.device)
         offset[axis] = step
         difference = sample(data, grid, points + offset) - sample(data, grid, points - offset)
         total += (difference.float() ** 2).sum(0)

@@ -144,13 +144,18 @@ def train_learned_metric(net: LearnedMetricNet, train: list[LevelImages], valida
 
     def validate() -> dict:
         net.eval()
+        squared, slopes = 0.0, 0.0
         with torch.no_grad():
-            value = {"validation_loss": round(sum(float(batch_loss(net, b)) for b in val_batches) / len(val_batches),
-                                              5)}
-            if slope:
-                value["validation_slope_loss"] = round(sum(float(batch_slope_loss(net, b)) for b in val_batches)
-                                                       / len(val_batches), 5)
+            for b in val_batches:  # both terms from one pass of the network over the batch
+                extra = (b["shifted_grid"], b["shifted_target"]) if slope else ()
+                sq, sl = _error_sums(net, b["fixed"], b["moving"], b["grid"], b["target"], b["weight"], *extra)
+                total = b["weight"].sum().clamp(min=1.0)
+                squared += float(sq / total)
+                slopes += float(sl / total) if slope else 0.0
         net.train()
+        value = {"validation_loss": round(squared / len(val_batches), 5)}
+        if slope:
+            value["validation_slope_loss"] = round(slopes / len(val_batches), 5)
         return value
 
     history = [{"step": 0, **(validate() if rank == 0 else {"validation_loss": float("nan")})}]
