@@ -122,6 +122,21 @@ def sample_normalised(data: torch.Tensor, grid: Grid, normalised: torch.Tensor, 
     return out.reshape(data.shape[0], *lead)
 
 
+def mask_at(mask: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(N,)``: ``mask`` ``(1, *shape)`` (0/1) at ``grid_sample`` coordinates ``(N, dim)`` by nearest
+    neighbour, border clamped: ``sample_normalised(mask, ..., mode="nearest", extrapolate=True)[0] > 0.5``
+    (the same rounding, half to even), by index arithmetic and one gather instead of an interpolation (20000
+    scattered points of a 1 mm volume: 1.65 -> 0.3 ms on 2 cores)."""
+    shape = mask.shape[1:]
+    dim = len(shape)
+    flat = torch.zeros(normalised.shape[0], dtype=torch.long, device=normalised.device)
+    for c in range(dim):  # coordinate c runs along array axis dim - 1 - c
+        n = shape[dim - 1 - c]
+        index = torch.round(((normalised[:, c].detach() + 1) / 2 * (n - 1)).clamp(0, n - 1)).long()
+        flat += index * math.prod(shape[dim - c:])
+    return mask.reshape(-1)[flat] > 0.5
+
+
 def inside_normalised(grid: Grid, normalised: torch.Tensor) -> torch.Tensor:
     """Boolean ``(...)``: ``Grid.inside`` (ITK's rule) for ``grid_sample`` coordinates ``(..., dim)``.
 
@@ -184,8 +199,8 @@ def gradient_stack(data: torch.Tensor, grid: Grid) -> torch.Tensor:
     dim = grid.dim
     channels = data.shape[0]
     fmt = torch.channels_last_3d if dim == 3 else torch.channels_last
-    stack = torch.empty((1, channels * (1 + dim), *data.shape[1:]), dtype=data.dtype, device=data.device)
-    stack = stack.contiguous(memory_format=fmt)
+    stack = torch.empty((1, channels * (1 + dim), *data.shape[1:]), dtype=data.dtype, device=data.device,
+                        memory_format=fmt)
     stack[0, :channels] = data
     for c in range(dim):
         axis = dim - c  # array axis of coordinate c in (C, k, j, i)

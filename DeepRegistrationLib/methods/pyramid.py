@@ -24,7 +24,7 @@ from ..geometry import Grid
 from ..errors import InputError
 from ..image import Image
 from ..intensity import homogeneity_weights, smooth_gaussian
-from ..sampling import (gradient_norm, gradient_stack, inside_normalised, sample, sample_normalised,
+from ..sampling import (gradient_norm, gradient_stack, inside_normalised, mask_at, sample, sample_normalised,
                         sample_with_gradient, to_normalised)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
@@ -66,12 +66,19 @@ def _grown(box: tuple[list[int], list[int]], halo: int, size) -> tuple[tuple[lis
     return (lo, hi), _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
 
 
+def _channels_last(features: torch.Tensor, axis: int) -> torch.Tensor:
+    """``features`` copied so that each voxel's values along the channel ``axis`` lie side by side (for
+    ``(1, C, ...)``: PyTorch's channels-last format), whatever layout and cropping they come in: random sampling
+    then reads a voxel's channels from one place. No copy when they are already so."""
+    return features.movedim(axis, -1).contiguous().movedim(-1, axis)
+
+
 def _extract_in_box(extractor, image: torch.Tensor, box: tuple[list[int], list[int]], halo: int) -> torch.Tensor:
     """``extractor`` ``(1, 1, ...) -> (1, C, ...)`` of ``image`` ``(1, 1, ...)`` on the grid box only, as it is on
     the whole image: computed with ``halo`` voxels of the image around the box, then cut to the box."""
     outer, inner = _grown(box, halo, list(reversed(image.shape[2:])))
     out = extractor(image[(slice(None), slice(None), *_slices(outer))])
-    return out[(slice(None), slice(None), *inner)].contiguous()
+    return out[(slice(None), slice(None), *inner)]
 
 
 def level_grid(grid: Grid, spacing_mm: float) -> Grid:
@@ -101,16 +108,20 @@ class PyramidLevel:
     def channels(self) -> int:
         return int(self.fixed.shape[1])
 
-    def _moving_at(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _moving_at(self, coords: torch.Tensor, gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The moving level image (its C channels) at ``grid_sample`` coordinates ``(N, dim)`` (differentiable in
-        ``coords`` through the image gradient), ``(C, N)``, and whether each point is inside the moving image and
-        its mask, ``(N,)``."""
-        if self._moving_stack is None:
-            self._moving_stack = gradient_stack(self.moving, self.moving_grid)
+        ``coords`` through the image gradient; ``gradient=False``: the values only, not differentiable, one
+        interpolation of C channels instead of C (1 + dim)), ``(C, N)``, and whether each point is inside the
+        moving image and its mask, ``(N,)``."""
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
-        warped = sample_with_gradient(self._moving_stack, coords) * inside
+        if gradient:
+            if self._moving_stack is None:
+                self._moving_stack = gradient_stack(self.moving, self.moving_grid)
+            warped = sample_with_gradient(self._moving_stack, coords) * inside
+        else:
+            warped = sample_normalised(self.moving, self.moving_grid, coords, extrapolate=True) * inside
         if self.moving_mask is not None:
-            inside = inside * (sample_normalised(self.moving_mask, self.moving_grid, coords.detach(), mode="nearest")[0] > 0.5)
+            inside = inside * mask_at(self.moving_mask, coords)
         return warped, inside.reshape(-1)
 
     def warp_moving(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +140,11 @@ class PyramidLevel:
         warped, inside = self._moving_at(coords)
         if self.mask is not None:
             inside = inside * self.mask.reshape(-1)[voxels]
-        fixed = self.fixed.reshape(self.channels, -1)[:, voxels]
+        rows = self.fixed[0].movedim(0, -1)  # (*shape, C): a view without copy when stored channels-last
+        if self.channels > 1 and rows.is_contiguous():  # feature levels: a voxel's channels in one cache line
+            fixed = rows.reshape(-1, self.channels)[voxels].T
+        else:
+            fixed = self.fixed.reshape(self.channels, -1)[:, voxels]
         return fixed.reshape(1, self.channels, -1, 1), warped.reshape(1, self.channels, -1, 1), inside.reshape(1, 1, -1, 1)
 
     def with_features(self, key: str, extractor, support=None, moving: bool = True,
@@ -159,8 +174,9 @@ class PyramidLevel:
                         grid, points, fixed = self.grid, self.points, extractor(self.fixed[:, :1])
                     else:
                         grid = self.grid.cropped(*box)
-                        points, mask = self.points[_slices(box)], mask[(..., *_slices(box))]
+                        points, mask = self.points[_slices(box)], mask[(..., *_slices(box))].contiguous()
                         fixed = _extract_in_box(extractor, self.fixed[:, :1], box, halo)
+                    fixed = _channels_last(fixed, 1)  # sample_moving gathers a voxel's C features from one place
                 else:
                     grid, points, fixed, mask = made.grid, made.points, made.fixed, made.mask
                 features = (extractor(self.moving[:1].unsqueeze(0))[0] if moving
@@ -204,8 +220,8 @@ class PyramidLevel:
             # the warped image on the box grown by the halo within this feature level (the fixed support's box)
             outer, inner = _grown(box, halo, self.grid.size)
             region = coords.reshape(*self.grid.shape, dim)[_slices(outer)]
-            warped, inside = image._moving_at(region.reshape(-1, dim))
-            moving = extractor(warped.reshape(1, 1, *region.shape[:-1]))[0][(slice(None), *inner)].contiguous()
+            warped, inside = image._moving_at(region.reshape(-1, dim), gradient=False)
+            moving = _channels_last(extractor(warped.reshape(1, 1, *region.shape[:-1]))[0][(slice(None), *inner)], 0)
             inside = inside.reshape(1, *region.shape[:-1])[(slice(None), *inner)].contiguous()
         return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving,
                             self.grid.cropped(*box), inside, self.sigma_mm, source=image)

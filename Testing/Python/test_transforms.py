@@ -333,6 +333,27 @@ def test_threaded_grid_sample_equals_pytorch_values_and_gradients(oasis_t1, dim,
     assert batches and min(batches) >= 2  # the points were shared among threads
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mask_lookup_equals_nearest_interpolation(oasis_t1, dim):
+    """mask_at (index arithmetic and one gather) equals nearest-neighbour grid_sample of a real brain mask, border
+    clamped, at random points, points outside the image and points exactly half-way between voxels."""
+    from DeepRegistrationLib.sampling import mask_at, sample_normalised
+
+    image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([2.0, 2.0, 2.0]))
+    if dim == 2:
+        image = dr.Image(image.data[:, image.data.shape[1] // 2], dr.Grid(image.grid.size[:2], [0.0, 0.0], [2.0, 2.0]))
+    mask = (image.data > 0.1 * float(image.data.max())).float()
+    g = torch.Generator().manual_seed(2)
+    coords = torch.rand(5000, dim, generator=g) * 2.6 - 1.3
+    size = torch.tensor(image.grid.size, dtype=torch.float32)
+    halves = torch.randint(0, 2 * int(size.min()), (500, dim), generator=g).float() / 2  # index k + 0.5 and k
+    coords[:500] = halves / (size - 1) * 2 - 1
+    expected = sample_normalised(mask, image.grid, coords, mode="nearest", extrapolate=True)[0] > 0.5
+    found = mask_at(mask, coords)
+    assert found.dtype == torch.bool and torch.equal(found, expected)
+    assert 0.1 < float(found.float().mean()) < 0.9
+
+
 def test_node_subdivision_equals_linear_interpolation():
     """subdivide_nodes (the SVF stage's control grid -> level voxels) equals F.interpolate with aligned corners
     onto the subdivided grid, cropped to the kept nodes, in 2D and 3D and for factors 2 to 4."""

@@ -111,11 +111,15 @@ def _corners(grid) -> torch.Tensor:
 class _Sampler:
     """Draws ``samples`` of a level's fixed voxels (with replacement, inside the fixed mask) at every step, from
     its own generator (seeded from the run's seed, the stage and the level: runs are reproducible). A level of
-    fewer than 4 x ``samples`` voxels is measured whole (exact, and as fast)."""
+    no more than 4 x ``samples`` voxels is measured whole (exact, and as fast). The count is the level's whole
+    grid, masked voxels included, since measuring it whole evaluates every one of them: a learned metric's
+    feature level is always masked (its support), and its 4 mm level on the 3D slab case (101000 voxels, 74000
+    in the support) took 37 ms a step measured whole, 13 ms sampled."""
 
     def __init__(self, level, samples: int, seed: int) -> None:
         self.candidates = level.sampling_candidates() if samples else None
-        self.active = bool(samples) and self.candidates.numel() > 4 * samples  # small levels: every voxel
+        self.active = (bool(samples) and level.grid.num_voxels > 4 * samples
+                       and self.candidates.numel() > 0)  # small levels: every voxel
         self.samples = samples
         self.generator = torch.Generator().manual_seed(torch.initial_seed() + seed)
 
@@ -189,7 +193,8 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
                 fixed, warped, weights = lv.sample_moving(coords, voxels)
             else:
                 coords = pts @ m.T.float() + off.float()
-                fixed = lv.fixed
+                fixed = lv.fixed.contiguous()  # the warped values come in the standard layout (feature levels
+                # are stored channels-last for sampling; a level measured whole is small)
                 warped, weights = lv.warp_moving(coords)
             value = similarity(fixed, warped, weights)
             return value, value, {}

@@ -72,12 +72,15 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
             moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
             moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
 
-        def step(level=level, velocity=velocity, vgrid=vgrid, moving_base=moving_base, moving_lin=moving_lin):
+        fixed = level.fixed.contiguous()  # feature levels are stored channels-last; the warped values are not
+
+        def step(level=level, velocity=velocity, vgrid=vgrid, moving_base=moving_base, moving_lin=moving_lin,
+                 fixed=fixed):
             u_field = integrate_velocity(velocity, vgrid, settings.integration_steps)
             u = subdivide_nodes(u_field.unsqueeze(0), factor, level.grid.shape)
             coords = moving_base + u.reshape(dim, -1).T @ moving_lin.T
             warped, weights = level.warp_moving(coords)
-            sim = similarity(level.fixed, warped, weights)
+            sim = similarity(fixed, warped, weights)
             reg = diffusion_regulariser(velocity, vgrid.spacing)
             return sim + settings.regularisation_weight * reg, sim, {"regularisation": reg}
 
