@@ -100,8 +100,9 @@ class LinearSettings(IterativeSettings):
             bounds the precision: 0.01 x 0.02 rad ~ 0.016 mm at 80 mm).
         samples: fixed voxels drawn at random at every step (a new draw each step, inside the fixed mask when
             there is one, as elastix's random sampler), so that time and memory per step do not grow with the
-            image; 0 = every voxel of the level, as is a level of fewer than 4 x ``samples`` voxels. For the
-            point-wise similarities (``ssd``, ``ncc``, ``mi``, ``nmi``).
+            image; 0 = every voxel of the level, as is a level of at most 4 x ``samples`` voxels (its whole grid,
+            masked voxels included: measuring it whole evaluates them all). For the
+            point-wise similarities (``ssd``, ``ncc``, ``mi``, ``nmi``, ``learned:<model>``).
     """
 
     translation_step_mm: float = 1.0
