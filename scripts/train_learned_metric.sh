@@ -16,7 +16,9 @@
 #   the mean score between readings a translation of 0.25-0.5 voxel either way is regressed onto the target's;
 #   build/metric_base/metric-mr-2d-slope); (3) a fine-tune of (2) that adds outline bands (--outline 0.5: half of
 #   the mixed-contrast examples map a band 1-6 voxels wide along the head's outline by a second, independent
-#   curve), the bundled model. On BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). BASE=<folder
+#   curve), the bundled model. On BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). Its card asks for
+#   both polarities at inference (--polarities 2: the inverted images are scored too, which halves the error
+#   again at twice the cost; README). BASE=<folder
 #   prefix> skips phase 1 (fine-tunes <prefix>-2d); SLOPED=<folder> skips phases 1 and 2 (fine-tunes <folder>).
 #   3D is phase 1 only: the slope fine-tune (1200 steps) did not help there (README).
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
@@ -68,7 +70,7 @@ for DIM in ${DIMS:-2 3}; do
       --out "$SLOPED_DIR" "${@:2}"
   fi
   rm -rf "${PREFIX}-2d"
-  "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 \
+  "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 --polarities 2 \
     --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
     --out "${PREFIX}-2d" "${@:2}"
 done

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "outline (1 to --max-outline voxels wide) by a second, independent curve (skin and scalp "
                         "relate between contrasts by no one function)")
     p.add_argument("--max-outline", type=int, default=6, help="widest outline band drawn (voxels of the level)")
+    p.add_argument("--polarities", type=int, default=1,
+                   help="how the model is to be applied, recorded on its card (inference.polarities): 2 also "
+                        "scores the inverted images (1 - image) and averages the two scores (twice the cost)")
     p.add_argument("--init", help="fine-tune this learned metric model (a folder or a model name; its "
                                   "architecture is kept, --channels and --features are then not used; mixed "
                                   "contrasts from the first step, without the from-scratch curriculum)")
@@ -85,6 +88,8 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if not 0.0 <= args.thick_slices <= 1.0 or not args.max_slice >= 1.0:
         raise InputError(f"--thick-slices must be in [0, 1] and --max-slice >= 1, got {args.thick_slices} and "
                          f"{args.max_slice}")
+    if args.polarities not in (1, 2):
+        raise InputError(f"--polarities must be 1 or 2, got {args.polarities}")
     if not 0.0 <= args.outline <= 1.0 or args.max_outline < 1:
         raise InputError(f"--outline must be in [0, 1] and --max-outline >= 1, got {args.outline} and "
                          f"{args.max_outline}")
@@ -137,6 +142,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
         "input": {"dim": args.dim, "intensity": "each image to [0, 1] between its 0.5 / 99.5 percentiles",
                   "scale_voxels": pairs.scale_voxels, "spacings_mm": list(pairs.spacings_mm),
                   "receptive_field_voxels": net.receptive_field},
+        "inference": {"polarities": args.polarities},
         "training": {
             "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
             "images": [{"file": p.name, "sha256_16": file_sha256(p)[:16]} for p in paths],

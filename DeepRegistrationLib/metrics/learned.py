@@ -81,6 +81,14 @@ class LearnedSimilarity(nn.Module):
     they were made by more than this (largest entry of ``A_made^-1 A - I``; 0.01 is about 0.6 degree).
     Translations need no remaking: the encoder is a convolution, so the features of a shifted image are the
     shifted features, which the resampling reads exactly.
+    ``polarities``: 1, or 2 to score the inverted images as well (``1 - fixed`` against ``1 - moving``, each
+    image in [0, 1]) and average the two scores. The features then hold both images' channels, and a level and
+    a step cost twice as much. Where the network localises an edge slightly towards its bright side, and the two
+    contrasts are bright on opposite sides (T1 and PD at the head's outline), the two readings err in opposite
+    directions, and the average cancels that part of its bias. On the BrainWeb T1 / PD cases this took the
+    error from 0.110 / 0.111 to 0.059 / 0.061 px. An inversion that keeps the background dark (and so the
+    outline's polarity) made it worse: 0.139 / 0.115 px. Default: the model card's ``inference.polarities``,
+    else 1.
 
     ``features(image)`` turns a level image ``(1, 1, ...)`` into feature maps; ``forward(fixed, moving, mask)``
     takes feature tensors ``(N, C, ...)`` (the fixed features and the moving features resampled at the fixed
@@ -89,7 +97,8 @@ class LearnedSimilarity(nn.Module):
 
     extracts_features = True
 
-    def __init__(self, model: str, refresh_every: int = 10, refresh_tolerance: float = 0.01) -> None:
+    def __init__(self, model: str, refresh_every: int = 10, refresh_tolerance: float = 0.01,
+                 polarities: int | None = None) -> None:
         super().__init__()
         if not isinstance(model, str) or not model:
             raise InputError("a learned similarity needs a model name: 'learned:<model>'")
@@ -98,16 +107,31 @@ class LearnedSimilarity(nn.Module):
         if (isinstance(refresh_tolerance, bool) or not isinstance(refresh_tolerance, (int, float))
                 or not refresh_tolerance >= 0 or refresh_tolerance == float("inf")):
             raise InputError(f"refresh_tolerance must be a number >= 0, got {refresh_tolerance!r}")
+        if polarities is not None and (isinstance(polarities, bool) or polarities not in (1, 2)):
+            raise InputError(f"polarities must be 1 or 2, got {polarities!r}")
         learned_model_folder(model)  # refuse a missing model when the configuration is read
         self.model = model
         self.refresh_every = refresh_every
         self.refresh_tolerance = float(refresh_tolerance)
+        self.polarities = polarities
         self._net: nn.Module | None = None
+        self._card: dict = {}
 
     def network(self, dim: int, device: torch.device) -> nn.Module:
-        net, _ = _network(self.model, dim, device)
-        self._net = net
+        net, card = _network(self.model, dim, device)
+        self._net, self._card = net, card
         return net
+
+    def readings(self) -> int:
+        """How many polarities are scored (``polarities``, else the model card's, else 1); call after
+        :meth:`network`."""
+        if self.polarities is not None:
+            return self.polarities
+        value = (self._card.get("inference") or {}).get("polarities", 1)
+        if isinstance(value, bool) or value not in (1, 2):
+            raise InputError(f"learned metric {self.model!r}: its card's inference.polarities must be 1 or 2, "
+                             f"got {value!r}")
+        return int(value)
 
     @property
     def key(self) -> str:
@@ -132,7 +156,10 @@ class LearnedSimilarity(nn.Module):
             raise InputError(f"a learned metric takes (N, 1, [D,] H, W) images, got {tuple(image.shape)}")
         net = self.network(image.dim() - 2, image.device)
         with torch.no_grad():
-            return net.features(image.float())
+            image = image.float()
+            if self.readings() == 1:
+                return net.features(image)
+            return torch.cat([net.features(image), net.features(1 - image)], dim=1)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         from .similarity import _check, _masked_mean
@@ -140,4 +167,9 @@ class LearnedSimilarity(nn.Module):
         mask = _check(fixed, moving, mask)
         if self._net is None:
             raise InputError("the learned similarity compares feature maps: call features() on both images first")
-        return _masked_mean(self._net.score(fixed, moving), mask)
+        if self.readings() == 1:
+            return _masked_mean(self._net.score(fixed, moving), mask)
+        c = fixed.shape[1] // 2
+        direct = _masked_mean(self._net.score(fixed[:, :c], moving[:, :c]), mask)
+        inverted = _masked_mean(self._net.score(fixed[:, c:], moving[:, c:]), mask)
+        return 0.5 * (direct + inverted)
