@@ -15,6 +15,7 @@ the images are on and ``s`` the card's ``scale_voxels``: 0 when aligned, rising 
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -26,12 +27,18 @@ __all__ = ["LearnedMetricNet", "native_bfloat16", "BFLOAT16_MIN_VOXELS"]
 BFLOAT16_MIN_VOXELS = 2**18  # smaller images keep float32 inference: bfloat16 saves little there
 
 
+@functools.lru_cache(maxsize=None)
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and oneDNN takes bfloat16: only then
-    is bfloat16 inference faster than float32 (an emulated one is not)."""
+    is bfloat16 inference faster than float32 (an emulated one is not). False where this PyTorch cannot say
+    (a build without these queries, as an older one inside an application may be)."""
     cpu = torch.cpu
-    native = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return bool(native and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        native = any(getattr(cpu, name, lambda: False)()
+                     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return bool(native and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class LearnedMetricNet(nn.Module):
