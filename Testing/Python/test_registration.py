@@ -205,6 +205,28 @@ def test_sampled_multimodal_rigid_3d_recovers_a_known_offset(oasis_t1):
     torch.testing.assert_close(results[0].transform.map_points(pts), results[1].transform.map_points(pts))
 
 
+def test_a_level_is_sampled_by_its_whole_grid_not_its_mask(oasis_t1):
+    """The sampler's rule: a level is measured whole only when its whole grid (masked voxels included, which a
+    whole measure evaluates) has at most 4 x ``samples`` voxels; draws stay inside the mask and repeat with the
+    seed. A small mask on a large level is sampled; a small level is measured whole."""
+    from DeepRegistrationLib.methods.classical.linear import _Sampler
+    from DeepRegistrationLib.methods.pyramid import build_pyramid
+
+    image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([4.0, 4.0, 4.0]))
+    brain = image.with_data((image.data > 0.5 * float(image.data.max())).float())  # a small part of the grid
+    level = build_pyramid(image, image, brain, None, [(4.0, 0.5)], torch.device("cpu")).levels([4.0], 0.5)[0]
+    inside = int(level.mask.sum())
+    samples = level.grid.num_voxels // 5
+    assert inside < 4 * samples < level.grid.num_voxels
+    sampler = _Sampler(level, samples, seed=3)
+    assert sampler.active
+    drawn = sampler.draw()
+    assert drawn.shape == (samples,) and bool((level.mask.reshape(-1)[drawn] > 0).all())
+    assert torch.equal(drawn, _Sampler(level, samples, seed=3).draw())
+    assert not _Sampler(level, -(-level.grid.num_voxels // 4), seed=3).active  # 4 x samples covers the grid
+    assert not _Sampler(level, 0, seed=3).active
+
+
 def test_mapped_lncc_deformable_3d_on_a_partial_thick_slab_keeps_a_rigid_truth(oasis_t1):
     """multimodal-deformable (SVF with mapped-lncc) on a 3D T1 against a non-monotonic PD-like rendering of it, on
     an oblique thick slab covering part of the head under a known rigid offset: the intensity mapping is fitted
