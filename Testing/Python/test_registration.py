@@ -209,7 +209,7 @@ def test_a_level_is_sampled_by_its_whole_grid_not_its_mask(oasis_t1):
     """The sampler's rule: a level is measured whole only when its whole grid (masked voxels included, which a
     whole measure evaluates) has at most 4 x ``samples`` voxels; draws stay inside the mask and repeat with the
     seed. A small mask on a large level is sampled; a small level is measured whole."""
-    from DeepRegistrationLib.methods.classical.linear import _Sampler
+    from DeepRegistrationLib.methods.classical.linear import VoxelSampler
     from DeepRegistrationLib.methods.pyramid import build_pyramid
 
     image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([4.0, 4.0, 4.0]))
@@ -218,13 +218,13 @@ def test_a_level_is_sampled_by_its_whole_grid_not_its_mask(oasis_t1):
     inside = int(level.mask.sum())
     samples = level.grid.num_voxels // 5
     assert inside < 4 * samples < level.grid.num_voxels
-    sampler = _Sampler(level, samples, seed=3)
+    sampler = VoxelSampler(level, samples, seed=3)
     assert sampler.active
     drawn = sampler.draw()
     assert drawn.shape == (samples,) and bool((level.mask.reshape(-1)[drawn] > 0).all())
-    assert torch.equal(drawn, _Sampler(level, samples, seed=3).draw())
-    assert not _Sampler(level, -(-level.grid.num_voxels // 4), seed=3).active  # 4 x samples covers the grid
-    assert not _Sampler(level, 0, seed=3).active
+    assert torch.equal(drawn, VoxelSampler(level, samples, seed=3).draw())
+    assert not VoxelSampler(level, -(-level.grid.num_voxels // 4), seed=3).active  # 4 x samples covers the grid
+    assert not VoxelSampler(level, 0, seed=3).active
 
 
 def test_mapped_lncc_deformable_3d_on_a_partial_thick_slab_keeps_a_rigid_truth(oasis_t1):

@@ -21,7 +21,7 @@ from ..optim import Adam
 from ..stage import StageContext, StageOutcome, StageState
 from .kinds import LinearSettings
 
-__all__ = ["LinearModel", "run_linear_stage"]
+__all__ = ["LinearModel", "VoxelSampler", "run_linear_stage"]
 
 
 class LinearModel(torch.nn.Module):
@@ -108,7 +108,7 @@ def _corners(grid) -> torch.Tensor:
     return torch.as_tensor(grid.index_to_physical(index), dtype=torch.float64)
 
 
-class _Sampler:
+class VoxelSampler:
     """Draws ``samples`` of a level's fixed voxels (with replacement, inside the fixed mask) at every step, from
     its own generator (seeded from the run's seed, the stage and the level: runs are reproducible). A level of
     no more than 4 x ``samples`` voxels is measured whole (exact, and as fast). The count is the level's whole
@@ -152,7 +152,7 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         decay = 1.0 - settings.final_lr_fraction
         # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
         # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
-        sampler = _Sampler(level, settings.samples, seed=7919 * context.index + li)
+        sampler = VoxelSampler(level, settings.samples, seed=7919 * context.index + li)
         # centred float32 points of the whole level; a sampled level centres only the voxels drawn
         pts = level.points.reshape(-1, dim) if sampler.active else (level.points.reshape(-1, dim) - center).float()
         # A learned metric's moving features are made from the moving image as the transform T_k warps it onto the
