@@ -172,12 +172,20 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
             seen["frozen"] = (inv, current.offset().double().to(center.device))
             seen["to_norm"] = torch.as_tensor(seen["level"].moving_grid.physical_to_normalised_matrix(),
                                               device=center.device)
+            keep_fixed()
+
+        def keep_fixed() -> None:
+            # a level measured whole reads its fixed values in the standard layout, as the warped ones come (feature
+            # levels are stored channels-last for sampling; a level measured whole is small): copied once per look
+            if not sampler.active:
+                seen["fixed"] = seen["level"].fixed.contiguous()
 
         if refresh:
             look()
         else:
             seen.update(level=level, frozen=None, to_norm=torch.as_tensor(
                 level.moving_grid.physical_to_normalised_matrix(), device=center.device))
+            keep_fixed()
 
         def step(pts=pts, sampler=sampler):
             lv, to_norm = seen["level"], seen["to_norm"]
@@ -193,8 +201,7 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
                 fixed, warped, weights = lv.sample_moving(coords, voxels)
             else:
                 coords = pts @ m.T.float() + off.float()
-                fixed = lv.fixed.contiguous()  # the warped values come in the standard layout (feature levels
-                # are stored channels-last for sampling; a level measured whole is small)
+                fixed = seen["fixed"]
                 warped, weights = lv.warp_moving(coords)
             value = similarity(fixed, warped, weights)
             return value, value, {}

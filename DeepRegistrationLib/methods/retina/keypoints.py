@@ -116,7 +116,7 @@ def _descriptor_distances(a: np.ndarray, b: np.ndarray, binary: bool) -> np.ndar
 def _guided_matches(feature_set: FeatureSet, transform, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Correspondences (mm) found by looking, for every fixed keypoint, among the moving keypoints within
     ``radius_mm`` of where ``transform`` puts it: the best descriptor unless a second one is nearly as good."""
-    from scipy.spatial import cKDTree  # scipy comes with scikit-image
+    from scipy.spatial import cKDTree
 
     pf, pm = feature_set.fixed_mm, feature_set.moving_mm
     if len(pf) == 0 or len(pm) == 0:
