@@ -307,7 +307,7 @@ def test_threaded_grid_sample_equals_pytorch_values_and_gradients(oasis_t1, dim,
 
     from DeepRegistrationLib import sampling
 
-    monkeypatch.setattr(sampling, "MIN_POINTS_PER_THREAD", 1000)
+    monkeypatch.setattr(sampling, "MIN_POINTS_PER_THREAD", {2: 1000, 3: 1000})
     threads = torch.get_num_threads()
     torch.set_num_threads(max(2, threads))
     batches = []
