@@ -572,3 +572,38 @@ def test_panel_stage_table_takes_a_learned_similarity():
     rows[1]["similarity"] = "learned:nowhere"
     with pytest.raises(dr.InputError, match="nowhere"):
         check_stage_overrides("multimodal-affine", overrides_from_rows("multimodal-affine", rows))
+
+
+def test_large_feature_levels_are_sampled_without_a_gradient_stack(monkeypatch):
+    """A feature level of at least STACK_MAX_FEATURE_VOXELS is sampled through grid_sample's own derivative: no
+    stack of features and gradients is built, the sampled values are those of the stack path, and the derivative in
+    the coordinates (that of the linear interpolation) agrees with the stack's interpolated central differences
+    on a real brain."""
+    from DeepRegistrationLib.intensity import normalise_unit_range
+    from DeepRegistrationLib.methods import pyramid
+    from DeepRegistrationLib.metrics.similarity import make_similarity
+    from DeepRegistrationLib.sampling import to_normalised
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm")))
+    t1 = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([3.0, 3.0, 3.0])))
+    sim = make_similarity(MODEL)
+    level = pyramid.build_pyramid(t1, t1, None, None, [(3.0, 0.5)], torch.device("cpu")).levels([3.0], 0.5)[0]
+    turn = RigidTransform(np.radians([0.0, 0.0, 5.0]), [4.0, -3.0, 0.0], center=t1.grid.center())
+    features = pyramid.feature_levels([level], sim, moving=False, crop=True)[0]
+    g = torch.Generator().manual_seed(3)
+    voxels = torch.randperm(features.grid.num_voxels, generator=g)[:3000]
+    near = features.points.reshape(-1, 3)[voxels] + torch.randn(3000, 3, generator=g, dtype=torch.float64)
+    results = []
+    for limit in (2**40, 1):  # the stack path, then every feature level "large"
+        monkeypatch.setattr(pyramid, "STACK_MAX_FEATURE_VOXELS", limit)
+        warped = features.warped_features(turn, sim.features, sim.halo(3, torch.device("cpu")), margin=3)
+        coords = to_normalised(warped.moving_grid, near, torch.float32).requires_grad_(True)
+        _, values, weights = warped.sample_moving(coords, voxels)
+        (grad,) = torch.autograd.grad((values * weights).sum(), coords)
+        results.append((values.detach(), weights, grad, warped._moving_stack))
+    (v_stack, w_stack, g_stack, stack), (v_direct, w_direct, g_direct, none) = results
+    assert stack is not None and none is None
+    assert torch.equal(w_stack, w_direct) and float(w_stack.mean()) > 0.5
+    assert torch.allclose(v_stack, v_direct, atol=1e-5)
+    cosine = float((g_stack * g_direct).sum() / (g_stack.norm() * g_direct.norm()))
+    assert cosine > 0.85, cosine  # 0.90: the two derivatives of one interpolated field
