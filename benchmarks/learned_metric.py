@@ -242,6 +242,9 @@ def main() -> int:
     parser.add_argument("--figure", default=str(ROOT / "Docs" / "learned_metric_sweep.png"))
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("DEEPREG_THREADS", "2")))
+    from DeepRegistrationLib.runtime import retain_freed_memory
+
+    retain_freed_memory()  # as the `deepreg` process runs (fresh large allocations cost page faults otherwise)
     parts = {"sweep": lambda: sweep(args.model, Path(args.figure) if args.figure else None),
              "known": lambda: known(args.model), "capture": lambda: capture(args.model),
              "3d": lambda: three_d(args.model), "bias": lambda: bias(args.model)}
