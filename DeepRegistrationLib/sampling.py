@@ -144,10 +144,18 @@ def inside_normalised(grid: Grid, normalised: torch.Tensor) -> torch.Tensor:
     """Boolean ``(...)``: ``Grid.inside`` (ITK's rule) for ``grid_sample`` coordinates ``(..., dim)``.
 
     Axes of size 1 count as infinitely thick (their normalised coordinate is always 0).
+
+    Computed one coordinate column at a time, with the arithmetic of ``Grid.inside`` on the continuous index
+    (the same result to the bit): element-wise operations that broadcast a ``(dim,)`` vector over ``(N, dim)``
+    run an inner loop of ``dim`` elements, 2-3x slower (2 million points on 2 cores: 10.5 -> 6 ms).
     """
-    size = torch.as_tensor(grid.size, dtype=normalised.dtype, device=normalised.device)
-    index = (normalised.detach() + 1.0) * 0.5 * (size - 1)
-    return grid.inside(index)
+    normalised = normalised.detach()
+    inside = None
+    for c, n in enumerate(grid.size):
+        index = (normalised[..., c] + 1.0) * 0.5 * float(n - 1)
+        column = (index >= -0.5) & (index < n - 0.5)
+        inside = column if inside is None else inside & column
+    return inside
 
 
 def sample(data: torch.Tensor, grid: Grid, points: torch.Tensor, mode: str = "bilinear",

@@ -354,6 +354,28 @@ def test_mask_lookup_equals_nearest_interpolation(oasis_t1, dim):
     assert 0.1 < float(found.float().mean()) < 0.9
 
 
+@pytest.mark.parametrize("size", [(37, 53, 29), (41, 1, 23), (61, 83)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inside_normalised_is_the_grids_rule_on_the_continuous_index(size, dtype):
+    """inside_normalised (column by column) equals Grid.inside on the continuous index of grid_sample coordinates,
+    to the bit: random points, points whose index is exactly -0.5 or size - 0.5 (ITK's half-open rule), an axis of
+    one voxel (always inside) and NaN (never inside)."""
+    from DeepRegistrationLib.sampling import inside_normalised
+
+    dim = len(size)
+    grid = dr.Grid(list(size), [0.0] * dim, [1.0] * dim)
+    g = torch.Generator().manual_seed(4)
+    coords = (torch.rand(4000, dim, generator=g, dtype=torch.float64) * 2.4 - 1.2).to(dtype)
+    n = torch.tensor(size, dtype=dtype)
+    edges = torch.where(torch.rand(200, dim, generator=g) < 0.5, torch.full((dim,), -0.5, dtype=dtype), n - 0.5)
+    coords[:200] = torch.where(n > 1, edges / (n - 1).clamp(min=1) * 2 - 1, coords[:200])
+    coords[200, 0] = float("nan")
+    expected = grid.inside((coords + 1.0) * 0.5 * (n - 1))
+    found = inside_normalised(grid, coords)
+    assert found.dtype == torch.bool and torch.equal(found, expected)
+    assert not bool(found[200]) and 0.2 < float(found.float().mean()) < 0.9
+
+
 def test_node_subdivision_equals_linear_interpolation():
     """subdivide_nodes (the SVF stage's control grid -> level voxels) equals F.interpolate with aligned corners
     onto the subdivided grid, cropped to the kept nodes, in 2D and 3D and for factors 2 to 4."""
