@@ -5,8 +5,9 @@
 # T1 slices, which show skull and scalp) and, for 3D, the voxelmorph sample subject; OASIS 0001 is the validation
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
-# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 3000 + 3000 steps
-#   (batch 4, 40^3 crops); the minutes and validation losses are on each model card.
+# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 3 x 3000 steps
+#   (batch 4, 40^3 crops; 57 min at 0.63 min per 100 steps, up to 95 min where a step is slower); the minutes and
+#   validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
 # 3D examples include thick slices (--thick-slices 0.5: one image of half the pairs averaged over 1-3 voxels along
@@ -21,10 +22,12 @@
 #   again at twice the cost; README). BASE=<folder
 #   prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and 2 of 2D
 #   (fine-tunes <folder>).
-# 3D in two phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third session
-#   of 2026-12-07); (2) the same objective continued from (1) for 3000 steps at learning rate 3e-4 (cosine decay
-#   again), the bundled model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 to 1.05-1.28 mm over
-#   four rotations (README). The slope fine-tune (1200 steps) did not help in 3D (README).
+# 3D in three phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
+#   session of 2026-12-07); (2) and (3) the same objective continued for 3000 steps each at learning rate 3e-4
+#   (cosine decay again; seeds 2 and 3; (2) in build/metric_base/metric-mr-3d-2), (3) the bundled model: on the
+#   ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2) and 0.68-0.81 mm (3) over four
+#   rotations (README). CONTINUED=<folder> skips phases 1 and 2 (continues <folder> as phase 3). The slope
+#   fine-tune (1200 steps) did not help in 3D (README).
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
 set -euo pipefail
@@ -53,7 +56,8 @@ for DIM in ${DIMS:-2 3}; do
   fi
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   BASE_DIR="${BASE:-build/metric_base/metric-mr}-${DIM}d"
-  if [ -z "${BASE:-}" ] && { [ "$DIM" = 3 ] || [ -z "${SLOPED:-}" ]; }; then
+  if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}"; fi
+  if [ -z "$SKIP" ]; then
     rm -rf "$BASE_DIR"; mkdir -p "$(dirname "$BASE_DIR")"  # the command writes a new model folder only
     "$PY" -m DeepRegistrationLib train metric --dim "$DIM" --images "${IMAGES[@]}" \
       --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$STEPS1" \
@@ -63,13 +67,18 @@ for DIM in ${DIMS:-2 3}; do
       --licence "$LICENCE" --out "$BASE_DIR" "${@:2}"
   fi
   if [ "$DIM" = 3 ]; then
-    rm -rf "${PREFIX}-3d"
-    "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
-      --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$BASE_DIR" \
-      --spacings 1 2 4 8 --lr 3e-4 --seed 2 --validate-every 100 --threads "${THREADS:-2}" \
-      --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-3d" \
-      --description "$DESCRIPTION, trained on for 3000 more steps at a lower learning rate; phase 2 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
-      --licence "$LICENCE" --out "${PREFIX}-3d" "${@:2}"
+    FROM="${CONTINUED:-$BASE_DIR}"
+    for SEED in $([ -n "${CONTINUED:-}" ] && echo 3 || echo 2 3); do
+      if [ "$SEED" = 3 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
+      rm -rf "$OUT"
+      "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
+        --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$FROM" \
+        --spacings 1 2 4 8 --lr 3e-4 --seed "$SEED" --validate-every 100 --threads "${THREADS:-2}" \
+        --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-3d" \
+        --description "$DESCRIPTION, trained on for 3000 more steps at a lower learning rate; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+        --licence "$LICENCE" --out "$OUT" "${@:2}"
+      FROM="$OUT"
+    done
     continue
   fi
   COMMON=(--dim 2 --images "${IMAGES[@]}" --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}"
