@@ -5,8 +5,8 @@
 # T1 slices, which show skull and scalp) and, for 3D, the voxelmorph sample subject; OASIS 0001 is the validation
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
-# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 3 x 3000 steps
-#   (batch 4, 40^3 crops; 57 min at 0.63 min per 100 steps, up to 95 min where a step is slower); the minutes and
+# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 4 x 3000 steps
+#   (batch 4, 40^3 crops; 76 min at 0.63 min per 100 steps, up to 2 h where a step is slower); the minutes and
 #   validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
@@ -22,12 +22,12 @@
 #   again at twice the cost; README). BASE=<folder
 #   prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and 2 of 2D
 #   (fine-tunes <folder>).
-# 3D in three phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
-#   session of 2026-12-07); (2) and (3) the same objective continued for 3000 steps each at learning rate 3e-4
-#   (cosine decay again; seeds 2 and 3; (2) in build/metric_base/metric-mr-3d-2), (3) the bundled model: on the
-#   ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2) and 0.68-0.81 mm (3) over four
-#   rotations (README). CONTINUED=<folder> skips phases 1 and 2 (continues <folder> as phase 3). The slope
-#   fine-tune (1200 steps) did not help in 3D (README).
+# 3D in four phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
+#   session of 2026-12-07); (2) to (4) the same objective continued for 3000 steps each at learning rate 3e-4
+#   (cosine decay again; seeds 2, 3 and 4; (2) and (3) in build/metric_base/metric-mr-3d-2 and -3), (4) the
+#   bundled model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2),
+#   0.68-0.81 (3) and 0.44-0.57 mm (4) over four rotations (README). CONTINUED=<folder> skips phases 1 to 3
+#   (continues <folder> as phase 4). The slope fine-tune (1200 steps) did not help in 3D (README).
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
 set -euo pipefail
@@ -68,8 +68,8 @@ for DIM in ${DIMS:-2 3}; do
   fi
   if [ "$DIM" = 3 ]; then
     FROM="${CONTINUED:-$BASE_DIR}"
-    for SEED in $([ -n "${CONTINUED:-}" ] && echo 3 || echo 2 3); do
-      if [ "$SEED" = 3 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
+    for SEED in $([ -n "${CONTINUED:-}" ] && echo 4 || echo 2 3 4); do
+      if [ "$SEED" = 4 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
       rm -rf "$OUT"
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
         --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$FROM" \
