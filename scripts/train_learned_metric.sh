@@ -68,8 +68,8 @@ for DIM in ${DIMS:-2 3}; do
   fi
   if [ "$DIM" = 3 ]; then
     FROM="${CONTINUED:-$BASE_DIR}"
-    for SEED in $([ -n "${CONTINUED:-}" ] && echo 4 || echo 2 3 4); do
-      if [ "$SEED" = 4 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
+    for SEED in $([ -n "${CONTINUED:-}" ] && echo 5 || echo 2 3 4 5); do
+      if [ "$SEED" = 5 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
       rm -rf "$OUT"
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
         --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$FROM" \
