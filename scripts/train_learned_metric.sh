@@ -5,8 +5,9 @@
 # T1 slices, which show skull and scalp) and, for 3D, the voxelmorph sample subject; OASIS 0001 is the validation
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
-# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 4 x 3000 steps
-#   (batch 4, 40^3 crops; 76 min at 0.63 min per 100 steps, up to 2 h where a step is slower); the minutes and
+# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 6 x 3000 steps
+#   (batch 4, 40^3 crops; 1.9-2.5 h at 0.63-0.83 min per 100 steps, up to 3.2 h where a step is slower: more than
+#   the hour a CPU profile should take, for the precision the continued phases bought, README); the minutes and
 #   validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
@@ -22,12 +23,13 @@
 #   again at twice the cost; README). BASE=<folder
 #   prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and 2 of 2D
 #   (fine-tunes <folder>).
-# 3D in four phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
-#   session of 2026-12-07); (2) to (4) the same objective continued for 3000 steps each at learning rate 3e-4
-#   (cosine decay again; seeds 2, 3 and 4; (2) and (3) in build/metric_base/metric-mr-3d-2 and -3), (4) the
-#   bundled model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2),
-#   0.68-0.81 (3) and 0.44-0.57 mm (4) over four rotations (README). CONTINUED=<folder> skips phases 1 to 3
-#   (continues <folder> as phase 4). The slope fine-tune (1200 steps) did not help in 3D (README).
+# 3D in six phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
+#   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
+#   (cosine decay again; seeds 2 to 6; (2) to (5) in build/metric_base/metric-mr-3d-2 ... -5), (6) the bundled
+#   model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2), 0.68-0.81 (3),
+#   0.44-0.57 (4), 0.35-0.45 (5) and P6RANGE mm (6) over four rotations (README). CONTINUED=<folder> skips phases
+#   1 to 5 (continues <folder> as phase 6). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone,
+#   within the hour on 2 cores; 1.4-1.6 mm on the slab). The slope fine-tune (1200 steps) did not help in 3D.
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
 set -euo pipefail
@@ -57,6 +59,8 @@ for DIM in ${DIMS:-2 3}; do
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   BASE_DIR="${BASE:-build/metric_base/metric-mr}-${DIM}d"
   if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}"; fi
+  LAST="${PHASES:-6}"  # 3D: the phase whose model is bundled
+  if [ "$DIM" = 3 ] && [ "$LAST" = 1 ]; then BASE_DIR="${PREFIX}-3d"; fi
   if [ -z "$SKIP" ]; then
     rm -rf "$BASE_DIR"; mkdir -p "$(dirname "$BASE_DIR")"  # the command writes a new model folder only
     "$PY" -m DeepRegistrationLib train metric --dim "$DIM" --images "${IMAGES[@]}" \
@@ -68,8 +72,8 @@ for DIM in ${DIMS:-2 3}; do
   fi
   if [ "$DIM" = 3 ]; then
     FROM="${CONTINUED:-$BASE_DIR}"
-    for SEED in $([ -n "${CONTINUED:-}" ] && echo 5 || echo 2 3 4 5); do
-      if [ "$SEED" = 5 ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
+    for SEED in $([ -n "${CONTINUED:-}" ] && echo "$LAST" || seq 2 "$LAST"); do
+      if [ "$SEED" = "$LAST" ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
       rm -rf "$OUT"
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
         --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$FROM" \
