@@ -27,7 +27,7 @@
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
 #   (cosine decay again; seeds 2 to 6; (2) to (5) in build/metric_base/metric-mr-3d-2 ... -5), (6) the bundled
 #   model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2), 0.68-0.81 (3),
-#   0.44-0.57 (4), 0.35-0.45 (5) and P6RANGE mm (6) over four rotations (README). CONTINUED=<folder> skips phases
+#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (README). CONTINUED=<folder> skips phases
 #   1 to 5 (continues <folder> as phase 6). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone,
 #   within the hour on 2 cores; 1.4-1.6 mm on the slab). The slope fine-tune (1200 steps) did not help in 3D.
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
