@@ -43,6 +43,10 @@ case "${PROFILE:-cpu}" in
   gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000 ;;
   *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
 esac
+case "${PHASES:-6}" in
+  [1-9]|[1-9][0-9]) ;;
+  *) echo "PHASES must be a whole number from 1 (the 3D phase whose model is bundled)" >&2; exit 2 ;;
+esac
 OASIS="$DATA/brain3d/oasis"
 LICENCE="Apache-2.0 (weights). Trained on OASIS-1 derived data (OASIS data use agreement; cite Marcus et al. 2007 and Hoopes et al. 2021), ANTsPy example slices (Apache-2.0) and the voxelmorph sample subject (Apache-2.0)"
 for DIM in ${DIMS:-2 3}; do
