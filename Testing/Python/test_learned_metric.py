@@ -89,6 +89,15 @@ def test_training_loss_goes_down_on_real_slices():
                                    MetricTrainConfig(steps=60, batch=8, validate_every=30, lr=3e-3, pairs=config))
     assert figures["steps"] == 60 and len(figures["history"]) == 3
     assert figures["final_validation_loss"] < figures["initial_validation_loss"]
+    # the validation examples do not follow the training seed: a model's starting loss is the same under any seed
+    # (continued phases compare), and another validation_seed draws other examples
+    start = {}
+    for seed, vseed in ((0, 1), (5, 1), (0, 2)):
+        torch.manual_seed(0)
+        cfg = MetricTrainConfig(steps=1, batch=4, lr=0.0, seed=seed, validation_seed=vseed, pairs=config)
+        start[seed, vseed] = train_learned_metric(LearnedMetricNet(dim=2, channels=(8, 8, 8), features=4), items, val,
+                                                  cfg)["initial_validation_loss"]
+    assert start[0, 1] == start[5, 1] != start[0, 2]
 
 
 def test_slope_term_reads_each_example_either_side_and_trains_on_real_slices():
