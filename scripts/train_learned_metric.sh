@@ -27,8 +27,8 @@
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
 #   (cosine decay again; seeds 2 to 6; (2) to (5) in build/metric_base/metric-mr-3d-2 ... -5), (6) the bundled
 #   model: on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2), 0.68-0.81 (3),
-#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (README). CONTINUED=<folder> skips phases
-#   1 to 5 (continues <folder> as phase 6). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone,
+#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (README). CONTINUED=<folder> skips the
+#   phases before the last (continues <folder> as phase 6, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone,
 #   within the hour on 2 cores; 1.4-1.6 mm on the slab). The slope fine-tune (1200 steps) did not help in 3D.
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
@@ -83,7 +83,7 @@ for DIM in ${DIMS:-2 3}; do
         --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$C3" --init "$FROM" \
         --spacings 1 2 4 8 --lr 3e-4 --seed "$SEED" --validate-every 100 --threads "${THREADS:-2}" \
         --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-3d" \
-        --description "$DESCRIPTION, trained on for 3000 more steps at a lower learning rate; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+        --description "$DESCRIPTION, trained on for $C3 more steps at a lower learning rate; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
         --licence "$LICENCE" --out "$OUT" "${@:2}"
       FROM="$OUT"
     done
