@@ -24,8 +24,8 @@ from ..geometry import Grid
 from ..errors import InputError
 from ..image import Image
 from ..intensity import homogeneity_weights, smooth_gaussian
-from ..sampling import (gradient_norm, gradient_stack, inside_normalised, mask_at, sample, sample_normalised,
-                        sample_with_gradient, to_normalised)
+from ..sampling import (gradient_norm, gradient_stack, inside_normalised, mapped_to_normalised, mask_at, sample,
+                        sample_normalised, sample_with_gradient)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
 
@@ -151,12 +151,12 @@ class PyramidLevel:
         weights ``(1, 1, P, 1)``: the point-wise similarities then take them as they take whole levels."""
         warped, inside = self._moving_at(coords)
         if self.mask is not None:
-            inside = inside * self.mask.reshape(-1)[voxels]
+            inside = inside * self.mask.reshape(-1).index_select(0, voxels)
         rows = self.fixed[0].movedim(0, -1)  # (*shape, C): a view without copy when stored channels-last
         if self.channels > 1 and rows.is_contiguous():  # feature levels: a voxel's channels in one cache line
-            fixed = rows.reshape(-1, self.channels)[voxels].T
+            fixed = rows.reshape(-1, self.channels).index_select(0, voxels).T
         else:
-            fixed = self.fixed.reshape(self.channels, -1)[:, voxels]
+            fixed = self.fixed.reshape(self.channels, -1).index_select(1, voxels)
         return fixed.reshape(1, self.channels, -1, 1), warped.reshape(1, self.channels, -1, 1), inside.reshape(1, 1, -1, 1)
 
     def with_features(self, key: str, extractor, support=None, moving: bool = True,
@@ -220,7 +220,7 @@ class PyramidLevel:
         dim = self.grid.dim
         with torch.no_grad():
             pts = self.points.reshape(-1, dim)
-            coords = to_normalised(image.moving_grid, transform.map_points(pts.cpu()).to(pts.device), torch.float32)
+            coords = mapped_to_normalised(image.moving_grid, pts, transform.matrix(), transform.offset())
             box = None
             if halo is not None:
                 seen = inside_normalised(image.moving_grid, coords).reshape(self.grid.shape)
@@ -255,7 +255,7 @@ class PyramidLevel:
         moving image."""
         with torch.no_grad():
             points = self.points.reshape(-1, self.grid.dim)
-            coords = to_normalised(self.moving_grid, transform.map_points(points), torch.float32)
+            coords = mapped_to_normalised(self.moving_grid, points, transform.matrix(), transform.offset())
             inside = inside_normalised(self.moving_grid, coords).float()
             if self.mask is not None:
                 m = self.mask.reshape(-1)

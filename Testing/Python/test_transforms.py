@@ -376,6 +376,26 @@ def test_inside_normalised_is_the_grids_rule_on_the_continuous_index(size, dtype
     assert not bool(found[200]) and 0.2 < float(found.float().mean()) < 0.9
 
 
+
+def test_mapped_to_normalised_equals_mapping_then_normalising(oasis_t1):
+    """mapped_to_normalised (one float64 product with the grid's normalising map composed in) gives the coordinates
+    of to_normalised(grid, transform.map_points(points)) to the bit, for a rotated transform into an oblique
+    anisotropic grid (float32) and an affine one (float64)."""
+    from DeepRegistrationLib.sampling import mapped_to_normalised, to_normalised
+
+    grid = oblique_grid(oasis_t1.grid, spacing=(2.5, 3.0, 3.5))
+    points = oasis_t1.grid.physical_points(dtype=torch.float64).reshape(-1, 3)[::97]
+    rigid = dr.RigidTransform(torch.tensor([0.2, -0.1, 0.15], dtype=torch.float64),
+                              torch.tensor([7.0, -3.0, 5.0], dtype=torch.float64), center=grid.center())
+    affine = dr.AffineTransform(torch.tensor([[1.05, 0.02, -0.01], [0.03, 0.97, 0.04], [-0.02, 0.01, 1.1]],
+                                             dtype=torch.float64), torch.tensor([4.0, -6.0, 2.5], dtype=torch.float64))
+    for transform, dtype in ((rigid, torch.float32), (affine, torch.float64)):
+        expected = to_normalised(grid, transform.map_points(points), dtype)
+        found = mapped_to_normalised(grid, points, transform.matrix(), transform.offset(), dtype)
+        assert found.dtype == dtype and found.shape == expected.shape
+        assert float((found - expected).abs().max()) <= (1e-6 if dtype == torch.float32 else 1e-12)
+        assert 0.2 < float((found.abs() <= 1).all(1).float().mean()) <= 1.0  # the points cover part of the grid
+
 def test_node_subdivision_equals_linear_interpolation():
     """subdivide_nodes (the SVF stage's control grid -> level voxels) equals F.interpolate with aligned corners
     onto the subdivided grid, cropped to the kept nodes, in 2D and 3D and for factors 2 to 4."""

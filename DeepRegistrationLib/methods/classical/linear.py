@@ -125,7 +125,7 @@ class VoxelSampler:
 
     def draw(self) -> torch.Tensor:
         pick = torch.randint(self.candidates.numel(), (self.samples,), generator=self.generator)
-        return self.candidates[pick.to(self.candidates.device)]
+        return self.candidates.index_select(0, pick.to(self.candidates.device))
 
 
 def run_linear_stage(settings: LinearSettings, context: StageContext, state: StageState) -> StageOutcome:
@@ -197,7 +197,7 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
             off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
             if sampler.active:  # a new random set of fixed voxels each step
                 voxels = sampler.draw()
-                coords = (pts[voxels] - center).float() @ m.T.float() + off.float()
+                coords = (pts.index_select(0, voxels) - center).float() @ m.T.float() + off.float()
                 fixed, warped, weights = lv.sample_moving(coords, voxels)
             else:
                 coords = pts @ m.T.float() + off.float()

@@ -14,7 +14,7 @@ import torch
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
 from ..pyramid import feature_levels, mapped_image
-from ...sampling import normalised_linear, sample, subdivide_nodes, to_normalised
+from ...sampling import mapped_to_normalised, normalised_linear, sample, subdivide_nodes, to_normalised
 from ...transforms import StationaryVelocityField, compose, integrate_velocity
 from ..loop import optimise
 from ..optim import Adam
@@ -69,7 +69,7 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
             moving_lin = normalised_linear(level.moving_grid, torch.float32, device)
         else:
             a = linear.matrix().to(device)
-            moving_base = to_normalised(level.moving_grid, linear.map_points(pts), torch.float32)
+            moving_base = mapped_to_normalised(level.moving_grid, pts, a, linear.offset())
             moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
 
         fixed = level.fixed.contiguous()  # feature levels are stored channels-last; the warped values are not
