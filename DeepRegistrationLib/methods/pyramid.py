@@ -24,7 +24,7 @@ from ..geometry import Grid
 from ..errors import InputError
 from ..image import Image
 from ..intensity import homogeneity_weights, smooth_gaussian
-from ..sampling import (gradient_norm, gradient_stack, inside_normalised, mapped_to_normalised, mask_at, sample,
+from ..sampling import (gradient_norm, gradient_stack, inside_normalised, grid_to_normalised, mask_at, sample,
                         sample_normalised, sample_with_gradient)
 from ..transforms.linear import LinearTransform
 from ..warp import warp_image
@@ -102,7 +102,6 @@ class PyramidLevel:
     spacing_mm: float
     fixed: torch.Tensor  # (1, C, *shape); C = 1 for the images
     grid: Grid
-    points: torch.Tensor  # (*shape, dim) float64 LPS mm of the level voxels
     mask: torch.Tensor | None  # (1, 1, *shape), 1 inside the fixed mask
     moving: torch.Tensor  # (C, *moving_level_shape)
     moving_grid: Grid
@@ -162,7 +161,7 @@ class PyramidLevel:
     def with_features(self, key: str, extractor, support=None, moving: bool = True,
                       halo: int | None = None) -> "PyramidLevel":
         """This level with both images replaced by ``extractor(image)`` ``(1, 1, ...) -> (1, C, ...)`` (a learned
-        metric's feature maps), made once per ``key`` and kept with the level; grids, points and moving mask
+        metric's feature maps), made once per ``key`` and kept with the level; grids and moving mask
         shared. ``support(fixed image) -> (1, 1, ...)`` restricts the fixed mask to where the measure is defined
         (a learned metric: the fixed image's content). ``moving=False``: the moving features are left for
         :meth:`warped_features` to make (the feature level's ``moving`` is then an empty tensor).
@@ -183,17 +182,17 @@ class PyramidLevel:
                         mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
                     box = None if halo is None or mask is None else _bounding_box(mask[0, 0] > 0, 0)
                     if box is None:
-                        grid, points, fixed = self.grid, self.points, extractor(self.fixed[:, :1])
+                        grid, fixed = self.grid, extractor(self.fixed[:, :1])
                     else:
                         grid = self.grid.cropped(*box)
-                        points, mask = self.points[_slices(box)], mask[(..., *_slices(box))].contiguous()
+                        mask = mask[(..., *_slices(box))].contiguous()
                         fixed = _extract_in_box(extractor, self.fixed[:, :1], box, halo)
                     fixed = _channels_last(fixed, 1)  # sample_moving gathers a voxel's C features from one place
                 else:
-                    grid, points, fixed, mask = made.grid, made.points, made.fixed, made.mask
+                    grid, fixed, mask = made.grid, made.fixed, made.mask
                 features = (extractor(self.moving[:1].unsqueeze(0))[0] if moving
                             else torch.empty(0, device=self.fixed.device))
-            self._features[cache] = PyramidLevel(self.spacing_mm, fixed, grid, points, mask, features,
+            self._features[cache] = PyramidLevel(self.spacing_mm, fixed, grid, mask, features,
                                                  self.moving_grid, self.moving_mask, self.sigma_mm, source=self)
         return self._features[cache]
 
@@ -219,8 +218,8 @@ class PyramidLevel:
         image = self.source
         dim = self.grid.dim
         with torch.no_grad():
-            pts = self.points.reshape(-1, dim)
-            coords = mapped_to_normalised(image.moving_grid, pts, transform.matrix(), transform.offset())
+            coords = grid_to_normalised(self.grid, image.moving_grid, transform.matrix(), transform.offset(),
+                                        device=self.fixed.device).reshape(-1, dim)
             box = None
             if halo is not None:
                 seen = inside_normalised(image.moving_grid, coords).reshape(self.grid.shape)
@@ -235,12 +234,12 @@ class PyramidLevel:
             warped, inside = image._moving_at(region.reshape(-1, dim), gradient=False)
             moving = _channels_last(extractor(warped.reshape(1, 1, *region.shape[:-1]))[0][(slice(None), *inner)], 0)
             inside = inside.reshape(1, *region.shape[:-1])[(slice(None), *inner)].contiguous()
-        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.points, self.mask, moving,
+        return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.mask, moving,
                             self.grid.cropped(*box), inside, self.sigma_mm, source=image)
 
     def with_moving_image(self, moving: Image) -> "PyramidLevel":
         """This level with its moving image made from ``moving`` (on the moving image's grid) as the level's was:
-        the same Gaussian smoothing, resampled to the same moving level grid. Masks, grids and points are kept."""
+        the same Gaussian smoothing, resampled to the same moving level grid. Masks and grids are kept."""
         data = smooth_gaussian(moving, self.sigma_mm).resample_to(self.moving_grid).data.to(self.moving.device)
         return replace(self, moving=data, _moving_stack=None, _features=None)
 
@@ -254,8 +253,8 @@ class PyramidLevel:
         """Fraction of the level's fixed voxels (inside the fixed mask, if any) that ``transform`` maps into the
         moving image."""
         with torch.no_grad():
-            points = self.points.reshape(-1, self.grid.dim)
-            coords = mapped_to_normalised(self.moving_grid, points, transform.matrix(), transform.offset())
+            coords = grid_to_normalised(self.grid, self.moving_grid, transform.matrix(), transform.offset(),
+                                        device=self.fixed.device).reshape(-1, self.grid.dim)
             inside = inside_normalised(self.moving_grid, coords).float()
             if self.mask is not None:
                 m = self.mask.reshape(-1)
@@ -284,8 +283,7 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
         mask = warp_image(fixed_mask, None, fgrid, "nearest").data.ne(0).float().unsqueeze(0).to(device)
     if moving_mask is not None:
         mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
-    return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid,
-                        fgrid.physical_points(dtype=torch.float64, device=device), mask, m.data.to(device), mgrid,
+    return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid, mask, m.data.to(device), mgrid,
                         mmask, sigma_mm=sigma_mm)
 
 

@@ -37,7 +37,7 @@ def cost_along_x(similarity: str, fixed: dr.Image, moving: dr.Image, shifts) -> 
     level = build_pyramid(f, m, None, None, [(1.0, 0.5)], torch.device("cpu")).levels([1.0], 0.5)[0]
     sim = make_similarity(similarity)
     level = feature_levels([level], sim)[0]
-    pts = level.points.reshape(-1, 2)
+    pts = level.grid.physical_points().reshape(-1, 2)
     out = []
     for s in shifts:
         coords = to_normalised(level.moving_grid, pts + torch.tensor([s, 0.0], dtype=torch.float64), torch.float32)
@@ -610,7 +610,7 @@ def test_large_feature_levels_are_sampled_without_a_gradient_stack(monkeypatch):
     features = pyramid.feature_levels([level], sim, moving=False, crop=True)[0]
     g = torch.Generator().manual_seed(3)
     voxels = torch.randperm(features.grid.num_voxels, generator=g)[:3000]
-    near = features.points.reshape(-1, 3)[voxels] + torch.randn(3000, 3, generator=g, dtype=torch.float64)
+    near = features.grid.physical_points().reshape(-1, 3)[voxels] + torch.randn(3000, 3, generator=g, dtype=torch.float64)
     results = []
     for limit in (2**40, 1):  # the stack path, then every feature level "large"
         monkeypatch.setattr(pyramid, "STACK_MAX_FEATURE_VOXELS", limit)

@@ -377,24 +377,42 @@ def test_inside_normalised_is_the_grids_rule_on_the_continuous_index(size, dtype
 
 
 
-def test_mapped_to_normalised_equals_mapping_then_normalising(oasis_t1):
-    """mapped_to_normalised (one float64 product with the grid's normalising map composed in) gives the coordinates
-    of to_normalised(grid, transform.map_points(points)) to the bit, for a rotated transform into an oblique
-    anisotropic grid (float32) and an affine one (float64)."""
-    from DeepRegistrationLib.sampling import mapped_to_normalised, to_normalised
+def test_voxel_coordinates_through_a_linear_transform_equal_mapping_then_normalising(oasis_t1):
+    """grid_to_normalised (every voxel of a grid, from its indices) and index_to_normalised_map applied to the
+    voxel_index of flat voxel numbers give the coordinates of to_normalised(target, transform.map_points(the
+    grid's physical points)) within float rounding: a rotation from the OASIS grid into an oblique anisotropic
+    grid, an affine map from the oblique grid, the identity, and a 2D grid. The map is differentiable in the
+    transform."""
+    from DeepRegistrationLib.sampling import grid_to_normalised, index_to_normalised_map, to_normalised, voxel_index
 
-    grid = oblique_grid(oasis_t1.grid, spacing=(2.5, 3.0, 3.5))
-    points = oasis_t1.grid.physical_points(dtype=torch.float64).reshape(-1, 3)[::97]
+    oblique = oblique_grid(oasis_t1.grid, spacing=(2.5, 3.0, 3.5))
+    source = oasis_t1.grid.with_spacing([3.0, 3.0, 3.0])
     rigid = dr.RigidTransform(torch.tensor([0.2, -0.1, 0.15], dtype=torch.float64),
-                              torch.tensor([7.0, -3.0, 5.0], dtype=torch.float64), center=grid.center())
+                              torch.tensor([7.0, -3.0, 5.0], dtype=torch.float64), center=oblique.center())
     affine = dr.AffineTransform(torch.tensor([[1.05, 0.02, -0.01], [0.03, 0.97, 0.04], [-0.02, 0.01, 1.1]],
                                              dtype=torch.float64), torch.tensor([4.0, -6.0, 2.5], dtype=torch.float64))
-    for transform, dtype in ((rigid, torch.float32), (affine, torch.float64)):
-        expected = to_normalised(grid, transform.map_points(points), dtype)
-        found = mapped_to_normalised(grid, points, transform.matrix(), transform.offset(), dtype)
-        assert found.dtype == dtype and found.shape == expected.shape
-        assert float((found - expected).abs().max()) <= (1e-6 if dtype == torch.float32 else 1e-12)
-        assert 0.2 < float((found.abs() <= 1).all(1).float().mean()) <= 1.0  # the points cover part of the grid
+    plane = dr.Grid([61, 83], [-20.0, 15.0], [0.8, 1.3], [[0.6, -0.8], [0.8, 0.6]])
+    turn = dr.RigidTransform(torch.tensor([0.3], dtype=torch.float64), torch.tensor([3.0, -2.0], dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    for src, tgt, transform in ((source, oblique, rigid), (oblique, source, affine), (source, source, None),
+                                (plane, plane, turn)):
+        points = src.physical_points()
+        expected = to_normalised(tgt, points if transform is None else transform.map_points(points), torch.float64)
+        a, b = (None, None) if transform is None else (transform.matrix(), transform.offset())
+        found = grid_to_normalised(src, tgt, a, b, dtype=torch.float64)
+        assert found.shape == (*src.shape, src.dim)
+        assert float((found - expected).abs().max()) < 1e-12
+        assert 0.05 < float((found.abs() <= 1).all(-1).double().mean())  # the grids overlap
+        flat = torch.randint(src.num_voxels, (500,), generator=g)
+        k_map, t_map = index_to_normalised_map(src, tgt, a, b)
+        assert torch.allclose(voxel_index(src, flat, torch.float64) @ k_map.T + t_map,
+                              expected.reshape(-1, src.dim)[flat], rtol=0, atol=1e-12)
+        assert torch.equal(grid_to_normalised(src, tgt, a, b), found.float())
+    matrix = rigid.matrix().clone().requires_grad_(True)
+    k_map, t_map = index_to_normalised_map(source, oblique, matrix, rigid.offset())
+    (k_map.sum() + t_map.sum()).backward()
+    assert matrix.grad is not None and float(matrix.grad.abs().sum()) > 0
+
 
 def test_node_subdivision_equals_linear_interpolation():
     """subdivide_nodes (the SVF stage's control grid -> level voxels) equals F.interpolate with aligned corners

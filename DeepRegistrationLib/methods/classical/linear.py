@@ -14,6 +14,7 @@ import torch
 
 from ...metrics.similarity import make_similarity
 from ..pyramid import feature_levels
+from ...sampling import index_to_normalised_map, voxel_index
 from ...transforms import AffineTransform, RigidTransform, SimilarityTransform, TranslationTransform
 from ...transforms.linear import LinearTransform, rotation_matrix
 from ..loop import optimise
@@ -150,16 +151,18 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
                 group["lr"] = new["lr"]
             opt.factor = 1.0
         decay = 1.0 - settings.final_lr_fraction
-        # coords = N (A x + b) with N the moving level's physical -> normalised map: one small float64
-        # product per step, then a float32 (n, dim) @ (dim, dim) on points centred for precision
+        # coords = N (A x + b) with N the moving level's physical -> normalised map and x = P i + p the fixed voxel
+        # i's centre: K i + t, one small float64 product per step (index_to_normalised_map), then a float32
+        # (n, dim) @ (dim, dim) on the voxel indices (exact in float32)
         sampler = VoxelSampler(level, settings.samples, seed=7919 * context.index + li)
-        # centred float32 points of the whole level; a sampled level centres only the voxels drawn
-        pts = level.points.reshape(-1, dim) if sampler.active else (level.points.reshape(-1, dim) - center).float()
+        # the indices of the whole level; a sampled level computes only those of the voxels drawn
+        index = None if sampler.active else voxel_index(level.grid, torch.arange(level.grid.num_voxels,
+                                                                                  device=center.device))
         # A learned metric's moving features are made from the moving image as the transform T_k warps it onto the
         # fixed grid, and then read through T_k^-1 T (near the identity): see PyramidLevel.warped_features. Every
         # `refresh` steps they are remade if the linear part of T_k^-1 T has left the identity by more than the
         # similarity's refresh_tolerance, or if T_k^-1 T moves a corner of the level by more than the margin the
-        # features were made with. `seen` holds that level, T_k^-1 (as A_k^-1 and b_k) and its N.
+        # features were made with. `seen` holds that level and T_k^-1 (as A_k^-1 and b_k).
         seen: dict = {}
         halo = similarity.halo(dim, center.device) if refresh else 0
         corners = _corners(level.grid).to(center.device)
@@ -170,8 +173,6 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
             seen["level"] = level.warped_features(current, similarity.features, halo, FEATURE_MARGIN)
             inv = torch.linalg.inv(current.matrix().double()).to(center.device)
             seen["frozen"] = (inv, current.offset().double().to(center.device))
-            seen["to_norm"] = torch.as_tensor(seen["level"].moving_grid.physical_to_normalised_matrix(),
-                                              device=center.device)
             keep_fixed()
 
         def keep_fixed() -> None:
@@ -183,24 +184,23 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
         if refresh:
             look()
         else:
-            seen.update(level=level, frozen=None, to_norm=torch.as_tensor(
-                level.moving_grid.physical_to_normalised_matrix(), device=center.device))
+            seen.update(level=level, frozen=None)
             keep_fixed()
 
-        def step(pts=pts, sampler=sampler):
-            lv, to_norm = seen["level"], seen["to_norm"]
+        def step(index=index, sampler=sampler):
+            lv = seen["level"]
             a, b = model.matrix_and_offset()
             if seen["frozen"] is not None:  # relative to the transform the features were made through
                 inv, b0 = seen["frozen"]
                 a, b = inv @ a, inv @ (b - b0)
-            m = to_norm[:dim, :dim] @ a
-            off = m @ center + to_norm[:dim, :dim] @ b + to_norm[:dim, dim]
+            k_map, t_map = index_to_normalised_map(lv.grid, lv.moving_grid, a, b)
+            k_map, t_map = k_map.float(), t_map.float()
             if sampler.active:  # a new random set of fixed voxels each step
                 voxels = sampler.draw()
-                coords = (pts.index_select(0, voxels) - center).float() @ m.T.float() + off.float()
+                coords = voxel_index(lv.grid, voxels) @ k_map.T + t_map
                 fixed, warped, weights = lv.sample_moving(coords, voxels)
             else:
-                coords = pts @ m.T.float() + off.float()
+                coords = index @ k_map.T + t_map
                 fixed = seen["fixed"]
                 warped, weights = lv.warp_moving(coords)
             value = similarity(fixed, warped, weights)

@@ -14,7 +14,7 @@ import torch
 from ...metrics.regularisers import diffusion_regulariser
 from ...metrics.similarity import make_similarity
 from ..pyramid import feature_levels, mapped_image
-from ...sampling import mapped_to_normalised, normalised_linear, sample, subdivide_nodes, to_normalised
+from ...sampling import grid_to_normalised, normalised_linear, sample, subdivide_nodes
 from ...transforms import StationaryVelocityField, compose, integrate_velocity
 from ..loop import optimise
 from ..optim import Adam
@@ -60,16 +60,16 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
         opt = Adam([{"params": [velocity], "lr": settings.learning_rate * level.spacing_mm}])
         # y = A (x + u(x)) = A x + A u(x): in the moving level's normalised coordinates both terms are linear,
         # so only u changes between iterations (computed in float32 on precomputed coordinates).
-        pts = level.points.reshape(-1, dim)
         if getattr(similarity, "extracts_features", False):
             # a learned metric: moving features made from the moving image seen through the linear part, on the
             # fixed grid (features do not rotate with the image); the deformation is then read from there
             level = level.warped_features(linear, similarity.features)
-            moving_base = to_normalised(level.moving_grid, pts, torch.float32)
+            moving_base = grid_to_normalised(level.grid, level.moving_grid, device=device).reshape(-1, dim)
             moving_lin = normalised_linear(level.moving_grid, torch.float32, device)
         else:
             a = linear.matrix().to(device)
-            moving_base = mapped_to_normalised(level.moving_grid, pts, a, linear.offset())
+            moving_base = grid_to_normalised(level.grid, level.moving_grid, a, linear.offset(),
+                                             device=device).reshape(-1, dim)
             moving_lin = (normalised_linear(level.moving_grid, torch.float64, device) @ a).float()
 
         fixed = level.fixed.contiguous()  # feature levels are stored channels-last; the warped values are not
