@@ -66,7 +66,7 @@ def sweep(model: str, out_png: Path | None) -> list[str]:
     lines = []
     for spacing in spacings:
         level = pyramid.levels([spacing], 0.5)[0]
-        pts = level.points.reshape(-1, 2)
+        pts = level.grid.physical_points().reshape(-1, 2)
         for label, name in metrics(model).items():
             sim = make_similarity(name)
             lv = feature_levels([level], sim)[0]

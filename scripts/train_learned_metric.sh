@@ -5,7 +5,8 @@
 # T1 slices, which show skull and scalp) and, for 3D, the voxelmorph sample subject; OASIS 0001 is the validation
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
-# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 steps (batch 24, 64^2 crops), 3D 6 x 3000 steps
+# PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 + 3000 + 1200 + 2 x 3000 steps (batch 24, 64^2 crops; the
+#   two continued phases 14 min each at 0.45 min per 100 steps), 3D 6 x 3000 steps
 #   (batch 4, 40^3 crops; 1.9-2.5 h at 0.63-0.83 min per 100 steps, up to 3.2 h where a step is slower: more than
 #   the hour a CPU profile should take, for the precision the continued phases bought, README); the minutes and
 #   validation losses are on each model card.
@@ -13,16 +14,20 @@
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
 # 3D examples include thick slices (--thick-slices 0.5: one image of half the pairs averaged over 1-3 voxels along
 #   one axis), as a 2.4 mm slab is against a 1 mm T1.
-# 2D in three phases: (1) from scratch, regressing the misalignment score (build/metric_base/metric-mr-2d: the 2D
+# 2D in five phases: (1) from scratch, regressing the misalignment score (build/metric_base/metric-mr-2d: the 2D
 #   model bundled before 2026-12-07); (2) a fine-tune of (1) with the slope term (--slope-weight 50: the change of
 #   the mean score between readings a translation of 0.25-0.5 voxel either way is regressed onto the target's;
 #   build/metric_base/metric-mr-2d-slope); (3) a fine-tune of (2) that adds outline bands (--outline 0.5: half of
 #   the mixed-contrast examples map a band 1-6 voxels wide along the head's outline by a second, independent
-#   curve), the bundled model. On BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). Its card asks for
-#   both polarities at inference (--polarities 2: the inverted images are scored too, which halves the error
-#   again at twice the cost; README). BASE=<folder
-#   prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and 2 of 2D
-#   (fine-tunes <folder>).
+#   curve; build/metric_base/metric-mr-2d-3, the 2D model bundled before the fourth session of 2026-12-07). On
+#   BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). Its card asks for both polarities at inference
+#   (--polarities 2: the inverted images are scored too, which halves the error again at twice the cost; README).
+#   (4) and (5): phase 3's objective continued for 3000 steps each at learning rate 3e-4 (seeds 4 and 5), as 3D's
+#   phases 2-6; (5) is the bundled model: on the two BrainWeb known cases 0.061 / 0.061 px (3) -> 0.056 / 0.042
+#   (4) -> 0.047 / 0.043 px (5), NMI 0.036 / 0.043 (README). PHASES2D=N bundles 2D phase N (3 to bundle phase 3).
+#   BASE=<folder prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and
+#   2 of 2D (fine-tunes <folder>); OUTLINED=<folder> skips phases 1-3 (continues <folder> as phase 4);
+#   CONTINUED2D=<folder> runs the last 2D phase alone from <folder>.
 # 3D in six phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
 #   (cosine decay again; seeds 2 to 6; (2) to (5) in build/metric_base/metric-mr-3d-2 ... -5), (6) the bundled
@@ -39,13 +44,17 @@ PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data}"
 WORK=build/brain_data
 case "${PROFILE:-cpu}" in
-  cpu) S2=4000; S3=3000; F2=3000; F3=1200; C3=3000 ;;
-  gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000 ;;
+  cpu) S2=4000; S3=3000; F2=3000; F3=1200; C3=3000; C2=3000 ;;
+  gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000; C2=12000 ;;
   *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
 esac
 case "${PHASES:-6}" in
   [1-9]|[1-9][0-9]) ;;
   *) echo "PHASES must be a whole number from 1 (the 3D phase whose model is bundled)" >&2; exit 2 ;;
+esac
+case "${PHASES2D:-5}" in
+  [3-9]|[1-9][0-9]) ;;
+  *) echo "PHASES2D must be a whole number from 3 (the 2D phase whose model is bundled)" >&2; exit 2 ;;
 esac
 OASIS="$DATA/brain3d/oasis"
 LICENCE="Apache-2.0 (weights). Trained on OASIS-1 derived data (OASIS data use agreement; cite Marcus et al. 2007 and Hoopes et al. 2021), ANTsPy example slices (Apache-2.0) and the voxelmorph sample subject (Apache-2.0)"
@@ -62,7 +71,7 @@ for DIM in ${DIMS:-2 3}; do
   fi
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   BASE_DIR="${BASE:-build/metric_base/metric-mr}-${DIM}d"
-  if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}"; fi
+  if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}"; fi
   LAST="${PHASES:-6}"  # 3D: the phase whose model is bundled
   if [ "$DIM" = 3 ] && [ "$LAST" = 1 ]; then BASE_DIR="${PREFIX}-3d"; fi
   if [ -z "$SKIP" ]; then
@@ -93,14 +102,32 @@ for DIM in ${DIMS:-2 3}; do
           --slope-weight 50 --slope-offset 0.5 --spacings 1 2 4 8 --lr 1e-3 --seed 1 --validate-every 100
           --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE")
   SLOPED_DIR="${SLOPED:-build/metric_base/metric-mr-2d-slope}"
-  if [ -z "${SLOPED:-}" ]; then
+  if [ -z "${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}" ]; then
     rm -rf "$SLOPED_DIR"
     "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F2" --init "$BASE_DIR" \
       --description "$DESCRIPTION, fine-tuned with the slope term; phase 2 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$SLOPED_DIR" "${@:2}"
   fi
-  rm -rf "${PREFIX}-2d"
-  "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 --polarities 2 \
-    --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
-    --out "${PREFIX}-2d" "${@:2}"
+  LAST2="${PHASES2D:-5}"  # 2D: the phase whose model is bundled
+  OUTLINED_DIR="${OUTLINED:-build/metric_base/metric-mr-2d-3}"
+  if [ "$LAST2" = 3 ]; then OUTLINED_DIR="${PREFIX}-2d"; fi
+  if [ -z "${OUTLINED:-}${CONTINUED2D:-}" ]; then
+    rm -rf "$OUTLINED_DIR"
+    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 --polarities 2 \
+      --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; phase 3 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+      --out "$OUTLINED_DIR" "${@:2}"
+  fi
+  FROM="${CONTINUED2D:-$OUTLINED_DIR}"
+  for P in $([ -n "${CONTINUED2D:-}" ] && echo "$LAST2" || seq 4 "$LAST2"); do  # the same objective continued at a lower learning rate, a new seed each phase
+    if [ "$P" = "$LAST2" ]; then OUT="${PREFIX}-2d"; else OUT="build/metric_base/metric-mr-2d-$P"; fi
+    rm -rf "$OUT"
+    "$PY" -m DeepRegistrationLib train metric --dim 2 --images "${IMAGES[@]}" \
+      --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --slope-weight 50 --slope-offset 0.5 \
+      --outline 0.5 --polarities 2 --spacings 1 2 4 8 --lr 3e-4 --seed "$P" --validate-every 100 \
+      --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE" \
+      --steps "$C2" --init "$FROM" \
+      --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands, then trained on for $C2 more steps at a lower learning rate; phase $P of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+      --out "$OUT" "${@:2}"
+    FROM="$OUT"
+  done
 done

@@ -97,7 +97,8 @@ def level_grid(grid: Grid, spacing_mm: float) -> Grid:
 @dataclass
 class PyramidLevel:
     """Both images at one spacing (or their feature maps: :meth:`with_features`). Tensors live on the run's
-    device."""
+    device. The voxel positions are the grids' own (no array of points is kept: stages map voxel indices,
+    :func:`~DeepRegistrationLib.sampling.grid_to_normalised`)."""
 
     spacing_mm: float
     fixed: torch.Tensor  # (1, C, *shape); C = 1 for the images
