@@ -133,10 +133,9 @@ def grid_to_normalised(source: Grid, target: Grid, matrix: torch.Tensor | None =
     no ``(*shape, dim)`` float64 array of physical points is ever made (a 1 mm head: 8.7 million points, 208 MB
     and 0.3-0.6 s on 2 CPU cores for those alone)."""
     dim = source.dim
-    if device is None:
-        device = matrix.device if matrix is not None else None
     with torch.no_grad():
         k_map, t_map = index_to_normalised_map(source, target, matrix, offset)
+        device = k_map.device if device is None else device  # default: the transform's
         k_map, t_map = k_map.to(device), t_map.to(device)
         shape = source.shape
         # the contribution of each index axis, (n, dim); array axis a holds index component dim - 1 - a

@@ -98,13 +98,14 @@ for DIM in ${DIMS:-2 3}; do
     done
     continue
   fi
+  # phases 2-5 share these; phases 2 and 3 run at lr 1e-3 with seed 1, the continued ones at lr 3e-4, seed = phase
   COMMON=(--dim 2 --images "${IMAGES[@]}" --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}"
-          --slope-weight 50 --slope-offset 0.5 --spacings 1 2 4 8 --lr 1e-3 --seed 1 --validate-every 100
+          --slope-weight 50 --slope-offset 0.5 --spacings 1 2 4 8 --validate-every 100
           --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE")
   SLOPED_DIR="${SLOPED:-build/metric_base/metric-mr-2d-slope}"
   if [ -z "${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}" ]; then
     rm -rf "$SLOPED_DIR"
-    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F2" --init "$BASE_DIR" \
+    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 1e-3 --seed 1 --steps "$F2" --init "$BASE_DIR" \
       --description "$DESCRIPTION, fine-tuned with the slope term; phase 2 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$SLOPED_DIR" "${@:2}"
   fi
@@ -113,7 +114,8 @@ for DIM in ${DIMS:-2 3}; do
   if [ "$LAST2" = 3 ]; then OUTLINED_DIR="${PREFIX}-2d"; fi
   if [ -z "${OUTLINED:-}${CONTINUED2D:-}" ]; then
     rm -rf "$OUTLINED_DIR"
-    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --steps "$F3" --init "$SLOPED_DIR" --outline 0.5 --polarities 2 \
+    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 1e-3 --seed 1 --steps "$F3" --init "$SLOPED_DIR" \
+      --outline 0.5 --polarities 2 \
       --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; phase 3 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$OUTLINED_DIR" "${@:2}"
   fi
@@ -121,11 +123,8 @@ for DIM in ${DIMS:-2 3}; do
   for P in $([ -n "${CONTINUED2D:-}" ] && echo "$LAST2" || seq 4 "$LAST2"); do  # the same objective continued at a lower learning rate, a new seed each phase
     if [ "$P" = "$LAST2" ]; then OUT="${PREFIX}-2d"; else OUT="build/metric_base/metric-mr-2d-$P"; fi
     rm -rf "$OUT"
-    "$PY" -m DeepRegistrationLib train metric --dim 2 --images "${IMAGES[@]}" \
-      --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --slope-weight 50 --slope-offset 0.5 \
-      --outline 0.5 --polarities 2 --spacings 1 2 4 8 --lr 3e-4 --seed "$P" --validate-every 100 \
-      --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE" \
-      --steps "$C2" --init "$FROM" \
+    "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 3e-4 --seed "$P" --steps "$C2" --init "$FROM" \
+      --outline 0.5 --polarities 2 \
       --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands, then trained on for $C2 more steps at a lower learning rate; phase $P of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$OUT" "${@:2}"
     FROM="$OUT"
