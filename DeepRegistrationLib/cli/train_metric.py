@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of examples with one image seen as thick slices (1 to --max-slice voxels along "
                         "one axis): for slabs of thick slices against fine images")
     p.add_argument("--max-slice", type=float, default=3.0, help="thickest slice drawn (voxels of the level)")
+    p.add_argument("--blur", type=float, default=0.0, metavar="P",
+                   help="share of examples with one image smoothed along every axis (sigma 0 to --max-blur voxels): "
+                        "sharp against smooth, as scans of different resolution or a resampled moving image are")
+    p.add_argument("--max-blur", type=float, default=1.2, help="largest smoothing sigma drawn (voxels of the level)")
     p.add_argument("--slope-weight", type=float, default=0.0, metavar="W",
                    help="weight of the slope term: each example is read again a small translation further and the "
                         "change of the score regressed onto the change of the target (0: off)")
@@ -88,6 +92,9 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if not 0.0 <= args.thick_slices <= 1.0 or not args.max_slice >= 1.0:
         raise InputError(f"--thick-slices must be in [0, 1] and --max-slice >= 1, got {args.thick_slices} and "
                          f"{args.max_slice}")
+    if not 0.0 <= args.blur <= 1.0 or not 0.0 < args.max_blur <= 4.0:
+        raise InputError(f"--blur must be in [0, 1] and --max-blur in (0, 4] voxels, got {args.blur} and "
+                         f"{args.max_blur}")
     if args.polarities not in (1, 2):
         raise InputError(f"--polarities must be 1 or 2, got {args.polarities}")
     if not 0.0 <= args.outline <= 1.0 or args.max_outline < 1:
@@ -97,7 +104,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
         raise InputError(f"--slope-weight must be >= 0 and --slope-offset > 0, got {args.slope_weight} and "
                          f"{args.slope_offset}")
     pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings), thick_slice_probability=args.thick_slices,
-                       max_slice_voxels=args.max_slice,
+                       max_slice_voxels=args.max_slice, blur_probability=args.blur, max_blur_voxels=args.max_blur,
                        slope_offset_voxels=args.slope_offset if args.slope_weight > 0 else 0.0,
                        outline_probability=args.outline, max_outline_voxels=args.max_outline)
     paths = [Path(p) for p in args.images]

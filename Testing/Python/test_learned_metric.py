@@ -73,7 +73,7 @@ def test_training_loss_goes_down_on_real_slices():
     net = LearnedMetricNet(dim=2, channels=(8, 8, 8), features=4)
     config = PairConfig(crop=48, spacings_mm=(1.0, 2.0), contrast_probability=0.0, noise=0.0)
     items = [level_images(oasis_slice("0002", "norm"), config.spacings_mm, config.smoothing)]
-    batch = make_batch(items, 2, 8, config, torch.Generator().manual_seed(1))
+    batch = make_batch(items, 2, 12, config, torch.Generator().manual_seed(1))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     with torch.no_grad():
         first = float(batch_loss(net, batch))
@@ -481,6 +481,36 @@ def test_thick_slice_rendering_averages_along_one_axis_only():
     assert out.std() < t1.std()
 
 
+def test_blur_augmentation_smooths_one_image_of_a_pair_along_every_axis():
+    """``blurred`` smooths a real volume along all three axes (each axis's neighbour differences shrink) and keeps
+    its mean; with ``blur_probability`` 1 one image of an example (either) is smoother than the other where the
+    drawn sigma is large enough, and without it the two images of an example are equally sharp."""
+    from DeepRegistrationLib.methods.learned_metric.pairs import blurred
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm"))).data[0, 60:84, 80:104, 70:94].float()
+    t1 = t1 / t1.max()
+    out = blurred(t1, torch.Generator().manual_seed(1), 1.2)  # draws sigma 0.91 voxel
+    assert out.shape == t1.shape and abs(float(out.mean() - t1.mean())) < 0.01
+    for axis in range(3):
+        assert float(out.diff(dim=axis).abs().mean()) < 0.8 * float(t1.diff(dim=axis).abs().mean())
+    image = oasis_slice("0001", "norm")
+    items = [level_images(image, (1.0,), 0.5)]
+
+    def sharpness(x):  # second differences against first ones, per example: blur lowers it, contrast barely
+        first = x.diff(dim=-1).abs().mean(dim=(1, 2, 3)) + x.diff(dim=-2).abs().mean(dim=(1, 2, 3))
+        second = x.diff(n=2, dim=-1).abs().mean(dim=(1, 2, 3)) + x.diff(n=2, dim=-2).abs().mean(dim=(1, 2, 3))
+        return (second / first).numpy()
+
+    plain = PairConfig(crop=48, spacings_mm=(1.0,), contrast_probability=0.0, noise=0.0, aligned_fraction=1.0)
+    base = make_batch(items, 2, 12, plain, torch.Generator().manual_seed(0))
+    smooth = make_batch(items, 2, 12, PairConfig(**{**plain.__dict__, "blur_probability": 1.0}),
+                        torch.Generator().manual_seed(0))
+    ratio = sharpness(smooth["fixed"]) / sharpness(smooth["moving"])
+    assert np.all(np.abs(np.log(sharpness(base["fixed"]) / sharpness(base["moving"]))) < 0.15)  # gamma and crop only
+    smoother = np.log(ratio)[np.abs(np.log(ratio)) > 0.3]  # a sigma under about 0.4 voxel changes little
+    assert len(smoother) >= 3 and (smoother > 0).any() and (smoother < 0).any()  # either image of the pair
+
+
 def test_learned_similarity_refresh_options_are_checked():
     from DeepRegistrationLib.errors import InputError
     from DeepRegistrationLib.metrics.learned import LearnedSimilarity
@@ -565,13 +595,14 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     tuned = tmp_path / "tuned"
     assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "2", "--batch", "2", "--crop", "24",
                  "--spacings", "4", "--init", str(out), "--slope-weight", "50", "--slope-offset", "0.5",
-                 "--validate-every", "2", "--out", str(tuned)]) == 0
+                 "--blur", "0.5", "--validate-every", "2", "--out", str(tuned)]) == 0
     card = json.loads((tuned / "model.json").read_text())
     assert card["training"]["init_sha256"] == json.loads((out / "model.json").read_text())["sha256"]
     assert card["training"]["config"]["slope_weight"] == 50
+    assert card["training"]["config"]["pairs"]["blur_probability"] == 0.5
     assert "validation_slope_loss" in card["training"]["history"][-1]
     for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"],
-                ["--outline", "2"], ["--polarities", "3"]):
+                ["--outline", "2"], ["--polarities", "3"], ["--blur", "1.5"], ["--max-blur", "0"]):
         assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
                      "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
         assert not (tmp_path / "y").exists()
