@@ -10,12 +10,17 @@ Cases (none of these images is in the metric's training data, which is OASIS onl
   with its NMI and with ``learned:<model>``; error = mean |T_est(x) - T(x)| over the fixed image (px).
 * Capture range: T1 vs PD under rigid offsets of k x (5 deg, 5 px, 5 px), k = 1..12; a run succeeds below 1 px.
 * 3D: ICBM152 T1 vs a PD-like slab 10 deg / 10 mm off (``benchmarks/multimodal3d.py``'s case), both metrics.
+* 3D bias (where the learned metric's 3D error comes from): the cost along the slab's normal around the truth at
+  the 1 mm level (moving features made through the truth, as the stage makes them), for T1 vs PD-like and T1 vs
+  T1 on the oblique slab and T1 vs PD-like on the T1's own grid, optionally with the fixed image smoothed
+  (``--fixed-blur``): where the minimum lies (mm, a parabola through the lowest sample and its neighbours).
 * Bias (where the learned metric's 2D error comes from): the same shifts between images of one contrast (T1 vs
   T1, PD vs PD) and of two (T1 vs PD), and T1 vs PD with the 2 and 1 mm levels measured only inside the head
   outline eroded by 0 or 10 px (the 8-4-2 mm levels unmasked first, then 2-1 mm with the mask).
 
 Run: ``.venv/bin/python benchmarks/learned_metric.py [--model metric-mr] [--parts sweep known capture 3d bias]
-[--repeat N]`` (``--repeat``: the 3D runs alternate N times; medians and the learned / NMI time ratio).
+[--repeat N] [--fixed-blur MM ...]`` (``--repeat``: the 3D runs alternate N times; medians and the learned /
+NMI time ratio; ``--fixed-blur``: the bias3d part's smoothing of the fixed image, sigma in mm, 0 for none).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ DATA = Path(os.environ.get("DEEPREG_SHARED_DATA", ROOT.parent / "shared" / "data
 
 import DeepRegistrationLib as dr  # noqa: E402
 from DeepRegistrationLib.registration import load_preset, register  # noqa: E402
-from DeepRegistrationLib.transforms import RigidTransform  # noqa: E402
+from DeepRegistrationLib.transforms import RigidTransform, rotation_matrix  # noqa: E402
 
 
 def png(name: str) -> dr.Image:
@@ -202,6 +207,59 @@ def three_d(model: str, repeat: int = 1) -> list[str]:
     return lines
 
 
+def bias3d(model: str, fixed_blur: list[float]) -> list[str]:
+    """Where the cost along the slab's normal (mm, around the truth; 1 mm level) is lowest, by case and by the
+    fixed image's extra smoothing: NMI and the learned metric."""
+    from multimodal3d import SLAB_TILT_DEG, build
+
+    from DeepRegistrationLib.intensity import normalise_unit_range, smooth_gaussian
+    from DeepRegistrationLib.methods.pyramid import build_pyramid, feature_levels
+    from DeepRegistrationLib.metrics.similarity import make_similarity
+    from DeepRegistrationLib.sampling import index_to_normalised_map, voxel_index
+    from DeepRegistrationLib.transforms import AffineTransform
+
+    shifts = np.arange(-1.0, 1.001, 0.1)
+    lines = ["| fixed vs moving | moving grid | fixed smoothed (mm) | similarity | minimum along the slab normal (mm) |",
+             "|---|---|---|---|---|"]
+    for contrast, second in (("PD", "slab"), ("T1", "slab"), ("PD", "head")):
+        with tempfile.TemporaryDirectory() as tmp:
+            truth, _ = build(Path(tmp), second_image=second, contrast=contrast)
+            fixed0 = normalise_unit_range(dr.read_image(Path(tmp) / "fixed.nii.gz"))
+            moving = normalise_unit_range(dr.read_image(Path(tmp) / "moving.nii.gz"))
+        a0 = truth.matrix().double()
+        b0 = truth.offset().double()
+        normal = rotation_matrix(torch.tensor(np.radians(SLAB_TILT_DEG), dtype=torch.float64), 3)[:, 2]  # the slab's normal (its third axis), LPS
+        for blur in fixed_blur:
+            fixed = smooth_gaussian(fixed0, blur) if blur > 0 else fixed0
+            level = build_pyramid(fixed, moving, None, None, [(1.0, 0.5)], torch.device("cpu")).levels([1.0], 0.5)[0]
+            for label, name in (("NMI", "nmi"), ("learned", f"learned:{model}")):
+                sim = make_similarity(name)
+                learned = getattr(sim, "extracts_features", False)
+                lv = feature_levels([level], sim, moving=not learned, crop=True)[0]
+                if learned:  # features of the moving image warped through the truth; read relative to it
+                    lv = lv.warped_features(AffineTransform(a0, b0), sim.features, sim.halo(3, torch.device("cpu")))
+                    inv = torch.linalg.inv(a0)
+                index = voxel_index(lv.grid, torch.arange(lv.grid.num_voxels))
+                costs = []
+                for s in shifts:
+                    a, b = a0, b0 + s * normal
+                    if learned:
+                        a, b = inv @ a, inv @ (b - b0)
+                    k, t = index_to_normalised_map(lv.grid, lv.moving_grid, a, b)
+                    with torch.no_grad():
+                        warped, weights = lv.warp_moving(index @ k.float().T + t.float())
+                        costs.append(float(sim(lv.fixed, warped, weights)))
+                y = np.array(costs)
+                i = int(np.clip(np.argmin(y), 1, len(y) - 2))
+                curvature = y[i - 1] - 2 * y[i] + y[i + 1]
+                at = shifts[i] + 0.5 * (shifts[1] - shifts[0]) * (y[i - 1] - y[i + 1]) / curvature if curvature > 0 \
+                    else shifts[int(np.argmin(y))]
+                lines.append(f"| T1 vs {contrast}{'-like' if contrast == 'PD' else ''} | "
+                             f"{'oblique slab, 120 mm of the head' if second == 'slab' else 'the T1 grid, whole head'} "
+                             f"| {blur:g} | {label} | {at:+.3f} |")
+    return lines
+
+
 def bias(model: str) -> list[str]:
     """Mean point error (px) of the rigid stage by contrast pair, and T1 vs PD with the fine levels measured only
     inside the head (its outline filled and eroded), at shifts with sub-pixel parts."""
@@ -252,6 +310,8 @@ def main() -> int:
     parser.add_argument("--model", default="metric-mr", help="learned metric model (name or folder)")
     parser.add_argument("--parts", nargs="+", default=["sweep", "known", "capture", "3d"])
     parser.add_argument("--figure", default=str(ROOT / "Docs" / "learned_metric_sweep.png"))
+    parser.add_argument("--fixed-blur", type=float, nargs="+", default=[0.0],
+                        help="bias3d part: the fixed image's smoothing, sigma in mm (0: none), one table row each")
     parser.add_argument("--repeat", type=int, default=1,
                         help="3d part: runs of each similarity, alternating; the table gives medians")
     args = parser.parse_args()
@@ -261,7 +321,8 @@ def main() -> int:
     retain_freed_memory()  # as the `deepreg` process runs (fresh large allocations cost page faults otherwise)
     parts = {"sweep": lambda: sweep(args.model, Path(args.figure) if args.figure else None),
              "known": lambda: known(args.model), "capture": lambda: capture(args.model),
-             "3d": lambda: three_d(args.model, max(1, args.repeat)), "bias": lambda: bias(args.model)}
+             "3d": lambda: three_d(args.model, max(1, args.repeat)), "bias": lambda: bias(args.model),
+             "bias3d": lambda: bias3d(args.model, args.fixed_blur)}
     for part in args.parts:
         print("\n".join(parts[part]()) + "\n", flush=True)
     return 0

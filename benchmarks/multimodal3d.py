@@ -35,10 +35,15 @@ from common import run_measured  # noqa: E402
 from DeepRegistrationLib.transforms import rotation_matrix  # noqa: E402
 
 
+#: ITK Euler angles (degrees) of the slab's axes: its third axis (the 2.4 mm one) is its normal
+SLAB_TILT_DEG = (12.0, 0.0, -8.0)
+
+
 def build(folder: Path, angles_deg=(10.0, -4.0, 6.0),
-          second_image: str = "slab") -> tuple[dr.Transform, torch.Tensor]:
-    """Write fixed.nii.gz and moving.nii.gz (the PD-like image on the oblique slab, or with ``second_image="head"``
-    on the T1's grid); return the known transform (fixed -> moving) and the evaluation points (LPS mm)."""
+          second_image: str = "slab", contrast: str = "PD") -> tuple[dr.Transform, torch.Tensor]:
+    """Write fixed.nii.gz and moving.nii.gz (the PD-like image, or with ``contrast="T1"`` the T1 itself, on the
+    oblique slab, or with ``second_image="head"`` on the T1's grid); return the known transform (fixed -> moving)
+    and the evaluation points (LPS mm)."""
     from fresh_data import icbm_tissues, pd_contrast
 
     t1, brain, csf, gm, wm = icbm_tissues()
@@ -47,13 +52,13 @@ def build(folder: Path, angles_deg=(10.0, -4.0, 6.0),
     t1.write(folder / "fixed.nii.gz")
     center = t1.grid.index_to_physical(torch.nonzero(brain).double().mean(0).flip(0).numpy()[None])[0]
     truth = dr.RigidTransform(np.radians(list(angles_deg)), [10.0, -6.0, 5.0], center=center)
-    tilt = rotation_matrix(torch.tensor(np.radians([12.0, 0.0, -8.0]), dtype=torch.float64), 3).numpy()
+    tilt = rotation_matrix(torch.tensor(np.radians(SLAB_TILT_DEG), dtype=torch.float64), 3).numpy()
     if second_image == "slab":
         grid = dr.Grid.centred(truth.map_points(center[None] + np.array([[0.0, 0.0, 15.0]]))[0], (200, 240, 50),
                                (0.9, 0.9, 2.4), tilt)
     else:
         grid = t1.grid
-    dr.warp_image(pd, truth.inverse(), grid).write(folder / "moving.nii.gz")
+    dr.warp_image(t1 if contrast == "T1" else pd, truth.inverse(), grid).write(folder / "moving.nii.gz")
     pts = t1.grid.physical_points()[brain][::20]
     covered = grid.inside(grid.physical_to_index(truth.map_points(pts)))
     return truth, pts[covered]
