@@ -503,11 +503,11 @@ def test_blur_augmentation_smooths_one_image_of_a_pair_along_every_axis():
 
     plain = PairConfig(crop=48, spacings_mm=(1.0,), contrast_probability=0.0, noise=0.0, aligned_fraction=1.0)
     base = make_batch(items, 2, 12, plain, torch.Generator().manual_seed(0))
-    smooth = make_batch(items, 2, 12, PairConfig(**{**plain.__dict__, "blur_probability": 1.0}),
-                        torch.Generator().manual_seed(0))
+    smoothing = {"blur_probability": 1.0, "max_blur_voxels": 3.0}
+    smooth = make_batch(items, 2, 12, PairConfig(**{**plain.__dict__, **smoothing}), torch.Generator().manual_seed(0))
     ratio = sharpness(smooth["fixed"]) / sharpness(smooth["moving"])
-    assert np.all(np.abs(np.log(sharpness(base["fixed"]) / sharpness(base["moving"]))) < 0.15)  # gamma and crop only
-    smoother = np.log(ratio)[np.abs(np.log(ratio)) > 0.3]  # a sigma under about 0.4 voxel changes little
+    assert np.all(np.abs(np.log(sharpness(base["fixed"]) / sharpness(base["moving"]))) < 0.25)  # gamma and crop only
+    smoother = np.log(ratio)[np.abs(np.log(ratio)) > 0.4]  # a sigma under about 1 voxel changes less
     assert len(smoother) >= 3 and (smoother > 0).any() and (smoother < 0).any()  # either image of the pair
 
 
