@@ -218,7 +218,7 @@ def bias3d(model: str, fixed_blur: list[float]) -> list[str]:
     from DeepRegistrationLib.sampling import index_to_normalised_map, voxel_index
     from DeepRegistrationLib.transforms import AffineTransform
 
-    shifts = np.arange(-1.0, 1.001, 0.1)
+    shifts = np.arange(-0.6, 0.601, 0.1)  # the minima found lie within +-0.3 mm
     lines = ["| fixed vs moving | moving grid | fixed smoothed (mm) | similarity | minimum along the slab normal (mm) |",
              "|---|---|---|---|---|"]
     for contrast, second in (("PD", "slab"), ("T1", "slab"), ("PD", "head")):
