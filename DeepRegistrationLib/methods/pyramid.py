@@ -66,6 +66,10 @@ def _grown(box: tuple[list[int], list[int]], halo: int, size) -> tuple[tuple[lis
     return (lo, hi), _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
 
 
+#: A level keeps the unsmoothed moving image at its own resolution (``PyramidLevel.moving_source``) where the level's
+#: spacing is at most this many times the moving image's finest spacing: a level that does not coarsen it.
+NATIVE_SPACING_RATIO = 1.25
+
 #: Feature levels (several channels) of at least this many voxels are sampled through ``grid_sample``'s own
 #: derivative, not a stack of the features and their gradients (:func:`~DeepRegistrationLib.sampling.gradient_stack`):
 #: at 1 mm over a head the stack of 8 features is 470 MB, written anew at each remake of the moving features
@@ -109,6 +113,8 @@ class PyramidLevel:
     moving_mask: torch.Tensor | None = None  # (1, *moving_level_shape), 1 inside
     sigma_mm: float = 0.0  # Gaussian smoothing applied to the level images (mm)
     source: "PyramidLevel | None" = None  # the image level a feature level was made from
+    moving_source: Image | None = None  # the unsmoothed moving image on its own grid, at a level that does not
+    # coarsen it (NATIVE_SPACING_RATIO): what warped_features resamples
     _moving_stack: torch.Tensor | None = None
     _features: dict | None = None  # feature levels made from this one, by extractor key
 
@@ -116,22 +122,37 @@ class PyramidLevel:
     def channels(self) -> int:
         return int(self.fixed.shape[1])
 
-    def _moving_at(self, coords: torch.Tensor, gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The moving level image (its C channels) at ``grid_sample`` coordinates ``(N, dim)`` (differentiable in
-        ``coords`` through the image gradient, or for a feature level of at least ``STACK_MAX_FEATURE_VOXELS`` through
-        the derivative of the linear interpolation; ``gradient=False``: the values only, not differentiable, one
-        interpolation of C channels instead of C (1 + dim)), ``(C, N)``, and whether each point is inside the
+    def _moving_at(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving level image (its C channels) at ``grid_sample`` coordinates ``(N, dim)``, differentiable in
+        ``coords`` through the image gradient (or, for a feature level of at least ``STACK_MAX_FEATURE_VOXELS``,
+        through the derivative of the linear interpolation), ``(C, N)``, and whether each point is inside the
         moving image and its mask, ``(N,)``."""
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
-        if gradient and self.channels > 1 and self.moving_grid.num_voxels >= STACK_MAX_FEATURE_VOXELS:
+        if self.channels > 1 and self.moving_grid.num_voxels >= STACK_MAX_FEATURE_VOXELS:
             # differentiable through grid_sample's own derivative (that of the linear interpolation): no stack
             warped = sample_normalised(self.moving, self.moving_grid, coords, extrapolate=True) * inside
-        elif gradient:
+        else:
             if self._moving_stack is None:
                 self._moving_stack = gradient_stack(self.moving, self.moving_grid)
             warped = sample_with_gradient(self._moving_stack, coords) * inside
+        if self.moving_mask is not None:
+            inside = inside * mask_at(self.moving_mask, coords)
+        return warped, inside.reshape(-1)
+
+    def _resampled_moving(self, coords: torch.Tensor, native: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+        """The moving image at ``grid_sample`` coordinates ``coords`` ``(N, dim)`` of the moving level grid, by
+        cubic convolution (:func:`~DeepRegistrationLib.sampling.cubic_convolution`; values only, 0 outside the
+        moving level grid), ``(C, N)``, and whether each point is inside the moving image and its mask, ``(N,)``:
+        an image to make features of. ``native``: the same points in ``moving_source``'s grid coordinates, read
+        instead of the level image where the level keeps one (no smoothing and no resampling before this one)."""
+        inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
+        if native is not None and self.moving_source is not None:
+            source = self.moving_source
+            values = sample_normalised(source.data, source.grid, native, mode="cubic", extrapolate=True)
         else:
-            warped = sample_normalised(self.moving, self.moving_grid, coords, extrapolate=True) * inside
+            values = sample_normalised(self.moving, self.moving_grid, coords, mode="cubic", extrapolate=True)
+        warped = values * inside
         if self.moving_mask is not None:
             inside = inside * mask_at(self.moving_mask, coords)
         return warped, inside.reshape(-1)
@@ -206,6 +227,14 @@ class PyramidLevel:
         made on the image as currently warped, they do not. ``moving_mask``: where ``transform`` maps the fixed
         voxels into the moving image (and its mask).
 
+        The image is resampled by cubic convolution, and at a level that does not coarsen the moving image
+        (``moving_source``) from the unsmoothed image on its own grid: what the features see is then as sharp as
+        the fixed image's features see it. A level image (smoothed, or resampled onto the level grid) read by
+        linear interpolation is smoother than the fixed one, by a variance of 1/6 voxel^2 on average along each
+        axis for the interpolation alone, and a network that places edges at iso-contours then reads curved edges
+        shifted. On the 3D ICBM T1 vs PD-like slab (2.4 mm slices, 0.9 mm in plane) the learned metric's
+        registration error went from 0.18 to 0.11 mm (README, "Learned similarity metric").
+
         ``halo`` (the extractor's receptive radius, voxels): the moving features are made only on the bounding
         box of the fixed mask's voxels that ``transform`` maps into the moving image, grown by ``margin`` voxels
         (the room the relative transform has to move before the features must be remade), from the warped image
@@ -232,7 +261,11 @@ class PyramidLevel:
             # the warped image on the box grown by the halo within this feature level (the fixed support's box)
             outer, inner = _grown(box, halo, self.grid.size)
             region = coords.reshape(*self.grid.shape, dim)[_slices(outer)]
-            warped, inside = image._moving_at(region.reshape(-1, dim), gradient=False)
+            native = None
+            if image.moving_source is not None:  # the same points in the unsmoothed moving image's own grid
+                native = grid_to_normalised(self.grid.cropped(*outer), image.moving_source.grid, transform.matrix(),
+                                            transform.offset(), device=self.fixed.device).reshape(-1, dim)
+            warped, inside = image._resampled_moving(region.reshape(-1, dim), native)
             moving = _channels_last(extractor(warped.reshape(1, 1, *region.shape[:-1]))[0][(slice(None), *inner)], 0)
             inside = inside.reshape(1, *region.shape[:-1])[(slice(None), *inner)].contiguous()
         return PyramidLevel(self.spacing_mm, self.fixed, self.grid, self.mask, moving,
@@ -242,7 +275,8 @@ class PyramidLevel:
         """This level with its moving image made from ``moving`` (on the moving image's grid) as the level's was:
         the same Gaussian smoothing, resampled to the same moving level grid. Masks and grids are kept."""
         data = smooth_gaussian(moving, self.sigma_mm).resample_to(self.moving_grid).data.to(self.moving.device)
-        return replace(self, moving=data, _moving_stack=None, _features=None)
+        source = None if self.moving_source is None else Image(moving.data.float().to(self.moving.device), moving.grid)
+        return replace(self, moving=data, moving_source=source, _moving_stack=None, _features=None)
 
     def sampling_candidates(self) -> torch.Tensor:
         """Flat indices of the level voxels that random sampling draws from (inside the fixed mask, if any)."""
@@ -284,8 +318,9 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
         mask = warp_image(fixed_mask, None, fgrid, "nearest").data.ne(0).float().unsqueeze(0).to(device)
     if moving_mask is not None:
         mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
+    native = finer is None and spacing_mm <= NATIVE_SPACING_RATIO * min(moving.grid.spacing)
     return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid, mask, m.data.to(device), mgrid,
-                        mmask, sigma_mm=sigma_mm)
+                        mmask, sigma_mm=sigma_mm, moving_source=moving if native else None)
 
 
 def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, crop: bool = False) -> list[PyramidLevel]:

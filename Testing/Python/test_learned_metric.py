@@ -197,9 +197,10 @@ def test_bundled_metric_has_its_minimum_at_the_truth_on_a_real_multimodal_pair()
 
 
 def test_rigid_stage_with_the_learned_metric_recovers_a_known_multimodal_transform():
-    """T1 vs PD shifted by (13, 17) px (ITK's example answer): multimodal-rigid with the learned metric. The
-    bundled 2D model's card asks for both polarities; scoring the inverted images too is the more precise
-    (0.06 against 0.11 px when this test was written)."""
+    """T1 vs PD shifted by (13, 17) px (ITK's example answer): multimodal-rigid with the learned metric, with both
+    polarities scored (the bundled 2D model's card) and with one. Scoring the inverted images too halved the
+    error while the moving features were remade from a linearly interpolated image (0.06 against 0.11 px); since
+    they are remade by cubic convolution both are below NMI's 0.036 px or near it (0.046 and 0.033 px)."""
     t1, moving = brainweb("T1SliceBorder20"), brainweb("ProtonDensitySliceShifted13x17y")
     truth = RigidTransform([0.0], [13.0, 17.0], center=t1.grid.center())
     pts = t1.grid.physical_points().reshape(-1, 2)[::11]
@@ -209,8 +210,7 @@ def test_rigid_stage_with_the_learned_metric_recovers_a_known_multimodal_transfo
         result = register(t1, moving, load_preset("multimodal-rigid-learned", overrides), device="cpu",
                           initialise="center")
         errors[polarities] = np.linalg.norm(result.transform.map_points(pts) - truth.map_points(pts), axis=1).mean()
-    assert errors[None] < 0.09 and errors[None] < 0.8 * errors[1], errors
-    assert errors[1] < 0.5, errors
+    assert errors[None] < 0.06 and errors[1] < 0.06, errors
 
 
 def test_learned_similarity_scores_both_polarities_as_its_card_asks(tmp_path):
@@ -460,6 +460,50 @@ def _check_support_box(t1, sim) -> None:
     # of background, and the turned moving image reaches past the box (the fixed features, made with their halo,
     # do not differ; on the 3D slab case this choice registered as well as an exact halo: 1.43 vs 1.49 mm)
     assert torch.equal(part.moving_mask[0], full.moving_mask[0][sub])
+
+
+def test_features_are_remade_from_the_unsmoothed_moving_image_where_the_level_keeps_its_resolution():
+    """A level that does not coarsen the moving image (a 3 mm level of a 2.7 x 2.7 x 5 mm image) keeps the image
+    itself, unsmoothed, and the learned metric's features are remade from it resampled by cubic convolution through
+    the transform; a coarser level keeps none and resamples its own smoothed image; a moving image mapped into
+    another contrast replaces it."""
+    from DeepRegistrationLib.intensity import normalise_unit_range
+    from DeepRegistrationLib.methods.pyramid import build_pyramid
+    from DeepRegistrationLib.sampling import grid_to_normalised, inside_normalised, sample_normalised
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm")))
+    fixed = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([3.0, 3.0, 3.0])))
+    moving = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([2.7, 2.7, 5.0])))
+    pyramid = build_pyramid(fixed, moving, None, None, [(3.0, 0.5), (6.0, 0.5)], torch.device("cpu"))
+    fine, coarse = pyramid.levels([3.0, 6.0], 0.5)
+    assert fine.moving_source is not None and torch.equal(fine.moving_source.data, moving.data.float())
+    assert coarse.moving_source is None
+    turn = RigidTransform(np.radians([3.0, -2.0, 8.0]), [4.0, -3.0, 2.5], center=fixed.grid.center())
+
+    def identity(image: torch.Tensor) -> torch.Tensor:  # the "features" are the image: what the network is fed
+        return image
+
+    for level, source in ((fine, moving), (coarse, None)):
+        warped = level.with_features("identity", identity, moving=False).warped_features(turn, identity)
+        assert warped.moving_grid == level.grid
+        if source is None:  # the smoothed level image on its own grid
+            source = dr.Image(level.moving, level.moving_grid)
+        coords = grid_to_normalised(level.grid, source.grid, turn.matrix(), turn.offset()).reshape(-1, 3)
+        expected = sample_normalised(source.data.float(), source.grid, coords, mode="cubic", extrapolate=True)
+        inside = inside_normalised(level.moving_grid, grid_to_normalised(level.grid, level.moving_grid, turn.matrix(),
+                                                                         turn.offset()).reshape(-1, 3))
+        assert torch.allclose(warped.moving.reshape(-1), expected.reshape(-1) * inside, atol=1e-5)
+        assert float(inside.float().mean()) > 0.5
+    # the fine level's features differ from those of its smoothed, resampled level image: the source matters
+    from_level = sample_normalised(fine.moving, fine.moving_grid, grid_to_normalised(
+        fine.grid, fine.moving_grid, turn.matrix(), turn.offset()).reshape(-1, 3), mode="cubic", extrapolate=True)
+    remade = fine.with_features("identity", identity, moving=False).warped_features(turn, identity).moving
+    assert float((remade.reshape(-1) - from_level.reshape(-1)).abs().max()) > 0.05
+
+    mapped = dr.Image(1 - moving.data.float(), moving.grid)
+    other = fine.with_moving_image(mapped)
+    assert torch.equal(other.moving_source.data, mapped.data) and other.moving_source.grid == moving.grid
+    assert coarse.with_moving_image(mapped).moving_source is None
 
 
 def test_thick_slice_rendering_averages_along_one_axis_only():

@@ -333,6 +333,49 @@ def test_threaded_grid_sample_equals_pytorch_values_and_gradients(oasis_t1, dim,
     assert batches and min(batches) >= 2  # the points were shared among threads
 
 
+def test_cubic_convolution_is_pytorch_bicubic_in_2d_and_extends_it_to_3d(oasis_t1):
+    """Keys' cubic convolution (a = -0.75) gives F.grid_sample's bicubic values in 2D on a real slice, inside the
+    image and outside it (border rule); in 3D, on a volume constant along one axis, the 2D values; with a = -0.5
+    a linear ramp is reproduced exactly inside; and it loses less than linear interpolation: a real volume
+    shifted half a voxel and back is closer to itself. Wrong coordinates are refused."""
+    import torch.nn.functional as F
+
+    from DeepRegistrationLib.sampling import cubic_convolution, sample_normalised
+
+    image = oasis_t1.resample_to(oasis_t1.grid.with_spacing([3.0, 3.0, 3.0])).minmax()
+    volume = image.data.float()  # (1, D, H, W)
+    plane = volume[:, volume.shape[1] // 2]
+    g = torch.Generator().manual_seed(3)
+    coords = torch.rand(20000, 2, generator=g) * 2.4 - 1.2
+    reference = F.grid_sample(plane[None], coords.reshape(1, -1, 1, 2), mode="bicubic", padding_mode="border",
+                              align_corners=True).reshape(1, -1)
+    assert torch.allclose(cubic_convolution(plane, coords), reference, atol=1e-5)
+
+    stacked = plane[:, None].expand(1, 7, *plane.shape[1:]).contiguous()  # constant along the first array axis
+    coords3 = torch.cat([coords, torch.rand(20000, 1, generator=g) * 2.4 - 1.2], dim=1)
+    assert torch.allclose(cubic_convolution(stacked, coords3), reference, atol=1e-5)
+
+    k, j, i = torch.meshgrid(*(torch.arange(float(n)) for n in (9, 11, 13)), indexing="ij")
+    ramp = (0.3 * i - 0.2 * j + 0.7 * k)[None]
+    inner = torch.rand(5000, 3, generator=g) * 1.2 - 0.6  # taps inside the volume
+    at = [(inner[:, c] + 1) / 2 * (n - 1) for c, n in enumerate((13, 11, 9))]
+    assert torch.allclose(cubic_convolution(ramp, inner, a=-0.5)[0], 0.3 * at[0] - 0.2 * at[1] + 0.7 * at[2],
+                          atol=1e-4)
+
+    grid = image.grid
+    half = torch.tensor([0.5, 0.5, 0.5]) * 2 / (torch.tensor(grid.size, dtype=torch.float32) - 1)
+    base = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) for n in reversed(grid.size)), indexing="ij")[::-1],
+                       dim=-1).reshape(-1, 3)
+    errors = {}
+    for mode in ("bilinear", "cubic"):
+        there = sample_normalised(volume, grid, base + half, mode=mode, extrapolate=True)
+        back = sample_normalised(there.reshape(volume.shape), grid, base - half, mode=mode, extrapolate=True)
+        errors[mode] = float((back.reshape(volume.shape) - volume)[:, 4:-4, 4:-4, 4:-4].abs().mean())
+    assert errors["cubic"] < 0.75 * errors["bilinear"], errors  # 0.012 against 0.021
+    with pytest.raises(ValueError, match="coordinates"):
+        cubic_convolution(volume, coords)
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_mask_lookup_equals_nearest_interpolation(oasis_t1, dim):
     """mask_at (index arithmetic and one gather) equals nearest-neighbour grid_sample of a real brain mask, border
