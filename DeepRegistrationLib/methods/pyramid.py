@@ -66,8 +66,9 @@ def _grown(box: tuple[list[int], list[int]], halo: int, size) -> tuple[tuple[lis
     return (lo, hi), _slices(([a - b for a, b in zip(box[0], lo)], [a - b for a, b in zip(box[1], lo)]))
 
 
-#: A level keeps the unsmoothed moving image at its own resolution (``PyramidLevel.moving_source``) where the level's
-#: spacing is at most this many times the moving image's finest spacing: a level that does not coarsen it.
+#: A level keeps the unsmoothed images at their own resolution (``PyramidLevel.fixed_source``, ``moving_source``)
+#: where the level's spacing is at most this many times an image's finest spacing: a level that does not coarsen
+#: it. Feature levels (a learned metric) are made from those: nothing smooths an image before its features.
 NATIVE_SPACING_RATIO = 1.25
 
 #: Feature levels (several channels) of at least this many voxels are sampled through ``grid_sample``'s own
@@ -115,6 +116,7 @@ class PyramidLevel:
     source: "PyramidLevel | None" = None  # the image level a feature level was made from
     moving_source: Image | None = None  # the unsmoothed moving image on its own grid, at a level that does not
     # coarsen it (NATIVE_SPACING_RATIO): what warped_features resamples
+    fixed_source: Image | None = None  # the same for the fixed image: what with_features makes features of
     _moving_stack: torch.Tensor | None = None
     _features: dict | None = None  # feature levels made from this one, by extractor key
 
@@ -141,17 +143,19 @@ class PyramidLevel:
 
     def _resampled_moving(self, coords: torch.Tensor, native: torch.Tensor | None = None) -> tuple[torch.Tensor,
                                                                                                   torch.Tensor]:
-        """The moving image at ``grid_sample`` coordinates ``coords`` ``(N, dim)`` of the moving level grid, by
-        cubic convolution (:func:`~DeepRegistrationLib.sampling.cubic_convolution`; values only, 0 outside the
-        moving level grid), ``(C, N)``, and whether each point is inside the moving image and its mask, ``(N,)``:
-        an image to make features of. ``native``: the same points in ``moving_source``'s grid coordinates, read
-        instead of the level image where the level keeps one (no smoothing and no resampling before this one)."""
+        """The moving image at ``grid_sample`` coordinates ``coords`` ``(N, dim)`` of the moving level grid (values
+        only, 0 outside the moving level grid), ``(C, N)``, and whether each point is inside the moving image and
+        its mask, ``(N,)``: an image to make features of. ``native``: the same points in ``moving_source``'s grid
+        coordinates; where the level keeps one, that unsmoothed image is read, by cubic convolution
+        (:func:`~DeepRegistrationLib.sampling.cubic_convolution`), so nothing smooths it before the features;
+        otherwise the level image, smoothed by the level's Gaussian anyway, by linear interpolation (cubic there
+        cost the BrainWeb capture range a step: lost at 50 deg / 50 px instead of 55)."""
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
         if native is not None and self.moving_source is not None:
             source = self.moving_source
             values = sample_normalised(source.data, source.grid, native, mode="cubic", extrapolate=True)
         else:
-            values = sample_normalised(self.moving, self.moving_grid, coords, mode="cubic", extrapolate=True)
+            values = sample_normalised(self.moving, self.moving_grid, coords, extrapolate=True)
         warped = values * inside
         if self.moving_mask is not None:
             inside = inside * mask_at(self.moving_mask, coords)
@@ -180,6 +184,22 @@ class PyramidLevel:
             fixed = self.fixed.reshape(self.channels, -1).index_select(1, voxels)
         return fixed.reshape(1, self.channels, -1, 1), warped.reshape(1, self.channels, -1, 1), inside.reshape(1, 1, -1, 1)
 
+    def _unsmoothed(self, which: str) -> torch.Tensor:
+        """``(1, 1, *level shape)``: the fixed (``which="fixed"``) or moving level image's first channel made from the
+        unsmoothed image where the level keeps it (``fixed_source``, ``moving_source``: the image itself where its
+        grid is the level grid, else resampled onto it by cubic convolution), else the level image."""
+        if which == "fixed":
+            source, grid, level = self.fixed_source, self.grid, self.fixed[:, :1]
+        else:
+            source, grid, level = self.moving_source, self.moving_grid, self.moving[:1].unsqueeze(0)
+        if source is None:
+            return level
+        data = source.data[:1].to(level.device, level.dtype)
+        if source.grid.same_as(grid):
+            return data.unsqueeze(0)
+        coords = grid_to_normalised(grid, source.grid, device=level.device).reshape(-1, grid.dim)
+        return sample_normalised(data, source.grid, coords, mode="cubic", extrapolate=True).reshape(level.shape)
+
     def with_features(self, key: str, extractor, support=None, moving: bool = True,
                       halo: int | None = None) -> "PyramidLevel":
         """This level with both images replaced by ``extractor(image)`` ``(1, 1, ...) -> (1, C, ...)`` (a learned
@@ -191,7 +211,10 @@ class PyramidLevel:
         ``halo``: the extractor's receptive radius in voxels. Given, the feature level covers only the bounding
         box of the fixed mask (nothing outside it is ever compared), and the features there are exact: computed
         on the box plus ``halo`` voxels of real neighbours, which are then cut off. A 1 mm head keeps about half
-        its voxels."""
+        its voxels.
+
+        At a level that does not coarsen an image (``fixed_source``, ``moving_source``) its features are made from
+        the unsmoothed image (:meth:`_unsmoothed`), as :meth:`warped_features` makes the moving ones."""
         if self._features is None:
             self._features = {}
         cache = key if halo is None else f"{key}#box"
@@ -199,20 +222,22 @@ class PyramidLevel:
         if made is None or (moving and made.moving.numel() == 0):
             with torch.no_grad():
                 if made is None:
+                    image = self._unsmoothed("fixed")
                     mask = self.mask
                     if support is not None:
-                        mask = support(self.fixed[:, :1]) if mask is None else mask * support(self.fixed[:, :1])
+                        mask = support(image) if mask is None else mask * support(image)
                     box = None if halo is None or mask is None else _bounding_box(mask[0, 0] > 0, 0)
                     if box is None:
-                        grid, fixed = self.grid, extractor(self.fixed[:, :1])
+                        grid, fixed = self.grid, extractor(image)
                     else:
                         grid = self.grid.cropped(*box)
                         mask = mask[(..., *_slices(box))].contiguous()
-                        fixed = _extract_in_box(extractor, self.fixed[:, :1], box, halo)
+                        fixed = _extract_in_box(extractor, image, box, halo)
+                    del image
                     fixed = _channels_last(fixed, 1)  # sample_moving gathers a voxel's C features from one place
                 else:
                     grid, fixed, mask = made.grid, made.fixed, made.mask
-                features = (extractor(self.moving[:1].unsqueeze(0))[0] if moving
+                features = (extractor(self._unsmoothed("moving"))[0] if moving
                             else torch.empty(0, device=self.fixed.device))
             self._features[cache] = PyramidLevel(self.spacing_mm, fixed, grid, mask, features,
                                                  self.moving_grid, self.moving_mask, self.sigma_mm, source=self)
@@ -227,9 +252,9 @@ class PyramidLevel:
         made on the image as currently warped, they do not. ``moving_mask``: where ``transform`` maps the fixed
         voxels into the moving image (and its mask).
 
-        The image is resampled by cubic convolution, and at a level that does not coarsen the moving image
-        (``moving_source``) from the unsmoothed image on its own grid: what the features see is then as sharp as
-        the fixed image's features see it. A level image (smoothed, or resampled onto the level grid) read by
+        At a level that does not coarsen the moving image (``moving_source``) the image is the unsmoothed one on
+        its own grid, resampled by cubic convolution: what the features see is then as sharp as what the fixed
+        image's features see. A level image (smoothed, or resampled onto the level grid) read by
         linear interpolation is smoother than the fixed one, by a variance of 1/6 voxel^2 on average along each
         axis for the interpolation alone, and a network that places edges at iso-contours then reads curved edges
         shifted. On the 3D ICBM T1 vs PD-like slab (2.4 mm slices, 0.9 mm in plane) the learned metric's
@@ -318,9 +343,11 @@ def build_level(fixed: Image, moving: Image, fixed_mask: Image | None, moving_ma
         mask = warp_image(fixed_mask, None, fgrid, "nearest").data.ne(0).float().unsqueeze(0).to(device)
     if moving_mask is not None:
         mmask = warp_image(moving_mask, None, mgrid, "nearest").data.ne(0).float().to(device)
-    native = finer is None and spacing_mm <= NATIVE_SPACING_RATIO * min(moving.grid.spacing)
+    def native(image: Image) -> Image | None:
+        return image if finer is None and spacing_mm <= NATIVE_SPACING_RATIO * min(image.grid.spacing) else None
+
     return PyramidLevel(spacing_mm, f.data.unsqueeze(0).to(device), fgrid, mask, m.data.to(device), mgrid,
-                        mmask, sigma_mm=sigma_mm, moving_source=moving if native else None)
+                        mmask, sigma_mm=sigma_mm, moving_source=native(moving), fixed_source=native(fixed))
 
 
 def feature_levels(levels: list[PyramidLevel], similarity, moving: bool = True, crop: bool = False) -> list[PyramidLevel]:

@@ -462,34 +462,42 @@ def _check_support_box(t1, sim) -> None:
     assert torch.equal(part.moving_mask[0], full.moving_mask[0][sub])
 
 
-def test_features_are_remade_from_the_unsmoothed_moving_image_where_the_level_keeps_its_resolution():
-    """A level that does not coarsen the moving image (a 3 mm level of a 2.7 x 2.7 x 5 mm image) keeps the image
-    itself, unsmoothed, and the learned metric's features are remade from it resampled by cubic convolution through
-    the transform; a coarser level keeps none and resamples its own smoothed image; a moving image mapped into
-    another contrast replaces it."""
+def test_features_are_made_from_the_unsmoothed_images_where_the_level_keeps_their_resolution():
+    """A level that does not coarsen an image (a 3 mm level of a 2.7 mm fixed and a 2.7 x 2.7 x 5 mm moving image)
+    keeps the images themselves, unsmoothed: the fixed features are made from the fixed image resampled onto the
+    level grid by cubic convolution, and the moving ones remade from the moving image resampled through the
+    transform likewise; a coarser level keeps neither and resamples its own smoothed image linearly; a moving
+    image mapped into another contrast replaces the one kept."""
     from DeepRegistrationLib.intensity import normalise_unit_range
     from DeepRegistrationLib.methods.pyramid import build_pyramid
     from DeepRegistrationLib.sampling import grid_to_normalised, inside_normalised, sample_normalised
 
     t1 = dr.read_image(data_file(OASIS.format("0001", "norm")))
-    fixed = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([3.0, 3.0, 3.0])))
+    fixed = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([2.7, 2.7, 2.7])))
     moving = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([2.7, 2.7, 5.0])))
     pyramid = build_pyramid(fixed, moving, None, None, [(3.0, 0.5), (6.0, 0.5)], torch.device("cpu"))
     fine, coarse = pyramid.levels([3.0, 6.0], 0.5)
     assert fine.moving_source is not None and torch.equal(fine.moving_source.data, moving.data.float())
-    assert coarse.moving_source is None
+    assert fine.fixed_source is not None and torch.equal(fine.fixed_source.data, fixed.data.float())
+    assert coarse.moving_source is None and coarse.fixed_source is None
     turn = RigidTransform(np.radians([3.0, -2.0, 8.0]), [4.0, -3.0, 2.5], center=fixed.grid.center())
 
     def identity(image: torch.Tensor) -> torch.Tensor:  # the "features" are the image: what the network is fed
         return image
 
-    for level, source in ((fine, moving), (coarse, None)):
+    onto = grid_to_normalised(fine.grid, fixed.grid).reshape(-1, 3)
+    fixed_features = fine.with_features("identity", identity, moving=False).fixed
+    expected = sample_normalised(fixed.data.float(), fixed.grid, onto, mode="cubic", extrapolate=True)
+    assert torch.allclose(fixed_features.reshape(-1), expected.reshape(-1), atol=1e-5)
+    assert float((fixed_features - fine.fixed).abs().max()) > 0.05  # not the smoothed level image
+    assert torch.equal(coarse.with_features("identity", identity, moving=False).fixed, coarse.fixed)
+    for level, source, mode in ((fine, moving, "cubic"), (coarse, None, "bilinear")):
         warped = level.with_features("identity", identity, moving=False).warped_features(turn, identity)
         assert warped.moving_grid == level.grid
         if source is None:  # the smoothed level image on its own grid
             source = dr.Image(level.moving, level.moving_grid)
         coords = grid_to_normalised(level.grid, source.grid, turn.matrix(), turn.offset()).reshape(-1, 3)
-        expected = sample_normalised(source.data.float(), source.grid, coords, mode="cubic", extrapolate=True)
+        expected = sample_normalised(source.data.float(), source.grid, coords, mode=mode, extrapolate=True)
         inside = inside_normalised(level.moving_grid, grid_to_normalised(level.grid, level.moving_grid, turn.matrix(),
                                                                          turn.offset()).reshape(-1, 3))
         assert torch.allclose(warped.moving.reshape(-1), expected.reshape(-1) * inside, atol=1e-5)
