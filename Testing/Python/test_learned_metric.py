@@ -514,6 +514,35 @@ def test_features_are_made_from_the_unsmoothed_images_where_the_level_keeps_thei
     assert coarse.with_moving_image(mapped).moving_source is None
 
 
+def test_features_of_thick_slices_are_made_on_isotropic_voxels():
+    """The levels keep a thick-slice image's coarse axis (a 3 mm level of a 2.7 x 2.7 x 5 mm image is 3 x 3 x 5 mm),
+    but its features are made on 3 mm isotropic voxels (the networks are trained on isotropic voxels): the fixed
+    features from the unsmoothed image resampled there by cubic convolution, the fixed mask by nearest neighbour;
+    with moving features made from the unwarped image, the moving side alike. An isotropic level is kept as it is."""
+    from DeepRegistrationLib.intensity import normalise_unit_range
+    from DeepRegistrationLib.methods.pyramid import build_pyramid, feature_grid
+    from DeepRegistrationLib.sampling import grid_to_normalised, sample_normalised
+
+    t1 = dr.read_image(data_file(OASIS.format("0001", "norm")))
+    thick = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([2.7, 2.7, 5.0])))
+    iso = normalise_unit_range(t1.resample_to(t1.grid.with_spacing([3.0, 3.0, 3.0])))
+    mask = dr.Image((thick.data > 0.1).float(), thick.grid)
+    level = build_pyramid(thick, thick, mask, mask, [(3.0, 0.5)], torch.device("cpu")).levels([3.0], 0.5)[0]
+    assert np.allclose(level.grid.spacing, [3.0, 3.0, 5.0])
+    features = level.with_features("identity", lambda image: image)
+    assert np.allclose(features.grid.spacing, [3.0, 3.0, 3.0]) and features.grid.same_as(feature_grid(level.grid))
+    assert np.allclose(features.moving_grid.spacing, [3.0, 3.0, 3.0])
+    onto = grid_to_normalised(features.grid, thick.grid).reshape(-1, 3)
+    expected = sample_normalised(thick.data.float(), thick.grid, onto, mode="cubic", extrapolate=True)
+    assert torch.allclose(features.fixed.reshape(-1), expected.reshape(-1), atol=1e-5)
+    assert torch.allclose(features.moving.reshape(-1), expected.reshape(-1), atol=1e-5)  # the same image
+    nearest = dr.warp_image(mask, None, features.grid, "nearest").data
+    assert torch.equal(features.mask.reshape(-1), nearest.reshape(-1))
+    assert torch.equal(features.moving_mask.reshape(-1), nearest.reshape(-1))
+    assert feature_grid(build_pyramid(iso, iso, None, None, [(3.0, 0.5)], torch.device("cpu")).levels(
+        [3.0], 0.5)[0].grid).spacing == (3.0, 3.0, 3.0)
+
+
 def test_thick_slice_rendering_averages_along_one_axis_only():
     """The thick-slice augmentation blurs along the one axis it draws and keeps the intensities' mean; an image
     constant along that axis is unchanged."""
