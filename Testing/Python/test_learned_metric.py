@@ -238,6 +238,9 @@ def test_learned_similarity_scores_both_polarities_as_its_card_asks(tmp_path):
     for bad in (0, 3, True, "2", 1.5):
         with pytest.raises(InputError, match="polarities"):
             LearnedSimilarity("metric-mr", polarities=bad)
+    for bad in ("bicubic", "nearest", None):
+        with pytest.raises(InputError, match="interpolation"):
+            LearnedSimilarity("metric-mr", interpolation=bad)
     folder = tmp_path / "metric-bad-2d"
     shutil.copytree(find_model("metric-mr-2d"), folder)
     card = json.loads((folder / CARD).read_text())
@@ -502,6 +505,14 @@ def test_features_are_made_from_the_unsmoothed_images_where_the_level_keeps_thei
                                                                          turn.offset()).reshape(-1, 3))
         assert torch.allclose(warped.moving.reshape(-1), expected.reshape(-1) * inside, atol=1e-5)
         assert float(inside.float().mean()) > 0.5
+    # "linear" (the faster option) reads the same unsmoothed image linearly
+    linear = fine.with_features("identity", identity, moving=False).warped_features(turn, identity,
+                                                                                   interpolation="linear")
+    coords = grid_to_normalised(fine.grid, moving.grid, turn.matrix(), turn.offset()).reshape(-1, 3)
+    inside = inside_normalised(fine.moving_grid, grid_to_normalised(fine.grid, fine.moving_grid, turn.matrix(),
+                                                                    turn.offset()).reshape(-1, 3))
+    expected = sample_normalised(moving.data.float(), moving.grid, coords, extrapolate=True)
+    assert torch.allclose(linear.moving.reshape(-1), expected.reshape(-1) * inside, atol=1e-5)
     # the fine level's features differ from those of its smoothed, resampled level image: the source matters
     from_level = sample_normalised(fine.moving, fine.moving_grid, grid_to_normalised(
         fine.grid, fine.moving_grid, turn.matrix(), turn.offset()).reshape(-1, 3), mode="cubic", extrapolate=True)
