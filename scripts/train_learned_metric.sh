@@ -38,7 +38,8 @@
 #   --slope-offset 0.5, as 2D): 0.18-0.24 mm, and the cost's minimum along the slab normal +0.27 -> +0.17 mm
 #   (T1 vs T1 on the slab +0.10 -> +0.04 mm; README). CONTINUED=<folder> skips the phases before the last
 #   (continues <folder> as phase 7, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1
-#   alone, within the hour on 2 cores; 1.4-1.6 mm on the slab). The slope fine-tune (1200 steps) did not help in
+#   alone, within the hour on 2 cores; 0.31-0.49 mm on the slab since the engine's sharp feature images of
+#   2026-12-08, 1.4-1.6 mm before; all seven phases 0.12-0.16 mm). The slope fine-tune (1200 steps) did not help in
 #   3D at phase 1.
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
