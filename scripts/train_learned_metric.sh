@@ -62,6 +62,17 @@ case "${PHASES2D:-5}" in
   [3-9]|[1-9][0-9]) ;;
   *) echo "PHASES2D must be a whole number from 3 (the 2D phase whose model is bundled)" >&2; exit 2 ;;
 esac
+# A phase replaces its model folder only when it succeeds: `aside` moves the old folder to FOLDER.previous (the
+# command writes its folder atomically and refuses a non-empty one), `keep` checks the new one is there and drops
+# the old, and if the command fails or the run is interrupted the old folder is put back (trap on EXIT).
+ASIDE=""
+aside() { rm -rf "$1.previous"; if [ -e "$1" ]; then mv "$1" "$1.previous"; fi; ASIDE="$1"; }
+keep() {
+  [ -f "$ASIDE/weights.pt" ] || { echo "train_learned_metric.sh: no model was written to $ASIDE" >&2; exit 1; }
+  rm -rf "$ASIDE.previous"; ASIDE=""
+}
+restore() { if [ -n "$ASIDE" ] && [ -e "$ASIDE.previous" ]; then rm -rf "$ASIDE"; mv "$ASIDE.previous" "$ASIDE"; fi; }
+trap restore EXIT
 OASIS="$DATA/brain3d/oasis"
 LICENCE="Apache-2.0 (weights). Trained on OASIS-1 derived data (OASIS data use agreement; cite Marcus et al. 2007 and Hoopes et al. 2021), ANTsPy example slices (Apache-2.0) and the voxelmorph sample subject (Apache-2.0)"
 for DIM in ${DIMS:-2 3}; do
@@ -81,19 +92,20 @@ for DIM in ${DIMS:-2 3}; do
   LAST="${PHASES:-7}"  # 3D: the phase whose model is bundled
   if [ "$DIM" = 3 ] && [ "$LAST" = 1 ]; then BASE_DIR="${PREFIX}-3d"; fi
   if [ -z "$SKIP" ]; then
-    rm -rf "$BASE_DIR"; mkdir -p "$(dirname "$BASE_DIR")"  # the command writes a new model folder only
+    mkdir -p "$(dirname "$BASE_DIR")"; aside "$BASE_DIR"  # the command writes a new model folder only
     "$PY" -m DeepRegistrationLib train metric --dim "$DIM" --images "${IMAGES[@]}" \
       --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" --steps "$STEPS1" \
       --spacings 1 2 4 8 --lr 1e-3 --seed 0 --validate-every 100 --threads "${THREADS:-2}" \
       --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-${DIM}d" \
       --description "$DESCRIPTION; recipe scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --licence "$LICENCE" --out "$BASE_DIR" "${@:2}"
+    keep
   fi
   if [ "$DIM" = 3 ]; then
     FROM="${CONTINUED:-$BASE_DIR}"
     for SEED in $([ -n "${CONTINUED:-}" ] && echo "$LAST" || seq 2 "$LAST"); do
       if [ "$SEED" = "$LAST" ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
-      rm -rf "$OUT"
+      aside "$OUT"
       EXTRA=(); WITH=""  # phase 7 on: blurred examples and the slope term
       if [ "$SEED" -ge 7 ]; then EXTRA=(--blur 0.5 --slope-weight 50 --slope-offset 0.5); WITH=", with blurred examples and the slope term"; fi
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
@@ -102,6 +114,7 @@ for DIM in ${DIMS:-2 3}; do
         --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-3d" \
         --description "$DESCRIPTION, trained on for $C3 more steps at a lower learning rate$WITH; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
         --licence "$LICENCE" --out "$OUT" "${@:2}"
+      keep
       FROM="$OUT"
     done
     continue
@@ -112,29 +125,32 @@ for DIM in ${DIMS:-2 3}; do
           --threads "${THREADS:-2}" --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-2d" --licence "$LICENCE")
   SLOPED_DIR="${SLOPED:-build/metric_base/metric-mr-2d-slope}"
   if [ -z "${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}" ]; then
-    rm -rf "$SLOPED_DIR"
+    aside "$SLOPED_DIR"
     "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 1e-3 --seed 1 --steps "$F2" --init "$BASE_DIR" \
       --description "$DESCRIPTION, fine-tuned with the slope term; phase 2 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$SLOPED_DIR" "${@:2}"
+    keep
   fi
   LAST2="${PHASES2D:-5}"  # 2D: the phase whose model is bundled
   OUTLINED_DIR="${OUTLINED:-build/metric_base/metric-mr-2d-3}"
   if [ "$LAST2" = 3 ]; then OUTLINED_DIR="${PREFIX}-2d"; fi
   if [ -z "${OUTLINED:-}${CONTINUED2D:-}" ]; then
-    rm -rf "$OUTLINED_DIR"
+    aside "$OUTLINED_DIR"
     "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 1e-3 --seed 1 --steps "$F3" --init "$SLOPED_DIR" \
       --outline 0.5 --polarities 2 \
       --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands; phase 3 of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$OUTLINED_DIR" "${@:2}"
+    keep
   fi
   FROM="${CONTINUED2D:-$OUTLINED_DIR}"
   for P in $([ -n "${CONTINUED2D:-}" ] && echo "$LAST2" || seq 4 "$LAST2"); do  # the same objective continued at a lower learning rate, a new seed each phase
     if [ "$P" = "$LAST2" ]; then OUT="${PREFIX}-2d"; else OUT="build/metric_base/metric-mr-2d-$P"; fi
-    rm -rf "$OUT"
+    aside "$OUT"
     "$PY" -m DeepRegistrationLib train metric "${COMMON[@]}" --lr 3e-4 --seed "$P" --steps "$C2" --init "$FROM" \
       --outline 0.5 --polarities 2 \
       --description "$DESCRIPTION, fine-tuned with the slope term, then with outline bands, then trained on for $C2 more steps at a lower learning rate; phase $P of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
       --out "$OUT" "${@:2}"
+    keep
     FROM="$OUT"
   done
 done
