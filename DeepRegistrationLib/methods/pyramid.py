@@ -165,13 +165,13 @@ class PyramidLevel:
         """The moving image at ``grid_sample`` coordinates ``coords`` ``(N, dim)`` of the moving level grid (values
         only, 0 outside the moving level grid), ``(C, N)``, and whether each point is inside the moving image and
         its mask, ``(N,)``: an image to make features of. ``native``: the same points in ``moving_source``'s grid
-        coordinates; where the level keeps one, that unsmoothed image is read, by cubic convolution
+        coordinates (given only where the level keeps one): that unsmoothed image is then read, by cubic convolution
         (:func:`~DeepRegistrationLib.sampling.cubic_convolution`), so nothing smooths it before the features;
         otherwise the level image, smoothed by the level's Gaussian anyway, by linear interpolation (cubic there
         cost the BrainWeb capture range a step: lost at 50 deg / 50 px instead of 55). ``cubic=False``: linear
         interpolation of the unsmoothed image there too (faster)."""
         inside = inside_normalised(self.moving_grid, coords).to(self.fixed.dtype)
-        if native is not None and self.moving_source is not None:
+        if native is not None:
             source = self.moving_source
             values = sample_normalised(source.data, source.grid, native, mode="cubic" if cubic else "bilinear",
                                        extrapolate=True)
@@ -263,11 +263,13 @@ class PyramidLevel:
                     fixed = _channels_last(fixed, 1)  # sample_moving gathers a voxel's C features from one place
                 else:
                     grid, fixed, mask = made.grid, made.fixed, made.mask
-                moving_grid, moving_mask = feature_grid(self.moving_grid), self.moving_mask
-                if moving_mask is not None:
-                    moving_mask = _nearest_on(moving_mask, self.moving_grid, moving_grid)
-                features = (extractor(self._unsmoothed("moving", moving_grid))[0] if moving
-                            else torch.empty(0, device=self.fixed.device))
+                moving_grid, moving_mask = self.moving_grid, self.moving_mask
+                features = torch.empty(0, device=self.fixed.device)
+                if moving:  # on isotropic voxels too (warped_features makes its own moving grid and mask otherwise)
+                    moving_grid = feature_grid(self.moving_grid)
+                    if moving_mask is not None:
+                        moving_mask = _nearest_on(moving_mask, self.moving_grid, moving_grid)
+                    features = extractor(self._unsmoothed("moving", moving_grid))[0]
             self._features[cache] = PyramidLevel(self.spacing_mm, fixed, grid, mask, features,
                                                  moving_grid, moving_mask, self.sigma_mm, source=self)
         return self._features[cache]
