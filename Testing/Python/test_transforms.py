@@ -376,6 +376,33 @@ def test_cubic_convolution_is_pytorch_bicubic_in_2d_and_extends_it_to_3d(oasis_t
         cubic_convolution(volume, coords)
 
 
+def test_cubic_sampling_in_millimetres_agrees_with_simpleitk(tmp_path, oasis_oblique):
+    """Cubic sampling of a real anisotropic oblique volume (0.9 x 1.2 x 2.5 mm) through a rigid + affine transform
+    onto another oblique grid, in LPS mm, against SimpleITK's cubic B-spline resampling of the same image through
+    the same transform read from our file: 0.002 of the intensity range apart on average (a different cubic
+    kernel), 3x closer than linear interpolation is, and 10x closer than the same sampling 1 mm off."""
+    from DeepRegistrationLib.sampling import sample
+
+    image = oasis_oblique.minmax()
+    target = oblique_grid(oasis_oblique.grid, spacing=(2.1, 2.3, 2.7))
+    transform = dr.compose(*known_transform(image.grid.center()).parts[:2])
+    dr.write_transform(transform, tmp_path / "T.tfm")
+    reference = dr.Image(torch.zeros(target.shape)[None], target).to_sitk()
+    tx = sitk.ReadTransform(str(tmp_path / "T.tfm"))
+    theirs = sitk.GetArrayFromImage(sitk.Resample(image.to_sitk(), reference, tx, sitk.sitkBSpline, 0.0,
+                                                  sitk.sitkFloat32))
+    points = torch.as_tensor(transform.map_points(target.physical_points()))
+    cubic = sample(image.data.float(), image.grid, points, mode="cubic")[0].numpy()
+    linear = sample(image.data.float(), image.grid, points)[0].numpy()
+    off = sample(image.data.float(), image.grid, points + torch.tensor([1.0, 0.0, 0.0], dtype=points.dtype),
+                 mode="cubic")[0].numpy()
+    inside = (theirs != 0) & (cubic != 0)
+    assert inside.mean() > 0.2
+    error = {name: float(np.abs(values - theirs)[inside].mean()) for name, values in
+             (("cubic", cubic), ("linear", linear), ("off", off))}
+    assert error["cubic"] < 0.005 and error["cubic"] < 0.5 * error["linear"] and error["cubic"] < 0.2 * error["off"], error
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_mask_lookup_equals_nearest_interpolation(oasis_t1, dim):
     """mask_at (index arithmetic and one gather) equals nearest-neighbour grid_sample of a real brain mask, border
