@@ -4,7 +4,9 @@ validation losses) usable as ``similarity: "learned:<folder>"``.
 
 Any image works: the second "modality" of each training example is a random intensity mapping of the first
 (:func:`~..methods.learned_metric.pairs.random_contrast`), so no aligned multimodal pairs are needed. 3D images
-give 2D slices (along all three axes) to a ``--dim 2`` model.
+give 2D slices (along all three axes) to a ``--dim 2`` model. With ``--labels`` (a label map per training image)
+and ``--render P``, a share of the second modalities are random renderings of the labels instead: a contrast that
+is no function of the first image.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", nargs="+", required=True, help="training images (2D or 3D files)")
     p.add_argument("--val-images", nargs="+", default=[], help="validation images (held-out loss)")
+    p.add_argument("--labels", nargs="+", default=[],
+                   help="label maps of the training images (one per image, on its grid, in the same order): with "
+                        "--render, their random renderings become second modalities")
+    p.add_argument("--render", type=float, default=0.0, metavar="P",
+                   help="share of the mixed-contrast examples whose second image is a random rendering of the "
+                        "labels (a contrast that is no function of the first image, with tissue-map edges)")
+    p.add_argument("--renderings", type=int, default=8,
+                   help="renderings made per labelled image (each later remapped by a random curve per example)")
     p.add_argument("--dim", type=int, choices=(2, 3), required=True, help="the network's dimension")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--name", help="model name (default: the folder's name)")
@@ -83,7 +93,7 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     from ..devices import resolve_device
     from ..io import read_image
     from ..methods.learned_metric.network import LearnedMetricNet
-    from ..methods.learned_metric.pairs import PairConfig, level_images
+    from ..methods.learned_metric.pairs import PairConfig, level_images, level_renderings
     from ..methods.learned_metric.training import MetricTrainConfig, train_learned_metric
     from ..io.models import save_model
 
@@ -103,19 +113,36 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
     if not args.slope_weight >= 0 or not args.slope_offset > 0:
         raise InputError(f"--slope-weight must be >= 0 and --slope-offset > 0, got {args.slope_weight} and "
                          f"{args.slope_offset}")
+    if not 0.0 <= args.render <= 1.0 or args.renderings < 1:
+        raise InputError(f"--render must be in [0, 1] and --renderings >= 1, got {args.render} and {args.renderings}")
+    if args.labels and len(args.labels) != len(args.images):
+        raise InputError(f"--labels gives {len(args.labels)} label maps for {len(args.images)} --images (one each)")
+    if args.render > 0 and not args.labels:
+        raise InputError("--render needs --labels (the label maps of the training images)")
     pairs = PairConfig(crop=args.crop, spacings_mm=tuple(args.spacings), thick_slice_probability=args.thick_slices,
                        max_slice_voxels=args.max_slice, blur_probability=args.blur, max_blur_voxels=args.max_blur,
                        slope_offset_voxels=args.slope_offset if args.slope_weight > 0 else 0.0,
-                       outline_probability=args.outline, max_outline_voxels=args.max_outline)
+                       outline_probability=args.outline, max_outline_voxels=args.max_outline,
+                       render_probability=args.render)
     paths = [Path(p) for p in args.images]
     val_paths = [Path(p) for p in args.val_images]
     items, val_items = [], []
+    label_paths = [Path(p) for p in args.labels] if args.render > 0 else []
     for path, target in [(p, items) for p in paths] + [(p, val_items) for p in val_paths]:
         image = read_image(path, grayscale=True)
         image.check_finite()
         if image.dim < args.dim:
             raise InputError(f"{path}: a {image.dim}D image cannot train a {args.dim}D metric")
         target.append(level_images(image, pairs.spacings_mm, pairs.smoothing))
+        if target is items and label_paths:
+            i = len(items) - 1
+            labels = read_image(label_paths[i], grayscale=True)
+            labels.check_finite()
+            if not labels.grid.same_as(image.grid):
+                raise InputError(f"{label_paths[i]}: the label map is not on the grid of {path} (resample it with "
+                                 "nearest neighbour first)")
+            items[i].renderings = level_renderings(labels, image, pairs.spacings_mm, pairs.smoothing,
+                                                   args.renderings, seed=args.seed * 1000 + i)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (every process of a group too)
     init = {}
@@ -153,6 +180,8 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
         "training": {
             "command": "deepreg " + shlex.join(getattr(args, "argv", sys.argv[1:])),
             "images": [{"file": p.name, "sha256_16": file_sha256(p)[:16]} for p in paths],
+            **({"labels": [{"file": Path(p).name, "sha256_16": file_sha256(Path(p))[:16]} for p in args.labels]}
+               if args.labels else {}),
             "validation": [p.name for p in val_paths],
             **init,
             "config": config.to_dict(),

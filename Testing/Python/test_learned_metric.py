@@ -603,6 +603,52 @@ def test_blur_augmentation_smooths_one_image_of_a_pair_along_every_axis():
     assert len(smoother) >= 3 and (smoother > 0).any() and (smoother < 0).any()  # either image of the pair
 
 
+def test_label_renderings_are_second_images_aligned_with_the_first():
+    """``level_renderings`` makes random renderings of a real label map (background 0, one intensity per label up
+    to its noise and blur) brought to every level like the image itself; ``make_batch`` with
+    ``render_probability`` 1 crops the rendering where it crops the image (a rendering of constant labels gives a
+    constant second image, so one image of every example is flat), and without it neither image is flat. Labels
+    on another grid are refused."""
+    from DeepRegistrationLib.methods.learned_metric.pairs import level_renderings
+
+    image = dr.read_image(data_file(OASIS.format("0002", "norm")))
+    labels = dr.read_image(data_file(OASIS.format("0002", "seg35")))
+    spacings = (2.0, 4.0)
+    item = level_images(image, spacings, 0.5)
+    renderings = level_renderings(labels, image, spacings, 0.5, 2, seed=0)
+    assert len(renderings) == 2 and [r.shape for r in renderings[0]] == [x.shape for x in item.levels]
+    fine = renderings[0][0]
+    assert float(fine[item.levels[0] == 0].abs().max()) < 1e-6  # the background stays dark
+    assert not torch.equal(renderings[0][0], renderings[1][0])  # each rendering draws its own intensities
+    # one label, one intensity: inside the largest label the rendering varies far less than the T1 does
+    full = level_renderings(labels, image, (1.0,), 0.5, 1, seed=1)[0][0]
+    values, counts = torch.unique(labels.data[0], return_counts=True)
+    region = labels.data[0] == values[1:][counts[1:].argmax()]
+    t1 = level_images(image, (1.0,), 0.5).levels[0]
+    assert float(full[region].std()) < 0.5 * float(t1[region].std())
+    coarse = dr.Grid.centred(image.grid.center(), (50, 60, 70), (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="not on the grid"):
+        level_renderings(labels.resample_to(coarse, "nearest"), image, spacings, 0.5, 1, seed=0)
+    # make_batch crops the rendering where it crops the image: a constant "rendering" (zero-padded past the volume
+    # like the image) leaves one image of every example with at most two values, the T1 image many
+    item.renderings = [[torch.full_like(x, 0.6) for x in item.levels]]
+    config = PairConfig(crop=24, spacings_mm=spacings, contrast_probability=1.0, render_probability=1.0, noise=0.0,
+                        aligned_fraction=1.0)
+
+    def fewest_values(batch):
+        return [min(len(torch.unique(batch[k][i])) for k in ("fixed", "moving")) for i in range(len(batch["fixed"]))]
+
+    assert max(fewest_values(make_batch([item], 3, 8, config, torch.Generator().manual_seed(0)))) <= 2
+    plain = PairConfig(**{**config.__dict__, "render_probability": 0.0})
+    assert min(fewest_values(make_batch([item], 3, 8, plain, torch.Generator().manual_seed(0)))) > 20
+    # the crop itself: the same region of every volume it is given, padded alike
+    from DeepRegistrationLib.methods.learned_metric.pairs import _crop
+
+    volume = item.levels[1]
+    a, b = _crop([volume, 2 * volume + 1], 40, torch.Generator().manual_seed(3))
+    assert a.shape == (40, 40, 40) and torch.equal(b[a != 0], 2 * a[a != 0] + 1)
+
+
 def test_learned_similarity_refresh_options_are_checked():
     from DeepRegistrationLib.errors import InputError
     from DeepRegistrationLib.metrics.learned import LearnedSimilarity
@@ -672,6 +718,7 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     from DeepRegistrationLib.cli import main
 
     t1 = data_file(OASIS.format("0002", "norm"))
+    seg = data_file(OASIS.format("0002", "seg35"))
     out = tmp_path / "metric"
     assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "3", "--batch", "1",
                  "--crop", "24", "--channels", "4", "4", "4", "--features", "2", "--spacings", "4",
@@ -682,19 +729,28 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     assert main(["train", "metric", "--dim", "3", "--images", str(data_file(MM.format("T1SliceBorder20"))),
                  "--steps", "1", "--out", str(tmp_path / "x")]) == 2  # a 2D image for a 3D metric
     assert not (tmp_path / "x").exists()
-    # fine-tuning with the slope term: the model it starts from is on the card; a 2D start for a 3D run, a model
-    # of another kind and a negative slope weight are refused, and nothing is written
+    # fine-tuning with the slope term and label renderings: the model it starts from and the label maps are on the
+    # card; a 2D start for a 3D run, a model of another kind, a negative slope weight, renderings without labels,
+    # a label map per image missing or on another grid are refused, and nothing is written
     tuned = tmp_path / "tuned"
     assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "2", "--batch", "2", "--crop", "24",
                  "--spacings", "4", "--init", str(out), "--slope-weight", "50", "--slope-offset", "0.5",
-                 "--blur", "0.5", "--validate-every", "2", "--out", str(tuned)]) == 0
+                 "--blur", "0.5", "--validate-every", "2", "--labels", str(seg), "--render", "0.5", "--renderings", "1",
+                 "--out", str(tuned)]) == 0
     card = json.loads((tuned / "model.json").read_text())
     assert card["training"]["init_sha256"] == json.loads((out / "model.json").read_text())["sha256"]
     assert card["training"]["config"]["slope_weight"] == 50
     assert card["training"]["config"]["pairs"]["blur_probability"] == 0.5
+    assert card["training"]["config"]["pairs"]["render_probability"] == 0.5
+    assert card["training"]["labels"][0]["file"] == seg.name
     assert "validation_slope_loss" in card["training"]["history"][-1]
+    other = tmp_path / "labels_2mm.nii.gz"  # a label map on another grid than its image
+    labels = dr.read_image(seg)
+    labels.resample_to(dr.Grid.centred(labels.grid.center(), (80, 96, 112), (2.0, 2.0, 2.0)), "nearest").write(other)
     for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"],
-                ["--outline", "2"], ["--polarities", "3"], ["--blur", "1.5"], ["--max-blur", "0"]):
+                ["--outline", "2"], ["--polarities", "3"], ["--blur", "1.5"], ["--max-blur", "0"],
+                ["--render", "0.5"], ["--labels", str(seg), str(seg), "--render", "0.5"],
+                ["--labels", str(seg), "--render", "2"], ["--labels", str(other), "--render", "0.5"]):
         assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
                      "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
         assert not (tmp_path / "y").exists()

@@ -8,14 +8,18 @@ registration. An example is a crop of one level image ``A``, a second rendering 
 (a random intensity mapping: a "modality" with the same geometry, or the same contrast), and a displacement
 ``u`` (voxels): a smooth random field, in half of the examples plus a rotation of up to 30 degrees about a
 point of the crop (so that a neighbourhood seen rotated but not displaced still counts as aligned: the features
-must tolerate rotation, which the optimisers meet at every coarse level). The moving features are read at
+must tolerate rotation, which the optimisers meet at every coarse level). Where a training image comes with
+a label map, the second rendering of some examples is a rendering of the labels instead (random intensity per
+label, :func:`~..voxelmorph.augment.synthesise`, made at the image's resolution and brought to the levels like
+the image): a contrast that is no function of the first image, with the smooth, partial-volume edges of a
+tissue-map rendering (:func:`level_renderings`). The moving features are read at
 ``x + u(x)``. The target is ``1 - exp(-|u| / s)``: 0 when aligned, with a slope at 0 (sub-voxel offsets carry
 weight in the loss, which makes the minimum precise), 1 far away.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -25,7 +29,7 @@ from ...image import Image
 from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
 from ..pyramid import level_grid
 
-__all__ = ["PairConfig", "LevelImages", "level_images", "random_contrast", "random_displacement", "random_rotation",
+__all__ = ["PairConfig", "LevelImages", "level_images", "level_renderings", "random_contrast", "random_displacement", "random_rotation",
            "thick_slices", "blurred", "outline_band", "make_batch", "target_score"]
 
 
@@ -62,6 +66,9 @@ class PairConfig:
             max_outline_voxels`` wide): skin, scalp and fat around a head relate between MR contrasts by no one
             function of the first image, which mappings of the whole image never show.
         max_outline_voxels: widest outline band drawn (voxels of the level).
+        render_probability: share of the mixed-contrast examples whose second image is one of the image's label
+            renderings (:attr:`LevelImages.renderings`; images without any keep the random mapping), itself
+            through a random intensity mapping.
     """
 
     crop: int = 96
@@ -80,14 +87,17 @@ class PairConfig:
     slope_offset_voxels: float = 0.0
     outline_probability: float = 0.0
     max_outline_voxels: int = 6
+    render_probability: float = 0.0
 
 
 @dataclass
 class LevelImages:
-    """One training image at every spacing: tensors ``(*shape)`` in [0, 1] (2D, or 3D volumes)."""
+    """One training image at every spacing: tensors ``(*shape)`` in [0, 1] (2D, or 3D volumes); ``renderings``:
+    label renderings of the same image, each a list like ``levels`` (same shapes, aligned voxel for voxel)."""
 
     name: str
     levels: list[torch.Tensor]
+    renderings: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 def level_images(image: Image, spacings_mm: Sequence[float], smoothing: float) -> LevelImages:
@@ -98,18 +108,40 @@ def level_images(image: Image, spacings_mm: Sequence[float], smoothing: float) -
     return LevelImages(image.name, levels)
 
 
-def _slice(volume: torch.Tensor, dim: int, g: torch.Generator) -> torch.Tensor:
-    """A 2D slice along a random axis of a 3D ``volume`` when ``dim`` is 2 (through its middle 60 %)."""
-    if volume.dim() == dim:
-        return volume
+def level_renderings(labels: Image, image: Image, spacings_mm: Sequence[float], smoothing: float, count: int,
+                     seed: int) -> list[list[torch.Tensor]]:
+    """``count`` renderings of the label map ``labels`` (an integer image on ``image``'s grid): each label a random
+    intensity (:func:`~..voxelmorph.augment.synthesise`: uniform means, a little noise, a blur of up to a voxel;
+    label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level exactly as :func:`level_images` brings
+    the image (so partial volumes at the coarse levels are the rendering's, not a nearest-neighbour label's)."""
+    from ..voxelmorph.augment import synthesise
+
+    if not labels.grid.same_as(image.grid):
+        raise ValueError(f"labels {labels.name!r} are not on the grid of image {image.name!r}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        rendered = synthesise(labels.data.long(), g) * (labels.data > 0)  # the background dark, as the image's
+        rendered = Image(rendered, image.grid, f"{image.name} rendering")
+        out.append(level_images(rendered, spacings_mm, smoothing).levels)
+    return out
+
+
+def _slice(volumes: list[torch.Tensor], dim: int, g: torch.Generator) -> list[torch.Tensor]:
+    """One 2D slice along a random axis of 3D ``volumes`` (the same for each; through the middle 60 %) when ``dim``
+    is 2; else ``volumes``."""
+    if volumes[0].dim() == dim:
+        return volumes
     axis = int(torch.randint(3, (1,), generator=g))
-    n = volume.shape[axis]
+    n = volumes[0].shape[axis]
     index = int(n * 0.2 + torch.rand(1, generator=g) * n * 0.6)
-    return volume.select(axis, min(index, n - 1))
+    return [v.select(axis, min(index, n - 1)) for v in volumes]
 
 
-def _crop(image: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
-    """A ``size``-wide crop centred on a random voxel brighter than 0.05 (zero padded where the image is smaller)."""
+def _crop(images: list[torch.Tensor], size: int, g: torch.Generator) -> list[torch.Tensor]:
+    """The same ``size``-wide crop of each of ``images`` (one shape), centred on a random voxel of the first brighter
+    than 0.05 (zero padded where the image is smaller)."""
+    image = images[0]
     fg = torch.nonzero(image > 0.05)
     centre = fg[int(torch.randint(len(fg), (1,), generator=g))] if len(fg) else torch.tensor(image.shape) // 2
     pads, slices = [], []
@@ -117,9 +149,8 @@ def _crop(image: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
         lo = c - size // 2
         slices.append(slice(max(lo, 0), min(lo + size, n)))
         pads.append((max(-lo, 0), max(lo + size - n, 0)))
-    out = image[tuple(slices)]
     flat = [p for pair in reversed(pads) for p in pair]
-    return F.pad(out, flat)
+    return [F.pad(x[tuple(slices)], flat) for x in images]
 
 
 def random_contrast(image: torch.Tensor, g: torch.Generator, knots: int = 4) -> torch.Tensor:
@@ -236,11 +267,18 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
     border = 8
     for _ in range(batch):
         item = images[int(torch.randint(len(images), (1,), generator=g))]
-        level = item.levels[int(torch.randint(len(item.levels), (1,), generator=g))]
-        a = _crop(_slice(level, dim, g), config.crop, g)
+        index = int(torch.randint(len(item.levels), (1,), generator=g))
+        rendering = (item.renderings[int(torch.randint(len(item.renderings), (1,), generator=g))][index]
+                     if item.renderings and config.render_probability > 0 else None)
+        crops = _crop(_slice([item.levels[index]] + ([rendering] if rendering is not None else []), dim, g),
+                      config.crop, g)
+        a = crops[0]
         b = a.clone()
         if float(torch.rand(1, generator=g)) < p_contrast:
-            b = random_contrast(a, g)
+            if rendering is not None and float(torch.rand(1, generator=g)) < config.render_probability:
+                b = random_contrast(crops[1], g)
+            else:
+                b = random_contrast(a, g)
             if config.outline_probability > 0 and float(torch.rand(1, generator=g)) < config.outline_probability:
                 width = 1 + int(torch.randint(max(1, config.max_outline_voxels), (1,), generator=g))
                 band = outline_band(a, width)
