@@ -8,7 +8,7 @@
 # PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 + 3000 + 1200 + 2 x 3000 steps (batch 24, 64^2 crops; the
 #   two continued phases 14 min each at 0.45 min per 100 steps), 3D 7 x 3000 steps
 #   (batch 4, 40^3 crops; 2.2-2.9 h at 0.63-0.83 min per 100 steps, up to 3.7 h where a step is slower: more than
-#   the hour a CPU profile should take, for the precision the continued phases bought, README); the minutes and
+#   the hour a CPU profile should take, for the precision the continued phases bought, Docs/LEARNED_METRIC.md); the minutes and
 #   validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
@@ -20,11 +20,11 @@
 #   build/metric_base/metric-mr-2d-slope); (3) a fine-tune of (2) that adds outline bands (--outline 0.5: half of
 #   the mixed-contrast examples map a band 1-6 voxels wide along the head's outline by a second, independent
 #   curve; build/metric_base/metric-mr-2d-3, the 2D model bundled before the fourth session of 2026-12-07). On
-#   BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (README). Its card asks for both polarities at inference
-#   (--polarities 2: the inverted images are scored too, which halves the error again at twice the cost; README).
+#   BrainWeb T1 vs PD they cut phase 1's bias by 2.5x (Docs/LEARNED_METRIC.md). Its card asks for both polarities at inference
+#   (--polarities 2: the inverted images are scored too, which halves the error again at twice the cost; Docs/LEARNED_METRIC.md).
 #   (4) and (5): phase 3's objective continued for 3000 steps each at learning rate 3e-4 (seeds 4 and 5), as 3D's
 #   phases 2-6; (5) is the bundled model: on the two BrainWeb known cases 0.061 / 0.061 px (3) -> 0.056 / 0.042
-#   (4) -> 0.047 / 0.043 px (5), NMI 0.036 / 0.043 (README). PHASES2D=N bundles 2D phase N (3 to bundle phase 3).
+#   (4) -> 0.047 / 0.043 px (5), NMI 0.036 / 0.043 (Docs/LEARNED_METRIC.md). PHASES2D=N bundles 2D phase N (3 to bundle phase 3).
 #   BASE=<folder prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and
 #   2 of 2D (fine-tunes <folder>); OUTLINED=<folder> skips phases 1-3 (continues <folder> as phase 4);
 #   CONTINUED2D=<folder> runs the last 2D phase alone from <folder>.
@@ -32,11 +32,11 @@
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
 #   (cosine decay again; seeds 2 to 6; in build/metric_base/metric-mr-3d-2 ... -6; (6) the bundled model
 #   before the fifth session of 2026-12-07): on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2), 0.68-0.81 (3),
-#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (README). (7), the bundled model since
+#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (Docs/LEARNED_METRIC.md). (7), the bundled model since
 #   the fifth session of 2026-12-07: phase 6 continued with blurred examples and the slope term (--blur 0.5:
 #   one image of half the examples smoothed along every axis, sigma up to 1.2 voxels; --slope-weight 50
 #   --slope-offset 0.5, as 2D): 0.18-0.24 mm, and the cost's minimum along the slab normal +0.27 -> +0.17 mm
-#   (T1 vs T1 on the slab +0.10 -> +0.04 mm; README). CONTINUED=<folder> skips the phases before the last
+#   (T1 vs T1 on the slab +0.10 -> +0.04 mm; Docs/LEARNED_METRIC.md). CONTINUED=<folder> skips the phases before the last
 #   (continues <folder> as phase 7, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1
 #   alone, within the hour on 2 cores; 0.31-0.49 mm on the slab since the engine's sharp feature images of
 #   2026-12-08, 1.4-1.6 mm before; all seven phases 0.12-0.16 mm). The slope fine-tune (1200 steps) did not help in

@@ -289,8 +289,8 @@ class PyramidLevel:
         linear interpolation is smoother than the fixed one, by a variance of 1/6 voxel^2 on average along each
         axis for the interpolation alone, and a network that places edges at iso-contours then reads curved edges
         shifted. On the 3D ICBM T1 vs PD-like slab (2.4 mm slices, 0.9 mm in plane) the learned metric's
-        registration error went from 0.18 to 0.12 mm (README, "Learned similarity metric"). ``interpolation``
-        ``"linear"`` reads that image linearly (a remake of a 1 mm head in half the time).
+        registration error went from 0.18 to 0.12 mm (Docs/LEARNED_METRIC.md, "Sharp images for the features").
+        ``interpolation`` ``"linear"`` reads that image linearly (a remake of a 1 mm head in half the time).
 
         ``halo`` (the extractor's receptive radius, voxels): the moving features are made only on the bounding
         box of the fixed mask's voxels that ``transform`` maps into the moving image, grown by ``margin`` voxels

@@ -253,7 +253,7 @@ def test_learned_similarity_scores_both_polarities_as_its_card_asks(tmp_path):
 def test_affine_and_svf_stages_with_the_learned_metric_and_masks():
     """Rigid, affine then SVF, all with the learned metric and a fixed mask, on T1 vs PD offset by a known rigid
     transform: a deformable result whose point error is a fraction of the start. (The affine and SVF stages add
-    error here: with the learned metric they drift, 0.2 -> 0.65 -> 0.99 px without the mask; README.)"""
+    error here: with the learned metric they drift, 0.2 -> 0.65 -> 0.99 px without the mask; Docs/LEARNED_METRIC.md.)"""
     t1, pd = brainweb("T1SliceBorder20"), brainweb("ProtonDensitySliceBorder20")
     truth = RigidTransform([np.radians(4.0)], [3.0, -2.0], center=t1.grid.center())
     moving = dr.warp_image(pd, truth.inverse(), pd.grid)
@@ -698,7 +698,7 @@ def test_bundled_models_are_small_and_carry_cards():
     """Both bundled models are small, say which recipe made them, and trained: a model trained from scratch ends
     below its starting validation loss; a model continued from a trained one (its checksum on the card) ends no
     worse than it began, within the validation's noise (the 3D continuation: 0.0880 -> 0.0888, its checks ranging
-    0.087-0.100, while its registrations improved: README)."""
+    0.087-0.100, while its registrations improved: Docs/LEARNED_METRIC.md)."""
     from DeepRegistrationLib.io.models import find_model, load_model
 
     for dim in (2, 3):

@@ -29,8 +29,8 @@ from ...image import Image
 from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
 from ..pyramid import level_grid
 
-__all__ = ["PairConfig", "LevelImages", "level_images", "level_renderings", "random_contrast", "random_displacement", "random_rotation",
-           "thick_slices", "blurred", "outline_band", "make_batch", "target_score"]
+__all__ = ["PairConfig", "LevelImages", "level_images", "level_renderings", "random_contrast", "random_displacement",
+           "random_rotation", "thick_slices", "blurred", "outline_band", "make_batch", "target_score"]
 
 
 @dataclass
@@ -112,8 +112,9 @@ def level_renderings(labels: Image, image: Image, spacings_mm: Sequence[float], 
                      seed: int) -> list[list[torch.Tensor]]:
     """``count`` renderings of the label map ``labels`` (an integer image on ``image``'s grid): each label a random
     intensity (:func:`~..voxelmorph.augment.synthesise`: uniform means, a little noise, a blur of up to a voxel;
-    label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level exactly as :func:`level_images` brings
-    the image (so partial volumes at the coarse levels are the rendering's, not a nearest-neighbour label's)."""
+    label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level
+    exactly as :func:`level_images` brings the image (so partial volumes at the coarse levels are the rendering's,
+    not a nearest-neighbour label's)."""
     from ..voxelmorph.augment import synthesise
 
     if not labels.grid.same_as(image.grid):
