@@ -50,11 +50,11 @@ PY="${PYTHON:-.venv/bin/python}"
 DATA="${DEEPREG_DATA:-../shared/data}"
 WORK=build/brain_data
 case "${PROFILE:-cpu}" in
-  cpu) S2=4000; S3=3000; F2=3000; F3=1200; C3=3000; C2=3000 ;;
-  gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000; C2=12000 ;;
+  cpu) S2=4000; S3=3000; F2=3000; F3=1200; C3=3000; C2=3000; R3=2000 ;;
+  gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000; C2=12000; R3=8000 ;;
   *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
 esac
-case "${PHASES:-7}" in
+case "${PHASES:-9}" in
   [1-9]|[1-9][0-9]) ;;
   *) echo "PHASES must be a whole number from 1 (the 3D phase whose model is bundled)" >&2; exit 2 ;;
 esac
@@ -81,15 +81,16 @@ for DIM in ${DIMS:-2 3}; do
     STEPS1="${STEPS:-$S2}"
     ARGS=(--batch 24 --crop 64 --channels 24 24 24)
   else
-    [ -f "$WORK/vm_norm.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA/brain3d" >/dev/null
+    [ -f "$WORK/vm_seg35.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA/brain3d" >/dev/null
     IMAGES=("$OASIS/OAS1_0002_MR1_aligned_norm.nii.gz" "$WORK/vm_norm.nii.gz")
+    LABELS=("$OASIS/OAS1_0002_MR1_aligned_seg35.nii.gz" "$WORK/vm_seg35.nii.gz")  # phases 8 on: label renderings
     STEPS1="${STEPS:-$S3}"
     ARGS=(--batch 4 --crop 40 --channels 16 16 16 --thick-slices 0.5)
   fi
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   BASE_DIR="${BASE:-build/metric_base/metric-mr}-${DIM}d"
   if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}"; fi
-  LAST="${PHASES:-7}"  # 3D: the phase whose model is bundled
+  LAST="${PHASES:-9}"  # 3D: the phase whose model is bundled
   if [ "$DIM" = 3 ] && [ "$LAST" = 1 ]; then BASE_DIR="${PREFIX}-3d"; fi
   if [ -z "$SKIP" ]; then
     mkdir -p "$(dirname "$BASE_DIR")"; aside "$BASE_DIR"  # the command writes a new model folder only
@@ -106,13 +107,14 @@ for DIM in ${DIMS:-2 3}; do
     for SEED in $([ -n "${CONTINUED:-}" ] && echo "$LAST" || seq 2 "$LAST"); do
       if [ "$SEED" = "$LAST" ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
       aside "$OUT"
-      EXTRA=(); WITH=""  # phase 7 on: blurred examples and the slope term
+      EXTRA=(); WITH=""; STEPS3="$C3"  # phase 7 on: blurred examples and the slope term; 8 on: label renderings
       if [ "$SEED" -ge 7 ]; then EXTRA=(--blur 0.5 --slope-weight 50 --slope-offset 0.5); WITH=", with blurred examples and the slope term"; fi
+      if [ "$SEED" -ge 8 ]; then EXTRA+=(--labels "${LABELS[@]}" --render 0.5); WITH="$WITH and label renderings"; STEPS3="$R3"; fi
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
-        --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} --steps "$C3" --init "$FROM" \
+        --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} --steps "$STEPS3" --init "$FROM" \
         --spacings 1 2 4 8 --lr 3e-4 --seed "$SEED" --validate-every 100 --threads "${THREADS:-2}" \
         --max-minutes "${MAX_MINUTES:-0}" --name "metric-mr-3d" \
-        --description "$DESCRIPTION, trained on for $C3 more steps at a lower learning rate$WITH; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
+        --description "$DESCRIPTION, trained on for $STEPS3 more steps at a lower learning rate$WITH; phase $SEED of scripts/train_learned_metric.sh (PROFILE=${PROFILE:-cpu})" \
         --licence "$LICENCE" --out "$OUT" "${@:2}"
       keep
       FROM="$OUT"

@@ -138,6 +138,8 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
             i = len(items) - 1
             labels = read_image(label_paths[i], grayscale=True)
             labels.check_finite()
+            if not torch.equal(labels.data, labels.data.round()) or int(labels.data.max()) < 1:
+                raise InputError(f"{label_paths[i]}: not a label map (whole numbers, some above 0) of {path}")
             if not labels.grid.same_as(image.grid):
                 raise InputError(f"{label_paths[i]}: the label map is not on the grid of {path} (resample it with "
                                  "nearest neighbour first)")

@@ -750,7 +750,8 @@ def test_train_metric_cli_writes_a_usable_model(tmp_path):
     for bad in (["--init", "metric-mr-2d"], ["--init", "voxelmorph-brain"], ["--slope-weight", "-1"],
                 ["--outline", "2"], ["--polarities", "3"], ["--blur", "1.5"], ["--max-blur", "0"],
                 ["--render", "0.5"], ["--labels", str(seg), str(seg), "--render", "0.5"],
-                ["--labels", str(seg), "--render", "2"], ["--labels", str(other), "--render", "0.5"]):
+                ["--labels", str(seg), "--render", "2"], ["--labels", str(other), "--render", "0.5"],
+                ["--labels", str(t1), "--render", "0.5"]):  # an intensity image given as labels
         assert main(["train", "metric", "--dim", "3", "--images", str(t1), "--steps", "1", "--crop", "24",
                      "--spacings", "4", *bad, "--out", str(tmp_path / "y")]) == 2, bad
         assert not (tmp_path / "y").exists()
