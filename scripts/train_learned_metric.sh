@@ -6,10 +6,10 @@
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
 # PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 + 3000 + 1200 + 2 x 3000 steps (batch 24, 64^2 crops; the
-#   two continued phases 14 min each at 0.45 min per 100 steps), 3D 7 x 3000 steps
-#   (batch 4, 40^3 crops; 2.2-2.9 h at 0.63-0.83 min per 100 steps, up to 3.7 h where a step is slower: more than
-#   the hour a CPU profile should take, for the precision the continued phases bought, Docs/LEARNED_METRIC.md); the minutes and
-#   validation losses are on each model card.
+#   two continued phases 14 min each at 0.45 min per 100 steps), 3D 7 x 3000 + 2 x 2000 steps
+#   (batch 4, 40^3 crops; 3-3.7 h at 0.63-0.83 min per 100 steps, more where a step is slower: more than the
+#   hour a CPU profile should take, for the precision the continued phases bought, Docs/LEARNED_METRIC.md); the
+#   minutes and validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
 # Environment: PYTHON (default .venv/bin/python), DEEPREG_DATA (default ../shared/data), THREADS, DIMS ("2 3").
 # 3D examples include thick slices (--thick-slices 0.5: one image of half the pairs averaged over 1-3 voxels along
@@ -28,19 +28,21 @@
 #   BASE=<folder prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and
 #   2 of 2D (fine-tunes <folder>); OUTLINED=<folder> skips phases 1-3 (continues <folder> as phase 4);
 #   CONTINUED2D=<folder> runs the last 2D phase alone from <folder>.
-# 3D in seven phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
+# 3D in nine phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
-#   (cosine decay again; seeds 2 to 6; in build/metric_base/metric-mr-3d-2 ... -6; (6) the bundled model
-#   before the fifth session of 2026-12-07): on the ICBM T1 vs PD-like slab the error fell from 1.37-1.63 mm (1) to 1.05-1.28 (2), 0.68-0.81 (3),
-#   0.44-0.57 (4), 0.35-0.45 (5) and 0.27-0.36 mm (6) over four rotations (Docs/LEARNED_METRIC.md). (7), the bundled model since
-#   the fifth session of 2026-12-07: phase 6 continued with blurred examples and the slope term (--blur 0.5:
+#   (cosine decay again; seeds 2 to 6; in build/metric_base/metric-mr-3d-2 ... -6): on the ICBM T1 vs PD-like
+#   slab the error fell from 1.37-1.63 mm (1) to 0.27-0.36 mm (6) over four rotations with the engine of the
+#   time (Docs/LEARNED_METRIC.md). (7): phase 6 continued with blurred examples and the slope term (--blur 0.5:
 #   one image of half the examples smoothed along every axis, sigma up to 1.2 voxels; --slope-weight 50
-#   --slope-offset 0.5, as 2D): 0.18-0.24 mm, and the cost's minimum along the slab normal +0.27 -> +0.17 mm
-#   (T1 vs T1 on the slab +0.10 -> +0.04 mm; Docs/LEARNED_METRIC.md). CONTINUED=<folder> skips the phases before the last
-#   (continues <folder> as phase 7, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1
-#   alone, within the hour on 2 cores; 0.31-0.49 mm on the slab since the engine's sharp feature images of
-#   2026-12-08, 1.4-1.6 mm before; all seven phases 0.12-0.16 mm). The slope fine-tune (1200 steps) did not help in
-#   3D at phase 1.
+#   --slope-offset 0.5, as 2D): 0.18-0.24 mm, 0.12-0.16 mm with the sharp feature images of 2026-12-08.
+#   (8) and (9), the bundled model since the seventh session of 2026-12-08: phase 7's objective continued for
+#   2000 steps each (seeds 8 and 9; 24 min each on 2 cores): 0.10-0.12 mm (8) and 0.06-0.10 mm (9) over the
+#   four rotations (NMI 0.05), the cost's minimum along the slab normal +0.10 -> +0.07 -> +0.05 mm
+#   (Docs/LEARNED_METRIC.md). CONTINUED=<folder> skips the phases before the last (continues <folder> as
+#   phase 9, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone, within the hour
+#   on 2 cores; 0.31-0.49 mm on the slab since the engine's sharp feature images of 2026-12-08, 1.4-1.6 mm
+#   before). The slope fine-tune (1200 steps) did not help in 3D at phase 1; label renderings as second
+#   modalities (deepreg train metric --labels --render 0.5) gave the same as phase 8 without them (Docs).
 # Usage: scripts/train_learned_metric.sh [OUT_PREFIX] [extra deepreg train metric arguments, both phases]
 #   (default OUT_PREFIX DeepRegistrationLib/resources/models/metric-mr)
 set -euo pipefail
@@ -81,9 +83,8 @@ for DIM in ${DIMS:-2 3}; do
     STEPS1="${STEPS:-$S2}"
     ARGS=(--batch 24 --crop 64 --channels 24 24 24)
   else
-    [ -f "$WORK/vm_seg35.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA/brain3d" >/dev/null
+    [ -f "$WORK/vm_norm.nii.gz" ] || "$PY" benchmarks/brain_data.py "$WORK" "$DATA/brain3d" >/dev/null
     IMAGES=("$OASIS/OAS1_0002_MR1_aligned_norm.nii.gz" "$WORK/vm_norm.nii.gz")
-    LABELS=("$OASIS/OAS1_0002_MR1_aligned_seg35.nii.gz" "$WORK/vm_seg35.nii.gz")  # phases 8 on: label renderings
     STEPS1="${STEPS:-$S3}"
     ARGS=(--batch 4 --crop 40 --channels 16 16 16 --thick-slices 0.5)
   fi
@@ -107,9 +108,9 @@ for DIM in ${DIMS:-2 3}; do
     for SEED in $([ -n "${CONTINUED:-}" ] && echo "$LAST" || seq 2 "$LAST"); do
       if [ "$SEED" = "$LAST" ]; then OUT="${PREFIX}-3d"; else OUT="${BASE:-build/metric_base/metric-mr}-3d-$SEED"; fi
       aside "$OUT"
-      EXTRA=(); WITH=""; STEPS3="$C3"  # phase 7 on: blurred examples and the slope term; 8 on: label renderings
+      EXTRA=(); WITH=""; STEPS3="$C3"  # phase 7 on: blurred examples and the slope term; 8 on: 2000 steps each
       if [ "$SEED" -ge 7 ]; then EXTRA=(--blur 0.5 --slope-weight 50 --slope-offset 0.5); WITH=", with blurred examples and the slope term"; fi
-      if [ "$SEED" -ge 8 ]; then EXTRA+=(--labels "${LABELS[@]}" --render 0.5); WITH="$WITH and label renderings"; STEPS3="$R3"; fi
+      if [ "$SEED" -ge 8 ]; then STEPS3="$R3"; fi
       "$PY" -m DeepRegistrationLib train metric --dim 3 --images "${IMAGES[@]}" \
         --val-images "$OASIS/OAS1_0001_MR1_aligned_norm.nii.gz" "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} --steps "$STEPS3" --init "$FROM" \
         --spacings 1 2 4 8 --lr 3e-4 --seed "$SEED" --validate-every 100 --threads "${THREADS:-2}" \
