@@ -6,8 +6,8 @@
 # image. Every second modality is a random intensity mapping of the image itself, so no multimodal data is used:
 # the BrainWeb T1/PD slices and the ICBM152 T1/PD-like case the benchmark scores on are never seen.
 # PROFILE=cpu (the bundled models, 2 CPU cores): 2D 4000 + 3000 + 1200 + 2 x 3000 steps (batch 24, 64^2 crops; the
-#   two continued phases 14 min each at 0.45 min per 100 steps), 3D 7 x 3000 + 2 x 2000 steps
-#   (batch 4, 40^3 crops; 3-3.7 h at 0.63-0.83 min per 100 steps, more where a step is slower: more than the
+#   two continued phases 14 min each at 0.45 min per 100 steps), 3D 7 x 3000 + 3 x 2000 steps
+#   (batch 4, 40^3 crops; 3.3-4 h at 0.63-0.83 min per 100 steps, more where a step is slower: more than the
 #   hour a CPU profile should take, for the precision the continued phases bought, Docs/LEARNED_METRIC.md); the
 #   minutes and validation losses are on each model card.
 # PROFILE=gpu: the same examples, 4x the steps (the examples are drawn on the CPU; the network is small).
@@ -28,18 +28,18 @@
 #   BASE=<folder prefix> skips phase 1 (fine-tunes <prefix>-2d, <prefix>-3d); SLOPED=<folder> skips phases 1 and
 #   2 of 2D (fine-tunes <folder>); OUTLINED=<folder> skips phases 1-3 (continues <folder> as phase 4);
 #   CONTINUED2D=<folder> runs the last 2D phase alone from <folder>.
-# 3D in nine phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
+# 3D in ten phases: (1) from scratch (build/metric_base/metric-mr-3d: the 3D model bundled before the third
 #   session of 2026-12-07); (2) to (6) the same objective continued for 3000 steps each at learning rate 3e-4
 #   (cosine decay again; seeds 2 to 6; in build/metric_base/metric-mr-3d-2 ... -6): on the ICBM T1 vs PD-like
 #   slab the error fell from 1.37-1.63 mm (1) to 0.27-0.36 mm (6) over four rotations with the engine of the
 #   time (Docs/LEARNED_METRIC.md). (7): phase 6 continued with blurred examples and the slope term (--blur 0.5:
 #   one image of half the examples smoothed along every axis, sigma up to 1.2 voxels; --slope-weight 50
 #   --slope-offset 0.5, as 2D): 0.18-0.24 mm, 0.12-0.16 mm with the sharp feature images of 2026-12-08.
-#   (8) and (9), the bundled model since the seventh session of 2026-12-08: phase 7's objective continued for
-#   2000 steps each (seeds 8 and 9; 24 min each on 2 cores): 0.10-0.12 mm (8) and 0.06-0.10 mm (9) over the
-#   four rotations (NMI 0.05), the cost's minimum along the slab normal +0.10 -> +0.07 -> +0.05 mm
-#   (Docs/LEARNED_METRIC.md). CONTINUED=<folder> skips the phases before the last (continues <folder> as
-#   phase 9, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone, within the hour
+#   (8) to (10), (10) the bundled model since the seventh session of 2026-12-08: phase 7's objective continued
+#   for 2000 steps each (seeds 8 to 10; 24 min each on 2 cores): 0.10-0.12 mm (8), 0.06-0.10 mm (9) and
+#   0.047-0.066 mm (10) over the four rotations (NMI 0.05), the cost's minimum along the slab normal +0.10 (7)
+#   -> +0.07 -> +0.05 -> +0.03 mm (Docs/LEARNED_METRIC.md). CONTINUED=<folder> skips the phases before the last
+#   (continues <folder> as phase 10, or as phase N). PHASES=N bundles phase N's model instead (PHASES=1: phase 1 alone, within the hour
 #   on 2 cores; 0.31-0.49 mm on the slab since the engine's sharp feature images of 2026-12-08, 1.4-1.6 mm
 #   before). The slope fine-tune (1200 steps) did not help in 3D at phase 1; label renderings as second
 #   modalities (deepreg train metric --labels --render 0.5) gave the same as phase 8 without them (Docs).
@@ -56,7 +56,7 @@ case "${PROFILE:-cpu}" in
   gpu) S2=16000; S3=12000; F2=12000; F3=4800; C3=12000; C2=12000; R3=8000 ;;
   *) echo "PROFILE must be cpu or gpu" >&2; exit 2 ;;
 esac
-case "${PHASES:-9}" in
+case "${PHASES:-10}" in
   [1-9]|[1-9][0-9]) ;;
   *) echo "PHASES must be a whole number from 1 (the 3D phase whose model is bundled)" >&2; exit 2 ;;
 esac
@@ -91,7 +91,7 @@ for DIM in ${DIMS:-2 3}; do
   DESCRIPTION="Learned similarity metric for MR (${DIM}D): shared encoder + point-wise head regressing the local misalignment of two renderings of one image (random intensity mappings as second modality)"
   BASE_DIR="${BASE:-build/metric_base/metric-mr}-${DIM}d"
   if [ "$DIM" = 3 ]; then SKIP="${BASE:-}${CONTINUED:-}"; else SKIP="${BASE:-}${SLOPED:-}${OUTLINED:-}${CONTINUED2D:-}"; fi
-  LAST="${PHASES:-9}"  # 3D: the phase whose model is bundled
+  LAST="${PHASES:-10}"  # 3D: the phase whose model is bundled
   if [ "$DIM" = 3 ] && [ "$LAST" = 1 ]; then BASE_DIR="${PREFIX}-3d"; fi
   if [ -z "$SKIP" ]; then
     mkdir -p "$(dirname "$BASE_DIR")"; aside "$BASE_DIR"  # the command writes a new model folder only
