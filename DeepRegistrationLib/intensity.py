@@ -24,7 +24,7 @@ from .errors import InputError
 from .image import Image
 
 __all__ = ["clip_percentiles", "zscore", "minmax", "normalise_unit_range", "contrast_curve", "gaussian_kernel_1d",
-           "smooth_gaussian", "center_of_mass", "homogeneity_weights", "ConditionalMean"]
+           "blur_voxels", "render_labels", "smooth_gaussian", "center_of_mass", "homogeneity_weights", "ConditionalMean"]
 
 
 def _values(image: Image, mask: Image | None) -> torch.Tensor:
@@ -139,6 +139,37 @@ def smooth_gaussian(image: Image, sigma_mm: float) -> Image:
                 acc.add_(padded.narrow(d, tap, n), alpha=weights[tap])
             out = acc
     return Image(out[0].contiguous(), image.grid, name=image.name)
+
+
+def blur_voxels(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, *shape)`` (sigma in voxels, kernel truncated at 4 sigma, zero padding)."""
+    if sigma_voxels < 0.3:
+        return image
+    kernel = gaussian_kernel_1d(sigma_voxels).to(image)
+    radius = kernel.numel() // 2
+    dim = image.dim() - 2
+    conv = F.conv3d if dim == 3 else F.conv2d
+    channels = image.shape[1]
+    out = image
+    for axis in range(dim):
+        shape = [1] * dim
+        shape[axis] = kernel.numel()
+        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *([1] * dim))
+        padding = [0] * dim
+        padding[axis] = radius
+        out = conv(out, weight, padding=padding, groups=channels)
+    return out
+
+
+def render_labels(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random-contrast image ``(1, *shape)`` in [0, 1] drawn from an integer label map ``(1, *shape)``: each label
+    a uniform random mean with a little noise, then a blur of up to a voxel (SynthMorph-style synthesis)."""
+    values, index = torch.unique(labels, return_inverse=True)
+    means = torch.rand(values.numel(), generator=gen).to(labels.device)
+    stds = (torch.rand(values.numel(), generator=gen) * 0.05).to(labels.device)
+    noise = torch.randn(labels.shape, generator=gen).to(labels.device)
+    image = means[index] + stds[index] * noise
+    return blur_voxels(image[None].float(), float(torch.rand(1, generator=gen)) * 1.0)[0]
 
 
 def center_of_mass(image: Image) -> np.ndarray:

@@ -642,10 +642,10 @@ def test_label_renderings_are_second_images_aligned_with_the_first():
     plain = PairConfig(**{**config.__dict__, "render_probability": 0.0})
     assert min(fewest_values(make_batch([item], 3, 8, plain, torch.Generator().manual_seed(0)))) > 20
     # the crop itself: the same region of every volume it is given, padded alike
-    from DeepRegistrationLib.methods.learned_metric.pairs import _crop
+    from DeepRegistrationLib.methods.learned_metric.pairs import crop_alike
 
     volume = item.levels[1]
-    a, b = _crop([volume, 2 * volume + 1], 40, torch.Generator().manual_seed(3))
+    a, b = crop_alike([volume, 2 * volume + 1], 40, torch.Generator().manual_seed(3))
     assert a.shape == (40, 40, 40) and torch.equal(b[a != 0], 2 * a[a != 0] + 1)
 
 

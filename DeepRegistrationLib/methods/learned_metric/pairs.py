@@ -10,7 +10,7 @@ registration. An example is a crop of one level image ``A``, a second rendering 
 point of the crop (so that a neighbourhood seen rotated but not displaced still counts as aligned: the features
 must tolerate rotation, which the optimisers meet at every coarse level). Where a training image comes with
 a label map, the second rendering of some examples is a rendering of the labels instead (random intensity per
-label, :func:`~..voxelmorph.augment.synthesise`, made at the image's resolution and brought to the levels like
+label, :func:`~DeepRegistrationLib.intensity.render_labels`, made at the image's resolution and brought to the levels like
 the image): a contrast that is no function of the first image, with the smooth, partial-volume edges of a
 tissue-map rendering (:func:`level_renderings`). The moving features are read at
 ``x + u(x)``. The target is ``1 - exp(-|u| / s)``: 0 when aligned, with a slope at 0 (sub-voxel offsets carry
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from ...image import Image
-from ...intensity import contrast_curve, normalise_unit_range, smooth_gaussian
+from ...intensity import contrast_curve, normalise_unit_range, render_labels, smooth_gaussian
 from ..pyramid import level_grid
 
 __all__ = ["PairConfig", "LevelImages", "level_images", "level_renderings", "random_contrast", "random_displacement",
-           "random_rotation", "thick_slices", "blurred", "outline_band", "make_batch", "target_score"]
+           "random_rotation", "crop_alike", "thick_slices", "blurred", "outline_band", "make_batch", "target_score"]
 
 
 @dataclass
@@ -111,18 +111,16 @@ def level_images(image: Image, spacings_mm: Sequence[float], smoothing: float) -
 def level_renderings(labels: Image, image: Image, spacings_mm: Sequence[float], smoothing: float, count: int,
                      seed: int) -> list[list[torch.Tensor]]:
     """``count`` renderings of the label map ``labels`` (an integer image on ``image``'s grid): each label a random
-    intensity (:func:`~..voxelmorph.augment.synthesise`: uniform means, a little noise, a blur of up to a voxel;
+    intensity (:func:`~DeepRegistrationLib.intensity.render_labels`: uniform means, a little noise, a blur of up to a voxel;
     label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level
     exactly as :func:`level_images` brings the image (so partial volumes at the coarse levels are the rendering's,
     not a nearest-neighbour label's)."""
-    from ..voxelmorph.augment import synthesise
-
     if not labels.grid.same_as(image.grid):
         raise ValueError(f"labels {labels.name!r} are not on the grid of image {image.name!r}")
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
-        rendered = synthesise(labels.data.long(), g) * (labels.data > 0)  # the background dark, as the image's
+        rendered = render_labels(labels.data.long(), g) * (labels.data > 0)  # the background dark, as the image's
         rendered = Image(rendered, image.grid, f"{image.name} rendering")
         out.append(level_images(rendered, spacings_mm, smoothing).levels)
     return out
@@ -139,7 +137,7 @@ def _slice(volumes: list[torch.Tensor], dim: int, g: torch.Generator) -> list[to
     return [v.select(axis, min(index, n - 1)) for v in volumes]
 
 
-def _crop(images: list[torch.Tensor], size: int, g: torch.Generator) -> list[torch.Tensor]:
+def crop_alike(images: list[torch.Tensor], size: int, g: torch.Generator) -> list[torch.Tensor]:
     """The same ``size``-wide crop of each of ``images`` (one shape), centred on a random voxel of the first brighter
     than 0.05 (zero padded where the image is smaller)."""
     image = images[0]
@@ -271,7 +269,7 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
         index = int(torch.randint(len(item.levels), (1,), generator=g))
         rendering = (item.renderings[int(torch.randint(len(item.renderings), (1,), generator=g))][index]
                      if item.renderings and config.render_probability > 0 else None)
-        crops = _crop(_slice([item.levels[index]] + ([rendering] if rendering is not None else []), dim, g),
+        crops = crop_alike(_slice([item.levels[index]] + ([rendering] if rendering is not None else []), dim, g),
                       config.crop, g)
         a = crops[0]
         b = a.clone()

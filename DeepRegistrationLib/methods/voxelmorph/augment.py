@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ...intensity import contrast_curve, gaussian_kernel_1d
+from ...intensity import contrast_curve, render_labels
 from ...transforms.linear import rotation_matrix
 from ...transforms.voxel import integrate_voxel_velocity, warp_voxels
 
@@ -106,36 +106,6 @@ def random_displacement(shape: tuple[int, ...], spacing_mm: float, config: Augme
     return affine.float().unsqueeze(0) + smooth
 
 
-def _blur(image: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, *shape)`` (sigma in voxels, kernel truncated at 4 sigma, zero padding)."""
-    if sigma_voxels < 0.3:
-        return image
-    kernel = gaussian_kernel_1d(sigma_voxels).to(image)
-    radius = kernel.numel() // 2
-    dim = image.dim() - 2
-    conv = F.conv3d if dim == 3 else F.conv2d
-    channels = image.shape[1]
-    out = image
-    for axis in range(dim):
-        shape = [1] * dim
-        shape[axis] = kernel.numel()
-        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *([1] * dim))
-        padding = [0] * dim
-        padding[axis] = radius
-        out = conv(out, weight, padding=padding, groups=channels)
-    return out
-
-
-def synthesise(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A random-contrast image ``(1, *shape)`` in [0, 1] drawn from an integer label map ``(1, *shape)``."""
-    values, index = torch.unique(labels, return_inverse=True)
-    means = torch.rand(values.numel(), generator=gen).to(labels.device)
-    stds = (torch.rand(values.numel(), generator=gen) * 0.05).to(labels.device)
-    noise = torch.randn(labels.shape, generator=gen).to(labels.device)
-    image = means[index] + stds[index] * noise
-    return _blur(image[None].float(), float(torch.rand(1, generator=gen)) * 1.0)[0]
-
-
 def random_contrast(image: torch.Tensor, gen: torch.Generator, knots: int = 6) -> torch.Tensor:
     """``image`` (intensities in [0, 1]) through a random piecewise-linear curve: heights drawn uniformly in
     [0, 1] at ``knots`` evenly spaced intensities, the first fixed at 0 (background stays dark), rescaled so the
@@ -193,7 +163,7 @@ def augment_subject(image: torch.Tensor, labels: torch.Tensor | None, spacing_mm
     reference = warp_voxels(image[None].float(), ddf)[0]
     remap = False
     if synth:
-        source = synthesise(warped_labels, gen)
+        source = render_labels(warped_labels, gen)
     else:
         source = reference
         # drawn only when enabled, so runs without remapping keep their random streams
