@@ -140,9 +140,6 @@ def _train(args: argparse.Namespace, rank: int = 0, device_index: int | None = N
             labels.check_finite()
             if not torch.equal(labels.data, labels.data.round()) or int(labels.data.max()) < 1:
                 raise InputError(f"{label_paths[i]}: not a label map (whole numbers, some above 0) of {path}")
-            if not labels.grid.same_as(image.grid):
-                raise InputError(f"{label_paths[i]}: the label map is not on the grid of {path} (resample it with "
-                                 "nearest neighbour first)")
             items[i].renderings = level_renderings(labels, image, pairs.spacings_mm, pairs.smoothing,
                                                    args.renderings, seed=args.seed * 1000 + i)
     device = resolve_device(args.device)

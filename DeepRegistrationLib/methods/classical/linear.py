@@ -171,7 +171,7 @@ def run_linear_stage(settings: LinearSettings, context: StageContext, state: Sta
             seen.clear()  # the previous features go before the new ones are made (peak memory)
             current = model.transform()
             seen["level"] = level.warped_features(current, similarity.features, halo, FEATURE_MARGIN,
-                                                  getattr(similarity, "interpolation", "cubic"))
+                                                  similarity.interpolation)
             inv = torch.linalg.inv(current.matrix().double()).to(center.device)
             seen["frozen"] = (inv, current.offset().double().to(center.device))
             keep_fixed()

@@ -63,8 +63,7 @@ def run_svf_stage(settings: SVFSettings, context: StageContext, state: StageStat
         if getattr(similarity, "extracts_features", False):
             # a learned metric: moving features made from the moving image seen through the linear part, on the
             # fixed grid (features do not rotate with the image); the deformation is then read from there
-            level = level.warped_features(linear, similarity.features,
-                                          interpolation=getattr(similarity, "interpolation", "cubic"))
+            level = level.warped_features(linear, similarity.features, interpolation=similarity.interpolation)
             moving_base = grid_to_normalised(level.grid, level.moving_grid, device=device).reshape(-1, dim)
             moving_lin = normalised_linear(level.moving_grid, torch.float32, device)
         else:

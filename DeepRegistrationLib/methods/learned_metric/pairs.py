@@ -10,11 +10,11 @@ registration. An example is a crop of one level image ``A``, a second rendering 
 point of the crop (so that a neighbourhood seen rotated but not displaced still counts as aligned: the features
 must tolerate rotation, which the optimisers meet at every coarse level). Where a training image comes with
 a label map, the second rendering of some examples is a rendering of the labels instead (random intensity per
-label, :func:`~DeepRegistrationLib.intensity.render_labels`, made at the image's resolution and brought to the levels like
-the image): a contrast that is no function of the first image, with the smooth, partial-volume edges of a
-tissue-map rendering (:func:`level_renderings`). The moving features are read at
-``x + u(x)``. The target is ``1 - exp(-|u| / s)``: 0 when aligned, with a slope at 0 (sub-voxel offsets carry
-weight in the loss, which makes the minimum precise), 1 far away.
+label, :func:`~DeepRegistrationLib.intensity.render_labels`, made at the image's resolution and brought to the
+levels like the image): a contrast that is no function of the first image, with the smooth, partial-volume edges
+of a tissue-map rendering (:func:`level_renderings`). The moving features are read at ``x + u(x)``. The target
+is ``1 - exp(-|u| / s)``: 0 when aligned, with a slope at 0 (sub-voxel offsets carry weight in the loss, which
+makes the minimum precise), 1 far away.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ...errors import InputError
 from ...image import Image
 from ...intensity import contrast_curve, normalise_unit_range, render_labels, smooth_gaussian
 from ..pyramid import level_grid
@@ -111,16 +112,18 @@ def level_images(image: Image, spacings_mm: Sequence[float], smoothing: float) -
 def level_renderings(labels: Image, image: Image, spacings_mm: Sequence[float], smoothing: float, count: int,
                      seed: int) -> list[list[torch.Tensor]]:
     """``count`` renderings of the label map ``labels`` (an integer image on ``image``'s grid): each label a random
-    intensity (:func:`~DeepRegistrationLib.intensity.render_labels`: uniform means, a little noise, a blur of up to a voxel;
-    label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level
+    intensity (:func:`~DeepRegistrationLib.intensity.render_labels`: uniform means, a little noise, a blur of up to
+    a voxel; label 0, the background, stays 0), made at the image's resolution, normalised and brought to each level
     exactly as :func:`level_images` brings the image (so partial volumes at the coarse levels are the rendering's,
     not a nearest-neighbour label's)."""
     if not labels.grid.same_as(image.grid):
-        raise ValueError(f"labels {labels.name!r} are not on the grid of image {image.name!r}")
+        raise InputError(f"{labels.name}: the label map is not on the grid of {image.name} (resample it with nearest "
+                         "neighbour first)")
     g = torch.Generator().manual_seed(seed)
+    values, foreground = labels.data.long(), labels.data > 0
     out = []
     for _ in range(count):
-        rendered = render_labels(labels.data.long(), g) * (labels.data > 0)  # the background dark, as the image's
+        rendered = render_labels(values, g) * foreground  # the background dark, as the image's
         rendered = Image(rendered, image.grid, f"{image.name} rendering")
         out.append(level_images(rendered, spacings_mm, smoothing).levels)
     return out
@@ -270,7 +273,7 @@ def make_batch(images: list[LevelImages], dim: int, batch: int, config: PairConf
         rendering = (item.renderings[int(torch.randint(len(item.renderings), (1,), generator=g))][index]
                      if item.renderings and config.render_probability > 0 else None)
         crops = crop_alike(_slice([item.levels[index]] + ([rendering] if rendering is not None else []), dim, g),
-                      config.crop, g)
+                           config.crop, g)
         a = crops[0]
         b = a.clone()
         if float(torch.rand(1, generator=g)) < p_contrast:
